@@ -1,0 +1,55 @@
+"""Ferry's settings, from the environment (pydantic-settings).
+
+`FERRY_STORE` and `FERRY_DATABASE_URL` default to a folder and a SQLite file under
+`./.ferry/`; the usual AWS variables (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`,
+`AWS_SECRET_ACCESS_KEY`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_PROFILE`) are honoured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+def _home() -> Path:
+    return Path.cwd() / ".ferry"
+
+
+class FerrySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FERRY_", extra="ignore")
+
+    home: Path = Field(default_factory=_home, description="where the embedded defaults live")
+    store: str = Field(default="", description="default destination store URI")
+    database_url: str = Field(default="", description="SQLAlchemy URL of Ferry's catalog")
+    part_size: int = Field(default=16 * MiB, ge=5 * MiB, description="multipart part size (grows for huge files)")
+    multipart_threshold: int = Field(default=16 * MiB, ge=5 * MiB)
+    max_concurrency: int = Field(default=8, ge=1, le=64, description="parallel parts per transfer")
+    endpoint_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("FERRY_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+    )
+    region: str | None = Field(default=None, validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"))
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def store_uri(self) -> str:
+        return self.store or f"file://{self.home / 'store'}"
+
+    @property
+    def catalog_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'catalog.db'}"
+
+
+def load_settings(**overrides: object) -> FerrySettings:
+    """Settings from the environment, with explicit overrides winning."""
+    return FerrySettings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+__all__ = ["FerrySettings", "MiB", "load_settings"]

@@ -1,0 +1,35 @@
+from storage_core.stores.base import (
+    GetRange,
+    Head,
+    List,
+    Multipart,
+    ObjectMeta,
+    ObjectStore,
+    OpenRead,
+    PendingUpload,
+    Presign,
+    Put,
+    StoredPart,
+    Tail,
+)
+from storage_core.stores.local import LocalStore
+from storage_core.stores.registry import open_store
+from storage_core.stores.s3 import S3Store
+
+__all__ = [
+    "GetRange",
+    "Head",
+    "List",
+    "LocalStore",
+    "Multipart",
+    "ObjectMeta",
+    "ObjectStore",
+    "OpenRead",
+    "PendingUpload",
+    "Presign",
+    "Put",
+    "S3Store",
+    "StoredPart",
+    "Tail",
+    "open_store",
+]

@@ -1,0 +1,295 @@
+"""A folder on local disk as an object store: the embedded default (`file:///abs/dir`).
+
+Writes are atomic (temp file in the same filesystem, fsync, `os.replace`, fsync of the
+folder), so a reader sees the old object or the whole new one. Temp files and multipart
+parts live under `<root>/.ferry-staging/`, which listings never show.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from storage_core.checksums import crc32c, to_hex
+from storage_core.errors import (
+    AccessDenied,
+    IntegrityError,
+    InvalidKey,
+    ObjectNotFound,
+    PreconditionFailed,
+    StorageError,
+    Unsupported,
+)
+from storage_core.keys import validate_key
+from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
+
+STAGING = ".ferry-staging"
+COPY_CHUNK = 8 * 1024 * 1024
+
+
+@contextmanager
+def _translated(key: str | None):
+    """Map OS errors to Ferry's tree, keeping the original as __cause__."""
+    try:
+        yield
+    except FileNotFoundError as exc:
+        raise ObjectNotFound(f"no such object: {key}", key=key) from exc
+    except PermissionError as exc:
+        raise AccessDenied(f"permission denied for {key}: {exc.strerror}", key=key) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StorageError(f"no space left on device while writing {key}", key=key) from exc
+        raise StorageError(f"{exc.strerror or exc} ({key})", key=key) from exc
+
+
+def _etag(stat: os.stat_result) -> str:
+    # inode + size + mtime: changes whenever the file is replaced or rewritten
+    return f'"{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """Objects are files under `root`; keys map to relative paths."""
+
+    multipart_threshold = 1 << 62  # local copies stream in one pass; multipart stays available
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.uri = f"file://{self.root}"
+        self._staging = self.root / STAGING
+
+    # --- paths -----------------------------------------------------------------------
+    def path_for(self, key: str) -> Path:
+        validate_key(key)
+        if key.split("/", 1)[0] == STAGING:
+            raise InvalidKey(key, f"'{STAGING}' is reserved by the local store")
+        return self.root.joinpath(*key.split("/"))
+
+    def _meta(self, key: str, stat: os.stat_result) -> ObjectMeta:
+        modified = datetime.fromtimestamp(stat.st_mtime, tz=timezone.utc)
+        return ObjectMeta(key=key, size=stat.st_size, etag=_etag(stat), last_modified=modified)
+
+    def _open_checked(self, key: str, if_match: str | None) -> tuple[BinaryIO, os.stat_result]:
+        path = self.path_for(key)
+        with _translated(key):
+            handle = open(path, "rb")
+        stat = os.fstat(handle.fileno())
+        if if_match is not None and _etag(stat) != if_match:
+            handle.close()
+            raise PreconditionFailed(f"{key} changed (ETag {_etag(stat)} != {if_match})", key=key)
+        return handle, stat
+
+    # --- reads -----------------------------------------------------------------------
+    def head(self, key: str) -> ObjectMeta:
+        path = self.path_for(key)
+        with _translated(key):
+            stat = path.stat()
+        if not path.is_file():
+            raise ObjectNotFound(f"no such object: {key}", key=key)
+        return self._meta(key, stat)
+
+    def get_range(self, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
+        if start < 0 or end < start:
+            raise ValueError(f"bad range [{start}, {end})")
+        handle, _ = self._open_checked(key, if_match)
+        with handle, _translated(key):
+            return os.pread(handle.fileno(), end - start, start)
+
+    def get_tail(self, key: str, length: int, *, if_match: str | None = None) -> Tail:
+        handle, stat = self._open_checked(key, if_match)
+        with handle, _translated(key):
+            start = max(0, stat.st_size - length)
+            data = os.pread(handle.fileno(), stat.st_size - start, start)
+        return Tail(data=data, start=start, size=stat.st_size, etag=_etag(stat))
+
+    def open_read(self, key: str, *, if_match: str | None = None) -> BinaryIO:
+        handle, _ = self._open_checked(key, if_match)
+        return handle
+
+    def list(self, prefix: str = "") -> Iterator[ObjectMeta]:
+        base = self.root
+        folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        if folder:
+            base = self.root.joinpath(*folder.split("/"))
+        if not base.is_dir():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames[:] = sorted(d for d in dirnames if not (Path(dirpath) == self.root and d == STAGING))
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    yield self._meta(key, path.stat())
+
+    # --- writes ----------------------------------------------------------------------
+    def _temp_path(self) -> Path:
+        self._staging.mkdir(parents=True, exist_ok=True)
+        return self._staging / f"tmp-{uuid.uuid4().hex}"
+
+    def _install(self, temp: Path, key: str) -> ObjectMeta:
+        """Move a complete, fsynced temp file to the key's path."""
+        final = self.path_for(key)
+        with _translated(key):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if final.is_dir():
+                raise StorageError(f"cannot store {key}: a folder of that name exists", key=key)
+            os.replace(temp, final)
+            _fsync_dir(final.parent)
+            return self._meta(key, final.stat())
+
+    def put(self, key: str, source: BinaryIO | bytes, *, size: int, crc32c: int | None = None) -> ObjectMeta:
+        self.path_for(key)  # validate before touching disk
+        stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+        temp = self._temp_path()
+        try:
+            with _translated(key), open(temp, "wb") as out:
+                value, written = 0, 0
+                while written < size:
+                    block = stream.read(min(COPY_CHUNK, size - written))
+                    if not block:
+                        break
+                    value = _crc(block, value)
+                    out.write(block)
+                    written += len(block)
+                if written != size:
+                    raise IntegrityError(f"{key}: expected {size} bytes, source gave {written}", key=key)
+                if crc32c is not None and value != crc32c:
+                    raise IntegrityError(
+                        f"{key}: CRC32C {to_hex(value)} does not match expected {to_hex(crc32c)}",
+                        key=key,
+                        retryable=True,
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            meta = self._install(temp, key)
+            return ObjectMeta(meta.key, meta.size, meta.etag, meta.last_modified, value)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        with _translated(key):
+            path.unlink(missing_ok=True)
+
+    # --- multipart -------------------------------------------------------------------
+    def _upload_dir(self, upload_id: str) -> Path:
+        if not upload_id.isalnum():
+            raise StorageError(f"malformed upload id {upload_id!r}")
+        return self._staging / "uploads" / upload_id
+
+    def _existing_upload(self, key: str, upload_id: str) -> Path:
+        folder = self._upload_dir(upload_id)
+        try:
+            recorded = (folder / "key").read_text()
+        except FileNotFoundError:
+            raise StorageError(f"multipart upload {upload_id} for {key} does not exist", key=key) from None
+        if recorded != key:
+            raise StorageError(f"multipart upload {upload_id} belongs to {recorded}, not {key}", key=key)
+        return folder
+
+    def create_multipart(self, key: str) -> str:
+        self.path_for(key)
+        upload_id = uuid.uuid4().hex
+        folder = self._upload_dir(upload_id)
+        with _translated(key):
+            folder.mkdir(parents=True)
+            (folder / "key").write_text(key)
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int) -> str:
+        folder = self._existing_upload(key, upload_id)
+        actual = _crc(data)
+        if actual != crc32c:
+            raise IntegrityError(f"{key} part {part_number}: CRC32C mismatch", key=key, retryable=True)
+        temp = folder / f"{part_number:05d}.tmp-{uuid.uuid4().hex}"
+        with _translated(key):
+            with open(temp, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            for old in folder.glob(f"{part_number:05d}-*.part"):
+                old.unlink()
+            os.replace(temp, folder / f"{part_number:05d}-{to_hex(actual)}.part")
+        return f'"{to_hex(actual)}"'
+
+    def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
+        folder = self._existing_upload(key, upload_id)
+        parts = []
+        for path in sorted(folder.glob("*.part")):
+            number, crc_hex = path.stem.split("-")
+            parts.append(StoredPart(int(number), path.stat().st_size, f'"{crc_hex}"'))
+        return parts
+
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> ObjectMeta:
+        folder = self._existing_upload(key, upload_id)
+        stored = {p.part_number: p for p in self.list_parts(key, upload_id)}
+        temp = self._temp_path()
+        try:
+            with _translated(key), open(temp, "wb") as out:
+                for number, etag in parts:
+                    part = stored.get(number)
+                    if part is None or part.etag != etag:
+                        raise StorageError(f"{key}: part {number} missing or changed", key=key)
+                    with open(folder / f"{number:05d}-{etag.strip(chr(34))}.part", "rb") as src:
+                        shutil.copyfileobj(src, out, COPY_CHUNK)
+                out.flush()
+                os.fsync(out.fileno())
+            meta = self._install(temp, key)
+        finally:
+            temp.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        return meta
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        folder = self._upload_dir(upload_id)
+        if folder.exists():
+            self._existing_upload(key, upload_id)
+            with _translated(key):
+                shutil.rmtree(folder)
+
+    def list_multipart_uploads(self, prefix: str = "") -> list[PendingUpload]:
+        uploads_dir = self._staging / "uploads"
+        if not uploads_dir.is_dir():
+            return []
+        pending = []
+        for folder in sorted(uploads_dir.iterdir()):
+            try:
+                key = (folder / "key").read_text()
+                initiated = datetime.fromtimestamp(folder.stat().st_mtime, tz=timezone.utc)
+            except FileNotFoundError:
+                continue
+            if key.startswith(prefix):
+                pending.append(PendingUpload(key=key, upload_id=folder.name, initiated=initiated))
+        return pending
+
+    # --- presign ---------------------------------------------------------------------
+    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None) -> str:
+        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
+
+    def presign_get(self, key: str, *, expires_in: int) -> str:
+        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
+
+    def presign_upload_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str:
+        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
+
+
+def _crc(data: bytes, value: int = 0) -> int:
+    return crc32c(data, value)
+
+
+__all__ = ["LocalStore", "STAGING"]

@@ -1,0 +1,50 @@
+"""Pick an object store from a URI scheme: `file://` → LocalStore, `s3://` → S3Store."""
+
+from __future__ import annotations
+
+import threading
+
+from storage_core.config import FerrySettings, load_settings
+from storage_core.keys import StorageUri, parse_uri
+from storage_core.stores.base import ObjectStore
+from storage_core.stores.local import LocalStore
+from storage_core.stores.s3 import S3Store, make_client
+
+_clients: dict[tuple[str | None, str | None, int], object] = {}
+_lock = threading.Lock()
+
+
+def _s3_client(settings: FerrySettings) -> object:
+    # boto3 clients are thread-safe and costly to build: share one per endpoint
+    pool = settings.max_concurrency * 2 + 4
+    cache_key = (settings.endpoint_url, settings.region, pool)
+    with _lock:
+        if cache_key not in _clients:
+            _clients[cache_key] = make_client(
+                endpoint_url=settings.endpoint_url, region=settings.region, max_pool_connections=pool
+            )
+        return _clients[cache_key]
+
+
+def open_store(uri: str | StorageUri, settings: FerrySettings | None = None) -> tuple[ObjectStore, str]:
+    """The store behind `uri` and the key prefix the URI names inside it."""
+    settings = settings or load_settings()
+    location = parse_uri(uri) if isinstance(uri, str) else uri
+    if location.scheme == "file":
+        return LocalStore(location.root), location.prefix
+    store = S3Store(
+        location.root,
+        client=_s3_client(settings),
+        multipart_threshold=settings.multipart_threshold,
+    )
+    return store, location.prefix
+
+
+def split_object_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/a/b` → ('s3://bucket', 'a/b'). File URIs need the store root to split,
+    so the catalog keeps store URI and key apart and this is only used for S3 URIs."""
+    location = parse_uri(uri)
+    return location.store_uri, location.prefix
+
+
+__all__ = ["open_store", "split_object_uri"]
