@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.seaweed import SeaweedServer
+from bench.seaweed import SeaweedServer
 
 ACCESS_KEY = "ferry-test-key"
 SECRET_KEY = "ferry-test-secret"

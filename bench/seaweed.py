@@ -1,4 +1,4 @@
-"""Start and stop a real SeaweedFS (`weed mini`) on 127.0.0.1 for tests and benchmarks.
+"""Start and stop a real SeaweedFS (`weed mini`) on 127.0.0.1 for tests, benchmarks and the demo.
 
 Every port is picked free at start, so parallel sessions never collide; readiness is
 polled, never slept for; telemetry and unused front-ends are off.
