@@ -1,1 +1,25 @@
+from storage_core.upload.plan import MAX_PARTS, MIN_PART_SIZE, Part, choose_part_size, plan_parts
+from storage_core.upload.transfer import (
+    CompletedPart,
+    FileIdentity,
+    OnProgress,
+    ResumeState,
+    UploadJournal,
+    UploadResult,
+    upload_file,
+)
 
+__all__ = [
+    "MAX_PARTS",
+    "MIN_PART_SIZE",
+    "CompletedPart",
+    "FileIdentity",
+    "OnProgress",
+    "Part",
+    "ResumeState",
+    "UploadJournal",
+    "UploadResult",
+    "choose_part_size",
+    "plan_parts",
+    "upload_file",
+]

@@ -1,0 +1,44 @@
+"""Retry with exponential backoff and full jitter, for errors marked `retryable` only."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+
+def backoff_delays(attempts: int, *, base: float = 0.5, cap: float = 8.0, rng: random.Random | None = None) -> list[float]:
+    """The sleeps between `attempts` tries: full jitter over base·2^n, capped (pure)."""
+    rng = rng or random.Random()
+    return [rng.uniform(0, min(cap, base * 2**n)) + base / 2 for n in range(max(0, attempts - 1))]
+
+
+def call_with_retries(
+    fn: Callable[[], T],
+    *,
+    attempts: int = 6,
+    base: float = 0.5,
+    cap: float = 8.0,
+    what: str = "operation",
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call `fn`; on an error whose `retryable` is true, wait and try again, up to `attempts` times.
+    The last error is raised unchanged; non-retryable errors are raised at once."""
+    delays = backoff_delays(attempts, base=base, cap=cap)
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:
+            if not getattr(exc, "retryable", False) or attempt == attempts - 1:
+                raise
+            log.warning("%s failed (%s); retry %d/%d in %.1fs", what, exc, attempt + 1, attempts - 1, delays[attempt])
+            sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+__all__ = ["backoff_delays", "call_with_retries"]

@@ -1,0 +1,364 @@
+"""Upload one local file to a store: one PUT when small, else a parallel multipart upload.
+
+Guarantees:
+- memory stays bounded: at most `max_concurrency` parts are read and in flight at once;
+- every part carries a CRC32C the store verifies; the whole-object CRC32C is combined
+  from the part checksums (no second read of the file);
+- the source is checked against its identity (size, mtime) while it is read: a file that
+  changes mid-upload fails with SourceChanged and nothing is stored;
+- on failure the multipart upload is aborted (a failed abort raises AbortFailed, with the
+  upload id, never swallowed) — unless `keep_resumable` is set and the error is retryable,
+  in which case the upload is left for `resume` and its id was already handed to `journal`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from storage_core.checksums import combine_parts, crc32c
+from storage_core.errors import AbortFailed, FerryError, PartUploadFailed, SourceChanged, StorageError, UploadAborted
+from storage_core.retry import call_with_retries
+from storage_core.stores.base import Multipart, ObjectMeta, Put
+from storage_core.upload.plan import Part, choose_part_size, plan_parts
+
+log = logging.getLogger(__name__)
+
+OnProgress = Callable[[int], None]
+SMALL_READ_LIMIT = 64 * 1024 * 1024  # single PUTs above this stream instead of being read whole
+
+
+@dataclass(frozen=True)
+class FileIdentity:
+    """What a manifest recorded about a source file; a mismatch means it changed."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, stat: os.stat_result) -> FileIdentity:
+        return cls(stat.st_size, stat.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class CompletedPart:
+    number: int
+    size: int
+    crc32c: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """A multipart upload recorded earlier: its id, part size and the parts known stored."""
+
+    upload_id: str
+    part_size: int
+    parts: dict[int, CompletedPart] = field(default_factory=dict)
+
+
+class UploadJournal(Protocol):
+    """Where progress is made durable (the catalog). Called from worker threads."""
+
+    def started(self, upload_id: str, part_size: int) -> None: ...
+
+    def part_stored(self, part: CompletedPart) -> None: ...
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    key: str
+    size: int
+    crc32c: int
+    etag: str
+    upload_id: str | None  # None for a single PUT
+    parts_sent: int
+    parts_reused: int
+
+
+def _check_identity(path: Path, expected: FileIdentity, handle: BinaryIO | None = None) -> None:
+    now = FileIdentity.of(os.fstat(handle.fileno()) if handle is not None else path.stat())
+    if now != expected:
+        raise SourceChanged(
+            f"{path} changed while it was being uploaded (size {expected.size} -> {now.size}, "
+            f"mtime {expected.mtime_ns} -> {now.mtime_ns})",
+            key=str(path),
+        )
+
+
+class _GuardedReader:
+    """A file reader that re-checks the source's identity when it reaches the end, so a
+    streaming PUT fails before the store commits torn bytes."""
+
+    def __init__(self, handle: BinaryIO, path: Path, identity: FileIdentity, on_progress: OnProgress | None) -> None:
+        self._handle, self._path, self._identity, self._on_progress = handle, path, identity, on_progress
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._handle.read(size)
+        self._read += len(block)
+        if self._on_progress and block:
+            self._on_progress(len(block))
+        if not block or self._read >= self._identity.size:
+            _check_identity(self._path, self._identity, self._handle)
+        return block
+
+
+def upload_file(
+    store: Put | Multipart,
+    path: str | os.PathLike[str],
+    key: str,
+    *,
+    part_size: int | None = None,
+    max_concurrency: int = 4,
+    on_progress: OnProgress | None = None,
+    identity: FileIdentity | None = None,
+    journal: UploadJournal | None = None,
+    resume: ResumeState | None = None,
+    keep_resumable: bool = False,
+    part_attempts: int = 6,
+) -> UploadResult:
+    """Upload `path` to `key`. See the module docstring for what holds on failure."""
+    path = Path(path)
+    try:
+        handle = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise SourceChanged(f"{path} no longer exists", key=str(path)) from exc
+    except PermissionError as exc:
+        raise SourceChanged(f"{path} is not readable: permission denied", key=str(path)) from exc
+    with handle:
+        current = FileIdentity.of(os.fstat(handle.fileno()))
+        identity = identity or current
+        if current != identity:
+            _check_identity(path, identity, handle)
+        if resume is None and identity.size <= store.multipart_threshold:
+            return _single_put(store, handle, path, key, identity, on_progress, part_attempts)
+        return _multipart(
+            store,
+            handle,
+            path,
+            key,
+            identity=identity,
+            part_size=part_size,
+            max_concurrency=max_concurrency,
+            on_progress=on_progress,
+            journal=journal,
+            resume=resume,
+            keep_resumable=keep_resumable,
+            part_attempts=part_attempts,
+        )
+
+
+def _single_put(
+    store: Put, handle: BinaryIO, path: Path, key: str, identity: FileIdentity, on_progress: OnProgress | None, attempts: int
+) -> UploadResult:
+    if identity.size <= SMALL_READ_LIMIT:
+        data = handle.read(identity.size + 1)
+        if len(data) != identity.size:
+            _check_identity(path, identity, handle)
+            raise SourceChanged(f"{path} changed while it was being read", key=str(path))
+        _check_identity(path, identity, handle)
+        value = crc32c(data)
+        meta = call_with_retries(
+            lambda: store.put(key, data, size=identity.size, crc32c=value), attempts=attempts, what=f"put {key}"
+        )
+        if on_progress:
+            on_progress(identity.size)
+    else:
+        # a store with a huge multipart threshold (a local folder) streams in one pass
+        meta = store.put(key, _GuardedReader(handle, path, identity, on_progress), size=identity.size)
+        if meta.crc32c is None:
+            raise StorageError(f"{store.uri} did not report a CRC32C for a streamed put of {key}", key=key)
+        value = meta.crc32c
+    return UploadResult(key, identity.size, value, meta.etag, None, parts_sent=1, parts_reused=0)
+
+
+def _start_or_resume(
+    store: Multipart,
+    key: str,
+    identity: FileIdentity,
+    part_size: int | None,
+    journal: UploadJournal | None,
+    resume: ResumeState | None,
+    attempts: int,
+) -> tuple[str, int, dict[int, CompletedPart]]:
+    """(upload id, part size, parts already stored). A recorded upload is reused with the
+    parts the server still holds at the recorded size and ETag; one the server no longer
+    knows is replaced by a fresh upload."""
+    if resume is not None:
+        try:
+            on_server = {p.part_number: p for p in store.list_parts(key, resume.upload_id)}
+        except StorageError as exc:
+            if exc.retryable:
+                raise
+            log.warning("recorded upload %s of %s is gone (%s); starting a fresh one", resume.upload_id, key, exc)
+        else:
+            plan = {p.number: p for p in plan_parts(identity.size, part_size=resume.part_size)}
+            reusable = {
+                number: recorded
+                for number, recorded in resume.parts.items()
+                if (stored := on_server.get(number))
+                and number in plan
+                and stored.size == recorded.size == plan[number].size
+                and stored.etag == recorded.etag
+            }
+            return resume.upload_id, resume.part_size, reusable
+    chosen = choose_part_size(identity.size, part_size=part_size or 16 * 1024 * 1024)
+    upload_id = call_with_retries(lambda: store.create_multipart(key), attempts=attempts, what=f"create {key}")
+    if journal:
+        try:
+            journal.started(upload_id, chosen)  # durable before the first part is sent
+        except BaseException as exc:
+            _abort(store, key, upload_id, exc)
+            raise
+    return upload_id, chosen, {}
+
+
+def _multipart(
+    store: Multipart,
+    handle: BinaryIO,
+    path: Path,
+    key: str,
+    *,
+    identity: FileIdentity,
+    part_size: int | None,
+    max_concurrency: int,
+    on_progress: OnProgress | None,
+    journal: UploadJournal | None,
+    resume: ResumeState | None,
+    keep_resumable: bool,
+    part_attempts: int,
+) -> UploadResult:
+    upload_id, chosen, done = _start_or_resume(store, key, identity, part_size, journal, resume, part_attempts)
+    plan = plan_parts(identity.size, part_size=chosen)
+
+    try:
+        if on_progress and done:
+            on_progress(sum(p.size for p in done.values()))
+        todo = [part for part in plan if part.number not in done]
+        fd = handle.fileno()
+
+        def send(part: Part) -> CompletedPart:
+            data = os.pread(fd, part.size, part.start)
+            if len(data) != part.size:
+                _check_identity(path, identity, handle)
+                raise SourceChanged(f"{path} shrank while it was being uploaded", key=str(path))
+            _check_identity(path, identity, handle)
+            value = crc32c(data)
+            try:
+                etag = call_with_retries(
+                    lambda: store.upload_part(key, upload_id, part.number, data, crc32c=value),
+                    attempts=part_attempts,
+                    what=f"part {part.number} of {key}",
+                )
+            except FerryError as exc:
+                raise PartUploadFailed(
+                    f"part {part.number} of {key} failed: {exc}",
+                    key=key,
+                    upload_id=upload_id,
+                    part_number=part.number,
+                    retryable=exc.retryable,
+                ) from exc
+            completed = CompletedPart(part.number, part.size, value, etag)
+            if journal:
+                journal.part_stored(completed)  # recorded only after the server answered
+            if on_progress:
+                on_progress(part.size)
+            return completed
+
+        for completed in _run_bounded(send, todo, max_concurrency):
+            done[completed.number] = completed
+
+        _check_identity(path, identity, handle)
+        ordered = [done[part.number] for part in plan]
+        meta: ObjectMeta = call_with_retries(
+            lambda: store.complete_multipart(key, upload_id, [(p.number, p.etag) for p in ordered]),
+            attempts=part_attempts,
+            what=f"complete {key}",
+        )
+    except BaseException as exc:
+        retryable = bool(getattr(exc, "retryable", False))
+        if keep_resumable and retryable and isinstance(exc, FerryError):
+            log.warning("upload of %s left resumable (upload id %s): %s", key, upload_id, exc)
+            raise
+        _abort(store, key, upload_id, exc)
+        if isinstance(exc, FerryError) or not isinstance(exc, Exception):
+            raise
+        raise UploadAborted(f"upload of {key} aborted: {exc}", key=key, upload_id=upload_id) from exc
+
+    whole = combine_parts([(p.crc32c, p.size) for p in ordered])
+    return UploadResult(
+        key=key,
+        size=identity.size,
+        crc32c=whole,
+        etag=meta.etag,
+        upload_id=upload_id,
+        parts_sent=len(todo),
+        parts_reused=len(ordered) - len(todo),
+    )
+
+
+def _run_bounded(send: Callable[[Part], CompletedPart], parts: list[Part], max_concurrency: int) -> list[CompletedPart]:
+    """Run `send` over `parts` with at most `max_concurrency` in flight (so at most that many
+    parts are in memory). On the first failure, pending parts are cancelled, running ones
+    finish, and the failure is raised."""
+    results: list[CompletedPart] = []
+    queue = iter(parts)
+    with ThreadPoolExecutor(max_workers=max(1, max_concurrency), thread_name_prefix="ferry-part") as pool:
+        running: set[Future[CompletedPart]] = set()
+        failure: BaseException | None = None
+        for part in queue:
+            running.add(pool.submit(send, part))
+            if len(running) >= max_concurrency:
+                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                failure = _collect(finished, results)
+                if failure:
+                    break
+        if failure is None:
+            finished, running = wait(running)
+            failure = _collect(finished, results)
+        else:
+            wait(running)
+        if failure:
+            raise failure
+    return results
+
+
+def _collect(finished: set[Future[CompletedPart]], results: list[CompletedPart]) -> BaseException | None:
+    failure = None
+    for future in finished:
+        exc = future.exception()
+        if exc is None:
+            results.append(future.result())
+        elif failure is None:
+            failure = exc
+    return failure
+
+
+def _abort(store: Multipart, key: str, upload_id: str, cause: BaseException) -> None:
+    try:
+        call_with_retries(lambda: store.abort_multipart(key, upload_id), attempts=3, what=f"abort {key}")
+    except Exception as abort_exc:
+        log.warning("abort of multipart upload %s for %s failed: %s", upload_id, key, abort_exc)
+        raise AbortFailed(
+            f"upload of {key} failed ({cause}) and its abort failed too ({abort_exc}): "
+            f"multipart upload {upload_id} may be orphaned; `ferry reconcile` will retry the abort",
+            key=key,
+            upload_id=upload_id,
+        ) from abort_exc
+
+
+__all__ = [
+    "CompletedPart",
+    "FileIdentity",
+    "OnProgress",
+    "ResumeState",
+    "UploadJournal",
+    "UploadResult",
+    "upload_file",
+]
