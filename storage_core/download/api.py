@@ -1,0 +1,103 @@
+"""`download`: plan every write, then move the bytes (several files at once, each in ranges)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+from storage_core.download.plan import Layout, plan_writes
+from storage_core.download.source import DownloadSource
+from storage_core.download.transfer import (
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_MAX_WORKERS,
+    DEFAULT_RETRY,
+    OnProgress,
+    RetryPolicy,
+    _Cancelled,
+    download_object,
+)
+from storage_core.errors import ConfigError
+
+DEFAULT_MAX_FILES = 4  # files in flight at once: hides HEAD and fsync latency for many small segments
+
+
+def download(
+    target: DownloadSource | Iterable[DownloadSource],
+    dest: str | os.PathLike[str],
+    *,
+    layout: Layout = "by_recording",
+    overwrite: bool = False,
+    on_progress: OnProgress | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    max_workers: int = DEFAULT_MAX_WORKERS,
+    max_files: int = DEFAULT_MAX_FILES,
+    retry: RetryPolicy = DEFAULT_RETRY,
+) -> list[Path]:
+    """Download one source or many under `dest`; return every path written, in plan order.
+
+    `target` is one DownloadSource or any iterable of them (told apart by type, so a
+    one-element list still returns a list). Destinations follow `layout` (see
+    storage_core.download.plan). `on_progress(n)` is called with each `n` bytes written,
+    from worker threads but never two calls at once.
+
+    Before any write, the whole plan is checked and every problem raised together as a
+    WritePlanError (nothing written). During I/O, memory stays below about
+    `max_workers × chunk_size` whatever the object sizes; each object is fetched in
+    `chunk_size` ranges pinned to the ETag of its HEAD, verified (size, CRC32C) and renamed
+    into place only when complete. The first failure stops the call and is raised: files
+    already completed stay (each is whole and verified), the failing and unfinished ones
+    leave nothing at their final paths and no `.part` files. PreconditionFailed (an object
+    changed mid-download) is `retryable`: calling again plans from fresh HEADs.
+    """
+    sources = [target] if isinstance(target, DownloadSource) else list(target)
+    if chunk_size <= 0 or max_workers <= 0 or max_files <= 0:
+        raise ConfigError(f"chunk_size, max_workers and max_files must be positive "
+                          f"(got {chunk_size}, {max_workers}, {max_files})")
+    plan = plan_writes(sources, dest, layout=layout, overwrite=overwrite)
+    if not plan:
+        return []
+    progress = _serialized(on_progress)
+    stop = threading.Event()
+    with ThreadPoolExecutor(max_workers, thread_name_prefix="ferry-range") as ranges_pool, \
+            ThreadPoolExecutor(min(max_files, len(plan)), thread_name_prefix="ferry-file") as files_pool:
+        futures: list[Future[Path]] = [
+            files_pool.submit(download_object, write, ranges_pool=ranges_pool, chunk_size=chunk_size,
+                              overwrite=overwrite, retry=retry, on_progress=progress, stop=stop)
+            for write in plan
+        ]
+        try:
+            wait(futures, return_when=FIRST_EXCEPTION)
+        finally:
+            # on a failure (or Ctrl-C) stop everything still queued or running, then wait
+            # for the running files to clean up their `.part` files
+            if any(f.done() and f.exception() is not None for f in futures) or not all(f.done() for f in futures):
+                stop.set()
+                for future in futures:
+                    future.cancel()
+            wait(futures)
+    errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+    real = [e for e in errors if not isinstance(e, _Cancelled)]
+    if real:
+        raise real[0]
+    if errors or any(f.cancelled() for f in futures):
+        raise RuntimeError("download cancelled")  # only reachable through an interrupt
+    return [f.result() for f in futures]
+
+
+def _serialized(on_progress: OnProgress | None) -> OnProgress | None:
+    """The caller's callback, never run by two threads at once."""
+    if on_progress is None:
+        return None
+    lock = threading.Lock()
+
+    def report(nbytes: int) -> None:
+        with lock:
+            on_progress(nbytes)
+
+    return report
+
+
+__all__ = ["DEFAULT_MAX_FILES", "download"]

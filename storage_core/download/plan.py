@@ -1,0 +1,265 @@
+"""Plan every write of a download before the first byte moves.
+
+Destinations, by layout (`rel` is a segment's path below its modality prefix; a
+processed artifact is the single file `{modality}.{ext}` in the folder the layout gives
+its recording):
+
+    layout          segment                                  processed artifact
+    by_recording    dest/{device}/{recording}/{modality}/{rel}   dest/{device}/{recording}/{modality}.{ext}
+    by_modality     dest/{modality}/{device}/{recording}/{rel}   dest/{modality}/{device}/{recording}/{modality}.{ext}
+    flat            dest/{device}__{recording}__{modality}/{rel} dest/{device}__{recording}__{modality}.{ext}
+
+`plan_writes` only computes and checks (it reads the file system with `stat`, it never
+writes). Every problem it finds is collected and raised together in one WritePlanError.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from storage_core.download.source import DownloadSource
+from storage_core.errors import ConfigError, InvalidKey
+from storage_core.keys import validate_key
+
+Layout = Literal["by_recording", "by_modality", "flat"]
+LAYOUTS: tuple[str, ...] = ("by_recording", "by_modality", "flat")
+PART_SUFFIX = ".part"
+FLAT_SEPARATOR = "__"
+NAME_MAX = 255  # bytes per path component on every common Linux file system
+_MESSAGE_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class PlannedWrite:
+    """One object and the path it will be written to; `part` is the temp file beside it."""
+
+    source: DownloadSource
+    dest: Path
+
+    @property
+    def part(self) -> Path:
+        return self.dest.with_name(self.dest.name + PART_SUFFIX)
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """One reason a plan cannot run. `kind` is one of: unsafe, ambiguous, duplicate,
+    conflict, exists, not_writable."""
+
+    kind: str
+    message: str
+    key: str | None = None
+    path: Path | None = None
+
+
+class WritePlanError(ConfigError):
+    """A download plan has problems; nothing was written. `problems` lists every one."""
+
+    def __init__(self, problems: list[PlanProblem]) -> None:
+        count = len(problems)
+        first = problems[0].message
+        head = f"download refused, nothing written: {first}" + (f" (and {count - 1} more)" if count > 1 else "")
+        lines = [f"  - {p.message}" for p in problems[:_MESSAGE_LIMIT]]
+        if count > _MESSAGE_LIMIT:
+            lines.append(f"  ... {count - _MESSAGE_LIMIT} more")
+        super().__init__("\n".join([head, *lines]))
+        self.problems = problems
+
+
+def plan_writes(
+    sources: Iterable[DownloadSource],
+    dest: str | os.PathLike[str],
+    *,
+    layout: Layout = "by_recording",
+    overwrite: bool = False,
+) -> list[PlannedWrite]:
+    """Every write of a download, in the order they are returned to the caller.
+
+    Order: recordings (device, recording) in order of first appearance, then modalities
+    in order of first appearance within the recording, then segments by relative path.
+
+    Raises WritePlanError listing every problem at once: unsafe names (`..`, absolute or
+    empty segments, over-long names), `flat` names that would be ambiguous, two sources
+    with one destination, a destination that would be both a file and a folder (or
+    another's `.part` file), an existing file when `overwrite` is false, an existing
+    folder at a file's path, and destinations whose folder cannot be written.
+    Raises ConfigError for an unknown layout.
+    """
+    if layout not in LAYOUTS:
+        raise ConfigError(f"unknown download layout {layout!r}: use one of {', '.join(LAYOUTS)}")
+    root = Path(dest)
+    problems: list[PlanProblem] = []
+    writes: list[PlannedWrite] = []
+    for source in _ordered(list(sources)):
+        path = destination(source, root, layout=layout, problems=problems)
+        if path is not None:
+            writes.append(PlannedWrite(source, path))
+    problems.extend(_collisions(writes))
+    problems.extend(_disk_problems(writes, root, overwrite=overwrite))
+    if problems:
+        raise WritePlanError(problems)
+    return writes
+
+
+def _ordered(sources: list[DownloadSource]) -> list[DownloadSource]:
+    recordings: dict[tuple[str, str], int] = {}
+    modalities: dict[tuple[str, str, str], int] = {}
+    for source in sources:
+        recordings.setdefault((source.device_id, source.recording), len(recordings))
+        modalities.setdefault((source.device_id, source.recording, source.modality), len(modalities))
+
+    def rank(source: DownloadSource) -> tuple[int, int, str, str]:
+        return (
+            recordings[(source.device_id, source.recording)],
+            modalities[(source.device_id, source.recording, source.modality)],
+            source.relative_path if source.segmented else "",
+            source.key,
+        )
+
+    return sorted(sources, key=rank)  # stable: true duplicates keep input order
+
+
+def destination(
+    source: DownloadSource,
+    root: Path,
+    *,
+    layout: Layout,
+    problems: list[PlanProblem],
+) -> Path | None:
+    """The path `source` is written to under `root`, or None after appending why it cannot be."""
+    before = len(problems)
+
+    def bad(kind: str, message: str) -> None:
+        problems.append(PlanProblem(kind, message, key=source.key))
+
+    try:
+        validate_key(source.key)
+    except InvalidKey as exc:
+        bad("unsafe", f"unsafe source key {source.key!r}: {exc.reason}")
+    names = {"device_id": source.device_id, "recording": source.recording, "modality": source.modality}
+    for field, value in names.items():
+        reason = _segment_problem(value)
+        if reason:
+            bad("unsafe", f"{source.key}: unsafe {field} {value!r}: {reason}")
+        elif layout == "flat" and (FLAT_SEPARATOR in value or value.startswith("_") or value.endswith("_")):
+            # `a_` + `__` + `b` and `a` + `__` + `_b` both give `a___b`: refuse, never guess
+            bad("ambiguous", f"{source.key}: {field} {value!r} would make flat names ambiguous "
+                f"(contains {FLAT_SEPARATOR!r} or starts/ends with '_'); use another layout")
+    if source.segmented:
+        tail = _relative_parts(source, bad)
+    else:
+        ext = source.ext.removeprefix(".")
+        reason = _segment_problem(f"{source.modality}.{ext}") if ext else "processed artifacts need an extension"
+        if reason:
+            bad("unsafe", f"{source.key}: unsafe file name for modality {source.modality!r} ext {source.ext!r}: {reason}")
+        tail = [f"{source.modality}.{ext}"]
+    if len(problems) > before:
+        return None
+    device, recording, modality = source.device_id, source.recording, source.modality
+    if layout == "by_recording":
+        parents = [device, recording] + ([modality] if source.segmented else [])
+    elif layout == "by_modality":
+        parents = [modality, device, recording]
+    else:
+        flat = FLAT_SEPARATOR.join((device, recording, modality))
+        parents, tail = ([flat], tail) if source.segmented else ([], [f"{flat}.{source.ext.removeprefix('.')}"])
+        if len(os.fsencode(tail[-1] + PART_SUFFIX)) > NAME_MAX or len(os.fsencode(flat)) > NAME_MAX:
+            bad("unsafe", f"{source.key}: flat name {flat!r} is longer than {NAME_MAX} bytes")
+            return None
+    return root.joinpath(*parents, *tail)
+
+
+def _segment_problem(name: str) -> str | None:
+    """Why `name` cannot be one path component, or None."""
+    if not name:
+        return "empty"
+    if "/" in name or "\\" in name or "\x00" in name:
+        return "contains '/', a backslash or a NUL byte"
+    if name in (".", ".."):
+        return f"'{name}' is not a file name"
+    if len(os.fsencode(name + PART_SUFFIX)) > NAME_MAX:
+        return f"longer than {NAME_MAX - len(PART_SUFFIX)} bytes"
+    return None
+
+
+def _relative_parts(source: DownloadSource, bad) -> list[str]:
+    try:
+        validate_key(source.relative_path)
+    except InvalidKey as exc:
+        bad("unsafe", f"{source.key}: unsafe relative path {source.relative_path!r}: {exc.reason}")
+        return []
+    parts = source.relative_path.split("/")
+    for part in parts:
+        if len(os.fsencode(part + PART_SUFFIX)) > NAME_MAX:
+            bad("unsafe", f"{source.key}: path component {part[:40]!r}... is longer than {NAME_MAX - len(PART_SUFFIX)} bytes")
+    return parts
+
+
+def _collisions(writes: list[PlannedWrite]) -> list[PlanProblem]:
+    """Two writes to one path, a path that is both a file and a folder, a path that is another's `.part`."""
+    problems: list[PlanProblem] = []
+    owner: dict[Path, PlannedWrite] = {}
+    for write in writes:
+        first = owner.setdefault(write.dest, write)
+        if first is not write:
+            problems.append(PlanProblem(
+                "duplicate", f"{write.source.key} and {first.source.key} would both be written to {write.dest}",
+                key=write.source.key, path=write.dest))
+    for write in owner.values():
+        for parent in write.dest.parents:
+            other = owner.get(parent)
+            if other is not None:
+                problems.append(PlanProblem(
+                    "conflict", f"{parent} would be both the file for {other.source.key} and a folder for {write.source.key}",
+                    key=write.source.key, path=parent))
+        other = owner.get(write.part)
+        if other is not None:
+            problems.append(PlanProblem(
+                "conflict", f"{other.dest} ({other.source.key}) is the temporary file of {write.dest} ({write.source.key})",
+                key=other.source.key, path=other.dest))
+    return problems
+
+
+def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool) -> list[PlanProblem]:
+    """What the file system already holds that would make a write fail or clobber a file."""
+    problems: list[PlanProblem] = []
+    folders: dict[Path, str | None] = {}  # folder -> problem (None: fine), shared by many segments
+
+    def folder_problem(folder: Path) -> str | None:
+        if folder in folders:
+            return folders[folder]
+        if os.path.lexists(folder):
+            if not folder.is_dir():
+                reason = f"{folder} exists and is not a folder"
+            elif not os.access(folder, os.W_OK | os.X_OK):
+                reason = f"destination folder {folder} is not writable"
+            else:
+                reason = None
+        elif folder.parent == folder:
+            reason = f"{folder} does not exist"
+        else:
+            reason = folder_problem(folder.parent)  # created on demand: its nearest existing parent decides
+        folders[folder] = reason
+        return reason
+
+    reported: set[str] = set()
+    for write in writes:
+        dest = write.dest
+        if os.path.isdir(dest) and not os.path.islink(dest):
+            problems.append(PlanProblem("exists", f"{dest} is an existing folder; cannot write {write.source.key} there",
+                                        key=write.source.key, path=dest))
+        elif os.path.lexists(dest) and not overwrite:
+            problems.append(PlanProblem("exists", f"{dest} already exists (pass overwrite=True to replace it)",
+                                        key=write.source.key, path=dest))
+        reason = folder_problem(dest.parent)
+        if reason and reason not in reported:  # one line per bad folder, not one per segment
+            reported.add(reason)
+            problems.append(PlanProblem("not_writable", reason, key=write.source.key, path=dest.parent))
+    return problems
+
+
+__all__ = ["LAYOUTS", "Layout", "PART_SUFFIX", "PlanProblem", "PlannedWrite", "WritePlanError", "destination", "plan_writes"]
