@@ -4,13 +4,17 @@ How a side is measured
 - `run_python(name, func, *args, nbytes=...)` runs `func(*args)` in a fresh interpreter
   (`python -m bench.harness`, not a fork, so nothing of the parent's memory is counted).
   `seconds` is the wall time of the call alone, taken inside the child (interpreter start and
-  imports are excluded); `peak_rss_bytes` is the child's peak resident set over its whole life
-  (`os.wait4`'s `ru_maxrss`, so it includes the interpreter and whatever `func` imports, and
-  any sub-process the child waited for). `func` must be importable by name: a module-level
-  function of an importable module (`bench.upload.boto3_side`); arguments and the return value
-  are pickled. If `func` returns a dict, it becomes `Result.extra`.
-- `run_command(name, argv, nbytes=...)` times an external command (curl, cp) from spawn to exit
-  and reads its peak RSS the same way (`sh -c 'cp ... && sync ...'` counts sh, cp and sync).
+  imports are excluded); `peak_rss_bytes` is the child's own VmHWM read at its end (its whole
+  life: the interpreter, whatever `func` imports, every thread; not grandchildren). `func`
+  must be importable by name: a module-level function of an importable module
+  (`bench.upload.boto3_side`); arguments and the return value are pickled. If `func` returns
+  a dict, it becomes `Result.extra`.
+- `run_command(name, argv, nbytes=...)` times an external command (curl, cp) from spawn to
+  exit. Its peak RSS comes from GNU `time -f %M` (the largest of the command and the children
+  it waited for) or, without /usr/bin/time, from sampling its VmHWM every 5 ms.
+- Why not `os.wait4`'s `ru_maxrss` of our own child: Linux carries the parent's peak RSS over
+  fork/vfork + exec into it (a 500 MiB parent makes `sleep` report 515 MiB), so it measures
+  the benchmark driver, not the side.
 - A side that fails raises `BenchmarkFailed` with the child's exit status and stderr tail.
 
 Reporting
@@ -91,11 +95,9 @@ class Result:
 # --- running sides -------------------------------------------------------------------------
 
 
-def _wait(process: subprocess.Popen[bytes]) -> tuple[int, int]:
-    """Reap the child ourselves to get its rusage: (exit status, peak RSS in bytes)."""
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, usage.ru_maxrss * 1024  # Linux reports KiB
+def _wait(process: subprocess.Popen[bytes]) -> int:
+    process.wait()
+    return process.returncode
 
 
 def _function_ref(func: Callable[..., Any]) -> tuple[str, str]:
@@ -133,7 +135,7 @@ def run_python(
             stderr=subprocess.PIPE,
         )
         stderr = _drain_stderr(process, timeout)
-        code, peak = _wait(process)
+        code = _wait(process)
         if code != 0 or not answer.exists():
             raise BenchmarkFailed(f"{name}: child exited with {code}\n{stderr[-4000:]}")
         outcome = pickle.loads(answer.read_bytes())
@@ -141,7 +143,7 @@ def run_python(
         raise BenchmarkFailed(f"{name}: {outcome['error']}")
     value = outcome["value"]
     extra = dict(value) if isinstance(value, dict) else {}
-    return Result(name, outcome["seconds"], nbytes, peak, extra)
+    return Result(name, outcome["seconds"], nbytes, outcome["vm_hwm_bytes"], extra)
 
 
 def _drain_stderr(process: subprocess.Popen[bytes], timeout: float | None) -> str:
@@ -174,14 +176,51 @@ def run_command(
 ) -> Result:
     """Time an external command from spawn to exit; its stdout is discarded."""
     child_env = {**os.environ, **(env or {})}
-    started = time.perf_counter()
-    process = subprocess.Popen(list(argv), env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    stderr = _drain_stderr(process, timeout)
-    code, peak = _wait(process)
-    seconds = time.perf_counter() - started
-    if code != 0:
-        raise BenchmarkFailed(f"{name}: {' '.join(argv)} exited with {code}\n{stderr[-4000:]}")
-    return Result(name, seconds, nbytes, peak, {"argv": list(argv)})
+    with tempfile.TemporaryDirectory(prefix="ferry-bench-") as scratch:
+        report = Path(scratch, "maxrss")
+        timer = [GNU_TIME, "-q", "-o", str(report), "-f", "%M"] if os.access(GNU_TIME, os.X_OK) else []
+        started = time.perf_counter()
+        process = subprocess.Popen([*timer, *argv], env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        sampler = None if timer else _HwmSampler(process.pid)
+        stderr = _drain_stderr(process, timeout)
+        code = _wait(process)
+        seconds = time.perf_counter() - started
+        if code != 0:
+            raise BenchmarkFailed(f"{name}: {' '.join(argv)} exited with {code}\n{stderr[-4000:]}")
+        if sampler is not None:
+            peak, how = sampler.stop(), "VmHWM sampled"
+        else:
+            peak, how = int(report.read_text().split()[-1]) * 1024, "GNU time %M"
+    return Result(name, seconds, nbytes, peak, {"argv": list(argv), "rss_from": how})
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+class _HwmSampler:
+    """Polls /proc/<pid>/status for VmHWM until stopped: a lower bound for very short spikes."""
+
+    def __init__(self, pid: int, interval: float = 0.005) -> None:
+        self._path, self._interval = Path(f"/proc/{pid}/status"), interval
+        self.peak = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._done.is_set():
+            try:
+                for line in self._path.read_text().splitlines():
+                    if line.startswith("VmHWM:"):
+                        self.peak = max(self.peak, int(line.split()[1]) * 1024)
+            except (OSError, ValueError):
+                pass
+            self._done.wait(self._interval)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
 
 
 def _child_main(request: str, answer: str) -> int:

@@ -104,3 +104,14 @@ def test_run_command_reports_failure_and_success() -> None:
 
 def parse_size_as_dict(text: str) -> dict[str, int]:
     return {"bytes": parse_size(text)}
+
+
+def test_peak_rss_is_the_sides_own_not_the_parents() -> None:
+    # Linux carries a parent's peak RSS into an exec'd child's ru_maxrss; the harness must not
+    ballast = bytearray(300 * MiB)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page so it is resident
+    command = run_command("sleep", [sys.executable, "-c", "pass"], nbytes=1)
+    python = run_python("sizes", parse_size_as_dict, "1MiB", nbytes=1)
+    assert command.peak_rss_bytes < 200 * MiB
+    assert python.peak_rss_bytes < 200 * MiB
+    del ballast
