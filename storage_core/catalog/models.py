@@ -1,0 +1,176 @@
+"""Ferry's catalog tables (SQLAlchemy 2). They live in Ferry's own database, never Prefect's.
+
+    devices ─< recordings ─< stored_objects
+    transactions ─< transaction_items ─< multipart_parts
+
+A transaction item claims its destination while it is in flight: a partial unique index
+on (store_uri, key) over the active states makes two concurrent ingests of the same file
+store it once.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TransactionStatus(str, enum.Enum):
+    PENDING = "pending"  # begun, nothing sent yet
+    UPLOADING = "uploading"  # bytes moving; resumable if the process dies
+    COMPLETED = "completed"
+    ABORTED = "aborted"  # multipart uploads aborted, items released
+
+
+class ItemStatus(str, enum.Enum):
+    PENDING = "pending"
+    UPLOADING = "uploading"
+    STORED = "stored"
+    SKIPPED = "skipped"  # identical bytes already stored, or in flight elsewhere
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+ACTIVE_ITEM_STATES = (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)
+OPEN_TRANSACTION_STATES = (TransactionStatus.PENDING.value, TransactionStatus.UPLOADING.value)
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Recording(Base):
+    __tablename__ = "recordings"
+    __table_args__ = (UniqueConstraint("device_id", "name", name="uq_recording_device_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    objects: Mapped[list[StoredObject]] = relationship(back_populates="recording")
+
+
+class StoredObject(Base):
+    __tablename__ = "stored_objects"
+    __table_args__ = (UniqueConstraint("store_uri", "key", name="uq_object_location"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"), index=True)
+    store_uri: Mapped[str] = mapped_column(String(1024))
+    key: Mapped[str] = mapped_column(String(1024))
+    relative_path: Mapped[str] = mapped_column(String(1024))
+    modality: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    crc32c: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(256))
+    transaction_id: Mapped[str | None] = mapped_column(ForeignKey("transactions.id"))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    summary: Mapped[str | None] = mapped_column(Text)  # JSON, filled by the summarize path
+
+    recording: Mapped[Recording | None] = relationship(back_populates="objects")
+
+    @property
+    def uri(self) -> str:
+        return f"{self.store_uri}/{self.key}"
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    device_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    origination: Mapped[str] = mapped_column(String(256))
+    destination: Mapped[str] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(16), index=True, default=TransactionStatus.PENDING.value)
+    error: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    items: Mapped[list[TransactionItem]] = relationship(
+        back_populates="transaction", order_by="TransactionItem.id", cascade="all, delete-orphan"
+    )
+
+
+class TransactionItem(Base):
+    __tablename__ = "transaction_items"
+    __table_args__ = (
+        Index(
+            "uq_item_active_destination",
+            "store_uri",
+            "key",
+            unique=True,
+            sqlite_where=text("status IN ('pending', 'uploading')"),
+            postgresql_where=text("status IN ('pending', 'uploading')"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
+    source_path: Mapped[str] = mapped_column(String(4096))
+    device_id: Mapped[str] = mapped_column(String(128))
+    recording: Mapped[str] = mapped_column(String(512))
+    relative_path: Mapped[str] = mapped_column(String(1024))
+    modality: Mapped[str] = mapped_column(String(64))
+    store_uri: Mapped[str] = mapped_column(String(1024))
+    key: Mapped[str] = mapped_column(String(1024))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING.value)
+    upload_id: Mapped[str | None] = mapped_column(String(1024))
+    part_size: Mapped[int | None] = mapped_column(BigInteger)
+    crc32c: Mapped[int | None] = mapped_column(BigInteger)
+    etag: Mapped[str | None] = mapped_column(String(256))
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    transaction: Mapped[Transaction] = relationship(back_populates="items")
+    parts: Mapped[list[MultipartPart]] = relationship(order_by="MultipartPart.part_number", cascade="all, delete-orphan")
+
+    @property
+    def uri(self) -> str:
+        return f"{self.store_uri}/{self.key}"
+
+
+class MultipartPart(Base):
+    __tablename__ = "multipart_parts"
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("transaction_items.id"), primary_key=True)
+    part_number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    crc32c: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(256))
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+__all__ = [
+    "ACTIVE_ITEM_STATES",
+    "OPEN_TRANSACTION_STATES",
+    "Base",
+    "Device",
+    "ItemStatus",
+    "MultipartPart",
+    "Recording",
+    "StoredObject",
+    "Transaction",
+    "TransactionItem",
+    "TransactionStatus",
+]

@@ -1,0 +1,121 @@
+"""Plain, frozen views of catalog rows, safe to hand out after the session closes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from storage_core.catalog.models import StoredObject, Transaction, TransactionItem
+
+
+@dataclass(frozen=True)
+class ItemInfo:
+    id: int
+    source_path: str
+    uri: str
+    size: int
+    status: str
+    device_id: str
+    recording: str
+    relative_path: str
+    modality: str
+    upload_id: str | None
+    parts_stored: int
+    crc32c: int | None
+    error: str | None
+
+    @classmethod
+    def of(cls, item: TransactionItem) -> ItemInfo:
+        return cls(
+            id=item.id,
+            source_path=item.source_path,
+            uri=item.uri,
+            size=item.size,
+            status=item.status,
+            device_id=item.device_id,
+            recording=item.recording,
+            relative_path=item.relative_path,
+            modality=item.modality,
+            upload_id=item.upload_id,
+            parts_stored=len(item.parts),
+            crc32c=item.crc32c,
+            error=item.error,
+        )
+
+
+@dataclass(frozen=True)
+class TransactionInfo:
+    id: str
+    status: str
+    device_id: str | None
+    origination: str
+    destination: str
+    created_at: datetime
+    updated_at: datetime
+    error: str | None
+    flow_run_id: str | None
+    items: tuple[ItemInfo, ...]
+
+    @classmethod
+    def of(cls, txn: Transaction) -> TransactionInfo:
+        return cls(
+            id=txn.id,
+            status=txn.status,
+            device_id=txn.device_id,
+            origination=txn.origination,
+            destination=txn.destination,
+            created_at=txn.created_at,
+            updated_at=txn.updated_at,
+            error=txn.error,
+            flow_run_id=txn.flow_run_id,
+            items=tuple(ItemInfo.of(item) for item in txn.items),
+        )
+
+    def count(self, status: str) -> int:
+        return sum(1 for item in self.items if item.status == status)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(item.size for item in self.items)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    uri: str
+    store_uri: str
+    key: str
+    device_id: str | None
+    recording: str | None
+    relative_path: str
+    modality: str
+    size: int
+    crc32c: int
+    etag: str
+    stored_at: datetime
+
+    @classmethod
+    def of(cls, obj: StoredObject) -> ObjectInfo:
+        recording = obj.recording
+        return cls(
+            uri=obj.uri,
+            store_uri=obj.store_uri,
+            key=obj.key,
+            device_id=recording.device_id if recording else None,
+            recording=recording.name if recording else None,
+            relative_path=obj.relative_path,
+            modality=obj.modality,
+            size=obj.size,
+            crc32c=obj.crc32c,
+            etag=obj.etag,
+            stored_at=obj.stored_at,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+__all__ = ["ItemInfo", "ObjectInfo", "TransactionInfo"]
