@@ -12,6 +12,7 @@ hard link, which refuses to replace).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import random
 import threading
@@ -40,6 +41,7 @@ DEFAULT_CHUNK_SIZE = 8 * MiB
 DEFAULT_MAX_WORKERS = 8
 
 OnProgress = Callable[[int], None]
+log = logging.getLogger(__name__)
 
 # Seams for fault injection in tests (ENOSPC, EACCES): the only places bytes reach the disk.
 _pwrite = os.pwrite
@@ -251,6 +253,7 @@ def _with_retries(call, *, retry: RetryPolicy, stop: threading.Event | tuple[thr
             if not exc.retryable or isinstance(exc, PreconditionFailed) or attempt == retry.attempts - 1:
                 raise
             delay = retry.delay(attempt)
+            log.warning("%s; retry %d/%d in %.2fs", exc, attempt + 1, retry.attempts - 1, delay)
         _sleep(delay, stops)
     raise AssertionError("unreachable")
 
