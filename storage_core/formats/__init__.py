@@ -1,1 +1,29 @@
+"""File formats read through byte ranges: MCAP summaries (with a fallback scan), Parquet footers."""
 
+from storage_core.formats.errors import FormatError, NotMcapFile, NotParquetFile
+from storage_core.formats.mcap_model import (
+    AttachmentInfo,
+    ChannelInfo,
+    ChunkInfo,
+    McapSummary,
+    MetadataInfo,
+    SchemaInfo,
+    TopicSummary,
+)
+from storage_core.formats.mcap_scan import scan_mcap
+from storage_core.formats.mcap_summary import read_mcap_summary
+
+__all__ = [
+    "AttachmentInfo",
+    "ChannelInfo",
+    "ChunkInfo",
+    "FormatError",
+    "McapSummary",
+    "MetadataInfo",
+    "NotMcapFile",
+    "NotParquetFile",
+    "SchemaInfo",
+    "TopicSummary",
+    "read_mcap_summary",
+    "scan_mcap",
+]

@@ -251,6 +251,10 @@ class RangeReader(io.RawIOBase):
         memoryview(buffer).cast("B")[: len(data)] = data
         return len(data)
 
+    def cached(self, start: int, end: int) -> bytes | None:
+        """Bytes [start, end) if they are cached already, else None; never sends a request."""
+        return self._buffer.find_region(start, max(0, min(end, self.size) - start))
+
     def pread(self, start: int, end: int) -> bytes:
         """Bytes [start, end) without moving the position (cached, fetched when missing)."""
         saved = self._position
