@@ -12,6 +12,7 @@ from storage_core.formats.mcap_model import (
 )
 from storage_core.formats.mcap_scan import scan_mcap
 from storage_core.formats.mcap_summary import read_mcap_summary
+from storage_core.formats.parquet import ParquetColumn, ParquetSummary, read_parquet_summary
 
 __all__ = [
     "AttachmentInfo",
@@ -22,8 +23,11 @@ __all__ = [
     "MetadataInfo",
     "NotMcapFile",
     "NotParquetFile",
+    "ParquetColumn",
+    "ParquetSummary",
     "SchemaInfo",
     "TopicSummary",
     "read_mcap_summary",
+    "read_parquet_summary",
     "scan_mcap",
 ]
