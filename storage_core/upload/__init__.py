@@ -1,4 +1,4 @@
-from storage_core.upload.plan import MAX_PARTS, MIN_PART_SIZE, Part, choose_part_size, plan_parts
+from storage_core.upload.plan import MAX_PARTS, MIN_PART_SIZE, Part, batch_items, choose_part_size, plan_parts
 from storage_core.upload.transfer import (
     CompletedPart,
     FileIdentity,
@@ -19,6 +19,7 @@ __all__ = [
     "ResumeState",
     "UploadJournal",
     "UploadResult",
+    "batch_items",
     "choose_part_size",
     "plan_parts",
     "upload_file",

@@ -46,4 +46,27 @@ def plan_parts(size: int, *, part_size: int = 16 * MiB, max_parts: int = MAX_PAR
     return [Part(n + 1, start, min(start + chosen, size)) for n, start in enumerate(range(0, size, chosen))]
 
 
-__all__ = ["MAX_PARTS", "MIN_PART_SIZE", "Part", "choose_part_size", "plan_parts"]
+
+
+def batch_items(
+    items: list[tuple[int, int]], *, large: int = 64 * MiB, batch_bytes: int = 256 * MiB, batch_files: int = 200
+) -> list[list[int]]:
+    """Group (item id, size) into coarse work units: each large file alone, small files in
+    batches of at most `batch_bytes` and `batch_files`, in the order given (pure)."""
+    batches: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for item_id, size in items:
+        if size >= large:
+            batches.append([item_id])
+            continue
+        if current and (current_bytes + size > batch_bytes or len(current) >= batch_files):
+            batches.append(current)
+            current, current_bytes = [], 0
+        current.append(item_id)
+        current_bytes += size
+    if current:
+        batches.append(current)
+    return batches
+
+__all__ = ["MAX_PARTS", "MIN_PART_SIZE", "Part", "batch_items", "choose_part_size", "plan_parts"]

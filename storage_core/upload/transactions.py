@@ -101,11 +101,12 @@ def begin_transaction(
     origination: str,
     device_id: str | None = None,
     flow_run_id: str | None = None,
+    transaction_id: str | None = None,
 ) -> TransactionInfo:
     """Record a transaction and claim each destination. An entry whose identical bytes are
     already stored, or whose destination another open transaction is uploading, becomes a
     `skipped` item with the reason; the rest are `pending`."""
-    txn_id = uuid.uuid4().hex
+    txn_id = transaction_id or uuid.uuid4().hex
     with catalog.session() as session:
         txn = Transaction(
             id=txn_id,
@@ -360,6 +361,22 @@ def stale_transactions(catalog: Catalog, *, older_than: timedelta) -> list[Trans
         return stale
 
 
+def transaction_progress(catalog: Catalog, transaction_id: str) -> tuple[int, int]:
+    """(bytes durably stored, bytes to store) of a transaction, from its recorded parts;
+    (0, 0) while it does not exist yet. Skipped items count as neither."""
+    with catalog.session() as session:
+        txn = session.get(Transaction, transaction_id)
+        if txn is None:
+            return 0, 0
+        done = total = 0
+        for item in txn.items:
+            if item.status == ItemStatus.SKIPPED.value:
+                continue
+            total += item.size
+            done += item.size if item.status == ItemStatus.STORED.value else sum(p.size for p in item.parts)
+        return done, total
+
+
 def recorded_upload_ids(catalog: Catalog) -> set[str]:
     """Upload ids that open transactions may still resume."""
     with catalog.session() as session:
@@ -390,5 +407,6 @@ __all__ = [
     "recorded_upload_ids",
     "set_flow_run",
     "stale_transactions",
+    "transaction_progress",
     "upload_item",
 ]

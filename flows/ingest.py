@@ -1,0 +1,115 @@
+"""The ingest and resume flows: a landing folder into object storage, completely or not at all."""
+
+from __future__ import annotations
+
+import time
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from storage_core.config import load_settings
+from storage_core.errors import FerryError, one_line
+from storage_core.upload import batch_items
+from tasks import upload as upload_tasks
+
+
+class IngestReport(BaseModel):
+    transaction_id: str
+    status: str
+    destination: str
+    files_stored: int
+    files_skipped: int
+    bytes_stored: int
+    parts_sent: int
+    parts_reused: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_stored / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+class IngestFailed(FerryError):
+    """The flow-run failure: one line saying what happened to the transaction."""
+
+
+def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], started: float) -> IngestReport:
+    futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
+    reports, failure = [], None
+    for future in futures:  # wait for every batch, so nothing is still sending when we abort
+        try:
+            reports.append(future.result())
+        except Exception as exc:
+            failure = failure or exc
+    if failure is not None:
+        reason = one_line(failure)
+        if getattr(failure, "retryable", False):
+            raise IngestFailed(
+                f"transaction {transaction_id} left open after retries ({reason}); "
+                f"resume with `ferry transactions resume {transaction_id}`"
+            ) from failure
+        upload_tasks.abort(transaction_id, reason)
+        raise IngestFailed(f"transaction {transaction_id} aborted: {reason}") from failure
+
+    info = upload_tasks.complete(transaction_id)
+    seconds = time.monotonic() - started
+    report = IngestReport(
+        transaction_id=info.id,
+        status=info.status,
+        destination=info.destination,
+        files_stored=info.count("stored"),
+        files_skipped=info.count("skipped"),
+        bytes_stored=sum(i.size for i in info.items if i.status == "stored"),
+        parts_sent=sum(r.parts_sent for r in reports),
+        parts_reused=sum(r.parts_reused for r in reports),
+        seconds=round(seconds, 3),
+    )
+    create_markdown_artifact(
+        key="ingest-report",
+        markdown=(
+            f"| transaction | stored | skipped | bytes | MB/s |\n|---|---|---|---|---|\n"
+            f"| {report.transaction_id} | {report.files_stored} | {report.files_skipped} | "
+            f"{report.bytes_stored} | {report.mb_per_s:.1f} |"
+        ),
+        description="Ferry ingest",
+    )
+    return report
+
+
+@flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def ingest(
+    source: str,
+    to: str | None = None,
+    device: str | None = None,
+    origination: str = "ferry ingest",
+    transaction_id: str | None = None,
+) -> IngestReport:
+    """Upload a landing folder (DEVICE/RECORDING/files, or RECORDING/files with `device`)
+    to `to` (default: FERRY_STORE). Identical bytes already stored are skipped. On failure
+    the transaction is aborted (or, after retryable errors, left open to resume).
+    `transaction_id` lets a caller name the transaction up front (to watch its progress)."""
+    started = time.monotonic()
+    destination = to or load_settings().store_uri
+    txn = upload_tasks.begin_ingest(
+        source,
+        destination,
+        device_id=device,
+        origination=origination,
+        flow_run_id=flow_run.id,
+        transaction_id=transaction_id,
+    )
+    pending = [(item.id, item.size) for item in txn.items if item.status == "pending"]
+    return _upload_and_complete(txn.id, pending, started)
+
+
+@flow(name="resume-transaction", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def resume(transaction_id: str) -> IngestReport:
+    """Finish an interrupted transaction: recorded uploads are reused, stored parts not resent."""
+    started = time.monotonic()
+    return _upload_and_complete(transaction_id, upload_tasks.open_items(transaction_id), started)
+
+
+__all__ = ["IngestFailed", "IngestReport", "ingest", "resume"]

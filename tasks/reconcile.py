@@ -1,0 +1,29 @@
+"""Reconcile tasks: find stale transactions, abort orphaned multipart uploads."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prefect import task
+
+from storage_core.catalog import Catalog, TransactionInfo
+from storage_core.config import load_settings
+from storage_core.upload import reconcile, transactions
+from tasks.retry import RETRY_POLICY
+
+
+@task(name="find-stale-transactions")
+def find_stale(older_than_minutes: float) -> list[TransactionInfo]:
+    catalog = Catalog(load_settings().catalog_url)
+    return transactions.stale_transactions(catalog, older_than=timedelta(minutes=older_than_minutes))
+
+
+@task(name="abort-orphaned-uploads", **RETRY_POLICY)
+def abort_orphans(older_than_minutes: float) -> reconcile.OrphanReport:
+    settings = load_settings()
+    return reconcile.abort_orphaned_uploads(
+        Catalog(settings.catalog_url), settings, older_than=timedelta(minutes=older_than_minutes)
+    )
+
+
+__all__ = ["abort_orphans", "find_stale"]

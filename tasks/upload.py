@@ -1,0 +1,84 @@
+"""Upload tasks: thin wrappers around storage_core's transactions. They pass ids, never bytes."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+from prefect import task
+
+from storage_core.catalog import Catalog, TransactionInfo
+from storage_core.config import load_settings
+from storage_core.keys import parse_uri
+from storage_core.upload import manifest, transactions
+from tasks.retry import RETRY_POLICY
+
+
+class BatchReport(BaseModel):
+    items: int
+    bytes: int
+    parts_sent: int
+    parts_reused: int
+
+
+def _catalog() -> Catalog:
+    return Catalog(load_settings().catalog_url)
+
+
+@task(name="scan-and-begin")
+def begin_ingest(
+    source: str,
+    destination: str,
+    *,
+    device_id: str | None,
+    origination: str,
+    flow_run_id: str | None,
+    transaction_id: str | None = None,
+) -> TransactionInfo:
+    """Scan the landing folder, checksum dedup candidates, and begin the transaction."""
+    dest = parse_uri(destination)
+    catalog = _catalog()
+    scan = manifest.scan_source(source, device_id=device_id)
+    entries = transactions.prepare_manifest(catalog, scan.entries, dest)
+    return transactions.begin_transaction(
+        catalog,
+        entries,
+        destination=dest,
+        origination=origination,
+        device_id=device_id,
+        flow_run_id=flow_run_id,
+        transaction_id=transaction_id,
+    )
+
+
+@task(name="upload-items", **RETRY_POLICY)
+def upload_items(item_ids: list[int]) -> BatchReport:
+    """Upload a batch of items (one large file, or several small ones), resuming recorded
+    uploads. A retry picks up where the failed attempt stopped."""
+    catalog, settings = _catalog(), load_settings()
+    report = BatchReport(items=0, bytes=0, parts_sent=0, parts_reused=0)
+    for item_id in item_ids:
+        outcome = transactions.upload_item(catalog, item_id, settings=settings)
+        report.items += 1
+        report.bytes += outcome.item.size
+        report.parts_sent += outcome.parts_sent
+        report.parts_reused += outcome.parts_reused
+    return report
+
+
+@task(name="complete-transaction")
+def complete(transaction_id: str) -> TransactionInfo:
+    return transactions.complete_transaction(_catalog(), transaction_id)
+
+
+@task(name="abort-transaction")
+def abort(transaction_id: str, reason: str) -> TransactionInfo:
+    [aborted] = transactions.abort_transactions(_catalog(), [transaction_id], reason=reason)
+    return aborted
+
+
+@task(name="open-items")
+def open_items(transaction_id: str) -> list[tuple[int, int]]:
+    """(item id, size) of the items a resume still has to upload."""
+    return [(item.id, item.size) for item in transactions.open_items(_catalog(), transaction_id)]
+
+
+__all__ = ["BatchReport", "abort", "begin_ingest", "complete", "open_items", "upload_items"]
