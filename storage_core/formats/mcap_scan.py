@@ -4,7 +4,8 @@ Used when a file has no summary, an incomplete one, or no footer at all (a recor
 crashed). Message counts come from the MessageIndex records after each chunk and times
 from chunk headers; a chunk is decompressed only when it has no message indexes or they
 name a channel whose Channel record has not been seen (it is inside that chunk). The pass
-stops at DataEnd; an end of file before it marks the result `truncated`.
+stops at DataEnd; an end of file before it, or a file that does not end with Footer +
+magic, marks the result `truncated`.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ from storage_core.formats.mcap_records import (
     OP_METADATA,
     OP_SCHEMA,
     RECORD_HEAD,
+    TRAILER_SIZE,
     channel_info,
     message_index_count,
     parse_chunk_head,
+    parse_trailer,
     read_string,
     schema_info,
 )
@@ -252,6 +255,9 @@ def scan_mcap(reader: RangeReader, *, block_size: int = SCAN_BLOCK_SIZE) -> Mcap
         # a channel whose schema was defined in a chunk we did not open: open them all (rare)
         if decompress_all or all(c.schema_id == 0 or c.schema_id in state.schemas for c in state.channels.values()):
             break
+    # data complete but no Footer + magic at the end: the file was still cut short
+    trailer = reader.pread(reader.size - TRAILER_SIZE, reader.size) if reader.size >= TRAILER_SIZE else b""
+    truncated = truncated or parse_trailer(trailer) is None
     return McapSummary(
         source="scan",
         truncated=truncated,

@@ -1,0 +1,80 @@
+"""MCAP summary and scan over in-memory objects (no server): paths, flags, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.summary import sample_mcap_bytes
+from storage_core.errors import IntegrityError
+from storage_core.formats import FormatError, NotMcapFile, read_mcap_summary, scan_mcap
+from storage_core.formats.mcap_records import TRAILER_SIZE
+from storage_core.ranges import RangeReader
+
+from tests.unit.test_ranges_reader import FakeStore
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return sample_mcap_bytes(400_000, chunk_size=16 * 1024)
+
+
+def reader_for(data: bytes, **options) -> RangeReader:
+    return RangeReader.from_store(FakeStore({"obj": data}), "obj", **options)
+
+
+def test_summary_and_scan_agree(sample) -> None:
+    data, counts = sample
+    by_summary = read_mcap_summary(reader_for(data))
+    by_scan = scan_mcap(reader_for(data, tail_size=1024), block_size=10_000)
+    assert by_summary.source == "summary" and by_scan.source == "scan" and not by_scan.truncated
+    for field in ("message_count", "start_time", "end_time", "channel_message_counts", "topics", "schemas", "channels", "chunks"):
+        assert getattr(by_summary, field) == getattr(by_scan, field), field
+    assert {t.topic: t.message_count for t in by_summary.topics} == counts
+    json.dumps(by_summary.to_dict())  # JSON-ready
+
+
+def test_scan_opens_only_the_chunks_that_define_channels(sample, monkeypatch) -> None:
+    import storage_core.formats.mcap_scan as scan_module
+
+    data, _ = sample
+    opened = []
+    real = scan_module._decompress
+    monkeypatch.setattr(scan_module, "_decompress", lambda c, d, s: opened.append(1) or real(c, d, s))
+    summary = scan_mcap(reader_for(data))
+    assert 0 < len(opened) < len(summary.chunks)
+
+
+def test_truncation_at_every_region_is_flagged_or_rejected(sample) -> None:
+    data, counts = sample
+    total = sum(counts.values())
+    previous = 0
+    for fraction in (0.0001, 0.1, 0.5, 0.9, 0.9999):
+        cut = data[: max(9, int(len(data) * fraction))]
+        summary = read_mcap_summary(reader_for(cut))
+        assert summary.source == "scan" and summary.truncated
+        assert previous <= summary.message_count < total
+        previous = summary.message_count
+
+
+def test_a_corrupt_summary_crc_raises(sample) -> None:
+    data, _ = sample
+    broken = bytearray(data)
+    broken[-TRAILER_SIZE - 10] ^= 0xFF  # inside the summary section
+    with pytest.raises(IntegrityError, match="CRC"):
+        read_mcap_summary(reader_for(bytes(broken)))
+
+
+def test_not_mcap_and_bad_footer(sample) -> None:
+    with pytest.raises(NotMcapFile):
+        read_mcap_summary(reader_for(b"x" * 5000))
+    with pytest.raises(NotMcapFile):
+        read_mcap_summary(reader_for(b"tiny"))
+    data, _ = sample
+    bad = bytearray(data)
+    bad[-TRAILER_SIZE + 9 : -TRAILER_SIZE + 17] = (len(data) * 2).to_bytes(8, "little")  # summary_start past the end
+    with pytest.raises(FormatError, match="outside"):
+        read_mcap_summary(reader_for(bytes(bad)))
+    with pytest.raises(TypeError):
+        read_mcap_summary(FakeStore({"obj": data}))
