@@ -14,13 +14,15 @@ import math
 import struct
 from typing import Any
 
-import pyarrow.lib
-import pyarrow.parquet as pq
+from typing import TYPE_CHECKING
 
 from storage_core.formats.errors import FormatError, NotParquetFile
 from storage_core.formats.mcap_model import jsonable
 from storage_core.ranges.reader import RangeReader
 from storage_core.stores.base import GetRange
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 PARQUET_MAGIC = b"PAR1"
 PARQUET_TAIL_SIZE = 64 * 1024  # pyarrow reads the last 64 KiB first; keep that in one GET
@@ -82,7 +84,7 @@ class ParquetSummary:
         return data
 
 
-def _aggregate(metadata: pq.FileMetaData, index: int) -> ParquetColumn:
+def _aggregate(metadata: "pq.FileMetaData", index: int) -> ParquetColumn:
     column = metadata.schema.column(index)
     nulls: int | None = 0
     low = high = None
@@ -146,6 +148,9 @@ def read_parquet_summary(
     # cache what pyarrow will read (the last 64 KiB, or the whole footer) in at most one GET
     reader.prefetch_range(max(0, size - max(footer_size + 8, PARQUET_TAIL_SIZE)), size)
     reader.seek(0)
+    import pyarrow.lib  # imported here: MCAP-only users do not pay for pyarrow
+    import pyarrow.parquet as pq
+
     try:
         metadata = pq.read_metadata(reader)
     except (pyarrow.lib.ArrowException, OSError, ValueError) as exc:
