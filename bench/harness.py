@@ -12,6 +12,9 @@ How a side is measured
 - `run_command(name, argv, nbytes=...)` times an external command (curl, cp) from spawn to
   exit. Its peak RSS comes from GNU `time -f %M` (the largest of the command and the children
   it waited for) or, without /usr/bin/time, from sampling its VmHWM every 5 ms.
+- Both put the side's CPU time (user + system seconds) in `extra["cpu_seconds"]` (for
+  commands only with GNU time): on a small machine where client and server share cores,
+  CPU per byte explains throughput.
 - Why not `os.wait4`'s `ru_maxrss` of our own child: Linux carries the parent's peak RSS over
   fork/vfork + exec into it (a 500 MiB parent makes `sleep` report 515 MiB), so it measures
   the benchmark driver, not the side.
@@ -143,6 +146,7 @@ def run_python(
         raise BenchmarkFailed(f"{name}: {outcome['error']}")
     value = outcome["value"]
     extra = dict(value) if isinstance(value, dict) else {}
+    extra["cpu_seconds"] = round(outcome["cpu_seconds"], 2)
     return Result(name, outcome["seconds"], nbytes, outcome["vm_hwm_bytes"], extra)
 
 
@@ -178,7 +182,7 @@ def run_command(
     child_env = {**os.environ, **(env or {})}
     with tempfile.TemporaryDirectory(prefix="ferry-bench-") as scratch:
         report = Path(scratch, "maxrss")
-        timer = [GNU_TIME, "-q", "-o", str(report), "-f", "%M"] if os.access(GNU_TIME, os.X_OK) else []
+        timer = [GNU_TIME, "-q", "-o", str(report), "-f", "%M %U %S"] if os.access(GNU_TIME, os.X_OK) else []
         started = time.perf_counter()
         process = subprocess.Popen([*timer, *argv], env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         sampler = None if timer else _HwmSampler(process.pid)
@@ -187,11 +191,14 @@ def run_command(
         seconds = time.perf_counter() - started
         if code != 0:
             raise BenchmarkFailed(f"{name}: {' '.join(argv)} exited with {code}\n{stderr[-4000:]}")
+        extra: dict[str, Any] = {"argv": list(argv)}
         if sampler is not None:
-            peak, how = sampler.stop(), "VmHWM sampled"
+            peak, extra["rss_from"] = sampler.stop(), "VmHWM sampled"
         else:
-            peak, how = int(report.read_text().split()[-1]) * 1024, "GNU time %M"
-    return Result(name, seconds, nbytes, peak, {"argv": list(argv), "rss_from": how})
+            maxrss, user, system = report.read_text().split()[-3:]
+            peak, extra["rss_from"] = int(maxrss) * 1024, "GNU time %M"
+            extra["cpu_seconds"] = round(float(user) + float(system), 2)
+    return Result(name, seconds, nbytes, peak, extra)
 
 
 GNU_TIME = "/usr/bin/time"
@@ -229,15 +236,22 @@ def _child_main(request: str, answer: str) -> int:
     for part in qualname.split("."):
         target = getattr(target, part)
     outcome: dict[str, Any] = {"value": None, "seconds": 0.0, "error": None}
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     try:
         outcome["value"] = target(*args)
         outcome["seconds"] = time.perf_counter() - started
+        outcome["cpu_seconds"] = _cpu_seconds() - cpu_before
     except BaseException:  # report any failure to the parent, which raises BenchmarkFailed
         outcome["error"] = traceback.format_exc()
     outcome["vm_hwm_bytes"] = _vm_hwm()
     Path(answer).write_bytes(pickle.dumps(outcome))
     return 0
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _vm_hwm() -> int:

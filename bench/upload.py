@@ -22,7 +22,9 @@ cache by every side alike; dirty pages are flushed between sides and objects del
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -161,39 +163,46 @@ class S3Sides:
             nbytes=self.size, env=self.target.env))
 
 
-def _repeat(times: int, make: Callable[[], Result]) -> Result:
-    return _median([make() for _ in range(times)])
+def _rounds(makers: dict[str, Callable[[], Result]], repeat: int) -> tuple[list[Result], list[dict[str, Result]]]:
+    """Run every side once per round, `repeat` rounds (interleaved, so drift in the machine or
+    the server hits all sides alike). Returns the median per side and the rounds themselves."""
+    rounds: list[dict[str, Result]] = []
+    for _ in range(repeat):
+        rounds.append({name: make() for name, make in makers.items()})
+    return [_median([r[name] for r in rounds]) for name in makers], rounds
 
 
-def run_s3(path: Path, size: int, repeat: int, part_size: int | None, concurrency: int | None) -> tuple[list[Result], bool]:
+def run_s3(
+    path: Path, size: int, repeat: int, part_size: int | None, concurrency: int | None
+) -> tuple[list[Result], list[dict[str, Result]], bool]:
     with seaweed_server() as target:
         verified = server_verifies_part_crc32c(target)
         sides = S3Sides(target, path, size)
-        makers: list[Callable[[], Result]] = [
-            sides.curl,
-            sides.boto3,
-            lambda: sides.boto3("when_required"),
-            lambda: sides.ferry(part_size, concurrency),
-        ]
-        runs: list[list[Result]] = [[] for _ in makers]
-        for _ in range(repeat):  # interleaved, so drift (cache, thermal, server state) hits all sides
-            for i, make in enumerate(makers):
-                runs[i].append(make())
-        return [_median(r) for r in runs], verified
+        makers: dict[str, Callable[[], Result]] = {
+            "curl PUT": sides.curl,
+            "boto3 defaults": sides.boto3,
+            "boto3 when_required": lambda: sides.boto3("when_required"),
+            "ferry": lambda: sides.ferry(part_size, concurrency),
+        }
+        results, rounds = _rounds(makers, repeat)
+        return results, rounds, verified
 
 
-def run_tune(path: Path, size: int, repeat: int) -> list[Result]:
+def run_tune(path: Path, size: int, repeat: int) -> tuple[list[Result], list[dict[str, Result]]]:
     with seaweed_server() as target:
         sides = S3Sides(target, path, size)
-        results = [_repeat(repeat, sides.boto3)]
+        makers: dict[str, Callable[[], Result]] = {
+            "boto3 defaults": sides.boto3,
+            "boto3 when_required": lambda: sides.boto3("when_required"),
+        }
         for part_mib in TUNE_PART_SIZES:
             for concurrency in TUNE_CONCURRENCY:
                 name = f"ferry {part_mib}MiB x{concurrency}"
-                results.append(_repeat(repeat, lambda: sides.ferry(part_mib * MiB, concurrency, name)))
-        return results
+                makers[name] = functools.partial(sides.ferry, part_mib * MiB, concurrency, name)
+        return _rounds(makers, repeat)
 
 
-def run_local(path: Path, size: int, repeat: int, scratch: Path) -> list[Result]:
+def run_local(path: Path, size: int, repeat: int, scratch: Path) -> tuple[list[Result], list[dict[str, Result]]]:
     def cp() -> Result:
         dest = scratch / f"cp-{uuid.uuid4().hex[:8]}"
         settle()
@@ -210,11 +219,13 @@ def run_local(path: Path, size: int, repeat: int, scratch: Path) -> list[Result]
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
-    runs: dict[str, list[Result]] = {"cp + sync": [], "ferry local": []}
-    for _ in range(repeat):
-        runs["cp + sync"].append(cp())
-        runs["ferry local"].append(ferry_local())
-    return [_median(r) for r in runs.values()]
+    return _rounds({"cp + sync": cp, "ferry local": ferry_local}, repeat)
+
+
+def paired_ratio(rounds: list[dict[str, Result]], numerator: str, denominator: str) -> float:
+    """Median over rounds of numerator/denominator MB/s measured in the same round: on a
+    shared, noisy machine this is steadier than a ratio of medians."""
+    return statistics.median(r[numerator].mb_per_s / r[denominator].mb_per_s for r in rounds)
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -224,21 +235,30 @@ def _mib(size: int) -> str:
     return f"{size / 1024**3:g} GiB" if size >= 1024**3 else f"{size / MiB:g} MiB"
 
 
-def verdicts(s3: Sequence[Result], local: Sequence[Result], verified: bool | None) -> list[tuple[str, bool]]:
+def verdicts(
+    s3_rounds: list[dict[str, Result]], local_rounds: list[dict[str, Result]], verified: bool | None
+) -> list[tuple[str, bool]]:
     checks: list[tuple[str, bool]] = []
-    names = {r.name: r for r in [*s3, *local]}
-    if "ferry" in names and "boto3 defaults" in names:
-        value = ratio(s3, "ferry", "boto3 defaults")
+    if s3_rounds:
+        value = paired_ratio(s3_rounds, "ferry", "boto3 defaults")
         checks.append((f"ferry / boto3 defaults = {value:.2f} (target >= {TARGET_VS_BOTO3})", value >= TARGET_VS_BOTO3))
-    if "ferry" in names:
-        peak = names["ferry"].peak_rss_bytes
+        peak = max(r["ferry"].peak_rss_bytes for r in s3_rounds)
         checks.append((f"ferry peak RSS = {peak / MiB:.0f} MiB (target <= {RSS_LIMIT // MiB})", peak <= RSS_LIMIT))
     if verified is not None:
         checks.append(("server rejects a part with a wrong CRC32C (integrity checks really on)", verified))
-    if "ferry local" in names and "cp + sync" in names:
-        value = ratio(local, "ferry local", "cp + sync")
+    if local_rounds:
+        value = paired_ratio(local_rounds, "ferry local", "cp + sync")
         checks.append((f"ferry local / cp + sync = {value:.2f} (target >= {TARGET_LOCAL_VS_CP})", value >= TARGET_LOCAL_VS_CP))
     return checks
+
+
+def _cpu_line(results: Sequence[Result]) -> str:
+    parts = [f"{r.name} {r.extra['cpu_seconds']:.1f}" for r in results if "cpu_seconds" in r.extra]
+    return "client CPU seconds (user+sys): " + ", ".join(parts)
+
+
+def _as_json(result: Result) -> dict[str, Any]:
+    return asdict(result) | {"mb_per_s": result.mb_per_s}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -267,46 +287,64 @@ def main(argv: list[str] | None = None) -> int:
     s3: list[Result] = []
     local: list[Result] = []
     tune: list[Result] = []
+    s3_rounds: list[dict[str, Result]] = []
+    local_rounds: list[dict[str, Result]] = []
     verified: bool | None = None
+    load_before = os.getloadavg()[0]
     try:
         path = make_random_file(scratch / "random.bin", args.size)
         if args.only in (None, "s3"):
-            s3, verified = run_s3(path, args.size, args.repeat, args.part_size, args.concurrency)
+            s3, s3_rounds, verified = run_s3(path, args.size, args.repeat, args.part_size, args.concurrency)
         if args.only in (None, "local"):
-            local = run_local(path, args.size, args.repeat, scratch)
+            local, local_rounds = run_local(path, args.size, args.repeat, scratch)
         if args.tune:
-            tune = run_tune(path, args.size, args.repeat)
+            tune, _ = run_tune(path, args.size, args.repeat)
     except Exception as exc:
-        print(f"ferry bench upload: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"ferry bench upload: {type(exc).__name__}: {first_line}", file=sys.stderr)
         return 2
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    load_after = os.getloadavg()[0]
 
-    checks = verdicts(s3, local, verified)
+    checks = verdicts(s3_rounds, local_rounds, verified)
     if args.json:
         print(json.dumps({
             "size": args.size,
-            "s3": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in s3],
-            "local": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in local],
-            "tune": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in tune],
+            "repeat": args.repeat,
+            "load_average_1m": [load_before, load_after],
+            "s3": [_as_json(r) for r in s3],
+            "local": [_as_json(r) for r in local],
+            "tune": [_as_json(r) for r in tune],
             "checks": [{"check": text, "pass": ok} for text, ok in checks],
         }, indent=2, default=str))
-    else:
-        size = _mib(args.size)
-        runs = f", median of {args.repeat}" if args.repeat > 1 else ""
-        if s3:
-            print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults"))
-            print(f"ferry / curl PUT = {ratio(s3, 'ferry', 'curl PUT'):.2f}\n")
-        if local:
-            print(format_table(f"copy {size} to local disk{runs}", local, baseline="cp + sync") + "\n")
-        if tune:
-            print(format_table(f"ferry part size x concurrency, {size}{runs}", tune, baseline="boto3 defaults"))
-            within = [r for r in tune if r.name.startswith("ferry") and r.peak_rss_bytes <= RSS_LIMIT]
-            if within:
-                best = max(within, key=lambda r: r.mb_per_s)
-                print(f"fastest within {RSS_LIMIT // MiB} MiB RSS: {best.name} ({best.mb_per_s:.1f} MB/s)\n")
-        for text, ok in checks:
-            print(f"[{'PASS' if ok else 'FAIL'}] {text}")
+        return 1 if args.check and not all(ok for _, ok in checks) else 0
+
+    size = _mib(args.size)
+    runs = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before, {load_after:.1f} after"
+          + (" (busy: other work shares these cores, numbers are noisy)" if max(load_before, load_after) > 1 else ""))
+    print()
+    if s3:
+        print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults"))
+        print(f"ferry / boto3 defaults = {paired_ratio(s3_rounds, 'ferry', 'boto3 defaults'):.2f}, "
+              f"ferry / curl PUT = {paired_ratio(s3_rounds, 'ferry', 'curl PUT'):.2f} (median of per-run ratios)")
+        print(f"ferry: {s3[-1].extra.get('parts')} parts; {_cpu_line(s3)}\n")
+    if local:
+        print(format_table(f"copy {size} to local disk{runs}", local, baseline="cp + sync"))
+        print(_cpu_line(local) + "\n")
+    if tune:
+        print(format_table(f"ferry part size x concurrency, {size}{runs}", tune, baseline="boto3 defaults"))
+        within = [r for r in tune if r.name.startswith("ferry") and r.peak_rss_bytes <= RSS_LIMIT]
+        over = [r.name for r in tune if r.name.startswith("ferry") and r.peak_rss_bytes > RSS_LIMIT]
+        if within:
+            best = max(within, key=lambda r: r.mb_per_s)
+            print(f"fastest within {RSS_LIMIT // MiB} MiB RSS: {best.name} ({best.mb_per_s:.1f} MB/s)")
+        if over:
+            print(f"over {RSS_LIMIT // MiB} MiB RSS: {', '.join(over)}")
+        print()
+    for text, ok in checks:
+        print(f"[{'PASS' if ok else 'FAIL'}] {text}")
     return 1 if args.check and not all(ok for _, ok in checks) else 0
 
 
