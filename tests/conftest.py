@@ -33,7 +33,8 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
     }
     config = data / "s3.json"
     config.write_text(json.dumps(identities))
-    server = SeaweedServer(data / "data", extra_args=[f"-s3.config={config}"])
+    # like AWS, a PUT to a missing bucket must fail (weed mini creates buckets on write by default)
+    server = SeaweedServer(data / "data", extra_args=[f"-s3.config={config}", "-s3.autoCreateBucket=false"])
     server.start()
     try:
         yield server

@@ -323,8 +323,8 @@ def abort_transactions(
             txn = _load(session, transaction_id)
             if not failed_here and txn.status != TransactionStatus.ABORTED.value:
                 for item in txn.items:
-                    if item.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value, ItemStatus.FAILED.value):
-                        item.status = ItemStatus.ABORTED.value
+                    if item.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value):
+                        item.status = ItemStatus.ABORTED.value  # failed items keep their status and reason
                 txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
             elif failed_here:
                 txn.error = f"abort incomplete: {failed_here[0]}"

@@ -1,0 +1,158 @@
+"""`ferry` as a user runs it (subprocesses), against SeaweedFS, SQLite and the session's Prefect API."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage_core.catalog import Catalog
+from storage_core.checksums import crc32c
+from storage_core.upload.transactions import list_transactions, transaction_progress
+from tests.flows.conftest import MiB, run_ferry, write_landing
+
+
+def no_open_transactions(env) -> bool:
+    return all(t.status in ("completed", "aborted") for t in list_transactions(Catalog(env["FERRY_DATABASE_URL"])))
+
+
+def test_sigkill_mid_upload_then_resume_sends_only_missing_parts(ferry_env, bucket, tmp_path):
+    source = write_landing(tmp_path / "in", {"robot/rec/big.mcap": 150 * MiB})
+    env = {**ferry_env, "FERRY_MAX_CONCURRENCY": "1"}
+    catalog = Catalog(env["FERRY_DATABASE_URL"])
+    child = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
+    )
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            found = list_transactions(catalog) if Path(tmp_path / "catalog.db").exists() else []
+            if found and transaction_progress(catalog, found[0].id)[0] >= 3 * 5 * MiB:
+                break
+            assert child.poll() is None, child.stderr.read().decode()
+            time.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait()
+    [txn] = list_transactions(catalog)
+    assert txn.status == "uploading"
+    [item] = txn.items
+    recorded = item.parts_stored
+    assert recorded >= 3 and item.upload_id
+    assert len(bucket.list_parts("robot/rec/big.mcap", item.upload_id)) >= recorded
+
+    done = run_ferry(["transactions", "resume", txn.id, "--json"], env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "completed"
+    assert report["parts_reused"] >= recorded and report["parts_reused"] + report["parts_sent"] == 30
+    data = (source / "robot/rec/big.mcap").read_bytes()
+    assert crc32c(bucket.get_range("robot/rec/big.mcap", 0, len(data))) == crc32c(data)
+    [final] = list_transactions(catalog)
+    assert final.items[0].crc32c == crc32c(data)
+    assert bucket.list_multipart_uploads() == []
+
+
+def test_reconcile_aborts_stale_transactions_and_orphans(ferry_env, bucket, tmp_path, monkeypatch):
+    from storage_core.config import load_settings
+    from storage_core.keys import parse_uri
+    from storage_core.upload.manifest import scan_source
+    from storage_core.upload.transactions import begin_transaction, upload_item
+
+    source = write_landing(tmp_path / "in", {"robot/rec/big.bin": 12 * MiB})
+    catalog = Catalog(ferry_env["FERRY_DATABASE_URL"])
+    txn = begin_transaction(catalog, scan_source(source).entries, destination=parse_uri(f"s3://{bucket.bucket}"), origination="t")
+    # a process that dies after two parts: the journal has the upload, nothing completes it
+    import storage_core.upload.transactions as transactions
+    from storage_core.errors import StorageUnavailable
+
+    original = transactions._CatalogJournal.part_stored
+
+    def die_after_two(self, part):
+        original(self, part)
+        if part.number == 2:
+            raise StorageUnavailable("connection lost as the process died (simulated)")
+
+    monkeypatch.setattr(transactions._CatalogJournal, "part_stored", die_after_two)
+    with pytest.raises(StorageUnavailable):
+        upload_item(catalog, txn.items[0].id, settings=load_settings(max_concurrency=1))
+    monkeypatch.undo()
+    orphan = bucket.create_multipart("nobody/knows/this.bin")  # an upload no transaction records
+    assert len(bucket.list_multipart_uploads()) == 2
+
+    fresh = run_ferry(["reconcile", "--older-than", "60", "--json"], ferry_env)
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["aborted"] == []  # not stale yet
+    stale = run_ferry(["reconcile", "--older-than", "0", "--json"], ferry_env)
+    assert stale.returncode == 0, stale.stderr
+    report = json.loads(stale.stdout)
+    assert report["aborted"] == [txn.id]
+    assert any(orphan in line for line in report["orphans_aborted"])
+    assert bucket.list_multipart_uploads() == []
+    assert no_open_transactions(ferry_env)
+
+
+def test_two_ingests_of_the_same_folder_store_each_file_once(ferry_env, bucket, tmp_path):
+    source = write_landing(tmp_path / "in", {f"robot/rec/{n:02d}.bin": 3 * MiB for n in range(12)})
+    args = [sys.executable, "-m", "flows.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"]
+    cwd = Path(__file__).resolve().parents[2]
+    children = [subprocess.Popen(args, env=ferry_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd) for _ in range(2)]
+    outputs = [child.communicate(timeout=180) for child in children]
+    assert [c.returncode for c in children] == [0, 0], [o[1].decode()[-500:] for o in outputs]
+    reports = [json.loads(o[0]) for o in outputs]
+    assert sum(r["files_stored"] for r in reports) == 12
+    assert sum(r["files_skipped"] for r in reports) == 12
+    assert len(list(bucket.list())) == 12 and bucket.list_multipart_uploads() == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing source", "empty folder", "zero-byte file", "unreadable file", "key with ..", "invalid URI", "wrong credentials", "no such bucket"],
+)
+def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_path):
+    env = dict(ferry_env)
+    source = write_landing(tmp_path / "in", {"robot/rec/a.bin": 1000})
+    to = f"s3://{bucket.bucket}"
+    expected = {
+        "missing source": "does not exist",
+        "empty folder": "nothing to ingest",
+        "zero-byte file": "empty file",
+        "unreadable file": "cannot be read",
+        "key with ..": "'..'",
+        "invalid URI": "invalid storage URI",
+        "wrong credentials": "access denied",
+        "no such bucket": "does not exist",
+    }[case]
+    args = ["ingest", str(source), "--to", to]
+    if case == "missing source":
+        args[1] = str(tmp_path / "nope")
+    elif case == "empty folder":
+        (tmp_path / "empty").mkdir()
+        args[1] = str(tmp_path / "empty")
+    elif case == "zero-byte file":
+        (source / "robot/rec/zero.bin").touch()
+    elif case == "unreadable file":
+        (source / "robot/rec/gone.bin").symlink_to(tmp_path / "deleted")
+    elif case == "key with ..":
+        args[3] = f"s3://{bucket.bucket}/a/../b"
+    elif case == "invalid URI":
+        args[3] = "ftp://server/x"
+    elif case == "wrong credentials":
+        env["AWS_SECRET_ACCESS_KEY"] = "not-the-secret"
+    elif case == "no such bucket":
+        args[3] = "s3://no-such-bucket-here"
+    result = run_ferry(args, env)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error:"), result.stderr
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert no_open_transactions(env)
+    assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
