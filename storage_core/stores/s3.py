@@ -88,6 +88,7 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None, m
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        signature_version="s3v4",  # presigned URLs too (boto3 may otherwise presign with SigV2)
         retries={"mode": "standard", "max_attempts": 3},
         connect_timeout=5,
         read_timeout=60,

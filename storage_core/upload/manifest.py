@@ -13,7 +13,7 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from storage_core.checksums import crc32c_of_stream
 from storage_core.errors import ConfigError, InvalidKey
@@ -23,7 +23,7 @@ from storage_core.keys import validate_key
 class ManifestEntry:
     """One local file to upload, and where it belongs."""
 
-    path: Path
+    path: Path | PurePosixPath  # the local file, or a description of a remote source
     device_id: str
     recording: str
     relative_path: str  # within the recording, `/`-separated

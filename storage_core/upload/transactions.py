@@ -248,11 +248,12 @@ def upload_item(
     with catalog.session() as session:
         item = session.get(TransactionItem, item_id)
         item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, result.crc32c, result.etag, None
-        _record_stored_object(session, item, result.crc32c, result.etag)
+        record_stored_object(session, item, result.crc32c, result.etag)
         return ItemOutcome(ItemInfo.of(item), result.parts_sent, result.parts_reused)
 
 
-def _record_stored_object(session, item: TransactionItem, crc32c: int, etag: str) -> None:
+def record_stored_object(session, item: TransactionItem, crc32c: int, etag: str) -> None:
+    """Upsert the device, recording and stored object for an item whose bytes are verified."""
     if session.get(Device, item.device_id) is None:
         session.add(Device(id=item.device_id))
         session.flush()
@@ -398,6 +399,7 @@ __all__ = [
     "ManifestEntry",
     "destination_key",
     "prepare_manifest",
+    "record_stored_object",
     "abort_transactions",
     "begin_transaction",
     "complete_transaction",
