@@ -25,14 +25,15 @@ Reporting
   RSS is shown in MiB.
 - `format_table(title, results, baseline="curl")` prints one row per side with MB/s, the ratio
   to the baseline row (this side's MB/s / baseline's MB/s, so > 1 means faster), seconds and
-  peak RSS.
+  peak RSS; `extra_columns=("cpu_seconds",)` adds columns taken from `Result.extra`.
 
 Setup helpers
 - `make_random_file(path, size)` writes incompressible bytes in 8 MiB chunks (bounded memory).
 - `seaweed_server()` is a context manager yielding an `S3Target` (endpoint, bucket, dummy
   credentials, `client()`, `url(key)`) for a fresh `weed mini` on free 127.0.0.1 ports in a
   temp dir with a fresh bucket; access is anonymous unless `auth=True`. Stopped and removed
-  on exit.
+  on exit. `process_cpu_seconds(target.server_pid)` before/after a side gives the server's
+  CPU for it (client and server share the cores on one machine).
 - `parse_size("1GiB")`, `add_size_argument(parser)` for `--size 1GiB / 256MiB / 1000000`.
 - `settle()` flushes dirty pages between sides so one side's writeback does not slow the next.
 
@@ -267,15 +268,25 @@ def _vm_hwm() -> int:
 # --- reporting -----------------------------------------------------------------------------
 
 
-def format_table(title: str, results: Sequence[Result], *, baseline: str) -> str:
-    """A plain-text table: MB/s, ratio to the `baseline` row's MB/s, seconds, peak RSS MiB."""
+def format_table(
+    title: str, results: Sequence[Result], *, baseline: str, extra_columns: Sequence[str] = ()
+) -> str:
+    """A plain-text table: MB/s, ratio to the `baseline` row's MB/s, seconds, peak RSS MiB,
+    then one column per `extra_columns` key of `Result.extra` (blank where a side lacks it)."""
     by_name = {r.name: r for r in results}
     if baseline not in by_name:
         raise ValueError(f"baseline {baseline!r} is not one of {sorted(by_name)}")
     base = by_name[baseline].mb_per_s
-    header = ("side", "MB/s", f"x {baseline}", "seconds", "peak RSS MiB")
+    header = ("side", "MB/s", f"x {baseline}", "seconds", "peak RSS MiB", *extra_columns)
     rows = [
-        (r.name, f"{r.mb_per_s:.1f}", f"{r.mb_per_s / base:.2f}", f"{r.seconds:.2f}", f"{r.peak_rss_mib:.0f}")
+        (
+            r.name,
+            f"{r.mb_per_s:.1f}",
+            f"{r.mb_per_s / base:.2f}",
+            f"{r.seconds:.2f}",
+            f"{r.peak_rss_mib:.0f}",
+            *(_cell(r.extra.get(column)) for column in extra_columns),
+        )
         for r in results
     ]
     widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
@@ -287,6 +298,12 @@ def format_table(title: str, results: Sequence[Result], *, baseline: str) -> str
 
     rule = "-" * len(line(header))
     return "\n".join([title, rule, line(header), rule, *(line(row) for row in rows), rule])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
 
 
 def ratio(results: Sequence[Result], numerator: str, denominator: str) -> float:
@@ -335,6 +352,13 @@ def make_random_file(path: str | os.PathLike[str], size: int, *, chunk_size: int
     return path
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a running process (all its threads) has used so far; the
+    difference around a side is, e.g., what the server spent serving it."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def settle() -> None:
     """Flush dirty pages so the next side does not pay for the previous side's writeback."""
     os.sync()
@@ -347,6 +371,7 @@ class S3Target:
     access_key: str
     secret_key: str
     region: str = "us-east-1"
+    server_pid: int | None = None  # the `weed` process, for `process_cpu_seconds`
 
     @property
     def env(self) -> dict[str, str]:
@@ -401,7 +426,9 @@ def seaweed_server(*, auth: bool = False, bucket: str | None = None) -> Iterator
     server = SeaweedServer(scratch / "data", extra_args=extra)
     try:
         server.start()
-        target = S3Target(server.endpoint, bucket or f"bench-{uuid.uuid4().hex[:12]}", access_key, secret_key)
+        assert server.process is not None
+        name = bucket or f"bench-{uuid.uuid4().hex[:12]}"
+        target = S3Target(server.endpoint, name, access_key, secret_key, server_pid=server.process.pid)
         target.client().create_bucket(Bucket=target.bucket)
         yield target
     finally:
@@ -419,6 +446,7 @@ __all__ = [
     "format_table",
     "make_random_file",
     "parse_size",
+    "process_cpu_seconds",
     "ratio",
     "run_command",
     "run_python",

@@ -22,6 +22,7 @@ cache by every side alike; dirty pages are flushed between sides and objects del
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -42,6 +43,7 @@ from bench.harness import (
     add_size_argument,
     format_table,
     make_random_file,
+    process_cpu_seconds,
     ratio,
     run_command,
     run_python,
@@ -54,6 +56,8 @@ TARGET_VS_BOTO3 = 1.5
 TARGET_LOCAL_VS_CP = 0.7
 TUNE_PART_SIZES = (8, 16, 32, 64)  # MiB
 TUNE_CONCURRENCY = (2, 4, 8)
+CPU_COLUMNS = ("cpu_seconds", "server_cpu_seconds")
+CPU_NOTE = "cpu_seconds: the side's user+sys CPU; server_cpu_seconds: what `weed` spent meanwhile"
 
 
 # --- sides: module-level so bench.harness can run each in a fresh interpreter ----------------
@@ -141,7 +145,11 @@ class S3Sides:
     def _run(self, name: str, start: Callable[[str], Result]) -> Result:
         key = f"bench/{uuid.uuid4().hex[:12]}"
         settle()
+        server_cpu = process_cpu_seconds(self.target.server_pid) if self.target.server_pid else None
         result = start(key)
+        if server_cpu is not None:
+            spent = process_cpu_seconds(self.target.server_pid) - server_cpu
+            result = dataclasses.replace(result, extra={**result.extra, "server_cpu_seconds": round(spent, 2)})
         stored = _stored_size(self.target, key)
         if stored != self.size:
             raise RuntimeError(f"{name}: stored {stored} bytes, expected {self.size}")
@@ -252,11 +260,6 @@ def verdicts(
     return checks
 
 
-def _cpu_line(results: Sequence[Result]) -> str:
-    parts = [f"{r.name} {r.extra['cpu_seconds']:.1f}" for r in results if "cpu_seconds" in r.extra]
-    return "client CPU seconds (user+sys): " + ", ".join(parts)
-
-
 def _as_json(result: Result) -> dict[str, Any]:
     return asdict(result) | {"mb_per_s": result.mb_per_s}
 
@@ -326,15 +329,15 @@ def main(argv: list[str] | None = None) -> int:
           + (" (busy: other work shares these cores, numbers are noisy)" if max(load_before, load_after) > 1 else ""))
     print()
     if s3:
-        print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults"))
+        print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults", extra_columns=CPU_COLUMNS))
         print(f"ferry / boto3 defaults = {paired_ratio(s3_rounds, 'ferry', 'boto3 defaults'):.2f}, "
               f"ferry / curl PUT = {paired_ratio(s3_rounds, 'ferry', 'curl PUT'):.2f} (median of per-run ratios)")
-        print(f"ferry: {s3[-1].extra.get('parts')} parts; {_cpu_line(s3)}\n")
+        print(f"ferry sent {s3[-1].extra.get('parts')} parts; {CPU_NOTE}\n")
     if local:
-        print(format_table(f"copy {size} to local disk{runs}", local, baseline="cp + sync"))
-        print(_cpu_line(local) + "\n")
+        print(format_table(f"copy {size} to local disk{runs}", local, baseline="cp + sync", extra_columns=CPU_COLUMNS[:1]))
+        print()
     if tune:
-        print(format_table(f"ferry part size x concurrency, {size}{runs}", tune, baseline="boto3 defaults"))
+        print(format_table(f"ferry part size x concurrency, {size}{runs}", tune, baseline="boto3 defaults", extra_columns=CPU_COLUMNS))
         within = [r for r in tune if r.name.startswith("ferry") and r.peak_rss_bytes <= RSS_LIMIT]
         over = [r.name for r in tune if r.name.startswith("ferry") and r.peak_rss_bytes > RSS_LIMIT]
         if within:

@@ -116,3 +116,11 @@ def test_peak_rss_is_the_sides_own_not_the_parents() -> None:
     assert command.peak_rss_bytes < 200 * MiB
     assert python.peak_rss_bytes < 200 * MiB
     del ballast
+
+
+def test_format_table_extra_columns() -> None:
+    results = [Result("a", 1.0, 10**6, 0, {"cpu_seconds": 1.25}), Result("b", 1.0, 10**6, 0)]
+    table = format_table("t", results, baseline="a", extra_columns=("cpu_seconds",))
+    assert "cpu_seconds" in table.splitlines()[2]
+    assert _rows(table)["a"][-1] == "1.2"
+    assert _rows(table)["b"] == ["1.0", "1.00", "1.00", "0"]  # blank cell for a missing value
