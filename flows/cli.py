@@ -283,10 +283,25 @@ def _bench(name: str, args: list[str]) -> None:
         raise typer.Exit(code)
 
 
-@bench_app.command("upload", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@bench_app.command("upload", add_help_option=False, context_settings=_PASS_THROUGH)
 def bench_upload(ctx: typer.Context) -> None:
     """Ferry vs boto3 upload_file vs curl (SeaweedFS on loopback), and local store vs cp."""
     _bench("upload", ctx.args)
+
+
+@bench_app.command("download", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_download(ctx: typer.Context) -> None:
+    """Ferry's verified download vs boto3 download_file vs curl, and local store vs cp."""
+    _bench("download", ctx.args)
+
+
+@bench_app.command("summary", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_summary(ctx: typer.Context) -> None:
+    """Ferry's range-read MCAP summary vs a full download + mcap vs mcap's SeekingReader."""
+    _bench("summary", ctx.args)
 
 
 def main() -> None:
