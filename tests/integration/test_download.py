@@ -139,6 +139,35 @@ def test_stray_part_file_from_a_killed_run_is_overwritten(any_store, out):
     assert leftovers(out) == []
 
 
+def test_a_part_file_that_is_another_name_of_the_final_file_is_never_truncated(local_store, out):
+    # what a run killed between link and unlink leaves behind; the next run must not write through it
+    data = os.urandom(2 * MiB)
+    put(local_store, "k", data)
+    dest = out / "dev1/rec1/video/seg.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"the good old copy")
+    os.link(dest, str(dest) + ".part")
+
+    class Dies(Wrapped):
+        def get_range(self, key, start, end, *, if_match=None):
+            raise AccessDenied("gone (injected)", key=key)
+
+    with pytest.raises(AccessDenied):
+        download(source(Dies(local_store), "k", data), out, overwrite=True)
+    assert dest.read_bytes() == b"the good old copy" and leftovers(out) == []
+
+
+def test_a_symlink_planted_at_the_part_path_is_not_followed(local_store, out, tmp_path):
+    put(local_store, "k", b"abc")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    dest = out / "dev1/rec1/video/seg.bin"
+    dest.parent.mkdir(parents=True)
+    os.symlink(victim, str(dest) + ".part")
+    download(source(local_store, "k", b"abc"), out)
+    assert dest.read_bytes() == b"abc" and victim.read_bytes() == b"precious"
+
+
 def test_overwrite_replaces_an_existing_file(any_store, out):
     data = os.urandom(100_000)
     put(any_store, "k", data)
