@@ -295,6 +295,18 @@ def test_one_failing_file_stops_the_call_and_leaves_no_part_files(local_store, o
         assert (out / name).read_bytes() == good[name.rsplit("/", 1)[1]]
 
 
+def test_a_failing_progress_callback_stops_the_download_cleanly(local_store, out):
+    data = os.urandom(3 * MiB)
+    put(local_store, "k", data)
+
+    def broken(nbytes: int) -> None:
+        raise RuntimeError("progress bar crashed")
+
+    with pytest.raises(RuntimeError, match="progress bar crashed"):
+        download(source(local_store, "k", data), out, chunk_size=MiB, on_progress=broken)
+    assert files(out) == []
+
+
 def test_a_file_that_appears_during_the_download_is_not_clobbered(local_store, out):
     data = os.urandom(2 * MiB)
     put(local_store, "k", data)
