@@ -33,7 +33,8 @@ Setup helpers
   credentials, `client()`, `url(key)`) for a fresh `weed mini` on free 127.0.0.1 ports in a
   temp dir with a fresh bucket; access is anonymous unless `auth=True`. Stopped and removed
   on exit. `process_cpu_seconds(target.server_pid)` before/after a side gives the server's
-  CPU for it (client and server share the cores on one machine).
+  CPU for it (client and server share the cores on one machine); `machine_busy_seconds()`
+  before/after, minus both, is what other work on the machine took meanwhile (noise).
 - `parse_size("1GiB")`, `add_size_argument(parser)` for `--size 1GiB / 256MiB / 1000000`.
 - `settle()` flushes dirty pages between sides so one side's writeback does not slow the next.
 
@@ -359,6 +360,14 @@ def process_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat): the difference around a
+    side, minus that side's client and server CPU, is what other work on the machine took."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def settle() -> None:
     """Flush dirty pages so the next side does not pay for the previous side's writeback."""
     os.sync()
@@ -444,6 +453,7 @@ __all__ = [
     "S3Target",
     "add_size_argument",
     "format_table",
+    "machine_busy_seconds",
     "make_random_file",
     "parse_size",
     "process_cpu_seconds",

@@ -42,6 +42,7 @@ from bench.harness import (
     S3Target,
     add_size_argument,
     format_table,
+    machine_busy_seconds,
     make_random_file,
     process_cpu_seconds,
     ratio,
@@ -56,8 +57,11 @@ TARGET_VS_BOTO3 = 1.5
 TARGET_LOCAL_VS_CP = 0.7
 TUNE_PART_SIZES = (8, 16, 32, 64)  # MiB
 TUNE_CONCURRENCY = (2, 4, 8)
-CPU_COLUMNS = ("cpu_seconds", "server_cpu_seconds")
-CPU_NOTE = "cpu_seconds: the side's user+sys CPU; server_cpu_seconds: what `weed` spent meanwhile"
+CPU_COLUMNS = ("cpu_seconds", "server_cpu_seconds", "other_cpu_seconds")
+CPU_NOTE = (
+    "cpu_seconds: the side's user+sys CPU; server_cpu_seconds: what `weed` spent meanwhile; "
+    "other_cpu_seconds: the rest of the machine meanwhile (start-up of the side's process, other users' work)"
+)
 
 
 # --- sides: module-level so bench.harness can run each in a fresh interpreter ----------------
@@ -139,17 +143,22 @@ def _median(runs: list[Result]) -> Result:
 class S3Sides:
     """Runs S3 sides against one server, checks each stored object, deletes it afterwards."""
 
-    def __init__(self, target: S3Target, path: Path, size: int) -> None:
-        self.target, self.path, self.size = target, path, size
+    def __init__(self, target: S3Target, path: Path, size: int, *, auth: bool = False) -> None:
+        self.target, self.path, self.size, self.auth = target, path, size, auth
 
     def _run(self, name: str, start: Callable[[str], Result]) -> Result:
         key = f"bench/{uuid.uuid4().hex[:12]}"
         settle()
         server_cpu = process_cpu_seconds(self.target.server_pid) if self.target.server_pid else None
+        busy = machine_busy_seconds()
         result = start(key)
+        busy = machine_busy_seconds() - busy
         if server_cpu is not None:
             spent = process_cpu_seconds(self.target.server_pid) - server_cpu
-            result = dataclasses.replace(result, extra={**result.extra, "server_cpu_seconds": round(spent, 2)})
+            # the child's interpreter start (~0.3 s) is not in cpu_seconds, so it lands here
+            others = max(0.0, busy - spent - result.extra.get("cpu_seconds", 0.0))
+            extra = {**result.extra, "server_cpu_seconds": round(spent, 2), "other_cpu_seconds": round(others, 2)}
+            result = dataclasses.replace(result, extra=extra)
         stored = _stored_size(self.target, key)
         if stored != self.size:
             raise RuntimeError(f"{name}: stored {stored} bytes, expected {self.size}")
@@ -158,7 +167,13 @@ class S3Sides:
 
     def curl(self) -> Result:
         return self._run("curl PUT", lambda key: run_command(
-            "curl PUT", ["curl", "-s", "-f", "-T", str(self.path), self.target.url(key)], nbytes=self.size))
+            "curl PUT", ["curl", "-s", "-f", "-T", str(self.path), self._put_url(key)], nbytes=self.size))
+
+    def _put_url(self, key: str) -> str:
+        if not self.auth:
+            return self.target.url(key)
+        client = self.target.client()
+        return client.generate_presigned_url("put_object", Params={"Bucket": self.target.bucket, "Key": key}, ExpiresIn=3600)
 
     def boto3(self, checksums: str = "default") -> Result:
         name = "boto3 defaults" if checksums == "default" else f"boto3 {checksums}"
@@ -181,11 +196,11 @@ def _rounds(makers: dict[str, Callable[[], Result]], repeat: int) -> tuple[list[
 
 
 def run_s3(
-    path: Path, size: int, repeat: int, part_size: int | None, concurrency: int | None
+    path: Path, size: int, repeat: int, part_size: int | None, concurrency: int | None, *, auth: bool = False
 ) -> tuple[list[Result], list[dict[str, Result]], bool]:
-    with seaweed_server() as target:
+    with seaweed_server(auth=auth) as target:
         verified = server_verifies_part_crc32c(target)
-        sides = S3Sides(target, path, size)
+        sides = S3Sides(target, path, size, auth=auth)
         makers: dict[str, Callable[[], Result]] = {
             "curl PUT": sides.curl,
             "boto3 defaults": sides.boto3,
@@ -196,9 +211,9 @@ def run_s3(
         return results, rounds, verified
 
 
-def run_tune(path: Path, size: int, repeat: int) -> tuple[list[Result], list[dict[str, Result]]]:
-    with seaweed_server() as target:
-        sides = S3Sides(target, path, size)
+def run_tune(path: Path, size: int, repeat: int, *, auth: bool = False) -> tuple[list[Result], list[dict[str, Result]]]:
+    with seaweed_server(auth=auth) as target:
+        sides = S3Sides(target, path, size, auth=auth)
         makers: dict[str, Callable[[], Result]] = {
             "boto3 defaults": sides.boto3,
             "boto3 when_required": lambda: sides.boto3("when_required"),
@@ -270,6 +285,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs per side, interleaved; the median is shown")
     parser.add_argument("--part-size", type=_mib_or_size, default=None, help="Ferry's part size (default: its own)")
     parser.add_argument("--concurrency", type=int, default=None, help="Ferry's parts in flight (default: its own)")
+    parser.add_argument("--auth", action="store_true",
+                        help="run SeaweedFS with access keys, so it verifies signatures (curl uses a presigned URL)")
     parser.add_argument("--only", choices=("s3", "local"), default=None, help="run one group only")
     parser.add_argument("--tune", action="store_true", help="also sweep Ferry part sizes 8-64 MiB x concurrency 2/4/8")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
@@ -297,25 +314,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = make_random_file(scratch / "random.bin", args.size)
         if args.only in (None, "s3"):
-            s3, s3_rounds, verified = run_s3(path, args.size, args.repeat, args.part_size, args.concurrency)
+            s3, s3_rounds, verified = run_s3(
+                path, args.size, args.repeat, args.part_size, args.concurrency, auth=args.auth
+            )
         if args.only in (None, "local"):
             local, local_rounds = run_local(path, args.size, args.repeat, scratch)
         if args.tune:
-            tune, _ = run_tune(path, args.size, args.repeat)
+            tune, _ = run_tune(path, args.size, args.repeat, auth=args.auth)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(f"ferry bench upload: {type(exc).__name__}: {first_line}", file=sys.stderr)
         return 2
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    load_after = os.getloadavg()[0]
 
     checks = verdicts(s3_rounds, local_rounds, verified)
     if args.json:
         print(json.dumps({
             "size": args.size,
             "repeat": args.repeat,
-            "load_average_1m": [load_before, load_after],
+            "load_average_1m_before": load_before,
+            "auth": args.auth,
             "s3": [_as_json(r) for r in s3],
             "local": [_as_json(r) for r in local],
             "tune": [_as_json(r) for r in tune],
@@ -325,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
 
     size = _mib(args.size)
     runs = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
-    print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before, {load_after:.1f} after"
-          + (" (busy: other work shares these cores, numbers are noisy)" if max(load_before, load_after) > 1 else ""))
+    print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before the run"
+          + (" (busy: other work shares these cores, numbers are noisy)" if load_before > 1 else "")
+          + (f"; SeaweedFS with access keys (signatures verified)" if args.auth else "; SeaweedFS anonymous"))
     print()
     if s3:
         print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults", extra_columns=CPU_COLUMNS))
