@@ -37,6 +37,12 @@ Setup helpers
   before/after, minus both, is what other work on the machine took meanwhile (noise).
 - `parse_size("1GiB")`, `add_size_argument(parser)` for `--size 1GiB / 256MiB / 1000000`.
 - `settle()` flushes dirty pages between sides so one side's writeback does not slow the next.
+- `S3Target.env` holds the AWS variables a user would set: pass `env=target.env` to
+  `run_python` so the side's own client finds endpoint and credentials the usual way.
+- `ratio(results, "ferry", "boto3")` is one side's MB/s over another's.
+
+On a shared machine, run sides in interleaved rounds (a, b, a, b, ...) and compare ratios
+within a round; wall times drift by 2x when someone else's tests run.
 
 Example
     from bench.harness import run_python, run_command, format_table, make_random_file

@@ -2,7 +2,10 @@
 
 S3 (loopback SeaweedFS, anonymous, one random file, default 1 GiB):
 - `curl PUT`        one streamed PUT (`curl -s -T`): the server's ceiling for one stream;
-- `boto3 defaults`  `upload_file` with TransferConfig and client defaults (CRC32 trailer on);
+- `boto3 defaults`  `upload_file` with TransferConfig and client defaults (checksums
+                    `when_supported`: over plain http, as here, botocore signs the payload with
+                    SHA-256 and sends CRC32 as a header, not as an aws-chunked trailer; the
+                    trailer is used only over https);
 - `boto3 when_required` (context) the same with `request_checksum_calculation="when_required"`;
 - `ferry`           `storage_core.upload.upload_file` into an S3Store: parallel multipart,
                     a CRC32C per part sent as `x-amz-checksum-crc32c` and verified by the server.
@@ -17,6 +20,9 @@ so "integrity checks on" is a measured fact, not an assumption.
 
 Every side runs in its own fresh process (bench.harness); the file is read from the page
 cache by every side alike; dirty pages are flushed between sides and objects deleted.
+Client and server share this machine's cores, so each S3 row also shows the server's CPU and
+what the rest of the machine took meanwhile (`other_cpu_seconds`): a row with several seconds
+there was measured while something else ran, and says little.
 """
 
 from __future__ import annotations
@@ -287,7 +293,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=None, help="Ferry's parts in flight (default: its own)")
     parser.add_argument("--auth", action="store_true",
                         help="run SeaweedFS with access keys, so it verifies signatures (curl uses a presigned URL)")
-    parser.add_argument("--only", choices=("s3", "local"), default=None, help="run one group only")
+    parser.add_argument("--only", choices=("s3", "local", "tune"), default=None,
+                        help="run one group only (tune: only the part size x concurrency grid)")
     parser.add_argument("--tune", action="store_true", help="also sweep Ferry part sizes 8-64 MiB x concurrency 2/4/8")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
@@ -319,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.only in (None, "local"):
             local, local_rounds = run_local(path, args.size, args.repeat, scratch)
-        if args.tune:
+        if args.tune or args.only == "tune":
             tune, _ = run_tune(path, args.size, args.repeat, auth=args.auth)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
