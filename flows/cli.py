@@ -83,10 +83,10 @@ def _quiet_prefect_console(verbose: bool) -> None:
 
 
 def _catalog():
-    from storage_core.catalog import Catalog
+    from storage_core.catalog import open_catalog
     from storage_core.config import load_settings
 
-    return Catalog(load_settings().catalog_url)
+    return open_catalog(load_settings().catalog_url)
 
 
 def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bool) -> Any:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from prefect import task
 
-from storage_core.catalog import Catalog, TransactionInfo
+from storage_core.catalog import TransactionInfo, open_catalog
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
 from storage_core.upload import manifest, transactions
@@ -19,8 +19,8 @@ class BatchReport(BaseModel):
     parts_reused: int
 
 
-def _catalog() -> Catalog:
-    return Catalog(load_settings().catalog_url)
+def _catalog():
+    return open_catalog(load_settings().catalog_url)
 
 
 @task(name="scan-and-begin")

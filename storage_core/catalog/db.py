@@ -95,4 +95,18 @@ class Catalog:
         self.engine.dispose()
 
 
-__all__ = ["Catalog"]
+_open: dict[str, Catalog] = {}
+
+
+def open_catalog(url: str) -> Catalog:
+    """One shared Catalog (engine and connection pool) per URL in this process."""
+    with _migrate_lock:
+        catalog = _open.get(url)
+    if catalog is None:
+        catalog = Catalog(url)
+        with _migrate_lock:
+            catalog = _open.setdefault(url, catalog)
+    return catalog
+
+
+__all__ = ["Catalog", "open_catalog"]

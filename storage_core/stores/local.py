@@ -32,7 +32,7 @@ from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
 
 STAGING = ".ferry-staging"
-COPY_CHUNK = 8 * 1024 * 1024
+COPY_CHUNK = 1024 * 1024  # measured: 8 MiB chunks halve throughput (cache misses in read+crc+write)
 
 
 @contextmanager
