@@ -71,7 +71,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -449,15 +449,6 @@ def seaweed_server(*, auth: bool = False, bucket: str | None = None) -> Iterator
     finally:
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-        _remove_weed_sockets(server.ports.values())
-
-
-def _remove_weed_sockets(ports: Iterable[int]) -> None:
-    """`weed mini` leaves unix sockets named after its ports in the temp dir (/tmp/seaweedfs-s3-<port>.sock)."""
-    folder = Path(tempfile.gettempdir())
-    for port in ports:
-        for sock in folder.glob(f"seaweedfs-*-{port}.sock"):
-            sock.unlink(missing_ok=True)
 
 
 __all__ = [

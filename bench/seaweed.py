@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -113,6 +114,11 @@ class SeaweedServer:
                 pass
             self.process.wait()
         self.process = None
+        # `weed mini` leaves unix sockets named after its ports in the temp dir
+        folder = Path(tempfile.gettempdir())
+        for port in self.ports.values():
+            for sock in folder.glob(f"seaweedfs-*-{port}.sock"):
+                sock.unlink(missing_ok=True)
 
     def restart(self, timeout: float = 60.0) -> None:
         """Stop and start again on the same ports and data (for server-restart faults)."""

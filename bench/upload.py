@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -51,7 +51,6 @@ from bench.harness import (
     machine_busy_seconds,
     make_random_file,
     process_cpu_seconds,
-    ratio,
     run_command,
     run_python,
     seaweed_server,
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = f", median of {args.repeat} interleaved runs" if args.repeat > 1 else ""
     print(f"machine: {os.cpu_count()} cores, 1-min load average {load_before:.1f} before the run"
           + (" (busy: other work shares these cores, numbers are noisy)" if load_before > 1 else "")
-          + (f"; SeaweedFS with access keys (signatures verified)" if args.auth else "; SeaweedFS anonymous"))
+          + ("; SeaweedFS with access keys (signatures verified)" if args.auth else "; SeaweedFS anonymous"))
     print()
     if s3:
         print(format_table(f"upload {size} to loopback SeaweedFS{runs}", s3, baseline="boto3 defaults", extra_columns=CPU_COLUMNS))

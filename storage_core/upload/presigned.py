@@ -24,7 +24,6 @@ from storage_core.keys import StorageUri
 from storage_core.stores.registry import open_store
 from storage_core.upload.manifest import ManifestEntry, modality_of
 from storage_core.upload.transactions import (
-    record_stored_object,
     abort_transactions,
     begin_transaction,
     complete_transaction,

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ACCESS_KEY, SECRET_KEY
 
 MiB = 1024 * 1024
 
