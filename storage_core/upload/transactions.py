@@ -310,7 +310,10 @@ def abort_transactions(
             in_flight = [
                 (i.id, i.store_uri, i.key, i.upload_id)
                 for i in txn.items
-                if i.upload_id and i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)
+                # failed items too: a failure before the transfer began (a resumed source that
+                # changed) leaves its recorded upload open; aborting twice is harmless
+                if i.upload_id
+                and i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value, ItemStatus.FAILED.value)
             ]
         failed_here = []
         for item_id, store_uri, key, upload_id in in_flight:

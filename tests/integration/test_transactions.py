@@ -167,3 +167,31 @@ def test_missing_and_unreadable_sources(tmp_path):
     (source / "dev/rec/gone.bin").symlink_to(tmp_path / "deleted-target")
     with pytest.raises(ConfigError, match="gone.bin: cannot be read"):
         scan_source(source)
+
+
+def test_resume_of_a_changed_source_fails_and_abort_cleans_its_upload(sqlite_url, bucket, tmp_path, monkeypatch):
+    import storage_core.upload.transactions as transactions
+    from storage_core.errors import SourceChanged, StorageUnavailable
+
+    catalog = Catalog(sqlite_url)
+    source = landing(tmp_path, {"dev/rec/big.bin": 12 * MiB})
+    txn = begin_transaction(catalog, scan_source(source).entries, destination=parse_uri(f"s3://{bucket.bucket}"), origination="t")
+    original = transactions._CatalogJournal.part_stored
+
+    def die_after_one(self, part):
+        original(self, part)
+        raise StorageUnavailable("connection lost (simulated)")
+
+    monkeypatch.setattr(transactions._CatalogJournal, "part_stored", die_after_one)
+    settings = load_settings(part_size=5 * MiB, multipart_threshold=5 * MiB, max_concurrency=1, part_attempts=1)
+    with pytest.raises(StorageUnavailable):
+        upload_item(catalog, txn.items[0].id, settings=settings)
+    monkeypatch.undo()
+    with open(source / "dev/rec/big.bin", "ab") as f:
+        f.write(b"the recorder appended more")
+    with pytest.raises(SourceChanged):
+        upload_item(catalog, txn.items[0].id, settings=settings)
+    assert get_transaction(catalog, txn.id).items[0].status == "failed"
+    assert len(bucket.list_multipart_uploads()) == 1
+    abort_transactions(catalog, [txn.id], reason="source changed", settings=settings)
+    assert bucket.list_multipart_uploads() == []
