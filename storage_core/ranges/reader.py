@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -12,6 +11,7 @@ from typing import BinaryIO
 
 import urllib3
 
+from storage_core.ranges.fileobj import ReadOnlySeekable
 from storage_core.ranges.plan import ByteRange, coalesce, missing, plan_read, split
 from storage_core.ranges.sources import HttpSource, RangeSource, StoreSource
 from storage_core.ranges.sparse import SparseBuffer
@@ -38,7 +38,7 @@ class ReadStats:
         return {"requests": self.requests, "bytes_fetched": self.bytes_fetched, "hits": self.hits, "misses": self.misses}
 
 
-class RangeReader(io.RawIOBase):
+class RangeReader(ReadOnlySeekable):
     """Read one object as a file, fetching only the byte ranges that reads touch.
 
     Contract:
@@ -205,29 +205,6 @@ class RangeReader(io.RawIOBase):
         return written
 
     # --- file object -----------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        self._checkClosed()
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self.size}.get(whence)
-        if base is None:
-            raise ValueError(f"invalid whence {whence!r}")
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._position = base + offset
-        return self._position
-
     def read(self, size: int | None = -1) -> bytes:
         self._checkClosed()
         start = self._position

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import threading
 from bisect import bisect_left, bisect_right
 
+from storage_core.ranges.fileobj import ReadOnlySeekable
 from storage_core.ranges.plan import ByteRange
 
 
-class SparseBuffer(io.RawIOBase):
+class SparseBuffer(ReadOnlySeekable):
     """A seekable, read-only view of a `size`-byte file of which only some regions are known.
 
     - `add_region(offset, data)` stores bytes; regions that overlap or touch merge into one,
@@ -101,34 +101,6 @@ class SparseBuffer(io.RawIOBase):
             self._chunks.clear()
 
     # --- file object -----------------------------------------------------------------
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return False
-
-    def tell(self) -> int:
-        self._checkClosed()
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        self._checkClosed()
-        if whence == io.SEEK_SET:
-            position = offset
-        elif whence == io.SEEK_CUR:
-            position = self._position + offset
-        elif whence == io.SEEK_END:
-            position = self._size + offset
-        else:
-            raise ValueError(f"invalid whence {whence!r}")
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._position = position
-        return position
-
     def read(self, size: int | None = -1) -> bytes:
         """Cached bytes from the position, up to `size` (all of the region when -1/None)."""
         self._checkClosed()
