@@ -1,7 +1,9 @@
 """Ferry's catalog tables (SQLAlchemy 2). They live in Ferry's own database, never Prefect's.
 
-    devices ─< recordings ─< stored_objects
+    devices ─< recordings ─< stored_objects ─< object_topics
+    devices ─< device_tokens
     transactions ─< transaction_items ─< multipart_parts
+    transactions ─ upload_events (at most one per transaction: the durable "completed" event)
 
 A transaction item claims its destination while it is in flight: a partial unique index
 on (store_uri, key) over the active states makes two concurrent ingests of the same file
@@ -83,12 +85,59 @@ class StoredObject(Base):
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     summary: Mapped[str | None] = mapped_column(Text)  # JSON, filled by the summarize path
+    summarized_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    summary_error: Mapped[str | None] = mapped_column(Text)  # why the last summarize failed (e.g. not MCAP)
 
     recording: Mapped[Recording | None] = relationship(back_populates="objects")
+    topics: Mapped[list[ObjectTopic]] = relationship(order_by="ObjectTopic.topic", cascade="all, delete-orphan")
 
     @property
     def uri(self) -> str:
         return f"{self.store_uri}/{self.key}"
+
+
+class ObjectTopic(Base):
+    """One topic of a summarized MCAP object: what `query --topic` searches."""
+
+    __tablename__ = "object_topics"
+
+    object_id: Mapped[int] = mapped_column(ForeignKey("stored_objects.id", ondelete="CASCADE"), primary_key=True)
+    topic: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    message_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    schema_name: Mapped[str | None] = mapped_column(String(1024))
+    message_encoding: Mapped[str | None] = mapped_column(String(128))
+
+
+Index("ix_object_topics_topic", ObjectTopic.topic)
+
+
+class DeviceToken(Base):
+    """A device's gateway credential. Only a hash of the token is stored; a revoked token
+    keeps its row (with `revoked_at`) so the audit trail survives."""
+
+    __tablename__ = "device_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    label: Mapped[str | None] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class UploadEvent(Base):
+    """The durable record of "this transaction completed" (an outbox row). Its id is the
+    Prefect event id, fixed when the row is written, so emitting it again after a crash or
+    a replayed complete never starts a second flow run."""
+
+    __tablename__ = "upload_events"
+
+    transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    emitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Transaction(Base):
@@ -166,11 +215,14 @@ __all__ = [
     "OPEN_TRANSACTION_STATES",
     "Base",
     "Device",
+    "DeviceToken",
     "ItemStatus",
     "MultipartPart",
+    "ObjectTopic",
     "Recording",
     "StoredObject",
     "Transaction",
     "TransactionItem",
     "TransactionStatus",
+    "UploadEvent",
 ]

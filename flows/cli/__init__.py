@@ -1,0 +1,40 @@
+"""`ferry`: the command line. Output is for people by default; `--json` prints one JSON
+document for scripts. Every failure is one line on stderr and a non-zero exit.
+
+Each command group lives in its own module and registers itself on `common.app`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from flows.cli import bench_cmds, ingest_cmds  # noqa: F401 - they register their commands
+from flows.cli.common import app, err
+
+
+def main() -> None:
+    """Entry point: map every failure to one line and a non-zero exit."""
+    from storage_core.errors import FerryError, one_line
+
+    try:
+        app(standalone_mode=False)
+    except FerryError as exc:
+        err.print(f"[red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("FERRY_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {one_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+__all__ = ["app", "main"]

@@ -1,0 +1,37 @@
+"""`ferry bench upload|download|summary`: pass-through to the benchmarks in `bench/`."""
+
+from __future__ import annotations
+
+import typer
+
+from flows.cli.common import bench_app
+
+
+def _bench(name: str, args: list[str]) -> None:
+    import importlib
+
+    module = importlib.import_module(f"bench.{name}")
+    code = module.main(args)
+    if code:
+        raise typer.Exit(code)
+
+
+_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@bench_app.command("upload", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_upload(ctx: typer.Context) -> None:
+    """Ferry vs boto3 upload_file vs curl (SeaweedFS on loopback), and local store vs cp."""
+    _bench("upload", ctx.args)
+
+
+@bench_app.command("download", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_download(ctx: typer.Context) -> None:
+    """Ferry's verified download vs boto3 download_file vs curl, and local store vs cp."""
+    _bench("download", ctx.args)
+
+
+@bench_app.command("summary", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_summary(ctx: typer.Context) -> None:
+    """Ferry's range-read MCAP summary vs a full download + mcap vs mcap's SeekingReader."""
+    _bench("summary", ctx.args)

@@ -1,0 +1,84 @@
+"""What every `ferry` command shares: the Typer app and its groups, the consoles, JSON
+output, sizes, the catalog, and quieting Prefect's console logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, is_dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+# The CLI is a process entry point, so it may set defaults for its own environment:
+# nothing phones home, and Prefect's files stay under .ferry/ unless the user says otherwise.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+if "PREFECT_HOME" not in os.environ:
+    _prefect_home = Path.cwd() / ".ferry" / "prefect"
+    _prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+    os.environ["PREFECT_HOME"] = str(_prefect_home)
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Move recorded data reliably and fast, and know what is where.")
+transactions_app = typer.Typer(no_args_is_help=True, help="Inspect, abort and resume upload transactions.")
+bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side benchmarks against the tools a user would pick instead.")
+app.add_typer(transactions_app, name="transactions")
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own logs.")]
+
+
+def plain(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if is_dataclass(value):
+        return plain(asdict(value))
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(plain(value), indent=2) + "\n")
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def quiet_prefect_console(verbose: bool) -> None:
+    """Prefect logs flow-run states (with tracebacks) to the console; the CLI prints its
+    own one-line outcome, so its console handler is silenced unless asked for."""
+    if verbose:
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for logger in (logging.getLogger(), *(logging.getLogger(n) for n in ("uvicorn", "fastapi", "prefect"))):
+        for handler in logger.handlers:
+            if isinstance(handler, PrefectConsoleHandler):
+                handler.setLevel(logging.CRITICAL + 1)
+
+
+def catalog():
+    from storage_core.catalog import open_catalog
+    from storage_core.config import load_settings
+
+    return open_catalog(load_settings().catalog_url)
