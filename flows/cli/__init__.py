@@ -10,7 +10,14 @@ import sys
 
 import click
 
-from flows.cli import bench_cmds, ingest_cmds  # noqa: F401 - they register their commands
+from flows.cli import (  # noqa: F401 - each module registers its commands on `app`
+    bench_cmds,
+    catalog_cmds,
+    gateway_cmds,
+    ingest_cmds,
+    serve_cmds,
+    summarize_cmds,
+)
 from flows.cli.common import app, err
 
 

@@ -1,0 +1,3 @@
+"""`ferry summarize`: MCAP and Parquet summaries read through ranges."""
+
+from __future__ import annotations
