@@ -30,6 +30,7 @@ def download(
     *,
     layout: Layout = "by_recording",
     overwrite: bool = False,
+    resume: bool = False,
     on_progress: OnProgress | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_workers: int = DEFAULT_MAX_WORKERS,
@@ -42,6 +43,11 @@ def download(
     one-element list still returns a list). Destinations follow `layout` (see
     storage_core.download.plan). `on_progress(n)` is called with each `n` bytes written,
     from worker threads but never two calls at once.
+
+    `resume=True` keeps files already at their destination with the recorded size and
+    CRC32C (re-running a download that was interrupted fetches only what is missing);
+    their paths are returned like the others. Files that differ are still refused unless
+    `overwrite`.
 
     Before any write, the whole plan is checked and every problem raised together as a
     WritePlanError (nothing written). During I/O, memory stays below about
@@ -56,17 +62,18 @@ def download(
     if chunk_size <= 0 or max_workers <= 0 or max_files <= 0:
         raise ConfigError(f"chunk_size, max_workers and max_files must be positive "
                           f"(got {chunk_size}, {max_workers}, {max_files})")
-    plan = plan_writes(sources, dest, layout=layout, overwrite=overwrite)
-    if not plan:
-        return []
+    plan = plan_writes(sources, dest, layout=layout, overwrite=overwrite, resume=resume)
+    missing = [write for write in plan if not write.present]
+    if not missing:
+        return [write.dest for write in plan]
     progress = _serialized(on_progress)
     stop = threading.Event()
     with ThreadPoolExecutor(max_workers, thread_name_prefix="ferry-range") as ranges_pool, \
-            ThreadPoolExecutor(min(max_files, len(plan)), thread_name_prefix="ferry-file") as files_pool:
+            ThreadPoolExecutor(min(max_files, len(missing)), thread_name_prefix="ferry-file") as files_pool:
         futures: list[Future[Path]] = [
             files_pool.submit(download_object, write, ranges_pool=ranges_pool, chunk_size=chunk_size,
                               overwrite=overwrite, retry=retry, on_progress=progress, stop=stop)
-            for write in plan
+            for write in missing
         ]
         try:
             wait(futures, return_when=FIRST_EXCEPTION)
@@ -84,7 +91,7 @@ def download(
         raise real[0]
     if errors or any(f.cancelled() for f in futures):
         raise RuntimeError("download cancelled")  # only reachable through an interrupt
-    return [f.result() for f in futures]
+    return [write.dest for write in plan]
 
 
 def _serialized(on_progress: OnProgress | None) -> OnProgress | None:

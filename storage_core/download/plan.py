@@ -16,11 +16,13 @@ writes). Every problem it finds is collected and raised together in one WritePla
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from storage_core.checksums import crc32c_of_stream
 from storage_core.download.source import DownloadSource
 from storage_core.errors import ConfigError, InvalidKey
 from storage_core.keys import validate_key
@@ -35,10 +37,12 @@ _MESSAGE_LIMIT = 50
 
 @dataclass(frozen=True)
 class PlannedWrite:
-    """One object and the path it will be written to; `part` is the temp file beside it."""
+    """One object and the path it will be written to; `part` is the temp file beside it.
+    `present`: the destination already holds exactly these bytes (a resumed download)."""
 
     source: DownloadSource
     dest: Path
+    present: bool = False
 
     @property
     def part(self) -> Path:
@@ -76,6 +80,7 @@ def plan_writes(
     *,
     layout: Layout = "by_recording",
     overwrite: bool = False,
+    resume: bool = False,
 ) -> list[PlannedWrite]:
     """Every write of a download, in the order they are returned to the caller.
 
@@ -88,6 +93,10 @@ def plan_writes(
     another's `.part` file), an existing file when `overwrite` is false, an existing
     folder at a file's path, and destinations whose folder cannot be written.
     Raises ConfigError for an unknown layout.
+
+    With `resume`, an existing file whose size and CRC32C match what the source records
+    is no problem: its write comes back `present=True` (nothing to fetch). This reads
+    those files once; a file that differs is still refused unless `overwrite`.
     """
     if layout not in LAYOUTS:
         raise ConfigError(f"unknown download layout {layout!r}: use one of {', '.join(LAYOUTS)}")
@@ -99,7 +108,9 @@ def plan_writes(
         if path is not None:
             writes.append(PlannedWrite(source, path))
     problems.extend(_collisions(writes))
-    problems.extend(_disk_problems(writes, root, overwrite=overwrite))
+    if resume and not overwrite:
+        writes = [replace(w, present=True) if _holds(w.dest, w.source) else w for w in writes]
+    problems.extend(_disk_problems(writes, root, overwrite=overwrite, resume=resume))
     if problems:
         raise WritePlanError(problems)
     return writes
@@ -224,7 +235,22 @@ def _collisions(writes: list[PlannedWrite]) -> list[PlanProblem]:
     return problems
 
 
-def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool) -> list[PlanProblem]:
+def _holds(path: Path, source: DownloadSource) -> bool:
+    """`path` is a regular file with exactly the bytes the source records (size and CRC32C)."""
+    if source.size is None or source.crc32c is None:
+        return False  # nothing to prove it against: never assume
+    try:
+        info = os.lstat(path)
+        if not stat.S_ISREG(info.st_mode) or info.st_size != source.size:
+            return False
+        with open(path, "rb") as stream:
+            value, _ = crc32c_of_stream(stream)
+    except OSError:
+        return False
+    return value == source.crc32c
+
+
+def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool, resume: bool) -> list[PlanProblem]:
     """What the file system already holds that would make a write fail or clobber a file."""
     problems: list[PlanProblem] = []
     folders: dict[Path, str | None] = {}  # folder -> problem (None: fine), shared by many segments
@@ -249,11 +275,15 @@ def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool) -
     reported: set[str] = set()
     for write in writes:
         dest = write.dest
+        if write.present:
+            continue
         if os.path.isdir(dest) and not os.path.islink(dest):
             problems.append(PlanProblem("exists", f"{dest} is an existing folder; cannot write {write.source.key} there",
                                         key=write.source.key, path=dest))
         elif os.path.lexists(dest) and not overwrite:
-            problems.append(PlanProblem("exists", f"{dest} already exists (pass overwrite=True to replace it)",
+            hint = "it differs from the stored object; " if resume else ""
+            problems.append(PlanProblem("exists", f"{dest} already exists ({hint}pass overwrite=True to replace it"
+                                        f"{'' if resume else ', or resume=True to keep identical files'})",
                                         key=write.source.key, path=dest))
         reason = folder_problem(dest.parent)
         if reason and reason not in reported:  # one line per bad folder, not one per segment

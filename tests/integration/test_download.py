@@ -412,3 +412,32 @@ def tiny_tmpfs(tmp_path):
         yield mount_point
     finally:
         os.system(f"umount -l {mount_point}")
+
+
+def test_resume_keeps_identical_files_and_fetches_only_the_missing(any_store, out):
+    first, second = os.urandom(70_000), os.urandom(90_000)
+    put(any_store, "a", first)
+    put(any_store, "b", second)
+    sources = [source(any_store, "a", first, rel="a.bin"), source(any_store, "b", second, rel="b.bin")]
+    done = out / "dev1/rec1/video/a.bin"
+    done.parent.mkdir(parents=True)
+    done.write_bytes(first)  # what a killed run left behind: one whole, verified file
+    before = done.stat().st_mtime_ns
+    with pytest.raises(WritePlanError, match="resume=True"):
+        download(sources, out)
+    fetched: list[int] = []
+    paths = download(sources, out, resume=True, on_progress=fetched.append)
+    assert paths == [done, out / "dev1/rec1/video/b.bin"]
+    assert sum(fetched) == len(second)  # only the missing file moved
+    assert done.stat().st_mtime_ns == before and paths[1].read_bytes() == second
+
+
+def test_resume_still_refuses_a_file_that_differs(local_store, out):
+    data = os.urandom(50_000)
+    put(local_store, "k", data)
+    dest = out / "dev1/rec1/video/seg.bin"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(WritePlanError, match="differs from the stored object"):
+        download(source(local_store, "k", data), out, resume=True)
+    assert dest.read_bytes() != data
