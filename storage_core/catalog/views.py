@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from storage_core.catalog.models import StoredObject, Transaction, TransactionItem
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes (Ferry always writes UTC); PostgreSQL aware ones."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -96,9 +103,12 @@ class ObjectInfo:
     crc32c: int
     etag: str
     stored_at: datetime
+    # one of many files of its modality in the recording (a segment), rather than the
+    # recording's single artifact of that modality; decides where a download writes it
+    segmented: bool = False
 
     @classmethod
-    def of(cls, obj: StoredObject) -> ObjectInfo:
+    def of(cls, obj: StoredObject, *, segmented: bool = False) -> ObjectInfo:
         recording = obj.recording
         return cls(
             uri=obj.uri,
@@ -111,11 +121,12 @@ class ObjectInfo:
             size=obj.size,
             crc32c=obj.crc32c,
             etag=obj.etag,
-            stored_at=obj.stored_at,
+            stored_at=as_utc(obj.stored_at),
+            segmented=segmented,
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-__all__ = ["ItemInfo", "ObjectInfo", "TransactionInfo"]
+__all__ = ["ItemInfo", "ObjectInfo", "TransactionInfo", "as_utc"]
