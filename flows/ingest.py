@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.summarize import SummarizeParams, SummarizeReport, summarize
 from storage_core.config import load_settings
 from storage_core.errors import FerryError, one_line
 from storage_core.upload import batch_items
@@ -25,7 +26,10 @@ class IngestReport(BaseModel):
     bytes_stored: int
     parts_sent: int
     parts_reused: int
-    seconds: float
+    seconds: float  # scan to complete, without summarizing
+    summaries: int = 0  # MCAP/Parquet objects of this transaction summarized
+    summary_failures: int = 0  # ... that could not be (the bytes are stored all the same)
+    summary_errors: list[str] = []  # "uri: reason", one line each
 
     @property
     def mb_per_s(self) -> float:
@@ -34,6 +38,21 @@ class IngestReport(BaseModel):
 
 class IngestFailed(FerryError):
     """The flow-run failure: one line saying what happened to the transaction."""
+
+
+def _summarize_stored(transaction_id: str) -> SummarizeReport:
+    """Summarize the MCAP/Parquet objects the transaction stored (the summarize flow, as a
+    subflow). The bytes are stored and cataloged already: a summary that fails is recorded
+    and reported, never a reason to fail the ingest; `ferry summarize --missing` retries it."""
+    try:
+        return summarize(SummarizeParams(transaction_id=transaction_id))
+    except Exception as exc:  # noqa: BLE001 - e.g. the catalog briefly unreachable
+        reason = one_line(exc)
+        get_run_logger().warning("summaries of transaction %s failed: %s", transaction_id, reason)
+        return SummarizeReport(
+            objects=0, summarized=0, failed=0, skipped=0, requests=0, bytes_fetched=0, seconds=0.0,
+            failures=[f"transaction {transaction_id}: {reason}"],
+        )
 
 
 def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], started: float) -> IngestReport:
@@ -55,7 +74,8 @@ def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], star
         raise IngestFailed(f"transaction {transaction_id} aborted: {reason}") from failure
 
     info = upload_tasks.complete(transaction_id)
-    seconds = time.monotonic() - started
+    seconds = time.monotonic() - started  # the transfer's time: summaries are not bytes moved
+    summaries = _summarize_stored(transaction_id)
     report = IngestReport(
         transaction_id=info.id,
         status=info.status,
@@ -66,13 +86,17 @@ def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], star
         parts_sent=sum(r.parts_sent for r in reports),
         parts_reused=sum(r.parts_reused for r in reports),
         seconds=round(seconds, 3),
+        summaries=summaries.summarized,
+        summary_failures=summaries.failed,
+        summary_errors=summaries.failures,
     )
     create_markdown_artifact(
         key="ingest-report",
         markdown=(
-            f"| transaction | stored | skipped | bytes | MB/s |\n|---|---|---|---|---|\n"
+            f"| transaction | stored | skipped | bytes | MB/s | summaries | summary failures |\n"
+            f"|---|---|---|---|---|---|---|\n"
             f"| {report.transaction_id} | {report.files_stored} | {report.files_skipped} | "
-            f"{report.bytes_stored} | {report.mb_per_s:.1f} |"
+            f"{report.bytes_stored} | {report.mb_per_s:.1f} | {report.summaries} | {report.summary_failures} |"
         ),
         description="Ferry ingest",
     )
