@@ -1,0 +1,568 @@
+"""Device uploads through presigned URLs: a device with no storage credentials stores a
+whole manifest under its own prefix, and the server side verifies before anything counts.
+
+    begin_device_upload ─> device PUTs files / parts to presigned URLs ─> complete_device_upload
+         │   (manifest checked; multipart uploads created and            │ (sizes from HEAD / ListParts,
+         │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
+         └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
+                                                                            completed, outbox row)
+    abort_device_upload: multipart uploads aborted, unverified objects deleted.
+
+A device declares, per file, its size and CRC32C; a multipart file also declares its part
+size and every part's CRC32C (they must combine to the file's CRC32C). Every URL is signed
+with the checksum it must carry, so the store itself refuses other bytes; a part URL is
+only issued for a part list that combines to the file's recorded CRC32C, which is why
+completion can trust the parts' checksums once ListParts shows the planned sizes.
+
+On a verification failure at complete, every object of the transaction that is not
+recorded as stored is deleted, its multipart uploads aborted, and the transaction aborted:
+nothing unverified is ever recorded or left behind.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+
+import sqlalchemy.exc
+from sqlalchemy import select
+
+from storage_core.catalog.db import Catalog
+from storage_core.catalog.models import (
+    OPEN_TRANSACTION_STATES,
+    ItemStatus,
+    StoredObject,
+    Transaction,
+    TransactionItem,
+    TransactionStatus,
+    UploadEvent,
+)
+from storage_core.catalog.views import TransactionInfo
+from storage_core.checksums import combine_parts, crc32c_of_stream, to_header, to_hex
+from storage_core.config import FerrySettings, load_settings
+from storage_core.errors import (
+    CatalogError,
+    ConfigError,
+    IntegrityError,
+    InvalidKey,
+    ObjectNotFound,
+    StorageError,
+    TransactionStateError,
+)
+from storage_core.keys import StorageUri, validate_key
+from storage_core.stores.base import ObjectStore
+from storage_core.stores.registry import open_store
+from storage_core.upload.manifest import ManifestEntry, modality_of
+from storage_core.upload.outbox import UploadEventInfo, record_upload_event
+from storage_core.upload.plan import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from storage_core.upload.transactions import abort_transactions, begin_transaction, record_stored_object
+
+ORIGINATION = "device gateway"
+_TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
+GiB = 1024**3
+
+
+class ManifestRefused(ConfigError):
+    """A manifest the gateway will not start: `reason` is 'invalid', 'too_large' or 'forbidden'."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class UnknownUpload(CatalogError):
+    """No such device transaction for this device (another device's is unknown too)."""
+
+
+class UploadIncomplete(TransactionStateError):
+    """Complete was called before every byte was uploaded; nothing was changed."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_files: int = 10_000
+    max_total_bytes: int = 10 * 1024 * GiB
+    max_file_bytes: int = MAX_OBJECT_SIZE
+    max_single_put_bytes: int = 5 * GiB  # S3's PutObject ceiling; above it a file must go multipart
+    min_part_size: int = MIN_PART_SIZE  # S3 refuses smaller parts (but the last) at completion
+
+
+@dataclass(frozen=True)
+class DeviceFile:
+    """One file as a device declares it. `path` is `DEVICE/RECORDING/relative/path`."""
+
+    path: str
+    size: int
+    crc32c: int
+    part_size: int | None = None  # set (with part_crc32c) for a multipart upload
+    part_crc32c: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class UploadUrl:
+    url: str
+    method: str
+    headers: dict[str, str]
+    part_number: int | None = None  # None for a single PUT
+    size: int | None = None  # bytes this URL takes
+
+
+@dataclass(frozen=True)
+class FileState:
+    path: str
+    uri: str
+    size: int
+    status: str  # the item status: uploading, stored, skipped, aborted, failed
+    multipart: bool
+    part_size: int | None
+    parts_present: tuple[int, ...]  # part numbers the store holds now (multipart only)
+    uploaded: bool  # every byte is in the store (a single object present, or every part)
+    urls: tuple[UploadUrl, ...] = ()  # for what is still missing, when asked for
+
+
+@dataclass(frozen=True)
+class DeviceUploadState:
+    transaction_id: str
+    device_id: str
+    status: str
+    expires_in: int
+    files: tuple[FileState, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    transaction: TransactionInfo
+    event: UploadEventInfo
+
+
+# --- the manifest (pure) ------------------------------------------------------------------
+
+
+def _crc_value(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**32:
+        raise ManifestRefused(f"{where}: a CRC32C is an integer in [0, 2**32)")
+    return value
+
+
+def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits) -> list[ManifestEntry]:
+    """The manifest as transaction entries, or ManifestRefused naming the first problem."""
+    if not files:
+        raise ManifestRefused("the manifest lists no files")
+    if len(files) > limits.max_files:
+        raise ManifestRefused(f"the manifest lists {len(files)} files; the limit is {limits.max_files}", reason="too_large")
+    total = sum(f.size for f in files if isinstance(f.size, int))
+    if total > limits.max_total_bytes:
+        raise ManifestRefused(
+            f"the manifest declares {total} bytes; the limit is {limits.max_total_bytes}", reason="too_large"
+        )
+    entries, seen = [], set()
+    for f in files:
+        try:
+            validate_key(f.path)
+        except InvalidKey as exc:
+            raise ManifestRefused(f"path {f.path!r}: {exc.reason}") from None
+        device, *rest = f.path.split("/")
+        if device != device_id:
+            raise ManifestRefused(f"path {f.path!r} is outside this device's prefix {device_id}/", reason="forbidden")
+        if len(rest) < 2:
+            raise ManifestRefused(f"path {f.path!r}: expected {device_id}/RECORDING/FILE")
+        if f.path in seen:
+            raise ManifestRefused(f"path {f.path!r} is listed twice")
+        seen.add(f.path)
+        if not isinstance(f.size, int) or f.size <= 0:
+            raise ManifestRefused(f"{f.path}: size must be a positive integer")
+        if f.size > limits.max_file_bytes:
+            raise ManifestRefused(f"{f.path}: {f.size} bytes; the per-file limit is {limits.max_file_bytes}", reason="too_large")
+        crc = _crc_value(f.crc32c, f.path)
+        if f.part_crc32c is None and f.part_size is None:
+            if f.size > limits.max_single_put_bytes:
+                raise ManifestRefused(f"{f.path}: {f.size} bytes is too large for one PUT; declare parts")
+        else:
+            _check_parts(f, limits)
+        recording, relative = rest[0], "/".join(rest[1:])
+        entries.append(
+            ManifestEntry(
+                path=PurePosixPath(f"device:{f.path}"),
+                device_id=device_id,
+                recording=recording,
+                relative_path=relative,
+                size=f.size,
+                mtime_ns=0,
+                modality=modality_of(relative),
+                crc32c=crc,
+            )
+        )
+    return entries
+
+
+def _check_parts(f: DeviceFile, limits: UploadLimits) -> None:
+    if f.part_size is None or f.part_crc32c is None:
+        raise ManifestRefused(f"{f.path}: a multipart file declares both part_size and part_crc32c")
+    if not isinstance(f.part_size, int) or not limits.min_part_size <= f.part_size <= MAX_PART_SIZE:
+        raise ManifestRefused(f"{f.path}: part_size must be between {limits.min_part_size} and {MAX_PART_SIZE} bytes")
+    count = -(-f.size // f.part_size)
+    if count > MAX_PARTS:
+        raise ManifestRefused(f"{f.path}: {count} parts; at most {MAX_PARTS}")
+    check_part_checksums(f.path, f.size, f.crc32c, f.part_size, list(f.part_crc32c))
+
+
+def part_sizes(size: int, part_size: int) -> list[int]:
+    return [min(part_size, size - start) for start in range(0, size, part_size)]
+
+
+def check_part_checksums(path: str, size: int, crc: int, part_size: int, part_crcs: list[int]) -> None:
+    """Part CRC32Cs must be one per planned part and combine to the file's CRC32C."""
+    sizes = part_sizes(size, part_size)
+    if len(part_crcs) != len(sizes):
+        raise ManifestRefused(f"{path}: {len(sizes)} parts of {part_size} bytes, but {len(part_crcs)} part checksums")
+    values = [_crc_value(v, f"{path} part {n}") for n, v in enumerate(part_crcs, 1)]
+    if combine_parts(list(zip(values, sizes))) != crc:
+        raise ManifestRefused(f"{path}: the part checksums do not combine to the file's CRC32C {to_hex(crc)}")
+
+
+# --- storage helpers ----------------------------------------------------------------------
+
+
+def require_presign(destination: StorageUri, settings: FerrySettings | None = None) -> None:
+    """Raise Unsupported unless the destination store can presign uploads."""
+    store, _ = open_store(destination, settings or load_settings())
+    store.presign_put("ferry-presign-check", expires_in=60)  # local folders raise Unsupported
+
+
+def _presign_part(store: ObjectStore, key: str, upload_id: str, number: int, crc: int, expires_in: int) -> str:
+    # S3Store.presign_upload_part cannot sign a checksum yet; sign it here so the store
+    # refuses other bytes (moving this into S3Store is a one-line change there).
+    from storage_core.stores.s3 import S3Store
+
+    if not isinstance(store, S3Store):
+        return store.presign_upload_part(key, upload_id, number, expires_in=expires_in)
+    params = {"Bucket": store.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "ChecksumCRC32C": to_header(crc)}
+    with store._where(key, "presign"):
+        return store.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires_in)
+
+
+def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, int] | None:
+    """{part number: size} the store holds, or None when the upload no longer exists."""
+    try:
+        return {p.part_number: p.size for p in store.list_parts(key, upload_id)}  # a repeated part: the last wins
+    except ObjectNotFound:
+        return None
+    except StorageError as exc:
+        if "NoSuchUpload" in str(exc):
+            return None
+        raise
+
+
+def _device_path(item: TransactionItem) -> str:
+    return f"{item.device_id}/{item.recording}/{item.relative_path}"
+
+
+def _load_own(session, device_id: str, transaction_id: str) -> Transaction:
+    txn = session.get(Transaction, transaction_id)
+    if txn is None or txn.device_id != device_id or txn.origination != ORIGINATION:
+        raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
+    return txn
+
+
+# --- begin / status ------------------------------------------------------------------------
+
+
+def begin_device_upload(
+    catalog: Catalog,
+    device_id: str,
+    files: list[DeviceFile],
+    *,
+    destination: StorageUri,
+    limits: UploadLimits = UploadLimits(),
+    expires_in: int = 900,
+    transaction_id: str | None = None,
+    settings: FerrySettings | None = None,
+) -> DeviceUploadState:
+    """Check the manifest, begin the transaction, create the multipart uploads (each id
+    recorded before any URL exists) and return URLs for every file to send. Nothing is
+    recorded when the manifest is refused; a destination another transaction is uploading
+    aborts this one (TransactionStateError). With the device's own `transaction_id`, a
+    repeated begin (the answer was lost) returns the same transaction with fresh URLs."""
+    settings = settings or load_settings()
+    entries = check_manifest(device_id, files, limits)
+    declared = {f.path: f for f in files}
+    crcs = {p: list(f.part_crc32c) for p, f in declared.items() if f.part_crc32c is not None}
+    if transaction_id is not None:
+        if not _TRANSACTION_ID.fullmatch(transaction_id):
+            raise ManifestRefused(f"transaction id {transaction_id!r}: expected 32 lowercase hex digits")
+        with catalog.session() as session:
+            existing = session.get(Transaction, transaction_id)
+            if existing is not None:
+                if existing.device_id != device_id or existing.origination != ORIGINATION:
+                    raise TransactionStateError(f"transaction id {transaction_id} is taken")
+                if sorted(_device_path(i) for i in existing.items) != sorted(declared):
+                    raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
+                begun = existing.status in OPEN_TRANSACTION_STATES
+        if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
+            return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=begun,
+                                        expires_in=expires_in, settings=settings)
+    try:
+        txn = begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
+                                device_id=device_id, transaction_id=transaction_id)
+    except sqlalchemy.exc.IntegrityError:  # the same id begun concurrently: the loser retries begin
+        raise TransactionStateError(f"transaction {transaction_id} is being begun; retry") from None
+    busy = [i for i in txn.items if i.status == ItemStatus.SKIPPED.value and i.error and "being uploaded" in i.error]
+    if busy:
+        abort_transactions(catalog, [txn.id], reason=f"not started: {busy[0].uri} {busy[0].error}", settings=settings)
+        raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
+    store, _ = open_store(destination, settings)
+    try:
+        for info in txn.items:
+            if info.status != ItemStatus.PENDING.value:
+                continue
+            f = declared[f"{info.device_id}/{info.recording}/{info.relative_path}"]
+            upload_id = store.create_multipart(info.uri.split("/", 3)[3]) if f.part_crc32c is not None else None
+            with catalog.session() as session:
+                row = session.get(TransactionItem, info.id)
+                row.upload_id, row.part_size = upload_id, f.part_size
+                row.status = ItemStatus.UPLOADING.value
+                row.transaction.status = TransactionStatus.UPLOADING.value
+        return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
+                                    expires_in=expires_in, settings=settings)
+    except BaseException:
+        abort_transactions(catalog, [txn.id], reason="begin failed", settings=settings)
+        raise
+
+
+def device_upload_status(
+    catalog: Catalog,
+    device_id: str,
+    transaction_id: str,
+    *,
+    part_crc32c: dict[str, list[int]] | None = None,
+    with_urls: bool = False,
+    expires_in: int = 900,
+    settings: FerrySettings | None = None,
+) -> DeviceUploadState:
+    """What the store holds for each file, from the store itself (HEAD, ListParts). With
+    `with_urls`, fresh URLs for what is missing: a single file needs nothing more, a
+    multipart file needs its part checksums in `part_crc32c` (checked against the
+    recorded file CRC32C, so every URL ever issued for a part carries a consistent one)."""
+    settings = settings or load_settings()
+    part_crc32c = part_crc32c or {}
+    with catalog.session() as session:
+        txn = _load_own(session, device_id, transaction_id)
+        status = txn.status
+        items = [(_device_path(i), i.store_uri, i.key, i.size, i.status, i.upload_id, i.part_size, i.crc32c) for i in txn.items]
+    is_open = status in OPEN_TRANSACTION_STATES
+    files = []
+    for path, store_uri, key, size, item_status, upload_id, part_size, crc in items:
+        multipart = upload_id is not None
+        present: dict[int, int] = {}
+        uploaded = item_status in (ItemStatus.STORED.value, ItemStatus.SKIPPED.value)
+        urls: list[UploadUrl] = []
+        if is_open and item_status == ItemStatus.UPLOADING.value:
+            store, _ = open_store(store_uri, settings)
+            if multipart:
+                found = _present_parts(store, key, upload_id)
+                if found is None:  # completed by an earlier complete that did not commit
+                    uploaded = _exists(store, key)
+                else:
+                    sizes = part_sizes(size, part_size)
+                    present = {n: s for n, s in found.items() if n <= len(sizes) and sizes[n - 1] == s}
+                    uploaded = len(present) == len(sizes)
+                    if with_urls and not uploaded:
+                        if path not in part_crc32c:
+                            raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
+                        check_part_checksums(path, size, crc, part_size, part_crc32c[path])
+                        for n, part_crc in enumerate(part_crc32c[path], 1):
+                            if n not in present:
+                                url = _presign_part(store, key, upload_id, n, part_crc, expires_in)
+                                headers = {"x-amz-checksum-crc32c": to_header(part_crc)}
+                                urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
+            else:
+                uploaded = _exists(store, key)
+                if with_urls and not uploaded:
+                    url = store.presign_put(key, expires_in=expires_in, crc32c=crc)
+                    urls.append(UploadUrl(url, "PUT", {"x-amz-checksum-crc32c": to_header(crc)}, None, size))
+        files.append(
+            FileState(path, f"{store_uri}/{key}", size, item_status, multipart, part_size,
+                      tuple(sorted(present)), uploaded, tuple(urls))
+        )
+    return DeviceUploadState(transaction_id, device_id, status, expires_in, tuple(files))
+
+
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.head(key)
+        return True
+    except ObjectNotFound:
+        return False
+
+
+# --- complete / abort -----------------------------------------------------------------------
+
+
+def _completed(session, txn: Transaction) -> CompletedUpload:
+    return CompletedUpload(TransactionInfo.of(txn), UploadEventInfo.of(session.get(UploadEvent, txn.id), txn))
+
+
+def complete_device_upload(
+    catalog: Catalog, device_id: str, transaction_id: str, *, settings: FerrySettings | None = None
+) -> CompletedUpload:
+    """Verify every file against the store and complete the transaction, writing its
+    outbox row in the same database transaction. Replayed: the same answer, nothing new.
+    Missing bytes: UploadIncomplete, nothing changed. Wrong bytes: IntegrityError, the
+    transaction's unverified objects deleted, its uploads aborted, the transaction aborted."""
+    settings = settings or load_settings()
+    with catalog.session() as session:
+        txn = _load_own(session, device_id, transaction_id)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            return _completed(session, txn)
+        if txn.status not in OPEN_TRANSACTION_STATES:
+            raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
+        open_items = [
+            (i.id, i.store_uri, i.key, i.size, i.upload_id, i.part_size, i.crc32c, _device_path(i))
+            for i in txn.items
+            if i.status == ItemStatus.UPLOADING.value
+        ]
+
+    # 1. everything present? (nothing changes when not)
+    plans = []
+    for item_id, store_uri, key, size, upload_id, part_size, crc, path in open_items:
+        store, _ = open_store(store_uri, settings)
+        if upload_id is not None:
+            found = _present_parts(store, key, upload_id)
+            if found is not None:
+                sizes = part_sizes(size, part_size)
+                missing = [n for n in range(1, len(sizes) + 1) if n not in found]
+                if missing:
+                    raise UploadIncomplete(f"{path}: {len(missing)} of {len(sizes)} part(s) not uploaded yet (e.g. part {missing[0]})")
+                wrong = [n for n, s in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != s]
+                if wrong:
+                    _fail(catalog, transaction_id, item_id, f"{path}: part {wrong[0]} has {found[wrong[0]]} bytes, not as planned", settings)
+                plans.append((item_id, store, key, size, upload_id, crc, path, True))
+                continue
+        if not _exists(store, key):
+            raise UploadIncomplete(f"{path}: nothing has been uploaded yet")
+        plans.append((item_id, store, key, size, upload_id, crc, path, False))
+
+    # 2. assemble and verify
+    verified = []
+    for item_id, store, key, size, upload_id, crc, path, assemble in plans:
+        try:
+            if assemble:
+                parts = [(p.part_number, p.etag) for p in store.list_parts(key, upload_id)]
+                parts = sorted(dict(parts).items())
+                meta = store.complete_multipart(key, upload_id, parts)
+                actual = crc  # every part was verified by the store against a checksum combining to it
+            else:
+                meta = store.head(key)
+                actual = meta.crc32c
+        except ObjectNotFound:
+            raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
+        problem = None
+        if meta.size != size:
+            problem = f"{path}: size {meta.size} does not match the declared {size}"
+        else:
+            if actual is None:
+                with store.open_read(key, if_match=meta.etag) as stream:
+                    actual, _ = crc32c_of_stream(stream)
+            if actual != crc:
+                problem = f"{path}: CRC32C {to_hex(actual)} does not match the declared {to_hex(crc)}"
+        if problem:
+            _fail(catalog, transaction_id, item_id, problem, settings)
+        verified.append((item_id, actual, meta.etag))
+
+    # 3. one database transaction: items stored, transaction completed, outbox row
+    try:
+        with catalog.session() as session:
+            txn = _load_own(session, device_id, transaction_id)
+            if txn.status == TransactionStatus.COMPLETED.value:
+                return _completed(session, txn)
+            if txn.status not in OPEN_TRANSACTION_STATES:
+                raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
+            for item_id, actual, etag in verified:
+                row = session.get(TransactionItem, item_id)
+                row.status, row.crc32c, row.etag, row.error = ItemStatus.STORED.value, actual, etag, None
+                record_stored_object(session, row, actual, etag)
+            txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, datetime.now(timezone.utc), None
+            record_upload_event(session, txn)
+            session.flush()
+            return _completed(session, txn)
+    except sqlalchemy.exc.IntegrityError:  # a concurrent complete committed first
+        with catalog.session() as session:
+            txn = _load_own(session, device_id, transaction_id)
+            if txn.status != TransactionStatus.COMPLETED.value:
+                raise
+            return _completed(session, txn)
+
+
+def _discard_unverified(catalog: Catalog, transaction_id: str, settings: FerrySettings) -> None:
+    """Delete objects a device put for this transaction's open items, unless the catalog
+    records that exact object as stored (an older version someone relies on)."""
+    with catalog.session() as session:
+        txn = session.get(Transaction, transaction_id)
+        targets = [
+            (i.store_uri, i.key)
+            for i in txn.items
+            if i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value, ItemStatus.FAILED.value)
+        ]
+        recorded = {
+            (o.store_uri, o.key): o.etag
+            for o in session.scalars(select(StoredObject).where(StoredObject.key.in_([k for _, k in targets])))
+        }
+    for store_uri, key in targets:
+        store, _ = open_store(store_uri, settings)
+        try:
+            meta = store.head(key)
+        except ObjectNotFound:
+            continue
+        if recorded.get((store_uri, key)) != meta.etag:
+            store.delete(key)
+
+
+def _fail(catalog: Catalog, transaction_id: str, item_id: int, problem: str, settings: FerrySettings) -> None:
+    _discard_unverified(catalog, transaction_id, settings)
+    with catalog.session() as session:
+        row = session.get(TransactionItem, item_id)
+        row.status, row.error = ItemStatus.FAILED.value, problem
+    abort_transactions(catalog, [transaction_id], reason=f"verification failed: {problem}", settings=settings)
+    raise IntegrityError(f"{problem}; the upload was discarded")
+
+
+def abort_device_upload(
+    catalog: Catalog, device_id: str, transaction_id: str, *, reason: str = "aborted by the device",
+    settings: FerrySettings | None = None,
+) -> TransactionInfo:
+    """Abort the device's open transaction: multipart uploads aborted, objects it put
+    deleted. An aborted one stays aborted; a completed one is refused."""
+    settings = settings or load_settings()
+    with catalog.session() as session:
+        txn = _load_own(session, device_id, transaction_id)
+        if txn.status == TransactionStatus.ABORTED.value:
+            return TransactionInfo.of(txn)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            raise TransactionStateError(f"transaction {transaction_id} is completed; it cannot be aborted")
+    _discard_unverified(catalog, transaction_id, settings)
+    [info] = abort_transactions(catalog, [transaction_id], reason=reason, settings=settings)
+    return info
+
+
+__all__ = [
+    "ORIGINATION",
+    "CompletedUpload",
+    "DeviceFile",
+    "DeviceUploadState",
+    "FileState",
+    "ManifestRefused",
+    "UnknownUpload",
+    "UploadIncomplete",
+    "UploadLimits",
+    "UploadUrl",
+    "abort_device_upload",
+    "begin_device_upload",
+    "check_manifest",
+    "check_part_checksums",
+    "complete_device_upload",
+    "device_upload_status",
+    "part_sizes",
+    "require_presign",
+]
