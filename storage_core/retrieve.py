@@ -15,7 +15,7 @@ CRC32C, read pinned to the ETag seen first.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Union
@@ -92,6 +92,7 @@ def download(
     overwrite: bool = False,
     resume: bool = False,
     on_progress: OnProgress | None = None,
+    on_plan: Callable[[list[PlannedWrite]], None] | None = None,
     settings: FerrySettings | None = None,
     **tuning: int,
 ) -> list[Path]:
@@ -101,10 +102,11 @@ def download(
 
     Every destination is planned and checked before the first byte moves (see
     storage_core.download.plan); `overwrite` and `resume` as in
-    storage_core.download.download. `tuning`: chunk_size, max_workers, max_files.
+    storage_core.download.download, and so are the callbacks. `tuning`: chunk_size,
+    max_workers, max_files.
     """
     return download_sources(sources_of(target, settings), dest, layout=layout, overwrite=overwrite,
-                            resume=resume, on_progress=on_progress, **tuning)
+                            resume=resume, on_progress=on_progress, on_plan=on_plan, **tuning)
 
 
 def plan_download(

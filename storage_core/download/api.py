@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
-from storage_core.download.plan import Layout, plan_writes
+from storage_core.download.plan import Layout, PlannedWrite, plan_writes
 from storage_core.download.source import DownloadSource
 from storage_core.download.transfer import (
     DEFAULT_CHUNK_SIZE,
@@ -32,6 +32,7 @@ def download(
     overwrite: bool = False,
     resume: bool = False,
     on_progress: OnProgress | None = None,
+    on_plan: Callable[[list[PlannedWrite]], None] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_files: int = DEFAULT_MAX_FILES,
@@ -43,6 +44,9 @@ def download(
     one-element list still returns a list). Destinations follow `layout` (see
     storage_core.download.plan). `on_progress(n)` is called with each `n` bytes written,
     from worker threads but never two calls at once.
+
+    `on_plan(writes)` is called once with the checked plan, before the first byte moves
+    (a progress bar learns its total there).
 
     `resume=True` keeps files already at their destination with the recorded size and
     CRC32C (re-running a download that was interrupted fetches only what is missing);
@@ -63,6 +67,8 @@ def download(
         raise ConfigError(f"chunk_size, max_workers and max_files must be positive "
                           f"(got {chunk_size}, {max_workers}, {max_files})")
     plan = plan_writes(sources, dest, layout=layout, overwrite=overwrite, resume=resume)
+    if on_plan is not None:
+        on_plan(plan)
     missing = [write for write in plan if not write.present]
     if not missing:
         return [write.dest for write in plan]
