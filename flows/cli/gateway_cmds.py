@@ -1,3 +1,131 @@
 """`ferry gateway`, `ferry devices add|revoke|list` and `ferry device-upload`: event-driven uploads from devices."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from flows.cli.common import JsonOpt, app, catalog, emit_json, err, out, size_text
+from storage_core.errors import ConfigError
+
+devices_app = typer.Typer(no_args_is_help=True, help="Device tokens for the gateway: add, revoke, list.")
+app.add_typer(devices_app, name="devices")
+
+
+@app.command()
+def gateway(
+    host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless you mean it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8470,
+    expires_in: Annotated[int, typer.Option("--url-expiry", help="Seconds a presigned URL stays valid.")] = 900,
+    max_files: Annotated[int, typer.Option("--max-files", help="Most files one manifest may list.")] = 10_000,
+    max_bytes: Annotated[Optional[int], typer.Option("--max-bytes", help="Most bytes one manifest may declare.")] = None,
+    max_file_bytes: Annotated[Optional[int], typer.Option("--max-file-bytes", help="Largest file a device may send.")] = None,
+    flush_interval: Annotated[float, typer.Option("--flush-interval", help="Seconds between retries of unemitted events.")] = 30,
+) -> None:
+    """Serve the device gateway: devices upload through presigned URLs into FERRY_STORE."""
+    import uvicorn
+
+    from flows.gateway.app import create_app
+    from storage_core.config import load_settings
+    from storage_core.errors import Unsupported
+    from storage_core.keys import parse_uri
+    from storage_core.upload.device import UploadLimits, require_presign
+
+    settings = load_settings()
+    destination = parse_uri(settings.store_uri)
+    try:
+        require_presign(destination, settings)
+    except Unsupported:
+        raise ConfigError(
+            f"the gateway needs a store that can presign URLs (s3://...); FERRY_STORE is {settings.store_uri}"
+        ) from None
+    limits = UploadLimits(max_files=max_files)
+    if max_bytes is not None:
+        limits = UploadLimits(**{**limits.__dict__, "max_total_bytes": max_bytes})
+    if max_file_bytes is not None:
+        limits = UploadLimits(**{**limits.__dict__, "max_file_bytes": max_file_bytes})
+    gateway_app = create_app(
+        catalog(), destination=destination, limits=limits, expires_in=expires_in, flush_interval=flush_interval, settings=settings
+    )
+    err.print(f"ferry gateway on http://{host}:{port} → {destination}", highlight=False)
+    uvicorn.run(gateway_app, host=host, port=port, log_level="warning")
+
+
+@devices_app.command("add")
+def devices_add(
+    device: Annotated[str, typer.Argument(help="Device id (its prefix in storage).")],
+    label: Annotated[Optional[str], typer.Option("--label", help="What this token is for.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a gateway token for DEVICE. The token is printed once; only its hash is kept."""
+    from storage_core.catalog.devices import add_device_token
+
+    new = add_device_token(catalog(), device, label=label)
+    if as_json:
+        emit_json({"device_id": new.info.device_id, "token_id": new.info.id, "label": new.info.label, "token": new.token})
+        return
+    err.print(f"token {new.info.id} for device {device} (shown once; store it on the device):", highlight=False)
+    out.print(new.token, highlight=False, soft_wrap=True)
+
+
+@devices_app.command("revoke")
+def devices_revoke(
+    device: Annotated[str, typer.Argument(help="Device id.")],
+    token_id: Annotated[Optional[int], typer.Option("--token-id", help="Revoke just this token (default: all of the device's).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Revoke a device's tokens: the gateway refuses them from the next request on."""
+    from storage_core.catalog.devices import revoke_device_tokens
+
+    revoked = revoke_device_tokens(catalog(), device, token_id=token_id)
+    if as_json:
+        emit_json({"device_id": device, "revoked": [t.id for t in revoked]})
+        return
+    out.print(f"revoked {len(revoked)} token(s) of device {device}", highlight=False)
+
+
+@devices_app.command("list")
+def devices_list(as_json: JsonOpt = False) -> None:
+    """Every device token: device, label, created, last used, revoked."""
+    from storage_core.catalog.devices import list_device_tokens
+
+    tokens = list_device_tokens(catalog())
+    if as_json:
+        emit_json(tokens)
+        return
+    table = Table("token", "device", "label", "created", "last used", "revoked")
+    for t in tokens:
+        when = lambda d: d.strftime("%Y-%m-%d %H:%M") if d else "-"  # noqa: E731
+        table.add_row(str(t.id), t.device_id, t.label or "", when(t.created_at), when(t.last_used_at), when(t.revoked_at))
+    out.print(table)
+
+
+@app.command("device-upload")
+def device_upload_cmd(
+    folder: Annotated[Path, typer.Argument(help="FOLDER/RECORDING/files to upload.")],
+    gateway_url: Annotated[str, typer.Option("--gateway", help="Gateway base URL, e.g. http://127.0.0.1:8470.")],
+    token: Annotated[Optional[str], typer.Option("--token", help="Device token (default: $FERRY_DEVICE_TOKEN).")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Device id (default: the token's device).")] = None,
+    part_size: Annotated[int, typer.Option("--part-size", help="Bytes per part; larger files go multipart.")] = 16 * 1024 * 1024,
+    limit_rate: Annotated[Optional[int], typer.Option("--limit-rate", help="Upload at most this many bytes per second.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a folder through the gateway, as a device does; rerun to resume."""
+    from flows.gateway.client import device_upload
+
+    token = token or os.environ.get("FERRY_DEVICE_TOKEN")
+    if not token:
+        raise ConfigError("no device token: pass --token or set FERRY_DEVICE_TOKEN")
+    report = device_upload(folder, gateway=gateway_url, token=token, device=device, part_size=part_size, limit_rate=limit_rate)
+    if as_json:
+        emit_json(report)
+        return
+    out.print(
+        f"[green]{report.status}[/]: transaction {report.transaction_id}: {report.files} file(s), {size_text(report.bytes)};"
+        f" sent {report.pieces_sent} piece(s) ({size_text(report.bytes_sent)}), {report.pieces_reused} already stored",
+        highlight=False,
+    )

@@ -93,6 +93,17 @@ class Refused(Exception):
         self.status, self.detail = status, detail
 
 
+def _device(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
+    """The device id of the request's bearer token (re-checked on every request)."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Refused(401, "missing bearer token (Authorization: Bearer <device token>)")
+    return authenticate_device(request.app.state.catalog, token.strip())
+
+
+DeviceId = Annotated[str, Depends(_device)]
+
+
 def _status_of(exc: FerryError) -> int:
     if isinstance(exc, TokenRefused):
         return 401
@@ -155,6 +166,7 @@ def create_app(
 
     app = FastAPI(title="Ferry device gateway", lifespan=lifespan)
     app.state.flush = flush
+    app.state.catalog = catalog
 
     @app.exception_handler(Refused)
     async def _refused(_request: Request, exc: Refused) -> JSONResponse:
@@ -184,24 +196,16 @@ def create_app(
             return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
         return await call_next(request)
 
-    def device(authorization: Annotated[str | None, Header()] = None) -> str:
-        scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Refused(401, "missing bearer token (Authorization: Bearer <device token>)")
-        return authenticate_device(catalog, token.strip())
-
-    Device = Annotated[str, Depends(device)]
-
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/me")
-    def me(device_id: Device) -> dict[str, str]:
+    def me(device_id: DeviceId) -> dict[str, str]:
         return {"device_id": device_id}
 
     @app.post("/v1/uploads", status_code=201)
-    def begin(manifest: ManifestIn, device_id: Device) -> dict[str, Any]:
+    def begin(manifest: ManifestIn, device_id: DeviceId) -> dict[str, Any]:
         files = [
             DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None)
             for f in manifest.files
@@ -213,11 +217,11 @@ def create_app(
         return asdict(state)
 
     @app.get("/v1/uploads/{transaction_id}")
-    def status(transaction_id: str, device_id: Device) -> dict[str, Any]:
+    def status(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         return asdict(device_upload_status(catalog, device_id, transaction_id, settings=settings))
 
     @app.post("/v1/uploads/{transaction_id}/urls")
-    def urls(transaction_id: str, body: UrlsIn, device_id: Device) -> dict[str, Any]:
+    def urls(transaction_id: str, body: UrlsIn, device_id: DeviceId) -> dict[str, Any]:
         crcs = {f.path: list(f.part_crc32c) for f in body.files}
         state = device_upload_status(
             catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True, expires_in=expires_in, settings=settings
@@ -225,7 +229,7 @@ def create_app(
         return asdict(state)
 
     @app.post("/v1/uploads/{transaction_id}/complete")
-    def complete(transaction_id: str, device_id: Device) -> dict[str, Any]:
+    def complete(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         done = complete_device_upload(catalog, device_id, transaction_id, settings=settings)
         flush()  # a failed emit leaves the row pending: the next complete or the timer retries
         event = get_upload_event(catalog, transaction_id)
@@ -239,7 +243,7 @@ def create_app(
         }
 
     @app.post("/v1/uploads/{transaction_id}/abort")
-    def abort(transaction_id: str, device_id: Device) -> dict[str, Any]:
+    def abort(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         info = abort_device_upload(catalog, device_id, transaction_id, settings=settings)
         return {"transaction_id": transaction_id, "status": info.status}
 
