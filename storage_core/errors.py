@@ -2,7 +2,8 @@
 
     FerryError
     ├── ConfigError                  bad settings, URIs or keys: the caller must fix input
-    │   └── InvalidKey
+    │   ├── InvalidKey
+    │   └── WritePlanError           a download plan has problems (all listed); nothing written
     ├── StorageError
     │   ├── ObjectNotFound           (also a FileNotFoundError)
     │   ├── BucketNotFound
@@ -47,6 +48,22 @@ class InvalidKey(ConfigError):
         super().__init__(f"invalid key {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+class WritePlanError(ConfigError):
+    """A download plan has problems; nothing was written. `problems` lists every one
+    (storage_core.download.plan.PlanProblem: kind, message, key, path)."""
+
+    MESSAGE_LIMIT = 50
+
+    def __init__(self, problems: list) -> None:
+        count = len(problems)
+        head = f"download refused, nothing written: {problems[0].message}" + (f" (and {count - 1} more)" if count > 1 else "")
+        lines = [f"  - {p.message}" for p in problems[: self.MESSAGE_LIMIT]]
+        if count > self.MESSAGE_LIMIT:
+            lines.append(f"  ... {count - self.MESSAGE_LIMIT} more")
+        super().__init__("\n".join([head, *lines]))
+        self.problems = problems
 
 
 class StorageError(FerryError):
@@ -153,5 +170,6 @@ __all__ = [
     "TransferError",
     "UploadAborted",
     "Unsupported",
+    "WritePlanError",
     "one_line",
 ]

@@ -24,7 +24,7 @@ from typing import Literal
 
 from storage_core.checksums import crc32c_of_stream
 from storage_core.download.source import DownloadSource
-from storage_core.errors import ConfigError, InvalidKey
+from storage_core.errors import ConfigError, InvalidKey, WritePlanError
 from storage_core.keys import validate_key
 
 Layout = Literal["by_recording", "by_modality", "flat"]
@@ -32,7 +32,6 @@ LAYOUTS: tuple[str, ...] = ("by_recording", "by_modality", "flat")
 PART_SUFFIX = ".part"
 FLAT_SEPARATOR = "__"
 NAME_MAX = 255  # bytes per path component on every common Linux file system
-_MESSAGE_LIMIT = 50
 
 
 @dataclass(frozen=True)
@@ -58,20 +57,6 @@ class PlanProblem:
     message: str
     key: str | None = None
     path: Path | None = None
-
-
-class WritePlanError(ConfigError):
-    """A download plan has problems; nothing was written. `problems` lists every one."""
-
-    def __init__(self, problems: list[PlanProblem]) -> None:
-        count = len(problems)
-        first = problems[0].message
-        head = f"download refused, nothing written: {first}" + (f" (and {count - 1} more)" if count > 1 else "")
-        lines = [f"  - {p.message}" for p in problems[:_MESSAGE_LIMIT]]
-        if count > _MESSAGE_LIMIT:
-            lines.append(f"  ... {count - _MESSAGE_LIMIT} more")
-        super().__init__("\n".join([head, *lines]))
-        self.problems = problems
 
 
 def plan_writes(
