@@ -44,6 +44,7 @@ from bench.harness import (
     S3Target,
     add_size_argument,
     format_table,
+    median_run,
     make_random_file,
     ratio,
     run_command,
@@ -112,15 +113,6 @@ def ferry_refuses_a_wrong_crc32c(target: S3Target, size: int, crc: int, scratch:
     return False
 
 
-def _median(runs: list[Result]) -> Result:
-    """The run with the median time (odd counts) or the faster of the middle two."""
-    ordered = sorted(runs, key=lambda r: r.seconds)
-    chosen = ordered[(len(ordered) - 1) // 2]
-    peak = max(r.peak_rss_bytes for r in runs)  # the bound must hold in every run
-    spread = [round(r.mb_per_s, 1) for r in runs]
-    return Result(chosen.name, chosen.seconds, chosen.nbytes, peak, {**chosen.extra, "runs_mb_per_s": spread})
-
-
 class Sides:
     """Runs each side into a fresh output under `scratch`, checks the size written, removes it."""
 
@@ -177,7 +169,7 @@ def _interleaved(repeat: int, makers: Sequence[Callable[[], Result]]) -> list[Re
     for _ in range(repeat):  # interleaved, so drift (cache, thermal, server state) hits all sides
         for i, make in enumerate(makers):
             runs[i].append(make())
-    return [_median(r) for r in runs]
+    return [median_run(r) for r in runs]
 
 
 def _upload(target: S3Target, path: Path) -> None:

@@ -275,6 +275,16 @@ def _vm_hwm() -> int:
 # --- reporting -----------------------------------------------------------------------------
 
 
+def median_run(runs: Sequence[Result]) -> Result:
+    """The run with the median time (odd counts) or the faster of the middle two, with the
+    peak RSS of all runs (a memory bound must hold in every run) and every run's MB/s."""
+    ordered = sorted(runs, key=lambda r: r.seconds)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    peak = max(r.peak_rss_bytes for r in runs)
+    spread = [round(r.mb_per_s, 1) for r in runs]
+    return Result(chosen.name, chosen.seconds, chosen.nbytes, peak, {**chosen.extra, "runs_mb_per_s": spread})
+
+
 def format_table(
     title: str, results: Sequence[Result], *, baseline: str, extra_columns: Sequence[str] = ()
 ) -> str:

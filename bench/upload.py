@@ -48,6 +48,7 @@ from bench.harness import (
     S3Target,
     add_size_argument,
     format_table,
+    median_run,
     machine_busy_seconds,
     make_random_file,
     process_cpu_seconds,
@@ -136,15 +137,6 @@ def _stored_size(target: S3Target, key: str) -> int:
 # --- running ---------------------------------------------------------------------------------
 
 
-def _median(runs: list[Result]) -> Result:
-    """The run with the median time (odd counts) or the faster of the middle two."""
-    ordered = sorted(runs, key=lambda r: r.seconds)
-    chosen = ordered[(len(ordered) - 1) // 2]
-    peak = max(r.peak_rss_bytes for r in runs)  # the bound must hold in every run
-    spread = [round(r.mb_per_s, 1) for r in runs]
-    return Result(chosen.name, chosen.seconds, chosen.nbytes, peak, {**chosen.extra, "runs_mb_per_s": spread})
-
-
 class S3Sides:
     """Runs S3 sides against one server, checks each stored object, deletes it afterwards."""
 
@@ -197,7 +189,7 @@ def _rounds(makers: dict[str, Callable[[], Result]], repeat: int) -> tuple[list[
     rounds: list[dict[str, Result]] = []
     for _ in range(repeat):
         rounds.append({name: make() for name, make in makers.items()})
-    return [_median([r[name] for r in rounds]) for name in makers], rounds
+    return [median_run([r[name] for r in rounds]) for name in makers], rounds
 
 
 def run_s3(
