@@ -51,6 +51,10 @@ def gateway(
     gateway_app = create_app(
         catalog(), destination=destination, limits=limits, expires_in=expires_in, flush_interval=flush_interval, settings=settings
     )
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        err.print("warning: PREFECT_API_URL is not set; upload events go to a throwaway ephemeral Prefect API", highlight=False)
     err.print(f"ferry gateway on http://{host}:{port} → {destination}", highlight=False)
     uvicorn.run(gateway_app, host=host, port=port, log_level="warning")
 
