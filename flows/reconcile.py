@@ -9,6 +9,7 @@ from pydantic import BaseModel
 
 from flows.ingest import resume
 from storage_core.errors import FerryError, one_line
+from storage_core.upload.device import ORIGINATION as DEVICE_ORIGINATION
 from tasks import reconcile as reconcile_tasks
 from tasks import upload as upload_tasks
 
@@ -24,11 +25,11 @@ class ReconcileReport(BaseModel):
 def reconcile(older_than_minutes: float = 60.0, action: Literal["abort", "resume"] = "abort") -> ReconcileReport:
     """Open transactions idle for `older_than_minutes` (their process died) are resumed or
     aborted; multipart uploads that no open transaction records, and older than that, are
-    aborted."""
+    aborted. A stale device upload is always aborted: only the device holds its bytes."""
     report = ReconcileReport(resumed=[], aborted=[], failed=[], orphans_aborted=[])
     for txn in reconcile_tasks.find_stale(older_than_minutes):
         try:
-            if action == "resume":
+            if action == "resume" and txn.origination != DEVICE_ORIGINATION:
                 resume(txn.id)
                 report.resumed.append(txn.id)
             else:

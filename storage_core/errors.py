@@ -18,8 +18,9 @@
     │   ├── PartUploadFailed         carries key, upload_id, part_number
     │   ├── UploadAborted
     │   └── AbortFailed              an abort itself failed: the upload may be orphaned
-    └── CatalogError
-        └── TransactionStateError    an operation that the transaction's state forbids
+    ├── CatalogError
+    │   └── TransactionStateError    an operation that the transaction's state forbids
+    └── TokenRefused                 a device token that is unknown, malformed or revoked
 
 Every error says whether a retry can help (`retryable`); tasks decide retries from that
 flag alone.
@@ -144,6 +145,10 @@ class TransactionStateError(CatalogError):
     pass
 
 
+class TokenRefused(FerryError):
+    """The presented device token is unknown, malformed or revoked (never retryable)."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first line of an error's message, for CLI output and flow-run states."""
     text = str(exc).strip() or type(exc).__name__
@@ -166,6 +171,7 @@ __all__ = [
     "SourceChanged",
     "StorageError",
     "StorageUnavailable",
+    "TokenRefused",
     "TransactionStateError",
     "TransferError",
     "UploadAborted",

@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from flows.gateway.events import Emitter, emit_pending, prefect_emitter
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.devices import TokenRefused, authenticate_device
+from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     CatalogError,
@@ -38,6 +38,7 @@ from storage_core.errors import (
     FerryError,
     IntegrityError,
     StorageUnavailable,
+    TokenRefused,
     TransactionStateError,
     one_line,
 )

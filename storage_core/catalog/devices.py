@@ -18,15 +18,11 @@ from sqlalchemy import select
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import Device, DeviceToken
-from storage_core.errors import ConfigError, FerryError, InvalidKey
+from storage_core.errors import ConfigError, InvalidKey, TokenRefused
 from storage_core.keys import validate_key
 
 TOKEN_PREFIX = "ferry_dt_"
 MAX_DEVICE_ID = 128
-
-
-class TokenRefused(FerryError):
-    """The presented token is unknown, malformed or revoked (never retryable)."""
 
 
 @dataclass(frozen=True)

@@ -109,7 +109,9 @@ class Presign(Protocol):
 
     def presign_get(self, key: str, *, expires_in: int) -> str: ...
 
-    def presign_upload_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str: ...
+    def presign_upload_part(
+        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
+    ) -> str: ...
 
 
 class ObjectStore(Head, GetRange, OpenRead, List, Put, Multipart, Presign, Protocol):

@@ -284,7 +284,9 @@ class LocalStore:
     def presign_get(self, key: str, *, expires_in: int) -> str:
         raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
 
-    def presign_upload_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str:
+    def presign_upload_part(
+        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
+    ) -> str:
         raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
 
 

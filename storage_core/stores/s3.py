@@ -291,8 +291,12 @@ class S3Store:
                 "get_object", Params={"Bucket": self.bucket, "Key": key}, ExpiresIn=expires_in
             )
 
-    def presign_upload_part(self, key: str, upload_id: str, part_number: int, *, expires_in: int) -> str:
-        params = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+    def presign_upload_part(
+        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
+    ) -> str:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
+        if crc32c is not None:
+            params["ChecksumCRC32C"] = to_header(crc32c)  # signed: the store refuses other bytes
         with self._where(key, "presign"):
             return self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires_in)
 

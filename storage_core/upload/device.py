@@ -57,7 +57,12 @@ from storage_core.stores.registry import open_store
 from storage_core.upload.manifest import ManifestEntry, modality_of
 from storage_core.upload.outbox import UploadEventInfo, record_upload_event
 from storage_core.upload.plan import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from storage_core.upload.transactions import abort_transactions, begin_transaction, record_stored_object
+from storage_core.upload.transactions import (
+    DEVICE_SOURCE,
+    abort_transactions,
+    begin_transaction,
+    record_stored_object,
+)
 
 ORIGINATION = "device gateway"
 _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
@@ -184,7 +189,7 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
         recording, relative = rest[0], "/".join(rest[1:])
         entries.append(
             ManifestEntry(
-                path=PurePosixPath(f"device:{f.path}"),
+                path=PurePosixPath(f"{DEVICE_SOURCE}{f.path}"),
                 device_id=device_id,
                 recording=recording,
                 relative_path=relative,
@@ -232,15 +237,7 @@ def require_presign(destination: StorageUri, settings: FerrySettings | None = No
 
 
 def _presign_part(store: ObjectStore, key: str, upload_id: str, number: int, crc: int, expires_in: int) -> str:
-    # S3Store.presign_upload_part cannot sign a checksum yet; sign it here so the store
-    # refuses other bytes (moving this into S3Store is a one-line change there).
-    from storage_core.stores.s3 import S3Store
-
-    if not isinstance(store, S3Store):
-        return store.presign_upload_part(key, upload_id, number, expires_in=expires_in)
-    params = {"Bucket": store.bucket, "Key": key, "UploadId": upload_id, "PartNumber": number, "ChecksumCRC32C": to_header(crc)}
-    with store._where(key, "presign"):
-        return store.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires_in)
+    return store.presign_upload_part(key, upload_id, number, expires_in=expires_in, crc32c=crc)
 
 
 def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, int] | None:

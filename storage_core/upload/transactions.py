@@ -50,6 +50,9 @@ from storage_core.upload.transfer import CompletedPart, FileIdentity, OnProgress
 log = logging.getLogger(__name__)
 
 
+DEVICE_SOURCE = "device:"  # source_path prefix of items a device uploads through the gateway
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -214,6 +217,11 @@ def upload_item(
         txn = item.transaction
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
+        if item.source_path.startswith(DEVICE_SOURCE):
+            raise TransactionStateError(
+                f"transaction {txn.id} is a device upload: only the device can send its bytes "
+                f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
+            )
         item.status = ItemStatus.UPLOADING.value
         txn.status = TransactionStatus.UPLOADING.value
         resume = _resume_state(item)

@@ -1,0 +1,30 @@
+"""A device transaction seen from the rest of Ferry: its bytes are on the device, so the
+server side never tries to send them; reconcile gives a stale one up."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import pytest
+
+from storage_core.catalog import Catalog
+from storage_core.checksums import crc32c
+from storage_core.errors import TransactionStateError
+from storage_core.keys import parse_uri
+from storage_core.upload.device import DeviceFile, begin_device_upload
+from storage_core.upload.transactions import abort_transactions, get_transaction, stale_transactions, upload_item
+
+
+def test_a_device_upload_cannot_be_resumed_by_the_server_and_aborts_cleanly(bucket, sqlite_url):
+    catalog = Catalog(sqlite_url)
+    data = os.urandom(1000)
+    state = begin_device_upload(catalog, "cam-1", [DeviceFile("cam-1/rec/a.bin", len(data), crc32c(data))],
+                                destination=parse_uri(f"s3://{bucket.bucket}"))
+    txn = get_transaction(catalog, state.transaction_id)
+    with pytest.raises(TransactionStateError, match="only the device can send its bytes"):
+        upload_item(catalog, txn.items[0].id)
+    assert [t.id for t in stale_transactions(catalog, older_than=timedelta(seconds=-1))] == [txn.id]
+    [aborted] = abort_transactions(catalog, [txn.id], reason="stale device upload")
+    assert aborted.status == "aborted"
+    assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
