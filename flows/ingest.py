@@ -11,6 +11,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.summarize import SummarizeParams, SummarizeReport, summarize
+from storage_core.catalog import TransactionInfo
+from storage_core.catalog.summaries import SUMMARIZABLE
 from storage_core.config import load_settings
 from storage_core.errors import FerryError, one_line
 from storage_core.upload import batch_items
@@ -40,19 +42,19 @@ class IngestFailed(FerryError):
     """The flow-run failure: one line saying what happened to the transaction."""
 
 
-def _summarize_stored(transaction_id: str) -> SummarizeReport:
+def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
     """Summarize the MCAP/Parquet objects the transaction stored (the summarize flow, as a
     subflow). The bytes are stored and cataloged already: a summary that fails is recorded
     and reported, never a reason to fail the ingest; `ferry summarize --missing` retries it."""
+    wanted = [i for i in info.items if i.status == "stored" and i.modality in SUMMARIZABLE]
+    if not wanted:
+        return SummarizeReport()
     try:
-        return summarize(SummarizeParams(transaction_id=transaction_id))
+        return summarize(SummarizeParams(transaction_id=info.id))
     except Exception as exc:  # noqa: BLE001 - e.g. the catalog briefly unreachable
         reason = one_line(exc)
-        get_run_logger().warning("summaries of transaction %s failed: %s", transaction_id, reason)
-        return SummarizeReport(
-            objects=0, summarized=0, failed=0, skipped=0, requests=0, bytes_fetched=0, seconds=0.0,
-            failures=[f"transaction {transaction_id}: {reason}"],
-        )
+        get_run_logger().warning("summaries of transaction %s failed: %s", info.id, reason)
+        return SummarizeReport(objects=len(wanted), failed=len(wanted), failures=[f"transaction {info.id}: {reason}"])
 
 
 def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], started: float) -> IngestReport:
@@ -75,7 +77,7 @@ def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], star
 
     info = upload_tasks.complete(transaction_id)
     seconds = time.monotonic() - started  # the transfer's time: summaries are not bytes moved
-    summaries = _summarize_stored(transaction_id)
+    summaries = _summarize_stored(info)
     report = IngestReport(
         transaction_id=info.id,
         status=info.status,

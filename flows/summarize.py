@@ -34,7 +34,7 @@ class SummarizeParams(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> SummarizeParams:
         if self.force and "only_missing" in self.model_fields_set and self.only_missing:
-            raise ValueError("only_missing and force are mutually exclusive")
+            raise ValueError("only_missing and force are mutually exclusive: untick only_missing to summarize everything again")
         if self.force:
             self.only_missing = False  # force alone means everything matching
         elif not self.only_missing:
@@ -52,13 +52,13 @@ def _utc(value: datetime) -> datetime:
 
 
 class SummarizeReport(BaseModel):
-    objects: int  # selected
-    summarized: int
-    failed: int
-    skipped: int
-    requests: int
-    bytes_fetched: int
-    seconds: float
+    objects: int = 0  # selected
+    summarized: int = 0
+    failed: int = 0  # each has its summary_error recorded
+    skipped: int = 0  # needed no work any more (done by a retry or another run, or deleted)
+    requests: int = 0
+    bytes_fetched: int = 0
+    seconds: float = 0.0
     failures: list[str] = Field(default_factory=list)  # "uri: reason"
 
 

@@ -151,3 +151,20 @@ def test_params_are_validated(values, message):
 def test_force_alone_turns_only_missing_off():
     assert SummarizeParams(force=True).only_missing is False
     assert SummarizeParams.model_validate({"transaction_id": "t1"}).only_missing is True
+
+
+def test_a_summarize_run_that_breaks_does_not_fail_the_ingest(ferry_env, bucket, tmp_path, monkeypatch):
+    from storage_core.errors import CatalogError
+    from tasks import summarize as summarize_tasks
+
+    def broken(*args, **kwargs):
+        raise CatalogError("catalog unreachable (injected)")
+
+    source = landing(tmp_path / "in", {"r1/rec/a.mcap": mcap_bytes({"/imu": 1}), "r1/rec/v.h264": b"\0" * 100})
+    with monkeypatch.context() as patch:
+        patch.setattr(summarize_tasks.summaries, "select_for_summary", broken)
+        report = ingest(str(source), to=f"s3://{bucket.bucket}")
+    assert report.status == "completed" and report.files_stored == 2
+    assert (report.summaries, report.summary_failures) == (0, 1)
+    assert report.summary_errors == [f"transaction {report.transaction_id}: catalog unreachable (injected)"]
+    assert summarize(SummarizeParams(device_id="r1")).summarized == 1  # nothing recorded: still missing
