@@ -1,0 +1,47 @@
+"""One real Prefect server per test session: `prefect server start` on a free 127.0.0.1
+port, its own PREFECT_HOME and a throwaway SQLite database under tmp, analytics off,
+polled on /api/health, stopped at session end. Importable by any test package:
+
+    from tests.deployments.prefect_server import prefect_server  # noqa: F401 - a fixture
+
+`prefect_client_env` points this process's Prefect client at it for one test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from deployments.server import PrefectServer
+
+# Fast loops so schedules and triggers act within seconds, not a minute.
+TEST_SERVER_ENV = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "5",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    home = tmp_path_factory.mktemp("prefect-server")
+    env = {**TEST_SERVER_ENV, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+    server = PrefectServer(home, env=env, ui=False)
+    server.start(timeout=120)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prefect_client_env(prefect_server: PrefectServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """This process's Prefect client talks to the session server; returns its API URL."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)
+    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    monkeypatch.setenv("DO_NOT_TRACK", "1")
+    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
+        yield prefect_server.api_url

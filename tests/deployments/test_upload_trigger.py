@@ -1,0 +1,77 @@
+"""`ferry.upload.completed` → one run of the upload-triggered deployment, with the
+transaction id taken from the event's resource. The gateway's contract: resource
+`ferry.transaction.<id>` with `ferry.transaction.id` and `ferry.device.id`, event id =
+its durable outbox id (emitted once per transaction; a re-sent id is the same event)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+
+import httpx
+import pytest
+
+from deployments.definitions import STANDING, SUMMARIZE, DeploymentSpec, flow_available, to_runner_deployment
+from tests.deployments.conftest import wait_for
+from tests.deployments.test_serve import runs_of
+
+ON_UPLOAD = next(spec for spec in STANDING if spec.on_upload)
+
+
+def upload_completed(api_url: str, *, event_id: str, transaction_id: str, device_id: str = "r1") -> None:
+    event = {
+        "id": event_id,
+        "occurred": datetime.now(timezone.utc).isoformat(),
+        "event": "ferry.upload.completed",
+        "resource": {
+            "prefect.resource.id": f"ferry.transaction.{transaction_id}",
+            "ferry.transaction.id": transaction_id,
+            "ferry.device.id": device_id,
+        },
+        "related": [],
+        "payload": {},
+    }
+    httpx.post(f"{api_url}/events", json=[event], timeout=10).raise_for_status()
+
+
+@pytest.mark.parametrize(
+    "entrypoint",
+    [
+        "tests/deployments/upload_flow.py:on_upload",  # summarize's parameter shape, always here
+        pytest.param(SUMMARIZE, marks=pytest.mark.skipif(not flow_available(SUMMARIZE), reason="flows/summarize.py has not landed")),
+    ],
+)
+def test_upload_completed_starts_exactly_one_run_per_transaction(prefect_client_env: str, entrypoint: str):
+    spec = DeploymentSpec(
+        name=f"on-upload-{uuid.uuid4().hex[:8]}",  # a fresh deployment: runs counted are this test's
+        entrypoint=entrypoint,
+        description=ON_UPLOAD.description,
+        concurrency=ON_UPLOAD.concurrency,
+        on_upload=ON_UPLOAD.on_upload,
+    )
+    deployment_id = to_runner_deployment(spec).apply()
+
+    def transactions() -> list[str]:
+        return sorted(run.parameters["params"]["transaction_id"] for run in runs_of(deployment_id))
+
+    # the server's trigger service loads a new automation a moment after it is created:
+    # probe until it fires (events that arrived earlier are not evaluated again)
+    probe = f"probe-{uuid.uuid4().hex}"
+
+    def trigger_live() -> bool:
+        upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=probe)
+        return probe in transactions()
+
+    wait_for(trigger_live, timeout=60, what="the upload trigger to be live", every=1.0)
+
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    outbox_id = str(uuid.uuid4())
+    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)
+    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)  # the same event, re-sent
+    upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=second)
+
+    # events are evaluated in order: once the second transaction's run exists, the re-sent
+    # event has been handled too, so the count below is final (no sleeping for "nothing more")
+    wait_for(lambda: second in transactions(), timeout=60, what="the triggered run for the second transaction")
+    ours = [txn for txn in transactions() if txn != probe]
+    assert ours == sorted([first, second])
