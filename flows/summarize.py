@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
+from storage_core.catalog.summaries import as_utc
 from storage_core.errors import one_line
 from tasks import summarize as summarize_tasks
 
@@ -39,16 +40,12 @@ class SummarizeParams(BaseModel):
             self.only_missing = False  # force alone means everything matching
         elif not self.only_missing:
             raise ValueError("choose only_missing (the default) or force")
-        if self.since is not None and self.until is not None and _utc(self.since) >= _utc(self.until):
+        if self.since is not None and self.until is not None and as_utc(self.since) >= as_utc(self.until):
             raise ValueError("since must be before until")
         for name in ("device_id", "transaction_id"):
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ValueError(f"{name} must not be empty")
         return self
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
 
 
 class SummarizeReport(BaseModel):
