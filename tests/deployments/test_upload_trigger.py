@@ -42,6 +42,24 @@ def upload_completed(api_url: str, *, event_id: str, transaction_id: str, device
     ],
 )
 def test_upload_completed_starts_exactly_one_run_per_transaction(prefect_client_env: str, entrypoint: str):
+    deployment_id, transactions, probe = live_upload_deployment(prefect_client_env, entrypoint)
+
+    first, second = uuid.uuid4().hex, uuid.uuid4().hex
+    outbox_id = str(uuid.uuid4())
+    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)
+    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)  # the same event, re-sent
+    upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=second)
+
+    # events are evaluated in order: once the second transaction's run exists, the re-sent
+    # event has been handled too, so the count below is final (no sleeping for "nothing more")
+    wait_for(lambda: second in transactions(), timeout=60, what="the triggered run for the second transaction")
+    ours = [txn for txn in transactions() if txn != probe]
+    assert ours == sorted([first, second])
+
+
+def live_upload_deployment(api_url: str, entrypoint: str):
+    """A fresh upload-triggered deployment whose trigger is known to be live; returns its
+    id, a function listing its runs' transaction ids, and the probe transaction id."""
     spec = DeploymentSpec(
         name=f"on-upload-{uuid.uuid4().hex[:8]}",  # a fresh deployment: runs counted are this test's
         entrypoint=entrypoint,
@@ -59,19 +77,8 @@ def test_upload_completed_starts_exactly_one_run_per_transaction(prefect_client_
     probe = f"probe-{uuid.uuid4().hex}"
 
     def trigger_live() -> bool:
-        upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=probe)
+        upload_completed(api_url, event_id=str(uuid.uuid4()), transaction_id=probe)
         return probe in transactions()
 
     wait_for(trigger_live, timeout=60, what="the upload trigger to be live", every=1.0)
-
-    first, second = uuid.uuid4().hex, uuid.uuid4().hex
-    outbox_id = str(uuid.uuid4())
-    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)
-    upload_completed(prefect_client_env, event_id=outbox_id, transaction_id=first)  # the same event, re-sent
-    upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=second)
-
-    # events are evaluated in order: once the second transaction's run exists, the re-sent
-    # event has been handled too, so the count below is final (no sleeping for "nothing more")
-    wait_for(lambda: second in transactions(), timeout=60, what="the triggered run for the second transaction")
-    ours = [txn for txn in transactions() if txn != probe]
-    assert ours == sorted([first, second])
+    return deployment_id, transactions, probe
