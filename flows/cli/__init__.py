@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 
-import click
+import typer
 
 from flows.cli import (  # noqa: F401 - each module registers its commands on `app`
     bench_cmds,
@@ -22,26 +22,30 @@ from flows.cli.common import app, err
 
 
 def main() -> None:
-    """Entry point: map every failure to one line and a non-zero exit."""
+    """Entry point: map every failure to one line and a non-zero exit.
+
+    Typer (0.29) carries its own copy of click: its usage errors are TyperExceptions, and
+    `typer.Exit(code)` comes back as the return value of a non-standalone call."""
     from storage_core.errors import FerryError, one_line
 
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except FerryError as exc:
         err.print(f"[red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         sys.exit(130)
-    except click.ClickException as exc:
-        err.print(f"[red]error:[/] {exc.format_message()}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # bad usage: a wrong option or value
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"[red]error:[/] {one_line(message)}", highlight=False, soft_wrap=True)
+        sys.exit(getattr(exc, "exit_code", 2))
     except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
         if os.environ.get("FERRY_DEBUG"):
             raise
         err.print(f"[red]error:[/] unexpected {type(exc).__name__}: {one_line(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
+
 
 __all__ = ["app", "main"]

@@ -62,6 +62,10 @@ def _print_ingest(report: Any) -> None:
         f" ({report.parts_sent} part(s) sent, {report.parts_reused} reused);"
         f" skipped {report.files_skipped} already stored; {report.seconds:.1f}s, {report.mb_per_s:.1f} MB/s"
     )
+    if report.summaries or report.summary_failures:
+        out.print(f"  summarized {report.summaries} MCAP/Parquet file(s), {report.summary_failures} could not be")
+    for line in report.summary_errors:
+        err.print(f"[yellow]not summarized:[/] {line} (stored all the same; `ferry summarize --missing` retries)")
 
 
 @app.command()

@@ -155,3 +155,11 @@ def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_pa
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert no_open_transactions(env)
     assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
+
+
+def test_usage_errors_and_typer_exits_keep_their_non_zero_codes(ferry_env):
+    result = run_ferry(["reconcile", "--action", "sideways"], ferry_env)
+    assert result.returncode == 2 and "must be 'abort' or 'resume'" in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and "unexpected" not in result.stderr
+    result = run_ferry(["no-such-command"], ferry_env)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
