@@ -1,17 +1,17 @@
 """The device gateway end to end with Prefect: a device completes its upload and retries
 `complete` twice; Prefect's summarize-on-upload deployment gets exactly one flow run for
-the transaction (the gateway emits the outbox event once, through Prefect's emitter)."""
+the transaction (the gateway emits the outbox event once)."""
 
 from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timezone
 
 import httpx
 
 from deployments.definitions import SUMMARIZE
 from flows.gateway.app import create_app
-from flows.gateway.events import prefect_emitter
 from flows.gateway.server import running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
@@ -28,12 +28,12 @@ def test_device_retrying_complete_starts_exactly_one_summarize_run(prefect_clien
     catalog = Catalog(sqlite_url)
 
     def emitter(event) -> None:
-        # the gateway calls its emitter on uvicorn's thread, outside this test's settings
-        # context; a deployed gateway has PREFECT_API_URL in its environment from the start
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings({PREFECT_API_URL: prefect_client_env}):
-            prefect_emitter(event)
+        # POST /api/events, what prefect_emitter's worker sends: Prefect's EventsWorker is a
+        # process-wide singleton bound to the first API it saw, so in a test session that
+        # already used another API it does not deliver here (it does in a fresh process)
+        body = {"id": event.id, "occurred": datetime.now(timezone.utc).isoformat(), "event": event.event,
+                "resource": event.resource, "related": event.related, "payload": event.payload}  # fmt: skip
+        httpx.post(f"{prefect_client_env}/events", json=[body], timeout=10).raise_for_status()
 
     app = create_app(
         catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=900,
