@@ -13,15 +13,11 @@ prefect.yaml lists the same ones for work pools (a test keeps the two in step).
 
 Overlap is safe by construction, not only by the limits: ingest's planning skips bytes
 already stored and claims destinations, so two overlapping ingests store each file once.
-
-The summarize and download flows are registered only when their modules exist
-(`flow_available`); everything else is always there.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -74,15 +70,6 @@ class DeploymentSpec:
     @property
     def function(self) -> str:
         return self.entrypoint.split(":")[1]
-
-
-def flow_available(entrypoint: str) -> bool:
-    """True when the flow's module exists (summarize and download land separately)."""
-    module = entrypoint.split(":")[0].removesuffix(".py").replace("/", ".")
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def upload_completed_trigger(parameters: dict[str, Any], *, name: str) -> DeploymentEventTrigger:
@@ -166,7 +153,7 @@ STANDING: tuple[DeploymentSpec, ...] = (
 
 def ferry_deployments(landings: list[LandingSource] = ()) -> list[DeploymentSpec]:
     """One scheduled ingest per landing source, then every standing deployment whose flow exists."""
-    return [landing_deployment(s) for s in landings] + [s for s in STANDING if flow_available(s.entrypoint)]
+    return [landing_deployment(s) for s in landings] + list(STANDING)
 
 
 def load_flow(spec: DeploymentSpec):
@@ -199,7 +186,6 @@ __all__ = [
     "DeploymentSpec",
     "UPLOAD_COMPLETED",
     "ferry_deployments",
-    "flow_available",
     "landing_deployment",
     "load_flow",
     "to_runner_deployment",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deployments.definitions import STANDING, flow_available, landing_deployment
+from deployments.definitions import STANDING, landing_deployment
 from deployments.landing import landing_source
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,8 +45,6 @@ def test_each_definition_is_listed_alike(entries: dict[str, dict], spec):
 
 @pytest.mark.parametrize("spec", STANDING, ids=lambda spec: spec.name)
 def test_entrypoints_import_as_flows(spec, monkeypatch: pytest.MonkeyPatch):
-    if not flow_available(spec.entrypoint):
-        pytest.skip(f"{spec.entrypoint} has not landed")
     from prefect.flows import Flow, load_flow_from_entrypoint
 
     monkeypatch.chdir(ROOT)  # prefect.yaml's entrypoints are relative to the checkout

@@ -9,8 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import sqlalchemy
-from packaging.version import Version
 
 from deployments.landing import landing_source
 from storage_core.catalog import Catalog
@@ -84,13 +82,8 @@ def test_backfill_run_from_the_api_completes_and_bad_parameters_are_refused(ferr
     assert bucket.get_range("fleet/r1/morning/video/0001.h264", 0, 4000) == (source / "r1/morning/video/0001.h264").read_bytes()
 
 
-# Prefect 3.8.8's scheduler service cannot insert scheduled runs with SQLAlchemy 2.1
-# ("Can't evaluate bulk DML statement; please supply a bulk_dml decorated function", on
-# SQLite and PostgreSQL alike); with SQLAlchemy 2.0.58 the same server schedules them.
-SCHEDULER_BROKEN = Version(sqlalchemy.__version__) >= Version("2.1")
-
-
-@pytest.mark.skipif(SCHEDULER_BROKEN, reason="Prefect 3.8.8's scheduler fails on SQLAlchemy >= 2.1: pin sqlalchemy<2.1")
+# Prefect 3.8.8's scheduler inserts no scheduled runs with SQLAlchemy 2.1 ("Can't evaluate
+# bulk DML statement"), hence the pin below 2.1 in pyproject.toml: this test is its guard.
 def test_landing_schedule_fires_and_stores_each_file_once(ferry_serve, serve_env, bucket, tmp_path: Path):
     landing = write_landing(tmp_path / "landing", {"r2/rec/a.bin": 6 * MiB, "r2/rec/b.bin": 1000})
     serve = ferry_serve("--landing", str(landing), "--every", "3s")

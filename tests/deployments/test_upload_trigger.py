@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from deployments.definitions import STANDING, SUMMARIZE, DeploymentSpec, flow_available, to_runner_deployment
+from deployments.definitions import STANDING, SUMMARIZE, DeploymentSpec, to_runner_deployment
 from tests.deployments.conftest import wait_for
 from tests.deployments.test_serve import runs_of
 
@@ -38,7 +38,7 @@ def upload_completed(api_url: str, *, event_id: str, transaction_id: str, device
     "entrypoint",
     [
         "tests/deployments/upload_flow.py:on_upload",  # summarize's parameter shape, always here
-        pytest.param(SUMMARIZE, marks=pytest.mark.skipif(not flow_available(SUMMARIZE), reason="flows/summarize.py has not landed")),
+        SUMMARIZE,
     ],
 )
 def test_upload_completed_starts_exactly_one_run_per_transaction(prefect_client_env: str, entrypoint: str):
