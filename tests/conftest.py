@@ -33,8 +33,13 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
     }
     config = data / "s3.json"
     config.write_text(json.dumps(identities))
-    # like AWS, a PUT to a missing bucket must fail (weed mini creates buckets on write by default)
-    server = SeaweedServer(data / "data", extra_args=[f"-s3.config={config}", "-s3.autoCreateBucket=false"])
+    # like AWS, a PUT to a missing bucket must fail (weed mini creates buckets on write by default).
+    # Every bucket is a collection with volumes of its own; the default volume count (free
+    # disk / 128 MB) ran out after a few hundred test buckets ("no free volumes left"), so
+    # buckets are deleted after each test and the count is set explicitly (volumes are sparse).
+    server = SeaweedServer(
+        data / "data", extra_args=[f"-s3.config={config}", "-s3.autoCreateBucket=false", "-volume.max=2000"]
+    )
     server.start()
     try:
         yield server
@@ -62,7 +67,22 @@ def bucket(s3_env: SeaweedServer):
     client = make_client(endpoint_url=s3_env.endpoint)
     store = S3Store(f"t-{uuid.uuid4().hex[:12]}", client=client)
     store.create_bucket()
-    return store
+    yield store
+    _delete_bucket(client, store.bucket)
+
+
+def _delete_bucket(client, bucket: str) -> None:  # noqa: ANN001
+    """Empty and delete a test bucket, freeing its volumes; a stopped server is not a failure."""
+    try:
+        for upload in client.list_multipart_uploads(Bucket=bucket).get("Uploads", []):
+            client.abort_multipart_upload(Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+        client.delete_bucket(Bucket=bucket)
+    except Exception:  # noqa: BLE001 - teardown of a test that stopped the server, or left it broken
+        pass
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, catalog, emit_json, err, out, size_text
+from flows.cli.common import JsonOpt, app, catalog, emit_json, err, out, parse_time, size_text
 
 Device = Annotated[Optional[str], typer.Option("--device", help="Only this device.")]
 Recording = Annotated[Optional[str], typer.Option("--recording", help="Only this recording name.")]
@@ -26,20 +26,10 @@ Topic = Annotated[Optional[str], typer.Option("--topic", help="Only recordings w
 Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most this many recordings.")]
 
 
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise typer.BadParameter(f"{value!r} is not an ISO 8601 time (like 2026-11-21T08:00 or 2026-11-21)",
-                                 param_hint=option) from None
-
-
 def _query(device, recording, since, until, modality, topic, limit):  # noqa: ANN001, ANN202 - the shared filters
     from storage_core.retrieve import query
 
-    return query(device_id=device, recording=recording, since=_when(since, "--since"), until=_when(until, "--until"),
+    return query(device_id=device, recording=recording, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
                  modality=modality, topic=topic, limit=limit, catalog=catalog())
 
 

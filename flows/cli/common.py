@@ -64,6 +64,18 @@ def size_text(n: int) -> str:
     return f"{n} B"
 
 
+def parse_time(value: str | None, option: str) -> datetime | None:
+    """An ISO 8601 time from an option (naive means UTC to the catalog), or None."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        from storage_core.errors import ConfigError
+
+        raise ConfigError(f"{option}: {value!r} is not an ISO 8601 time (like 2026-11-21 or 2026-11-21T08:00Z)") from None
+
+
 def quiet_prefect_console(verbose: bool) -> None:
     """Prefect logs flow-run states (with tracebacks) to the console; the CLI prints its
     own one-line outcome, so its console handler is silenced unless asked for."""

@@ -5,13 +5,12 @@ flow over the catalog."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, VerboseOpt, app, emit_json, err, out, quiet_prefect_console, size_text
+from flows.cli.common import JsonOpt, VerboseOpt, app, emit_json, err, out, parse_time, quiet_prefect_console, size_text
 from storage_core.errors import ConfigError, FerryError
 
 # typer vendors its own click: its BadParameter escapes main()'s click handler and its Exit
@@ -20,15 +19,6 @@ from storage_core.errors import ConfigError, FerryError
 
 class SummariesFailed(FerryError):
     """Some objects could not be summarized; each has its `summary_error` recorded."""
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        return datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(f"{option}: {value!r} is not an ISO 8601 time (e.g. 2026-11-02 or 2026-11-02T08:00:00Z)") from None
 
 
 def _ns_text(ns: int | None) -> str:
@@ -118,7 +108,7 @@ def summarize(
     if missing and force:
         raise ConfigError("--missing and --force are mutually exclusive")
     params = _params(
-        device_id=device, since=_when(since, "--since"), until=_when(until, "--until"), transaction_id=transaction,
+        device_id=device, since=parse_time(since, "--since"), until=parse_time(until, "--until"), transaction_id=transaction,
         force=force or None,
     )
     from flows.summarize import summarize as summarize_flow

@@ -89,7 +89,7 @@ def test_cli_query_and_download(ingested, ferry_env, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["query", "--since", "yesterday"], "not an ISO 8601 time"),
+        (["query", "--since", "yesterday"], "is not an ISO 8601 time"),
         (["query", "--since", "2026-11-21T10:00", "--until", "2026-11-21T09:00"], "empty time window"),
         (["download", "--dest", "/tmp/x", "--layout", "sideways"], "by_recording, by_modality or flat"),
         (["download", "--dest", "/tmp/x", "--device", "nobody"], "nothing in the catalog matches"),
