@@ -6,6 +6,7 @@ upload worker threads can write at once; PostgreSQL is used as is.
 
 from __future__ import annotations
 
+import fcntl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,7 @@ from pathlib import Path
 import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,6 +24,7 @@ from storage_core.errors import CatalogError
 MIGRATIONS = Path(__file__).with_name("migrations")
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
+_MIGRATION_LOCK_KEY = 0x46455252  # "FERR": PostgreSQL advisory lock held while migrating
 
 
 def _engine(url: str) -> Engine:
@@ -60,19 +62,37 @@ class Catalog:
             self.migrate()
 
     def migrate(self) -> None:
-        """Bring the schema to the newest revision (idempotent, once per process per URL)."""
+        """Bring the schema to the newest revision (idempotent, once per process per URL).
+
+        Processes that open a new catalog at the same moment (two `ferry ingest` runs) take
+        turns: an advisory lock on PostgreSQL, a lock file beside a SQLite database."""
         with _migrate_lock:
             if self.url in _migrated:
                 return
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             try:
-                with self.engine.begin() as connection:
+                with self._across_processes(), self.engine.begin() as connection:
+                    if connection.dialect.name == "postgresql":
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                     config.attributes["connection"] = connection
                     command.upgrade(config, "head")
             except sqlalchemy.exc.OperationalError as exc:
                 raise CatalogError(f"cannot open the catalog at {self.safe_url}: {exc.orig}") from exc
             _migrated.add(self.url)
+
+    @contextmanager
+    def _across_processes(self) -> Iterator[None]:
+        database = make_url(self.url).database if self.engine.dialect.name == "sqlite" else None
+        if not database or database == ":memory:":
+            yield
+            return
+        with open(f"{database}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def safe_url(self) -> str:

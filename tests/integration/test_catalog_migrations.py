@@ -35,3 +35,14 @@ def test_migrations_downgrade_to_nothing_and_back(catalog_url: str) -> None:
     with catalog.engine.begin() as connection:
         command.upgrade(_config(connection), "head")
     catalog.dispose()
+
+
+def test_processes_opening_a_new_catalog_at_once_take_turns_migrating(catalog_url: str) -> None:
+    import subprocess
+    import sys
+
+    opener = "import sys; from storage_core.catalog.db import Catalog; Catalog(sys.argv[1])"
+    children = [subprocess.Popen([sys.executable, "-c", opener, catalog_url], stderr=subprocess.PIPE, text=True)
+                for _ in range(3)]
+    errors = [child.communicate(timeout=120)[1] for child in children]
+    assert [child.returncode for child in children] == [0, 0, 0], errors
