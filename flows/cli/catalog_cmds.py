@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, catalog, emit_json, err, out, parse_time, size_text
+from flows.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, parse_time, size_text
 
 Device = Annotated[Optional[str], typer.Option("--device", help="Only this device.")]
 Recording = Annotated[Optional[str], typer.Option("--recording", help="Only this recording name.")]
@@ -30,7 +30,7 @@ def _query(device, recording, since, until, modality, topic, limit):  # noqa: AN
     from storage_core.retrieve import query
 
     return query(device_id=device, recording=recording, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
-                 modality=modality, topic=topic, limit=limit, catalog=catalog())
+                 modality=modality, topic=topic, limit=limit, catalog=open_default_catalog())
 
 
 def _time(value: datetime | None) -> str:

@@ -89,7 +89,7 @@ def quiet_prefect_console(verbose: bool) -> None:
                 handler.setLevel(logging.CRITICAL + 1)
 
 
-def catalog():
+def open_default_catalog():
     from storage_core.catalog import open_catalog
     from storage_core.config import load_settings
 

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, catalog, emit_json, err, out, size_text
+from flows.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, size_text
 from storage_core.errors import ConfigError
 
 devices_app = typer.Typer(no_args_is_help=True, help="Device tokens for the gateway: add, revoke, list.")
@@ -49,7 +49,7 @@ def gateway(
     if max_file_bytes is not None:
         limits = UploadLimits(**{**limits.__dict__, "max_file_bytes": max_file_bytes})
     gateway_app = create_app(
-        catalog(), destination=destination, limits=limits, expires_in=expires_in, flush_interval=flush_interval, settings=settings
+        open_default_catalog(), destination=destination, limits=limits, expires_in=expires_in, flush_interval=flush_interval, settings=settings
     )
     from prefect.settings import PREFECT_API_URL
 
@@ -68,7 +68,7 @@ def devices_add(
     """Create a gateway token for DEVICE. The token is printed once; only its hash is kept."""
     from storage_core.catalog.devices import add_device_token
 
-    new = add_device_token(catalog(), device, label=label)
+    new = add_device_token(open_default_catalog(), device, label=label)
     if as_json:
         emit_json({"device_id": new.info.device_id, "token_id": new.info.id, "label": new.info.label, "token": new.token})
         return
@@ -85,7 +85,7 @@ def devices_revoke(
     """Revoke a device's tokens: the gateway refuses them from the next request on."""
     from storage_core.catalog.devices import revoke_device_tokens
 
-    revoked = revoke_device_tokens(catalog(), device, token_id=token_id)
+    revoked = revoke_device_tokens(open_default_catalog(), device, token_id=token_id)
     if as_json:
         emit_json({"device_id": device, "revoked": [t.id for t in revoked]})
         return
@@ -97,7 +97,7 @@ def devices_list(as_json: JsonOpt = False) -> None:
     """Every device token: device, label, created, last used, revoked."""
     from storage_core.catalog.devices import list_device_tokens
 
-    tokens = list_device_tokens(catalog())
+    tokens = list_device_tokens(open_default_catalog())
     if as_json:
         emit_json(tokens)
         return

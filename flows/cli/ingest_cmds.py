@@ -18,9 +18,9 @@ from flows.cli.common import (
     JsonOpt,
     VerboseOpt,
     app,
-    catalog,
     emit_json,
     err,
+    open_default_catalog,
     out,
     quiet_prefect_console,
     size_text,
@@ -34,7 +34,7 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
         return work()
     from storage_core.upload.transactions import transaction_progress
 
-    catalog = catalog()
+    catalog = open_default_catalog()
     stop = threading.Event()
     columns = (TextColumn("[bold]uploading"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as progress:
@@ -112,7 +112,7 @@ def transactions_list(
     """Recent upload transactions, newest first."""
     from storage_core.upload.transactions import list_transactions
 
-    found = list_transactions(catalog(), status=status, limit=limit)
+    found = list_transactions(open_default_catalog(), status=status, limit=limit)
     emit_json(found) if as_json else out.print(_transactions_table(found))
 
 
@@ -121,7 +121,7 @@ def transactions_show(transaction_id: str, as_json: JsonOpt = False) -> None:
     """One transaction with its items."""
     from storage_core.upload.transactions import get_transaction
 
-    txn = get_transaction(catalog(), transaction_id)
+    txn = get_transaction(open_default_catalog(), transaction_id)
     if as_json:
         emit_json(txn)
         return
@@ -141,7 +141,7 @@ def transactions_abort(
     """Abort transactions: their in-flight multipart uploads are aborted, items released."""
     from storage_core.upload.transactions import abort_transactions
 
-    aborted = abort_transactions(catalog(), transaction_ids, reason=reason)
+    aborted = abort_transactions(open_default_catalog(), transaction_ids, reason=reason)
     emit_json(aborted) if as_json else out.print(_transactions_table(aborted))
 
 
@@ -205,7 +205,7 @@ def demo(
         if not as_json:
             out.print(f"generated a landing folder at {landing}; ingesting it (Prefect starts a local API on first use)…")
         report = ingest_flow(str(landing), origination="ferry demo")
-    recordings = list_recordings(catalog())
+    recordings = list_recordings(open_default_catalog())
     if as_json:
         emit_json({"ingest": report, "recordings": recordings})
         return

@@ -163,3 +163,12 @@ def test_usage_errors_and_typer_exits_keep_their_non_zero_codes(ferry_env):
     assert result.stderr.count("\n") == 1 and "unexpected" not in result.stderr
     result = run_ferry(["no-such-command"], ferry_env)
     assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_the_progress_bar_shown_on_a_terminal_follows_the_transaction(tmp_path, monkeypatch):
+    # `ferry ingest` and `transactions resume` draw it only when stderr is a terminal,
+    # which subprocess tests never are: run the watcher in-process
+    from flows.cli.ingest_cmds import _watch_transaction
+
+    monkeypatch.setenv("FERRY_DATABASE_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
+    assert _watch_transaction("no-such-transaction", lambda: "done", show=True) == "done"
