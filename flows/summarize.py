@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
-from storage_core.catalog.summaries import as_utc
+from storage_core.catalog.views import as_utc
 from storage_core.errors import one_line
 from tasks import summarize as summarize_tasks
 

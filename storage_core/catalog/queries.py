@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, exists, func, or_, select
@@ -103,7 +103,7 @@ def find_recordings(
     - `topic`: recordings with an MCAP file that has the topic (exact, or a prefix with a
       trailing `*`: `/camera/*`). Topics are known once files are summarized.
     """
-    since, until = _utc(since), _utc(until)
+    since, until = as_utc(since), as_utc(until)
     if since is not None and until is not None and since >= until:
         raise ConfigError(f"empty time window: since {since.isoformat()} is not before until {until.isoformat()}")
     if limit is not None and limit <= 0:
@@ -190,12 +190,6 @@ def with_roles(objects: Iterable[ObjectInfo]) -> list[ObjectInfo]:
         ))
         for o in objects
     ]
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def _topic_matches(topic: str):  # noqa: ANN202 - a SQL expression

@@ -23,17 +23,11 @@ from sqlalchemy.orm import Session, joinedload
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import ObjectTopic, Recording, StoredObject, utcnow
+from storage_core.catalog.views import as_utc
 from storage_core.errors import CatalogError
 
 SUMMARIZABLE = ("mcap", "parquet")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def as_utc(value: datetime | None) -> datetime | None:
-    """Aware UTC. A naive datetime is taken to be UTC already (SQLite hands them back naive)."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 def ns_to_datetime(ns: int | None) -> datetime | None:
@@ -284,7 +278,6 @@ __all__ = [
     "SummaryRecord",
     "SummaryTarget",
     "TopicInfo",
-    "as_utc",
     "get_summary",
     "get_targets",
     "ns_to_datetime",

@@ -10,10 +10,11 @@ from storage_core.catalog.models import StoredObject, Transaction, TransactionIt
 
 
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes (Ferry always writes UTC); PostgreSQL aware ones."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=timezone.utc)
+    """Aware UTC. A naive datetime is taken to be UTC already: SQLite hands them back naive
+    (Ferry always writes UTC), and callers' naive times mean UTC too."""
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 @dataclass(frozen=True)

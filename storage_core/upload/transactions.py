@@ -39,7 +39,7 @@ from storage_core.catalog.models import (
     TransactionItem,
     TransactionStatus,
 )
-from storage_core.catalog.views import ItemInfo, TransactionInfo
+from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import AbortFailed, CatalogError, FerryError, TransactionStateError, one_line
 from storage_core.keys import StorageUri, join_key
@@ -365,9 +365,8 @@ def stale_transactions(catalog: Catalog, *, older_than: timedelta) -> list[Trans
         query = select(Transaction).where(Transaction.status.in_(OPEN_TRANSACTION_STATES)).order_by(Transaction.created_at)
         stale = []
         for txn in session.scalars(query):
-            last = max([txn.updated_at, *(i.updated_at for i in txn.items), *(p.stored_at for i in txn.items for p in i.parts)])
-            if last.tzinfo is None:  # SQLite hands back naive datetimes
-                last = last.replace(tzinfo=timezone.utc)
+            last = as_utc(max([txn.updated_at, *(i.updated_at for i in txn.items),
+                               *(p.stored_at for i in txn.items for p in i.parts)]))
             if last < cutoff:
                 stale.append(TransactionInfo.of(txn))
         return stale

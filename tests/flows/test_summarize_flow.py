@@ -14,7 +14,8 @@ from flows.ingest import ingest
 from flows.summarize import SummarizeParams, summarize
 from storage_core.catalog import Catalog
 from storage_core.catalog.models import Recording, StoredObject
-from storage_core.catalog.summaries import as_utc, get_summary, ns_to_datetime
+from storage_core.catalog.summaries import get_summary, ns_to_datetime
+from storage_core.catalog.views import as_utc
 from storage_core.errors import StorageUnavailable
 from storage_core.stores.s3 import S3Store
 from tests.integration.test_summaries import T0, mcap_bytes, parquet_bytes
