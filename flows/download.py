@@ -89,7 +89,7 @@ def download(params: DownloadParams) -> DownloadReport:
             results.append(future.result())
         except Exception as exc:
             failure = failure or exc
-    update_progress_artifact(progress_id, 100.0 * min(counter.total, to_fetch) / to_fetch if to_fetch else 100.0)
+    report(counter.total)  # the last bytes, which the throttled counter may not have reported
     if failure is not None:
         raise failure
     seconds = round(time.monotonic() - started, 3)
