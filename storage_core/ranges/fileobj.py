@@ -6,7 +6,8 @@ import io
 
 
 class ReadOnlySeekable(io.RawIOBase):
-    """A position over `size` bytes; subclasses set `self._position = 0` and provide `size` and `read`."""
+    """A position over `size` bytes; subclasses set `self._position = 0` and provide `size`
+    and `read` (readall and readinto are built on it)."""
 
     _position: int
     size: int  # an attribute or a property of the subclass
@@ -33,6 +34,14 @@ class ReadOnlySeekable(io.RawIOBase):
             raise ValueError(f"negative seek position {base + offset}")
         self._position = base + offset
         return self._position
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
 
 
 __all__ = ["ReadOnlySeekable"]

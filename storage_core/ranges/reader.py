@@ -220,14 +220,6 @@ class RangeReader(ReadOnlySeekable):
         self._position = end
         return data
 
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
     def cached(self, start: int, end: int) -> bytes | None:
         """Bytes [start, end) if they are cached already, else None; never sends a request."""
         return self._buffer.find_region(start, max(0, min(end, self.size) - start))

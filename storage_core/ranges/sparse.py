@@ -117,13 +117,5 @@ class SparseBuffer(ReadOnlySeekable):
         self._position += len(data)
         return data
 
-    def readall(self) -> bytes:
-        return self.read(-1)
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        data = self.read(len(buffer))
-        memoryview(buffer).cast("B")[: len(data)] = data
-        return len(data)
-
 
 __all__ = ["SparseBuffer"]
