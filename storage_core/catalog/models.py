@@ -44,6 +44,7 @@ class ItemStatus(str, enum.Enum):
 
 
 ACTIVE_ITEM_STATES = (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)
+DONE_ITEM_STATES = (ItemStatus.STORED.value, ItemStatus.SKIPPED.value)  # its bytes are in the store
 OPEN_TRANSACTION_STATES = (TransactionStatus.PENDING.value, TransactionStatus.UPLOADING.value)
 
 
@@ -212,6 +213,7 @@ class MultipartPart(Base):
 
 __all__ = [
     "ACTIVE_ITEM_STATES",
+    "DONE_ITEM_STATES",
     "OPEN_TRANSACTION_STATES",
     "Base",
     "Device",

@@ -31,6 +31,8 @@ from sqlalchemy import select
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
+    ACTIVE_ITEM_STATES,
+    DONE_ITEM_STATES,
     OPEN_TRANSACTION_STATES,
     ItemStatus,
     StoredObject,
@@ -353,7 +355,7 @@ def device_upload_status(
     for path, store_uri, key, size, item_status, upload_id, part_size, crc in items:
         multipart = upload_id is not None
         present: dict[int, int] = {}
-        uploaded = item_status in (ItemStatus.STORED.value, ItemStatus.SKIPPED.value)
+        uploaded = item_status in DONE_ITEM_STATES
         urls: list[UploadUrl] = []
         if is_open and item_status == ItemStatus.UPLOADING.value:
             store, _ = open_store(store_uri, settings)
@@ -500,7 +502,7 @@ def _discard_unverified(catalog: Catalog, transaction_id: str, settings: FerrySe
         targets = [
             (i.store_uri, i.key)
             for i in txn.items
-            if i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value, ItemStatus.FAILED.value)
+            if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)
         ]
         recorded = {
             (o.store_uri, o.key): o.etag

@@ -29,6 +29,8 @@ from sqlalchemy import delete, select
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
+    ACTIVE_ITEM_STATES,
+    DONE_ITEM_STATES,
     OPEN_TRANSACTION_STATES,
     Device,
     ItemStatus,
@@ -150,7 +152,7 @@ def begin_transaction(
                     select(TransactionItem.transaction_id).where(
                         TransactionItem.store_uri == destination.store_uri,
                         TransactionItem.key == key,
-                        TransactionItem.status.in_((ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)),
+                        TransactionItem.status.in_(ACTIVE_ITEM_STATES),
                     )
                 )
                 session.add(
@@ -210,9 +212,9 @@ def upload_item(
         item = session.get(TransactionItem, item_id)
         if item is None:
             raise CatalogError(f"no transaction item {item_id}")
-        if item.status in (ItemStatus.STORED.value, ItemStatus.SKIPPED.value):
+        if item.status in DONE_ITEM_STATES:
             return ItemOutcome(ItemInfo.of(item), 0, 0)
-        if item.status not in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value):
+        if item.status not in ACTIVE_ITEM_STATES:
             raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
         txn = item.transaction
         if txn.status not in OPEN_TRANSACTION_STATES:
@@ -291,7 +293,7 @@ def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionIn
             return TransactionInfo.of(txn)
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be completed")
-        unfinished = [i for i in txn.items if i.status not in (ItemStatus.STORED.value, ItemStatus.SKIPPED.value)]
+        unfinished = [i for i in txn.items if i.status not in DONE_ITEM_STATES]
         if unfinished:
             first = unfinished[0]
             raise TransactionStateError(
@@ -321,7 +323,7 @@ def abort_transactions(
                 # failed items too: a failure before the transfer began (a resumed source that
                 # changed) leaves its recorded upload open; aborting twice is harmless
                 if i.upload_id
-                and i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value, ItemStatus.FAILED.value)
+                and i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)
             ]
         failed_here = []
         for item_id, store_uri, key, upload_id in in_flight:
@@ -335,7 +337,7 @@ def abort_transactions(
             txn = _load(session, transaction_id)
             if not failed_here and txn.status != TransactionStatus.ABORTED.value:
                 for item in txn.items:
-                    if item.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value):
+                    if item.status in ACTIVE_ITEM_STATES:
                         item.status = ItemStatus.ABORTED.value  # failed items keep their status and reason
                 txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
             elif failed_here:
@@ -354,7 +356,7 @@ def open_items(catalog: Catalog, transaction_id: str) -> list[ItemInfo]:
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; only open transactions can be resumed")
         return [
-            ItemInfo.of(i) for i in txn.items if i.status in (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)
+            ItemInfo.of(i) for i in txn.items if i.status in ACTIVE_ITEM_STATES
         ]
 
 
