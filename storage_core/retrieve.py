@@ -46,13 +46,14 @@ def query(
     modality: str | None = None,
     topic: str | None = None,
     limit: int | None = None,
+    among: Iterable[tuple[str, str]] | None = None,
     catalog: Catalog | None = None,
 ) -> list[RecordingResult]:
     """The recordings matching every filter given (see find_recordings for each one)."""
     return find_recordings(
         catalog or _default_catalog(),
         device_id=device_id, recording=recording, since=since, until=until,
-        modality=modality, topic=topic, limit=limit,
+        modality=modality, topic=topic, limit=limit, among=among,
     )
 
 

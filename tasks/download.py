@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -20,9 +19,9 @@ from storage_core import retrieve
 from storage_core.catalog import open_catalog
 from storage_core.catalog.queries import RecordingResult
 from storage_core.config import load_settings
+from storage_core.download.plan import Layout
 from tasks.retry import RETRY_POLICY
 
-Layout = Literal["by_recording", "by_modality", "flat"]
 
 
 class Selection(BaseModel):
@@ -58,12 +57,9 @@ class BatchResult(BaseModel):
 
 
 def _query(selection: Selection, only: list[RecordingRef] | None = None) -> list[RecordingResult]:
-    catalog = open_catalog(load_settings().catalog_url)
-    found = retrieve.query(catalog=catalog, **selection.model_dump())
-    if only is None:
-        return found
-    wanted = {(r.device_id, r.recording) for r in only}
-    return [r for r in found if (r.device_id, r.recording) in wanted]
+    """The selection's recordings; with `only`, just those of one batch (its objects alone are loaded)."""
+    among = None if only is None else [(r.device_id, r.recording) for r in only]
+    return retrieve.query(catalog=open_catalog(load_settings().catalog_url), among=among, **selection.model_dump())
 
 
 @task(name="plan-restore")

@@ -94,6 +94,7 @@ def find_recordings(
     modality: str | None = None,
     topic: str | None = None,
     limit: int | None = None,
+    among: Iterable[tuple[str, str]] | None = None,
 ) -> list[RecordingResult]:
     """Recordings matching every filter given, ordered by device and recording name.
 
@@ -102,6 +103,7 @@ def find_recordings(
     - `modality`: recordings holding that modality; only those objects are returned.
     - `topic`: recordings with an MCAP file that has the topic (exact, or a prefix with a
       trailing `*`: `/camera/*`). Topics are known once files are summarized.
+    - `among`: only these (device, recording) pairs (one batch of a larger selection).
     """
     since, until = as_utc(since), as_utc(until)
     if since is not None and until is not None and since >= until:
@@ -118,6 +120,11 @@ def find_recordings(
         query = query.where(Recording.device_id == device_id)
     if recording:
         query = query.where(Recording.name == recording)
+    if among is not None:
+        pairs = list(among)
+        if not pairs:
+            return []
+        query = query.where(or_(*(and_(Recording.device_id == d, Recording.name == n) for d, n in pairs)))
     if since is not None:
         query = query.where(end >= since)
     if until is not None:

@@ -63,6 +63,9 @@ def test_query_filters_by_device_recording_and_modality(stored):
     assert video.bytes == 6 * MiB + 200_000 and video.modalities == ("video",)
     assert query(device_id="nobody", catalog=catalog) == []
     assert len(query(limit=1, catalog=catalog)) == 1
+    batch = query(among=[("robot-02", "run-a"), ("robot-01", "run-b")], catalog=catalog)
+    assert [(r.device_id, r.recording) for r in batch] == [("robot-01", "run-b"), ("robot-02", "run-a")]
+    assert query(among=[], catalog=catalog) == []
 
 
 def test_query_by_time_window_and_topic(stored):
