@@ -7,6 +7,7 @@
     ├── StorageError
     │   ├── ObjectNotFound           (also a FileNotFoundError)
     │   ├── BucketNotFound
+    │   ├── UploadNotFound           a multipart upload id the store no longer knows
     │   ├── AccessDenied             wrong credentials or missing permission
     │   ├── PreconditionFailed       the object changed under us (ETag mismatch)
     │   ├── IntegrityError           bytes do not match a recorded size or checksum
@@ -87,6 +88,10 @@ class AccessDenied(StorageError):
 
 class PreconditionFailed(StorageError):
     retryable = True  # a fresh attempt re-reads the current version
+
+
+class UploadNotFound(StorageError):
+    pass
 
 
 class IntegrityError(StorageError):
@@ -175,6 +180,7 @@ __all__ = [
     "TransactionStateError",
     "TransferError",
     "UploadAborted",
+    "UploadNotFound",
     "Unsupported",
     "WritePlanError",
     "one_line",

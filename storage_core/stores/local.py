@@ -27,6 +27,7 @@ from storage_core.errors import (
     PreconditionFailed,
     StorageError,
     Unsupported,
+    UploadNotFound,
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
@@ -197,7 +198,7 @@ class LocalStore:
         try:
             recorded = (folder / "key").read_text()
         except FileNotFoundError:
-            raise StorageError(f"multipart upload {upload_id} for {key} does not exist", key=key) from None
+            raise UploadNotFound(f"multipart upload {upload_id} for {key} does not exist", key=key) from None
         if recorded != key:
             raise StorageError(f"multipart upload {upload_id} belongs to {recorded}, not {key}", key=key)
         return folder

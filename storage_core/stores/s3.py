@@ -31,6 +31,7 @@ from storage_core.errors import (
     RangeNotHonoured,
     StorageError,
     StorageUnavailable,
+    UploadNotFound,
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
@@ -72,7 +73,7 @@ def _translated(bucket: str, key: str | None, action: str):
         if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"):
             raise IntegrityError(f"{action} {where}: the server received bytes that fail their CRC32C", key=key, retryable=True) from exc
         if code == "NoSuchUpload":
-            raise StorageError(f"{action} {where}: the multipart upload no longer exists", key=key) from exc
+            raise UploadNotFound(f"{action} {where}: the multipart upload no longer exists", key=key) from exc
         if code in _UNAVAILABLE or (status or 0) >= 500:
             raise StorageUnavailable(f"{action} {where}: server error {code or status}", key=key) from exc
         raise StorageError(f"{action} {where}: {code}: {message}", key=key) from exc

@@ -50,8 +50,8 @@ from storage_core.errors import (
     IntegrityError,
     InvalidKey,
     ObjectNotFound,
-    StorageError,
     TransactionStateError,
+    UploadNotFound,
 )
 from storage_core.keys import StorageUri, validate_key
 from storage_core.stores.base import ObjectStore
@@ -246,12 +246,8 @@ def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, in
     """{part number: size} the store holds, or None when the upload no longer exists."""
     try:
         return {p.part_number: p.size for p in store.list_parts(key, upload_id)}  # a repeated part: the last wins
-    except ObjectNotFound:
+    except (ObjectNotFound, UploadNotFound):
         return None
-    except StorageError as exc:
-        if "NoSuchUpload" in str(exc):
-            return None
-        raise
 
 
 def _device_path(item: TransactionItem) -> str:

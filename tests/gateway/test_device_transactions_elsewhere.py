@@ -12,7 +12,7 @@ from storage_core.catalog import Catalog
 from storage_core.checksums import crc32c
 from storage_core.errors import TransactionStateError
 from storage_core.keys import parse_uri
-from storage_core.upload.device import DeviceFile, begin_device_upload
+from storage_core.upload.device import DeviceFile, begin_device_upload, device_upload_status
 from storage_core.upload.transactions import abort_transactions, get_transaction, stale_transactions, upload_item
 
 
@@ -28,3 +28,17 @@ def test_a_device_upload_cannot_be_resumed_by_the_server_and_aborts_cleanly(buck
     [aborted] = abort_transactions(catalog, [txn.id], reason="stale device upload")
     assert aborted.status == "aborted"
     assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
+
+
+def test_status_of_a_multipart_upload_the_store_no_longer_knows_is_not_uploaded(bucket, sqlite_url):
+    catalog = Catalog(sqlite_url)
+    part = 5 * 1024 * 1024
+    data = os.urandom(part + 1000)
+    parts = (crc32c(data[:part]), crc32c(data[part:]))
+    state = begin_device_upload(
+        catalog, "cam-1", [DeviceFile("cam-1/rec/big.bin", len(data), crc32c(data), part_size=part, part_crc32c=parts)],
+        destination=parse_uri(f"s3://{bucket.bucket}"))
+    [upload] = bucket.list_multipart_uploads()
+    bucket.abort_multipart(upload.key, upload.upload_id)  # gone behind the gateway's back
+    [file] = device_upload_status(catalog, "cam-1", state.transaction_id).files
+    assert file.multipart and not file.uploaded and file.parts_present == ()
