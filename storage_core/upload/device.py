@@ -54,7 +54,7 @@ from storage_core.errors import (
     UploadNotFound,
 )
 from storage_core.keys import StorageUri, validate_key
-from storage_core.stores.base import ObjectStore
+from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
 from storage_core.stores.registry import open_store
 from storage_core.upload.manifest import ManifestEntry, modality_of
 from storage_core.upload.outbox import UploadEventInfo, record_upload_event
@@ -242,10 +242,10 @@ def _presign_part(store: ObjectStore, key: str, upload_id: str, number: int, crc
     return store.presign_upload_part(key, upload_id, number, expires_in=expires_in, crc32c=crc)
 
 
-def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, int] | None:
-    """{part number: size} the store holds, or None when the upload no longer exists."""
+def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, StoredPart] | None:
+    """{part number: part} the store holds, or None when the upload no longer exists."""
     try:
-        return {p.part_number: p.size for p in store.list_parts(key, upload_id)}  # a repeated part: the last wins
+        return {p.part_number: p for p in store.list_parts(key, upload_id)}  # a repeated part: the last wins
     except (ObjectNotFound, UploadNotFound):
         return None
 
@@ -361,7 +361,7 @@ def device_upload_status(
                     uploaded = _exists(store, key)
                 else:
                     sizes = part_sizes(size, part_size)
-                    present = {n: s for n, s in found.items() if n <= len(sizes) and sizes[n - 1] == s}
+                    present = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
                     uploaded = len(present) == len(sizes)
                     if with_urls and not uploaded:
                         if path not in part_crc32c:
@@ -385,11 +385,14 @@ def device_upload_status(
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
+    return _head(store, key) is not None
+
+
+def _head(store: ObjectStore, key: str) -> ObjectMeta | None:
     try:
-        store.head(key)
-        return True
+        return store.head(key)
     except ObjectNotFound:
-        return False
+        return None
 
 
 # --- complete / abort -----------------------------------------------------------------------
@@ -430,27 +433,27 @@ def complete_device_upload(
                 missing = [n for n in range(1, len(sizes) + 1) if n not in found]
                 if missing:
                     raise UploadIncomplete(f"{path}: {len(missing)} of {len(sizes)} part(s) not uploaded yet (e.g. part {missing[0]})")
-                wrong = [n for n, s in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != s]
+                wrong = [n for n, p in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != p.size]
                 if wrong:
-                    _fail(catalog, transaction_id, item_id, f"{path}: part {wrong[0]} has {found[wrong[0]]} bytes, not as planned", settings)
-                plans.append((item_id, store, key, size, upload_id, crc, path, True))
+                    _fail(catalog, transaction_id, item_id,
+                          f"{path}: part {wrong[0]} has {found[wrong[0]].size} bytes, not as planned", settings)
+                plans.append((item_id, store, key, size, upload_id, crc, path, sorted(found.items())))
                 continue
-        if not _exists(store, key):
+        head = _head(store, key)
+        if head is None:
             raise UploadIncomplete(f"{path}: nothing has been uploaded yet")
-        plans.append((item_id, store, key, size, upload_id, crc, path, False))
+        plans.append((item_id, store, key, size, upload_id, crc, path, head))
 
-    # 2. assemble and verify
+    # 2. assemble (with the parts step 1 listed) and verify (against the HEAD step 1 got)
     verified = []
-    for item_id, store, key, size, upload_id, crc, path, assemble in plans:
+    for item_id, store, key, size, upload_id, crc, path, found in plans:
         try:
-            if assemble:
-                parts = [(p.part_number, p.etag) for p in store.list_parts(key, upload_id)]
-                parts = sorted(dict(parts).items())
-                meta = store.complete_multipart(key, upload_id, parts)
-                actual = crc  # every part was verified by the store against a checksum combining to it
-            else:
-                meta = store.head(key)
+            if isinstance(found, ObjectMeta):
+                meta = found
                 actual = meta.crc32c
+            else:
+                meta = store.complete_multipart(key, upload_id, [(n, p.etag) for n, p in found])
+                actual = crc  # every part was verified by the store against a checksum combining to it
         except ObjectNotFound:
             raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
         problem = None
