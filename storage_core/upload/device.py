@@ -41,7 +41,7 @@ from storage_core.catalog.models import (
     TransactionStatus,
     UploadEvent,
 )
-from storage_core.catalog.views import TransactionInfo
+from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.checksums import combine_parts, crc32c_of_stream, to_header, to_hex
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
@@ -250,7 +250,7 @@ def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, St
         return None
 
 
-def _device_path(item: TransactionItem) -> str:
+def _device_path(item: TransactionItem | ItemInfo) -> str:
     return f"{item.device_id}/{item.recording}/{item.relative_path}"
 
 
@@ -312,8 +312,9 @@ def begin_device_upload(
         for info in txn.items:
             if info.status != ItemStatus.PENDING.value:
                 continue
-            f = declared[f"{info.device_id}/{info.recording}/{info.relative_path}"]
-            upload_id = store.create_multipart(info.uri.split("/", 3)[3]) if f.part_crc32c is not None else None
+            f = declared[_device_path(info)]
+            key = info.uri[len(destination.store_uri) + 1:]  # a file:// root has slashes of its own
+            upload_id = store.create_multipart(key) if f.part_crc32c is not None else None
             with catalog.session() as session:
                 row = session.get(TransactionItem, info.id)
                 row.upload_id, row.part_size = upload_id, f.part_size
