@@ -1,5 +1,6 @@
 """Download one object to one path: ranged GETs in parallel, pinned to one ETag, into a
-`.part` file, verified, made durable, then renamed into place.
+`.part` file, verified, made durable, then renamed into place. From a LocalStore the same
+ranges are copied from one open handle through reused buffers instead of fetched.
 
 What holds on failure: nothing is ever visible at the final path unless it is complete
 and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder). The
@@ -21,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from storage_core.errors import (
     StorageError,
     StorageUnavailable,
 )
+from storage_core.stores.local import LocalStore
 
 MiB = 1024 * 1024
 # Measured with `ferry bench download --tune` (1 GiB, loopback SeaweedFS, 2 cores shared
@@ -44,6 +46,10 @@ MiB = 1024 * 1024
 # links with real latency. In flight: at most 4 x 16 MiB.
 DEFAULT_CHUNK_SIZE = 16 * MiB
 DEFAULT_MAX_WORKERS = 4
+# From a LocalStore, each range is copied through one reused buffer of this size: measured
+# on 1 GiB, 1 MiB pieces copy at ~1.3 GB/s per thread, 256 KiB ones at half that (more
+# system calls), and fresh multi-MiB buffers at a third (page faults and cache misses).
+LOCAL_PIECE = 1 * MiB
 
 OnProgress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -168,13 +174,22 @@ def download_object(
         fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     failed = threading.Event()
     futures: list[Future[int]] = []
+    stack = ExitStack()
     try:
         with _disk(part, key):
             _preallocate(fd, meta.size)
         spans = plan_ranges(meta.size, chunk_size)
-        for start, end in spans:
-            futures.append(ranges_pool.submit(_fetch_range, write, meta.etag, start, end, fd,
-                                              retry=retry, on_progress=on_progress, stops=(stop, failed)))
+        if isinstance(source.store, LocalStore):
+            # Pinned by opening once: the ETag is checked at open and the handle keeps reading
+            # the same inode even if the key is replaced meanwhile (the CRC check still runs).
+            local = stack.enter_context(source.store.open_read(key, if_match=meta.etag))
+            for start, end in spans:
+                futures.append(ranges_pool.submit(_copy_local_range, write, local.fileno(), start, end, fd,
+                                                  on_progress=on_progress, stops=(stop, failed)))
+        else:
+            for start, end in spans:
+                futures.append(ranges_pool.submit(_fetch_range, write, meta.etag, start, end, fd,
+                                                  retry=retry, on_progress=on_progress, stops=(stop, failed)))
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         errors = [f.exception() for f in done if f.exception() is not None]
         if errors:
@@ -194,9 +209,11 @@ def download_object(
         for future in futures:
             future.cancel()
         wait(futures)  # no worker may still be writing to fd when it is closed
+        stack.close()
         os.close(fd)
         part.unlink(missing_ok=True)
         raise
+    stack.close()
     os.close(fd)
     try:
         with _disk(write.dest, key):
@@ -259,15 +276,58 @@ def _fetch_range(
     data = _with_retries(fetch, retry=retry, stop=stops)
     value = crc32c(data)
     with _disk(write.part, source.key):
-        view = memoryview(data)
-        offset = start
-        while view:
-            written = _pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        _write_all(fd, memoryview(data), start)
         _start_writeback(fd, start, end - start)
     if on_progress is not None:
         on_progress(end - start)
     return value
+
+
+def _copy_local_range(
+    write: PlannedWrite,
+    source_fd: int,
+    start: int,
+    end: int,
+    fd: int,
+    *,
+    on_progress: OnProgress | None,
+    stops: tuple[threading.Event, ...],
+) -> int:
+    """Copy [start, end) of an open local object to `fd` at `start`; return its CRC32C.
+
+    One reused buffer per range: bytes are read, checksummed and written while they are
+    still in the CPU cache, and nothing is allocated per piece. (A fresh 16 MiB `bytes`
+    per range, as a ranged GET returns, ran at a third of `cp`'s speed.)
+    """
+    buffer = memoryview(bytearray(min(LOCAL_PIECE, end - start)))
+    value, offset = 0, start
+    while offset < end:
+        if any(s.is_set() for s in stops):
+            raise _Cancelled()
+        want = buffer[:min(len(buffer), end - offset)]
+        try:
+            got = os.preadv(source_fd, [want], offset)
+        except OSError as exc:
+            raise StorageError(f"cannot read {_uri(write)}: {exc.strerror or exc}", key=write.source.key) from exc
+        if got == 0:
+            raise IntegrityError(f"{_uri(write)} ended at byte {offset}; it shrank during the download",
+                                 key=write.source.key)
+        piece = want[:got]
+        value = crc32c(piece, value)
+        with _disk(write.part, write.source.key):
+            _write_all(fd, piece, offset)
+        offset += got
+    with _disk(write.part, write.source.key):
+        _start_writeback(fd, start, end - start)
+    if on_progress is not None:
+        on_progress(end - start)
+    return value
+
+
+def _write_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        written = _pwrite(fd, data, offset)
+        data, offset = data[written:], offset + written
 
 
 def _with_retries(call, *, retry: RetryPolicy, stop: threading.Event | tuple[threading.Event, ...]):

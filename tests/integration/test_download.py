@@ -322,6 +322,47 @@ def test_a_file_that_appears_during_the_download_is_not_clobbered(local_store, o
     assert dest.read_bytes() == b"someone else's file" and leftovers(out) == []
 
 
+# --- a LocalStore source: copied through a reused buffer, not ranged GETs ------------------
+
+
+def test_a_local_object_replaced_during_the_download_is_copied_as_it_was_opened(local_store, out):
+    old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    put(local_store, "k", old)
+
+    def replace_once(nbytes: int, done=[]) -> None:
+        if not done:
+            done.append(put(local_store, "k", new))  # atomic replace: a new inode under the key
+
+    (path,) = download(source(local_store, "k", old), out, chunk_size=MiB, max_workers=1, on_progress=replace_once)
+    assert path.read_bytes() == old and local_store.path_for("k").read_bytes() == new
+
+
+def test_a_local_object_truncated_during_the_download_fails_with_no_partial_file(local_store, out):
+    data = os.urandom(4 * MiB)
+    put(local_store, "k", data)
+
+    def truncate_once(nbytes: int, done=[]) -> None:
+        if not done:
+            done.append(os.truncate(local_store.path_for("k"), MiB + 5))
+
+    with pytest.raises(IntegrityError, match="shrank during the download") as info:
+        download(source(local_store, "k", data), out, chunk_size=MiB, max_workers=1, on_progress=truncate_once)
+    assert info.value.key == "k" and files(out) == []
+
+
+def test_a_local_read_error_names_the_source_not_the_destination(local_store, out, monkeypatch):
+    data = os.urandom(2 * MiB)
+    put(local_store, "k", data)
+
+    def failing_preadv(fd, buffers, offset):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(transfer.os, "preadv", failing_preadv)
+    with pytest.raises(StorageError, match=r"cannot read file://.*/k: Input/output error") as info:
+        download(source(local_store, "k", data), out, chunk_size=MiB)
+    assert isinstance(info.value.__cause__, OSError) and files(out) == []
+
+
 # --- the destination disk -------------------------------------------------------------------
 
 
