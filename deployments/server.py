@@ -4,12 +4,15 @@ first: is the Prefect API at this URL answering?
 Used by `ferry serve --start-server` and by the tests' session-wide server. The server's
 own database is `PREFECT_API_DATABASE_CONNECTION_URL` when set (PostgreSQL beyond a
 laptop), else SQLite under its PREFECT_HOME; never Ferry's catalog database (DESIGN.md).
+Prefect opens it with an async driver only (`postgresql+asyncpg://`, `sqlite+aiosqlite://`),
+so a URL in the catalog's form (`postgresql+psycopg://`) is refused before the child starts.
 Nothing phones home: analytics are off in the child's environment.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,6 +27,11 @@ from pathlib import Path
 from storage_core.errors import ConfigError
 
 QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+# Prefect reads the first of these that is set; the second, older name is the one README uses.
+DATABASE_URL_VARS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
+# how a URL's scheme begins → the one scheme (async driver) Prefect's server opens that database with
+ASYNC_SCHEMES = {"postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*")
 
 
 def free_port() -> int:
@@ -55,6 +63,29 @@ def require_api(api_url: str) -> None:
         )
 
 
+def database_url_problem(env: Mapping[str, str]) -> str | None:
+    """None when the server's database URL in `env` (if any) names a driver Prefect can use,
+    else a one-line reason naming the variable and its scheme (never the rest of the URL,
+    which may hold a password)."""
+    for name in DATABASE_URL_VARS:
+        url = env.get(name)
+        if url:
+            scheme = url.split("://", 1)[0]
+            if scheme in ASYNC_SCHEMES.values():
+                return None
+            fits = [s for start, s in ASYNC_SCHEMES.items() if scheme.startswith(start)] or ASYNC_SCHEMES.values()
+            hint = " or ".join(f"{s}://" for s in fits)
+            return f"{name} starts with {scheme}:// but Prefect's server needs an async driver: use {hint}…"
+    return None
+
+
+def last_error_line(log: str) -> str:
+    """The last `SomeError: …` line of a server log (why it stopped), else its last line."""
+    lines = [line.strip() for line in log.splitlines() if line.strip()]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    return (errors or lines or ["(empty log)"])[-1]
+
+
 @dataclass
 class PrefectServer:
     """`prefect server start` as a child process on 127.0.0.1, with its own PREFECT_HOME.
@@ -68,6 +99,7 @@ class PrefectServer:
     env: Mapping[str, str] = field(default_factory=dict)
     ui: bool = True
     process: subprocess.Popen[bytes] | None = None
+    _log_start: int = field(default=0, init=False, repr=False)
 
     @property
     def api_url(self) -> str:
@@ -88,17 +120,25 @@ class PrefectServer:
         return env
 
     def start(self, timeout: float = 120.0) -> None:
-        self.home.mkdir(parents=True, exist_ok=True)
+        """Start the child and wait until its API answers. ConfigError, with no child left
+        running, when its database URL names a sync driver, it exits (the log's last error
+        line), or it does not answer within `timeout`."""
         if not self.port:
             self.port = free_port()
+        env = self.child_env()
+        problem = database_url_problem(env)
+        if problem is not None:
+            raise ConfigError(problem)
+        self.home.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable, "-m", "prefect", "server", "start",
             "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off",
             "--ui" if self.ui else "--no-ui",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()  # the log is appended to; this start's lines begin here
             self.process = subprocess.Popen(
-                args, env=self.child_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )  # fmt: skip
         try:
@@ -112,8 +152,12 @@ class PrefectServer:
         reason = "not started"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                tail = self.log_path.read_text(errors="replace")[-2000:]
-                raise ConfigError(f"prefect server exited with {self.process.returncode}: {tail.strip().splitlines()[-1:]}")
+                with open(self.log_path, "rb") as log:
+                    log.seek(self._log_start)
+                    tail = log.read().decode(errors="replace")[-20_000:]
+                raise ConfigError(
+                    f"prefect server exited with {self.process.returncode}: {last_error_line(tail)} (log: {self.log_path})"
+                )
             reason = api_health(self.api_url, timeout=1.0)
             if reason is None:
                 return
@@ -134,4 +178,4 @@ class PrefectServer:
         self.process = None
 
 
-__all__ = ["PrefectServer", "api_health", "free_port", "require_api"]
+__all__ = ["PrefectServer", "api_health", "database_url_problem", "free_port", "last_error_line", "require_api"]

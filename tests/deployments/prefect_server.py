@@ -4,12 +4,14 @@ polled on /api/health, stopped at session end. Importable by any test package:
 
     from tests.deployments.prefect_server import prefect_server  # noqa: F401 - a fixture
 
-`prefect_client_env` points this process's Prefect client at it for one test.
+`prefect_client_env` points this process's Prefect client at it for one test;
+`prefect_client_at` does the same for any other server (e.g. a PostgreSQL-backed one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -35,13 +37,21 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
         server.stop()
 
 
-@pytest.fixture
-def prefect_client_env(prefect_server: PrefectServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """This process's Prefect client talks to the session server; returns its API URL."""
+@contextmanager
+def prefect_client_at(api_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Inside the block this process's Prefect client talks to `api_url` (its environment
+    through `monkeypatch`, undone after the test); yields `api_url`."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    monkeypatch.setenv("PREFECT_API_URL", prefect_server.api_url)
+    monkeypatch.setenv("PREFECT_API_URL", api_url)
     monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     monkeypatch.setenv("DO_NOT_TRACK", "1")
-    with temporary_settings({PREFECT_API_URL: prefect_server.api_url}):
-        yield prefect_server.api_url
+    with temporary_settings({PREFECT_API_URL: api_url}):
+        yield api_url
+
+
+@pytest.fixture
+def prefect_client_env(prefect_server: PrefectServer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """This process's Prefect client talks to the session server; returns its API URL."""
+    with prefect_client_at(prefect_server.api_url, monkeypatch) as api_url:
+        yield api_url
