@@ -30,6 +30,7 @@ def prefect_database(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     server opens it, with asyncpg, set as PREFECT_API_DATABASE_CONNECTION_URL."""
     url = pg_url.replace("postgresql+psycopg://", "postgresql+asyncpg://", 1)
     monkeypatch.setenv("PREFECT_API_DATABASE_CONNECTION_URL", url)
+    monkeypatch.delenv("PREFECT_SERVER_DATABASE_CONNECTION_URL", raising=False)  # Prefect would prefer it
     return url
 
 
