@@ -4,8 +4,8 @@ prefect.yaml lists the same ones for work pools (a test keeps the two in step).
 
 | deployment | when it runs | concurrency |
 |---|---|---|
-| `ingest/landing-<folder>-<hash>` | every N (or cron), one per declared landing folder | 1, a tick that finds the previous run still going is cancelled |
-| `ingest/reingest` | from the UI: a folder, device, destination | 2, more wait |
+| `ingest/landing-<name>-<hash>` | every N (or cron), one per declared landing folder or bucket prefix | 1, a tick that finds the previous run still going is cancelled |
+| `ingest/reingest` | from the UI: a folder or bucket prefix, device, destination | 2, more wait |
 | `reconcile/reconcile` | hourly, and from the UI | 1, a tick that collides is cancelled |
 | `summarize/resummarize` | from the UI: SummarizeParams | 2, more wait |
 | `summarize/summarize-on-upload` | event `ferry.upload.completed` → its transaction | 4, more wait |
@@ -94,10 +94,10 @@ def landing_deployment(source: LandingSource) -> DeploymentSpec:
     return DeploymentSpec(
         name=source.deployment_name,
         entrypoint="flows/ingest.py:ingest",
-        description=f"Ingest what is new in {source.folder} → {to}, {source.schedule_text}.",
+        description=f"Ingest what is new in {source.source} → {to}, {source.schedule_text}.",
         concurrency=Concurrency(1, cancel_new=True),
         tags=("ferry", "scheduled", "landing"),
-        parameters={"source": str(source.folder), "to": to, "device": source.device, "origination": f"schedule {source.deployment_name}"},
+        parameters={"source": source.source, "to": to, "device": source.device, "origination": f"schedule {source.deployment_name}"},
         interval=source.every,
         cron=source.cron,
     )
@@ -112,8 +112,8 @@ STANDING: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
         name="reingest",
         entrypoint=INGEST,
-        description="Re-ingest a landing folder (DEVICE/RECORDING/files, or RECORDING/files with a device) "
-        "into a destination (default FERRY_STORE). Identical bytes already stored are skipped.",
+        description="Re-ingest a landing folder or s3://bucket/prefix (DEVICE/RECORDING/files, or RECORDING/files "
+        "with a device) into a destination (default FERRY_STORE). Identical bytes already stored are skipped.",
         concurrency=Concurrency(2),
         tags=("ferry", "backfill"),
         parameters={"origination": "backfill reingest"},

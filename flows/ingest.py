@@ -1,4 +1,4 @@
-"""The ingest and resume flows: a landing folder into object storage, completely or not at all."""
+"""The ingest and resume flows: a landing folder or bucket prefix into object storage, completely or not at all."""
 
 from __future__ import annotations
 
@@ -113,8 +113,8 @@ def ingest(
     origination: str = "ferry ingest",
     transaction_id: str | None = None,
 ) -> IngestReport:
-    """Upload a landing folder (DEVICE/RECORDING/files, or RECORDING/files with `device`)
-    to `to` (default: FERRY_STORE). Identical bytes already stored are skipped. On failure
+    """Upload a landing folder or bucket prefix (`s3://bucket/prefix`), laid out as
+    DEVICE/RECORDING/files, or RECORDING/files with `device`, to `to` (default: FERRY_STORE). Identical bytes already stored are skipped. On failure
     the transaction is aborted (or, after retryable errors, left open to resume).
     `transaction_id` lets a caller name the transaction up front (to watch its progress)."""
     started = time.monotonic()

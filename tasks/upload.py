@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pydantic import BaseModel
-from prefect import task
+from prefect import get_run_logger, task
 
 from storage_core.catalog import TransactionInfo, open_catalog
 from storage_core.config import load_settings
@@ -33,11 +33,16 @@ def begin_ingest(
     flow_run_id: str | None,
     transaction_id: str | None = None,
 ) -> TransactionInfo:
-    """Scan the landing folder, checksum dedup candidates, and begin the transaction."""
+    """Scan the landing folder or bucket prefix, checksum dedup candidates, and begin the
+    transaction. Hidden files are left out and named in the log."""
     dest = parse_uri(destination)
-    catalog = _catalog()
-    scan = manifest.scan_source(source, device_id=device_id)
-    entries = transactions.prepare_manifest(catalog, scan.entries, dest)
+    catalog, settings = _catalog(), load_settings()
+    scan = manifest.scan_source(source, device_id=device_id, settings=settings)
+    if scan.ignored:
+        shown = ", ".join(str(path) for path in scan.ignored[:5])
+        more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
+        get_run_logger().info("left out %d hidden file(s): %s%s", len(scan.ignored), shown, more)
+    entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
     return transactions.begin_transaction(
         catalog,
         entries,

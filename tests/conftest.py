@@ -59,16 +59,26 @@ def s3_env(seaweed: SeaweedServer, monkeypatch: pytest.MonkeyPatch) -> SeaweedSe
     return seaweed
 
 
-@pytest.fixture
-def bucket(s3_env: SeaweedServer):
-    """A fresh, empty bucket on SeaweedFS, as an S3Store."""
+def _fresh_bucket(endpoint: str):  # noqa: ANN202
     from storage_core.stores.s3 import S3Store, make_client
 
-    client = make_client(endpoint_url=s3_env.endpoint)
+    client = make_client(endpoint_url=endpoint)
     store = S3Store(f"t-{uuid.uuid4().hex[:12]}", client=client)
     store.create_bucket()
     yield store
     _delete_bucket(client, store.bucket)
+
+
+@pytest.fixture
+def bucket(s3_env: SeaweedServer):
+    """A fresh, empty bucket on SeaweedFS, as an S3Store."""
+    yield from _fresh_bucket(s3_env.endpoint)
+
+
+@pytest.fixture
+def landing_bucket(s3_env: SeaweedServer):
+    """A second fresh bucket: where devices or other tools drop recordings for ingest."""
+    yield from _fresh_bucket(s3_env.endpoint)
 
 
 def _delete_bucket(client, bucket: str) -> None:  # noqa: ANN001

@@ -70,23 +70,27 @@ def _print_ingest(report: Any) -> None:
 
 @app.command()
 def ingest(
-    source: Annotated[Path, typer.Argument(help="Landing folder: DEVICE/RECORDING/files (or RECORDING/files with --device).")],
+    source: Annotated[str, typer.Argument(help="Landing folder or bucket prefix (s3://bucket/prefix): DEVICE/RECORDING/files (or RECORDING/files with --device).")],
     to: Annotated[Optional[str], typer.Option("--to", help="Destination URI (file:///dir or s3://bucket/prefix); default FERRY_STORE.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Device id, when SOURCE holds one device's recordings.")] = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Upload a landing folder into object storage, completely or not at all."""
+    """Upload a landing folder or bucket prefix into object storage, completely or not at all."""
     from flows.ingest import ingest as ingest_flow
     from storage_core.keys import parse_uri
 
     if to is not None:
         parse_uri(to)  # a bad URI is refused before Prefect starts
+    if "://" in source:
+        parse_uri(source)
+    else:
+        source = str(Path(source).expanduser().resolve())
     quiet_prefect_console(verbose)
     transaction_id = uuid.uuid4().hex
     report = _watch_transaction(
         transaction_id,
-        lambda: ingest_flow(str(source.resolve()), to=to, device=device, transaction_id=transaction_id),
+        lambda: ingest_flow(source, to=to, device=device, transaction_id=transaction_id),
         show=not as_json and sys.stderr.isatty(),
     )
     emit_json(report) if as_json else _print_ingest(report)

@@ -31,7 +31,7 @@ def _port_taken(port: int) -> bool:
 def _declared_landings(landing: list[str], every: str | None, cron: str | None, device: str | None, to: str | None, config: Path | None):
     from deployments.landing import landing_source, load_landing_config, unique_sources
 
-    sources = [landing_source(folder, every=every, cron=cron, device=device, to=to) for folder in landing]
+    sources = [landing_source(place, every=every, cron=cron, device=device, to=to) for place in landing]
     if config is not None:
         sources += load_landing_config(config)
     return unique_sources(sources)
@@ -65,12 +65,12 @@ def _print_plan(specs, api_url: str) -> None:
 
 @app.command()
 def serve(
-    landing: Annotated[list[str], typer.Option("--landing", help="Landing folder to ingest on a schedule (repeatable).")] = [],  # noqa: B006 - typer's repeatable option
-    every: Annotated[Optional[str], typer.Option("--every", help="Interval for the --landing folders: 30s, 10m, 1h (default 10m).")] = None,
-    cron: Annotated[Optional[str], typer.Option("--cron", help="Cron schedule for the --landing folders instead of --every.")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="Device id, when the --landing folders hold one device's recordings.")] = None,
-    to: Annotated[Optional[str], typer.Option("--to", help="Destination URI for the --landing folders; default FERRY_STORE.")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with [[landing]] tables (folder, every|cron, device, to).")] = None,
+    landing: Annotated[list[str], typer.Option("--landing", help="Landing folder or s3://bucket/prefix to ingest on a schedule (repeatable).")] = [],  # noqa: B006 - typer's repeatable option
+    every: Annotated[Optional[str], typer.Option("--every", help="Interval for the --landing sources: 30s, 10m, 1h (default 10m).")] = None,
+    cron: Annotated[Optional[str], typer.Option("--cron", help="Cron schedule for the --landing sources instead of --every.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Device id, when the --landing sources hold one device's recordings.")] = None,
+    to: Annotated[Optional[str], typer.Option("--to", help="Destination URI for the --landing sources; default FERRY_STORE.")] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with [[landing]] tables (folder|prefix, every|cron, device, to).")] = None,
     api_url: Annotated[Optional[str], typer.Option("--api-url", help="Prefect API URL; default PREFECT_API_URL, else http://127.0.0.1:4200/api.")] = None,
     start_server: Annotated[bool, typer.Option("--start-server", help="Also start `prefect server start` on 127.0.0.1 (PostgreSQL when PREFECT_API_DATABASE_CONNECTION_URL is set).")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --start-server.")] = DEFAULT_PORT,

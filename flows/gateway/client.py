@@ -25,7 +25,7 @@ import httpx
 
 from storage_core.checksums import CHUNK, combine_parts, crc32c
 from storage_core.errors import FerryError
-from storage_core.upload.manifest import scan_source
+from storage_core.upload.manifest import scan_folder
 
 STATE_FILE = ".ferry-device-upload.json"
 MiB = 1024 * 1024
@@ -126,7 +126,7 @@ def build_manifest(folder: Path, device: str, *, part_size: int, previous: dict[
     files whose size and mtime have not changed."""
     known = {f["path"]: f for f in (previous or {}).get("files", [])}
     files = []
-    for entry in scan_source(folder, device_id=device).entries:
+    for entry in scan_folder(folder, device_id=device).entries:
         path = f"{device}/{entry.recording}/{entry.relative_path}"
         old = known.get(path)
         if old and (old["size"], old["mtime_ns"]) == (entry.size, entry.mtime_ns):

@@ -175,7 +175,7 @@ class TransactionItem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
-    source_path: Mapped[str] = mapped_column(String(4096))
+    source_path: Mapped[str] = mapped_column(String(4096), index=True)  # a local path, or an object URI
     device_id: Mapped[str] = mapped_column(String(128))
     recording: Mapped[str] = mapped_column(String(512))
     relative_path: Mapped[str] = mapped_column(String(1024))
@@ -183,7 +183,8 @@ class TransactionItem(Base):
     store_uri: Mapped[str] = mapped_column(String(1024))
     key: Mapped[str] = mapped_column(String(1024))
     size: Mapped[int] = mapped_column(BigInteger)
-    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)  # a local source's identity, with size
+    source_etag: Mapped[str | None] = mapped_column(String(256))  # an object source's identity, with size
     status: Mapped[str] = mapped_column(String(16), default=ItemStatus.PENDING.value)
     upload_id: Mapped[str | None] = mapped_column(String(1024))
     part_size: Mapped[int | None] = mapped_column(BigInteger)

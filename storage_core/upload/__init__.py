@@ -7,6 +7,7 @@ from storage_core.upload.transfer import (
     UploadJournal,
     UploadResult,
     upload_file,
+    upload_object,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "choose_part_size",
     "plan_parts",
     "upload_file",
+    "upload_object",
 ]

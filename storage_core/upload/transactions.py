@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import sqlalchemy.exc
 from sqlalchemy import delete, select
@@ -43,11 +44,27 @@ from storage_core.catalog.models import (
 )
 from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
 from storage_core.config import FerrySettings, load_settings
-from storage_core.errors import AbortFailed, CatalogError, FerryError, TransactionStateError, one_line
+from storage_core.errors import (
+    AbortFailed,
+    CatalogError,
+    FerryError,
+    ObjectNotFound,
+    PreconditionFailed,
+    SourceChanged,
+    TransactionStateError,
+    one_line,
+)
 from storage_core.keys import StorageUri, join_key
-from storage_core.stores.registry import open_store
+from storage_core.stores.registry import open_store, split_object_uri
 from storage_core.upload.manifest import ManifestEntry, with_checksums
-from storage_core.upload.transfer import CompletedPart, FileIdentity, OnProgress, ResumeState, upload_file
+from storage_core.upload.transfer import (
+    CompletedPart,
+    FileIdentity,
+    OnProgress,
+    ResumeState,
+    upload_file,
+    upload_object,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,19 +100,74 @@ def destination_key(destination: StorageUri, entry: ManifestEntry) -> str:
     return join_key(destination.prefix, entry.device_id, entry.recording, entry.relative_path)
 
 
-def prepare_manifest(catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri) -> list[ManifestEntry]:
+def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
+    """Keep `IN (...)` lists within every database's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def prepare_manifest(
+    catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri, *, settings: FerrySettings | None = None
+) -> list[ManifestEntry]:
     """Checksum just the entries that may already be stored (an object of the same size at
-    their destination), so `begin_transaction` can skip identical bytes."""
-    keys = {destination_key(destination, e) for e in entries}
+    their destination), so `begin_transaction` can skip identical bytes.
+
+    An object source (bucket prefix) is identified by size and ETag: when an earlier
+    transaction already read the same version, its CRC32C is reused instead of fetching the
+    object again, so a scheduled run over an unchanged prefix moves no bytes. Local files
+    are re-read: a rewrite can keep size and mtime, so they are no proof of identical bytes.
+    """
+    keys = sorted({destination_key(destination, e) for e in entries})
+    objects = [str(e.path) for e in entries if e.is_object]
     with catalog.session() as session:
-        sizes = dict(
-            session.execute(
+        sizes: dict[str, int] = {}
+        for chunk in _chunks(keys):
+            sizes.update(session.execute(
                 select(StoredObject.key, StoredObject.size).where(
-                    StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(keys)
+                    StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(chunk))
+            ).all())  # fmt: skip
+        known: dict[tuple[str, int, str], int] = {}
+        for chunk in _chunks(objects):
+            for path, size, etag, value in session.execute(
+                select(TransactionItem.source_path, TransactionItem.size, TransactionItem.source_etag,
+                       TransactionItem.crc32c).where(
+                    TransactionItem.source_path.in_(chunk),
+                    TransactionItem.source_etag.is_not(None),
+                    TransactionItem.crc32c.is_not(None),
                 )
-            ).all()
-        )
-    return with_checksums(entries, lambda e: sizes.get(destination_key(destination, e)) == e.size)
+            ):  # fmt: skip
+                known[(path, size, etag)] = value
+    entries = [
+        replace(e, crc32c=known.get((str(e.path), e.size, e.source_etag)))
+        if e.is_object and e.crc32c is None else e
+        for e in entries
+    ]
+    return with_checksums(
+        entries,
+        lambda e: sizes.get(destination_key(destination, e)) == e.size,
+        open_source=_SourceOpener(settings),
+    )
+
+
+class _SourceOpener:
+    """Opens an entry's bytes for a dedup checksum: a local file, or an object pinned to the
+    ETag it was scanned with (one store per bucket, built on first use)."""
+
+    def __init__(self, settings: FerrySettings | None) -> None:
+        self.settings = settings
+        self.stores: dict[str, Any] = {}
+
+    def __call__(self, entry: ManifestEntry) -> BinaryIO:
+        if not entry.is_object:
+            return open(entry.path, "rb")
+        store_uri, key = split_object_uri(str(entry.path))
+        if store_uri not in self.stores:
+            self.stores[store_uri], _ = open_store(store_uri, self.settings)
+        try:
+            return self.stores[store_uri].open_read(key, if_match=entry.source_etag)
+        except (PreconditionFailed, ObjectNotFound) as exc:
+            raise SourceChanged(f"{entry.path} changed while the landing prefix was being scanned; run again",
+                                key=str(entry.path)) from exc
 
 
 def begin_transaction(
@@ -136,6 +208,7 @@ def begin_transaction(
                 key=key,
                 size=entry.size,
                 mtime_ns=entry.mtime_ns,
+                source_etag=entry.source_etag,
                 crc32c=entry.crc32c,
             )
             stored = session.scalar(
@@ -227,24 +300,28 @@ def upload_item(
         item.status = ItemStatus.UPLOADING.value
         txn.status = TransactionStatus.UPLOADING.value
         resume = _resume_state(item)
-        identity = FileIdentity(item.size, item.mtime_ns) if item.mtime_ns is not None else None
-        source, store_uri, key = Path(item.source_path), item.store_uri, item.key
+        source, source_etag, size, mtime_ns = item.source_path, item.source_etag, item.size, item.mtime_ns
+        store_uri, key = item.store_uri, item.key
 
     store, _ = open_store(store_uri, settings)
+    options = dict(
+        part_size=settings.part_size,
+        max_concurrency=settings.max_concurrency,
+        on_progress=on_progress,
+        journal=_CatalogJournal(catalog, item_id),
+        resume=resume,
+        keep_resumable=True,
+        part_attempts=settings.part_attempts,
+    )
     try:
-        result = upload_file(
-            store,
-            source,
-            key,
-            part_size=settings.part_size,
-            max_concurrency=settings.max_concurrency,
-            on_progress=on_progress,
-            identity=identity,
-            journal=_CatalogJournal(catalog, item_id),
-            resume=resume,
-            keep_resumable=True,
-            part_attempts=settings.part_attempts,
-        )
+        if source_etag is not None:  # an object under a landing bucket prefix
+            source_store_uri, source_key = split_object_uri(source)
+            source_store, _ = open_store(source_store_uri, settings)
+            result = upload_object(store, source_store, source_key, key, source_uri=source, size=size,
+                                   etag=source_etag, **options)
+        else:
+            identity = FileIdentity(size, mtime_ns) if mtime_ns is not None else None
+            result = upload_file(store, Path(source), key, identity=identity, **options)
     except FerryError as exc:
         with catalog.session() as session:
             item = session.get(TransactionItem, item_id)

@@ -1,11 +1,13 @@
-"""Upload one local file to a store: one PUT when small, else a parallel multipart upload.
+"""Upload one local file, or copy one stored object, to a store: one PUT when small, else
+a parallel multipart upload.
 
 Guarantees:
 - memory stays bounded: at most `max_concurrency` parts are read and in flight at once;
 - every part carries a CRC32C the store verifies; the whole-object CRC32C is combined
   from the part checksums (no second read of the file);
-- the source is checked against its identity (size, mtime) while it is read: a file that
-  changes mid-upload fails with SourceChanged and nothing is stored;
+- the source is checked against its identity (size and mtime of a file, the ETag of an
+  object) while it is read: a source that changes mid-upload fails with SourceChanged
+  and nothing is stored;
 - on failure the multipart upload is aborted (a failed abort raises AbortFailed, with the
   upload id, never swallowed) — unless `keep_resumable` is set and the error is retryable,
   in which case the upload is left for `resume` and its id was already handed to `journal`.
@@ -19,12 +21,21 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from storage_core.checksums import combine_parts, crc32c
-from storage_core.errors import AbortFailed, FerryError, PartUploadFailed, SourceChanged, StorageError, UploadAborted
+from storage_core.errors import (
+    AbortFailed,
+    FerryError,
+    ObjectNotFound,
+    PartUploadFailed,
+    PreconditionFailed,
+    SourceChanged,
+    StorageError,
+    UploadAborted,
+)
 from storage_core.retry import call_with_retries
-from storage_core.stores.base import Multipart, ObjectMeta, Put
+from storage_core.stores.base import GetRange, Multipart, ObjectMeta, Put
 from storage_core.upload.plan import Part, choose_part_size, plan_parts
 
 log = logging.getLogger(__name__)
@@ -109,6 +120,67 @@ class _GuardedReader:
         return block
 
 
+class _Source(Protocol):
+    """What an upload reads from: exact byte ranges of a source that must not change."""
+
+    name: str  # the path or URI, for messages
+    size: int
+
+    def read(self, start: int, end: int) -> bytes:
+        """Exactly bytes [start, end) of the source as planned, or SourceChanged."""
+        ...
+
+    def check(self) -> None:
+        """SourceChanged if the source is no longer what was planned."""
+        ...
+
+
+class _LocalFile:
+    """A local file, checked against its identity (size, mtime) around every read."""
+
+    def __init__(self, handle: BinaryIO, path: Path, identity: FileIdentity) -> None:
+        self.handle, self.path, self.identity = handle, path, identity
+        self.name, self.size = str(path), identity.size
+
+    def read(self, start: int, end: int) -> bytes:
+        data = os.pread(self.handle.fileno(), end - start, start)
+        if len(data) != end - start:
+            self.check()
+            raise SourceChanged(f"{self.path} shrank while it was being uploaded", key=self.name)
+        self.check()
+        return data
+
+    def check(self) -> None:
+        _check_identity(self.path, self.identity, self.handle)
+
+
+class _StoredObject:
+    """An object in a store (a bucket-prefix landing source): every ranged GET is pinned to
+    the ETag seen when the upload was planned, so a replaced object fails as SourceChanged
+    rather than mixing two versions into one upload."""
+
+    def __init__(self, store: GetRange, key: str, *, uri: str, size: int, etag: str, attempts: int) -> None:
+        self.store, self.key, self.etag, self.attempts = store, key, etag, attempts
+        self.name, self.size = uri, size
+
+    def read(self, start: int, end: int) -> bytes:
+        def get() -> bytes:
+            try:
+                return self.store.get_range(self.key, start, end, if_match=self.etag)
+            except PreconditionFailed as exc:  # not retryable here: only a new plan can help
+                raise SourceChanged(f"{self.name} was replaced while it was being uploaded", key=self.name) from exc
+            except ObjectNotFound as exc:
+                raise SourceChanged(f"{self.name} no longer exists", key=self.name) from exc
+
+        data = call_with_retries(get, attempts=self.attempts, what=f"read {self.name}")
+        if len(data) != end - start:
+            raise SourceChanged(f"{self.name}: asked for bytes [{start}, {end}), got {len(data)}", key=self.name)
+        return data
+
+    def check(self) -> None:
+        pass  # every read was pinned to the ETag
+
+
 def upload_file(
     store: Put | Multipart,
     path: str | os.PathLike[str],
@@ -136,52 +208,73 @@ def upload_file(
         identity = identity or current
         if current != identity:
             _check_identity(path, identity, handle)
-        if resume is None and identity.size <= store.multipart_threshold:
-            return _single_put(store, handle, path, key, identity, on_progress, part_attempts)
-        return _multipart(
-            store,
-            handle,
-            path,
-            key,
-            identity=identity,
-            part_size=part_size,
-            max_concurrency=max_concurrency,
-            on_progress=on_progress,
-            journal=journal,
-            resume=resume,
-            keep_resumable=keep_resumable,
-            part_attempts=part_attempts,
-        )
+        source = _LocalFile(handle, path, identity)
+        if resume is None and source.size <= store.multipart_threshold and source.size > SMALL_READ_LIMIT:
+            # a store with a huge multipart threshold (a local folder) streams in one pass
+            return _streamed_put(store, source, key, on_progress)
+        return _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
+                       on_progress=on_progress, journal=journal, resume=resume, keep_resumable=keep_resumable,
+                       part_attempts=part_attempts)
 
 
-def _single_put(
-    store: Put, handle: BinaryIO, path: Path, key: str, identity: FileIdentity, on_progress: OnProgress | None, attempts: int
+def upload_object(
+    store: Put | Multipart,
+    source_store: GetRange,
+    source_key: str,
+    key: str,
+    *,
+    source_uri: str,
+    size: int,
+    etag: str,
+    part_size: int | None = None,
+    max_concurrency: int = 4,
+    on_progress: OnProgress | None = None,
+    journal: UploadJournal | None = None,
+    resume: ResumeState | None = None,
+    keep_resumable: bool = False,
+    part_attempts: int = 6,
 ) -> UploadResult:
-    if identity.size <= SMALL_READ_LIMIT:
-        data = handle.read(identity.size + 1)
-        if len(data) != identity.size:
-            _check_identity(path, identity, handle)
-            raise SourceChanged(f"{path} changed while it was being read", key=str(path))
-        _check_identity(path, identity, handle)
-        value = crc32c(data)
-        meta = call_with_retries(
-            lambda: store.put(key, data, size=identity.size, crc32c=value), attempts=attempts, what=f"put {key}"
-        )
-        if on_progress:
-            on_progress(identity.size)
-    else:
-        # a store with a huge multipart threshold (a local folder) streams in one pass
-        meta = store.put(key, _GuardedReader(handle, path, identity, on_progress), size=identity.size)
-        if meta.crc32c is None:
-            raise StorageError(f"{store.uri} did not report a CRC32C for a streamed put of {key}", key=key)
-        value = meta.crc32c
-    return UploadResult(key, identity.size, value, meta.etag, None, parts_sent=1, parts_reused=0)
+    """Copy the object `source_key` of `source_store` (size `size`, ETag `etag`) to `key`,
+    through this process: ranged GETs of part size, each checksummed and sent as a part
+    whose CRC32C the store verifies. The same guarantees as `upload_file` hold; a source
+    object that is replaced or deleted meanwhile fails with SourceChanged."""
+    source = _StoredObject(source_store, source_key, uri=source_uri, size=size, etag=etag, attempts=part_attempts)
+    return _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
+                   on_progress=on_progress, journal=journal, resume=resume, keep_resumable=keep_resumable,
+                   part_attempts=part_attempts)
+
+
+def _upload(store: Put | Multipart, source: _Source, key: str, *, resume: ResumeState | None,
+            on_progress: OnProgress | None, part_attempts: int, **multipart: Any) -> UploadResult:
+    """One PUT for a small source (read whole: at most SMALL_READ_LIMIT bytes), else multipart."""
+    if resume is None and source.size <= min(store.multipart_threshold, SMALL_READ_LIMIT):
+        return _single_put(store, source, key, on_progress, part_attempts)
+    return _multipart(store, source, key, resume=resume, on_progress=on_progress, part_attempts=part_attempts,
+                      **multipart)
+
+
+def _single_put(store: Put, source: _Source, key: str, on_progress: OnProgress | None, attempts: int) -> UploadResult:
+    data = source.read(0, source.size)
+    value = crc32c(data)
+    meta = call_with_retries(
+        lambda: store.put(key, data, size=source.size, crc32c=value), attempts=attempts, what=f"put {key}"
+    )
+    if on_progress:
+        on_progress(source.size)
+    return UploadResult(key, source.size, value, meta.etag, None, parts_sent=1, parts_reused=0)
+
+
+def _streamed_put(store: Put, source: _LocalFile, key: str, on_progress: OnProgress | None) -> UploadResult:
+    meta = store.put(key, _GuardedReader(source.handle, source.path, source.identity, on_progress), size=source.size)
+    if meta.crc32c is None:
+        raise StorageError(f"{store.uri} did not report a CRC32C for a streamed put of {key}", key=key)
+    return UploadResult(key, source.size, meta.crc32c, meta.etag, None, parts_sent=1, parts_reused=0)
 
 
 def _start_or_resume(
     store: Multipart,
     key: str,
-    identity: FileIdentity,
+    size: int,
     part_size: int | None,
     journal: UploadJournal | None,
     resume: ResumeState | None,
@@ -198,7 +291,7 @@ def _start_or_resume(
                 raise
             log.warning("recorded upload %s of %s is gone (%s); starting a fresh one", resume.upload_id, key, exc)
         else:
-            plan = {p.number: p for p in plan_parts(identity.size, part_size=resume.part_size)}
+            plan = {p.number: p for p in plan_parts(size, part_size=resume.part_size)}
             reusable = {
                 number: recorded
                 for number, recorded in resume.parts.items()
@@ -208,7 +301,7 @@ def _start_or_resume(
                 and stored.etag == recorded.etag
             }
             return resume.upload_id, resume.part_size, reusable
-    chosen = choose_part_size(identity.size, part_size=part_size or 16 * 1024 * 1024)
+    chosen = choose_part_size(size, part_size=part_size or 16 * 1024 * 1024)
     upload_id = call_with_retries(lambda: store.create_multipart(key), attempts=attempts, what=f"create {key}")
     if journal:
         try:
@@ -221,11 +314,9 @@ def _start_or_resume(
 
 def _multipart(
     store: Multipart,
-    handle: BinaryIO,
-    path: Path,
+    source: _Source,
     key: str,
     *,
-    identity: FileIdentity,
     part_size: int | None,
     max_concurrency: int,
     on_progress: OnProgress | None,
@@ -234,21 +325,16 @@ def _multipart(
     keep_resumable: bool,
     part_attempts: int,
 ) -> UploadResult:
-    upload_id, chosen, done = _start_or_resume(store, key, identity, part_size, journal, resume, part_attempts)
-    plan = plan_parts(identity.size, part_size=chosen)
+    upload_id, chosen, done = _start_or_resume(store, key, source.size, part_size, journal, resume, part_attempts)
+    plan = plan_parts(source.size, part_size=chosen)
 
     try:
         if on_progress and done:
             on_progress(sum(p.size for p in done.values()))
         todo = [part for part in plan if part.number not in done]
-        fd = handle.fileno()
 
         def send(part: Part) -> CompletedPart:
-            data = os.pread(fd, part.size, part.start)
-            if len(data) != part.size:
-                _check_identity(path, identity, handle)
-                raise SourceChanged(f"{path} shrank while it was being uploaded", key=str(path))
-            _check_identity(path, identity, handle)
+            data = source.read(part.start, part.end)
             value = crc32c(data)
             try:
                 etag = call_with_retries(
@@ -274,7 +360,7 @@ def _multipart(
         for completed in _run_bounded(send, todo, max_concurrency):
             done[completed.number] = completed
 
-        _check_identity(path, identity, handle)
+        source.check()
         ordered = [done[part.number] for part in plan]
         meta: ObjectMeta = call_with_retries(
             lambda: store.complete_multipart(key, upload_id, [(p.number, p.etag) for p in ordered]),
@@ -294,7 +380,7 @@ def _multipart(
     whole = combine_parts([(p.crc32c, p.size) for p in ordered])
     return UploadResult(
         key=key,
-        size=identity.size,
+        size=source.size,
         crc32c=whole,
         etag=meta.etag,
         upload_id=upload_id,
@@ -361,4 +447,5 @@ __all__ = [
     "UploadJournal",
     "UploadResult",
     "upload_file",
+    "upload_object",
 ]

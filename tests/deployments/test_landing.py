@@ -25,8 +25,10 @@ def test_parse_every_refuses(text: str):
 
 
 def test_sources_are_validated(tmp_path: Path):
-    with pytest.raises(ConfigError, match="only local folders can be ingested on a schedule yet"):
-        landing_source("s3://fleet/landing/")
+    with pytest.raises(ConfigError, match="use a folder or s3://bucket/prefix"):
+        landing_source("gs://fleet/landing/")
+    with pytest.raises(ConfigError, match="not a valid bucket name"):
+        landing_source("s3://Fleet/landing/")
     with pytest.raises(ConfigError, match="not an existing folder"):
         landing_source(tmp_path / "missing")
     with pytest.raises(ConfigError, match="not both"):
@@ -35,6 +37,21 @@ def test_sources_are_validated(tmp_path: Path):
         landing_source(tmp_path, cron="every tuesday")
     with pytest.raises(ConfigError, match="declared twice"):
         unique_sources([landing_source(tmp_path), landing_source(str(tmp_path) + "/")])
+    with pytest.raises(ConfigError, match="s3://fleet/landing is declared twice"):
+        unique_sources([landing_source("s3://fleet/landing"), landing_source("s3://fleet/landing/")])
+    assert landing_source(f"file://{tmp_path}").source == str(tmp_path.resolve())
+
+
+def test_a_bucket_prefix_is_a_landing_source(tmp_path: Path):
+    config = tmp_path / "landing.toml"
+    config.write_text('[[landing]]\nprefix = "s3://uploads/robots/"\ncron = "*/5 * * * *"\ndevice = "r1"\n')
+    (source,) = load_landing_config(config)
+    assert source.source == "s3://uploads/robots" and source.deployment_name.startswith("landing-robots-")
+    (spec, *_) = ferry_deployments([source])
+    assert spec.parameters["source"] == "s3://uploads/robots" and spec.cron == "*/5 * * * *"
+    config.write_text(f'[[landing]]\nprefix = "s3://uploads/robots"\nfolder = "{tmp_path}"\n')
+    with pytest.raises(ConfigError, match="give one 'folder' or 'prefix'"):
+        load_landing_config(config)
 
 
 def test_one_deployment_per_source_with_a_stable_name(tmp_path: Path):
@@ -62,8 +79,8 @@ def test_serve_refuses_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "ph"), "FERRY_HOME": str(tmp_path / "home")}
     env.pop("PREFECT_API_URL", None)
-    bucket = run_ferry(["serve", "--landing", "s3://fleet/landing"], env, timeout=60)
+    bucket = run_ferry(["serve", "--landing", "s3://Fleet/landing"], env, timeout=60)
     down = run_ferry(["serve", "--api-url", "http://127.0.0.1:9/api"], env, timeout=60)
-    for result, expected in ((bucket, "only local folders"), (down, "no Prefect API at http://127.0.0.1:9/api")):
+    for result, expected in ((bucket, "'Fleet' is not a valid bucket name"), (down, "no Prefect API at http://127.0.0.1:9/api")):
         assert result.returncode == 1 and expected in result.stderr
         assert result.stderr.strip().count("\n") == 0, result.stderr

@@ -111,6 +111,20 @@ def test_two_ingests_of_the_same_folder_store_each_file_once(ferry_env, bucket, 
     assert len(list(bucket.list())) == 12 and bucket.list_multipart_uploads() == []
 
 
+def test_ingest_from_a_bucket_prefix(ferry_env, bucket, landing_bucket):
+    payload = {"uploads/robot/rec/log.mcap": b"m" * (6 * MiB), "uploads/robot/rec/cam/0001.h264": b"v" * 1000}
+    for key, data in payload.items():
+        landing_bucket.put(key, data, size=len(data))
+    args = ["ingest", f"s3://{landing_bucket.bucket}/uploads", "--to", f"s3://{bucket.bucket}/raw", "--json"]
+    first, second = run_ferry(args, ferry_env), run_ferry(args, ferry_env)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert json.loads(first.stdout)["files_stored"] == 2 and json.loads(second.stdout)["files_skipped"] == 2
+    for key, data in payload.items():
+        assert bucket.get_range(key.replace("uploads/", "raw/", 1), 0, len(data)) == data
+    missing = run_ferry(["ingest", f"s3://{landing_bucket.bucket}/nothing-here"], ferry_env)
+    assert missing.returncode == 1 and missing.stderr.count("\n") == 1 and "nothing to ingest in s3://" in missing.stderr
+
+
 @pytest.mark.parametrize(
     "case",
     ["missing source", "empty folder", "zero-byte file", "unreadable file", "key with ..", "invalid URI", "wrong credentials", "no such bucket"],
