@@ -105,3 +105,22 @@ def test_landing_schedule_fires_and_stores_each_file_once(ferry_serve, serve_env
     items = [i for t in list_transactions(catalog) for i in t.items if i.status == "stored"]
     assert sorted(i.uri.rsplit("/", 1)[1] for i in items) == ["a.bin", "b.bin", "c.bin"]  # each stored once
     assert bucket.get_range("fleet/r2/rec2/c.bin", 0, 2000) == (landing / "r2/rec2/c.bin").read_bytes()
+
+
+def test_a_bucket_prefix_landing_schedule_fires(ferry_serve, serve_env, bucket, landing_bucket):
+    drop = {"r3/rec/a.mcap": b"a" * (6 * MiB), "r3/rec/b.wav": b"b" * 1000}
+    for key, data in drop.items():
+        landing_bucket.put(f"robots/{key}", data, size=len(data))
+    prefix = f"s3://{landing_bucket.bucket}/robots"
+    serve = ferry_serve("--landing", prefix, "--every", "3s")
+    deployment = registered(f"ingest/{landing_source(prefix).deployment_name}", serve)
+    assert deployment.parameters["source"] == prefix
+
+    catalog = Catalog(serve_env["FERRY_DATABASE_URL"])
+    wait_for(lambda: sum(i.status == "stored" for t in list_transactions(catalog) for i in t.items) == 2,
+             timeout=150, what="the scheduled ingest of a bucket prefix")
+    wait_for(lambda: len(runs_of(deployment.id, state="COMPLETED")) >= 2, timeout=150, what="a second tick")
+    stored = [i for t in list_transactions(catalog) for i in t.items if i.status == "stored"]
+    assert len(stored) == 2  # the later ticks found nothing new
+    for key, data in drop.items():
+        assert bucket.get_range(f"fleet/{key}", 0, len(data)) == data
