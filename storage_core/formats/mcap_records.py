@@ -8,6 +8,7 @@ A record's `length` can exceed the fields it holds (padding); readers skip to th
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from mcap.records import AttachmentIndex, Channel, ChunkIndex, MetadataIndex, Schema
@@ -43,6 +44,24 @@ def parse_trailer(trailer: bytes) -> Footer | None:
     if opcode != OP_FOOTER or length != 20:
         return None
     return Footer(summary_start, summary_offset_start, crc)
+
+
+def iter_records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
+    """(opcode, body) of each record packed back to back in `data`, in order (a chunk's
+    records, the MessageIndex records after a chunk).
+
+    The walk moves an offset over one memoryview, so it costs the number of records, not
+    their bytes; a body is a view into `data` (copy what must outlive it). It stops when
+    fewer bytes than a record head remain; a body cut short by the end of `data` is
+    yielded short, as slicing would.
+    """
+    view = memoryview(data)
+    offset, size = 0, len(view)
+    while offset + RECORD_HEAD.size <= size:
+        opcode, length = RECORD_HEAD.unpack_from(view, offset)
+        body = offset + RECORD_HEAD.size
+        yield opcode, view[body : body + length]
+        offset = body + length
 
 
 def read_string(body: bytes | memoryview, offset: int) -> tuple[str, int]:
@@ -124,6 +143,7 @@ __all__ = [
     "attachment_info",
     "channel_info",
     "chunk_info",
+    "iter_records",
     "message_index_count",
     "metadata_info",
     "parse_chunk_head",

@@ -46,6 +46,7 @@ from storage_core.formats.mcap_records import (
     RECORD_HEAD,
     TRAILER_SIZE,
     channel_info,
+    iter_records,
     message_index_count,
     parse_chunk_head,
     parse_trailer,
@@ -78,7 +79,8 @@ class _Stream:
 
     def read(self, size: int) -> bytes:
         self._fill(size)
-        data = bytes(self._buffer[:size])
+        with memoryview(self._buffer) as view:  # released before the buffer shrinks
+            data = view[:size].tobytes()  # one copy; bytes(bytearray[:size]) made two
         del self._buffer[:size]
         self.position += size
         return data
@@ -120,7 +122,7 @@ class _State:
         self.start = start if self.start is None else min(self.start, start)
         self.end = end if self.end is None else max(self.end, end)
 
-    def record(self, opcode: int, body: bytes) -> None:
+    def record(self, opcode: int, body: bytes | memoryview) -> None:
         """Schema, Channel and Message records, at top level or inside a chunk."""
         if opcode == OP_SCHEMA:
             schema = schema_info(Schema.read(ReadDataStream(BytesIO(body))))
@@ -135,7 +137,7 @@ class _State:
             self.times(log_time, log_time)
 
 
-def _decompress(compression: str, data: bytes, size: int) -> bytes:
+def _decompress(compression: str, data: memoryview, size: int) -> bytes | memoryview:
     if compression == "":
         return data
     if compression == "zstd":
@@ -167,14 +169,9 @@ def _finish_chunk(state: _State, chunk: _Pending, *, indexes_complete: bool, dec
         if any(chunk.index_counts.values()):
             state.times(head.message_start_time, head.message_end_time)
         return
-    records = head.records_offset
-    data = _decompress(head.compression, chunk.body[records : records + head.records_length], head.uncompressed_size)
-    offset = 0
-    while offset + RECORD_HEAD.size <= len(data):
-        opcode, length = RECORD_HEAD.unpack_from(data, offset)
-        body = data[offset + RECORD_HEAD.size : offset + RECORD_HEAD.size + length]
+    records = memoryview(chunk.body)[head.records_offset : head.records_offset + head.records_length]
+    for opcode, body in iter_records(_decompress(head.compression, records, head.uncompressed_size)):
         state.record(opcode, body)
-        offset += RECORD_HEAD.size + length
 
 
 def _walk(stream: _Stream, state: _State, *, decompress_all: bool) -> bool:

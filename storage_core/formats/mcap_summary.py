@@ -30,6 +30,7 @@ from storage_core.formats.mcap_records import (
     attachment_info,
     channel_info,
     chunk_info,
+    iter_records,
     message_index_count,
     metadata_info,
     parse_trailer,
@@ -167,15 +168,12 @@ def _count_from_message_indexes(
     counts: dict[int, int] = {}
     start = end = None
     for ci, (span_start, span_end) in zip(chunk_indexes, spans):
-        data = reader.pread(span_start, span_end)
-        offset, in_chunk = 0, 0
-        while offset + RECORD_HEAD.size <= len(data):
-            opcode, length = RECORD_HEAD.unpack_from(data, offset)
+        in_chunk = 0
+        for opcode, body in iter_records(reader.pread(span_start, span_end)):
             if opcode == OP_MESSAGE_INDEX:
-                channel_id, count = message_index_count(data[offset + RECORD_HEAD.size :])
+                channel_id, count = message_index_count(body)
                 counts[channel_id] = counts.get(channel_id, 0) + count
                 in_chunk += count
-            offset += RECORD_HEAD.size + length
         if in_chunk:
             start = ci.message_start_time if start is None else min(start, ci.message_start_time)
             end = ci.message_end_time if end is None else max(end, ci.message_end_time)

@@ -211,12 +211,16 @@ class RangeReader(ReadOnlySeekable):
         end = self.size if size is None or size < 0 else min(self.size, start + size)
         if start >= end:
             return b""
-        plan = plan_read(self._buffer.regions, start, end, size=self.size, read_ahead=self.read_ahead)
-        self._count(0, hit=not plan)
-        if plan:
-            self._fetch_into_cache(split(plan, max_size=self.part_size))
-        data = self._buffer.find_region(start, end - start)
-        assert data is not None, "a planned read left a gap"
+        data = self._buffer.find_region(start, end - start)  # a hit costs only the bytes it returns
+        if data is not None:
+            self._count(0, hit=True)
+        else:
+            plan = plan_read(self._buffer.regions, start, end, size=self.size, read_ahead=self.read_ahead)
+            self._count(0, hit=not plan)
+            if plan:
+                self._fetch_into_cache(split(plan, max_size=self.part_size))
+            data = self._buffer.find_region(start, end - start)
+            assert data is not None, "a planned read left a gap"
         self._position = end
         return data
 

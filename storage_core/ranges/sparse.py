@@ -8,6 +8,8 @@ from bisect import bisect_left, bisect_right
 from storage_core.ranges.fileobj import ReadOnlySeekable
 from storage_core.ranges.plan import ByteRange
 
+Piece = bytes | memoryview  # a memoryview only where newer bytes cut an older piece short
+
 
 class SparseBuffer(ReadOnlySeekable):
     """A seekable, read-only view of a `size`-byte file of which only some regions are known.
@@ -20,6 +22,12 @@ class SparseBuffer(ReadOnlySeekable):
 
     Adding and looking up are thread-safe (a fetch pool adds while a reader looks up); the
     read position, as for any file object, belongs to one reader at a time.
+
+    The bytes are kept as sorted, disjoint, immutable pieces, each as it was added (or a
+    view of the part of it that later bytes did not overwrite, which keeps the whole added
+    object alive); a region is a run of touching pieces. Adding never copies a neighbour,
+    so it costs the bytes added, not the size of the region they join (adding a file in
+    many small pieces is linear, not quadratic); a read copies only the bytes it returns.
     """
 
     def __init__(self, size: int) -> None:
@@ -28,7 +36,8 @@ class SparseBuffer(ReadOnlySeekable):
             raise ValueError("size must be >= 0")
         self._size = size
         self._starts: list[int] = []
-        self._chunks: list[bytes] = []
+        self._pieces: list[Piece] = []
+        self._cached_bytes = 0
         self._position = 0
         self._lock = threading.Lock()
 
@@ -40,45 +49,81 @@ class SparseBuffer(ReadOnlySeekable):
     @property
     def regions(self) -> list[ByteRange]:
         with self._lock:
-            return [(s, s + len(c)) for s, c in zip(self._starts, self._chunks)]
+            merged: list[ByteRange] = []
+            for start, piece in zip(self._starts, self._pieces):
+                if merged and merged[-1][1] == start:
+                    merged[-1] = (merged[-1][0], start + len(piece))
+                else:
+                    merged.append((start, start + len(piece)))
+            return merged
 
     @property
     def cached_bytes(self) -> int:
         with self._lock:
-            return sum(len(c) for c in self._chunks)
+            return self._cached_bytes
 
     def add_region(self, offset: int, data: bytes) -> None:
-        """Store `data` at `offset`; merge with every region it overlaps or touches."""
-        if offset < 0 or offset + len(data) > self._size:
-            raise ValueError(f"region [{offset}, {offset + len(data)}) is outside [0, {self._size})")
-        if not data:
+        """Store `data` at `offset`; it joins every region it overlaps or touches."""
+        piece = bytes(data)  # no copy for bytes; a caller's bytearray may change later
+        end = offset + len(piece)
+        if offset < 0 or end > self._size:
+            raise ValueError(f"region [{offset}, {end}) is outside [0, {self._size})")
+        if not piece:
             return
-        end = offset + len(data)
         with self._lock:
-            # regions [first, last) overlap or touch [offset, end]
-            first = bisect_left(self._starts, offset)
-            if first > 0 and self._starts[first - 1] + len(self._chunks[first - 1]) >= offset:
-                first -= 1
-            last = bisect_right(self._starts, end)
-            if first == last:
-                self._starts.insert(first, offset)
-                self._chunks.insert(first, bytes(data))
-                return
-            merged_start = min(offset, self._starts[first])
-            merged_end = max(end, self._starts[last - 1] + len(self._chunks[last - 1]))
-            merged = bytearray(merged_end - merged_start)
-            for start, chunk in zip(self._starts[first:last], self._chunks[first:last]):
-                merged[start - merged_start : start - merged_start + len(chunk)] = chunk
-            merged[offset - merged_start : end - merged_start] = data  # new bytes win
-            self._starts[first:last] = [merged_start]
-            self._chunks[first:last] = [bytes(merged)]
+            starts, pieces = self._starts, self._pieces
+            # pieces [first, last) overlap [offset, end); only their uncovered ends survive
+            first = bisect_right(starts, offset) - 1
+            if first < 0 or starts[first] + len(pieces[first]) <= offset:
+                first += 1
+            last = bisect_left(starts, end)
+            new_starts, new_pieces = [offset], [piece]
+            if first < last:
+                head_start, head = starts[first], pieces[first]
+                if head_start < offset:
+                    new_starts.insert(0, head_start)
+                    new_pieces.insert(0, memoryview(head)[: offset - head_start])
+                tail_start, tail = starts[last - 1], pieces[last - 1]
+                if tail_start + len(tail) > end:
+                    new_starts.append(end)
+                    new_pieces.append(memoryview(tail)[end - tail_start :])
+                self._cached_bytes -= sum(len(p) for p in pieces[first:last])
+            self._cached_bytes += sum(len(p) for p in new_pieces)
+            starts[first:last] = new_starts
+            pieces[first:last] = new_pieces
 
     def _locate(self, offset: int) -> int:
-        """Index of the region holding `offset`, or -1. Call with the lock held."""
+        """Index of the piece holding `offset`, or -1. Call with the lock held."""
         index = bisect_right(self._starts, offset) - 1
-        if index >= 0 and offset < self._starts[index] + len(self._chunks[index]):
+        if index >= 0 and offset < self._starts[index] + len(self._pieces[index]):
             return index
         return -1
+
+    def _views(self, start: int, stop: int | None) -> tuple[list[Piece], int]:
+        """Views of the pieces from `start` to `stop`, or to the end of the region holding
+        `start` when that comes first (None: the end of the region), and where they end.
+        Nothing is copied, so the lock is held only for the lookup. Call with it held."""
+        index = self._locate(start)
+        if index < 0:
+            return [], start
+        parts: list[Piece] = []
+        position, count = start, len(self._starts)
+        while True:
+            piece_start, piece = self._starts[index], self._pieces[index]
+            piece_end = piece_start + len(piece)
+            until = piece_end if stop is None else min(piece_end, stop)
+            if position == piece_start and until == piece_end:
+                parts.append(piece)
+            else:
+                parts.append(memoryview(piece)[position - piece_start : until - piece_start])
+            position = until
+            index += 1
+            if position == stop or index == count or self._starts[index] != position:
+                return parts, position
+
+    @staticmethod
+    def _join(parts: list[Piece]) -> bytes:
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)  # a whole bytes piece is not copied
 
     def find_region(self, start: int, size: int) -> bytes | None:
         """The bytes [start, start + size) if one cached region holds all of them, else None."""
@@ -87,18 +132,14 @@ class SparseBuffer(ReadOnlySeekable):
         if size == 0:
             return b""
         with self._lock:
-            index = self._locate(start)
-            if index < 0:
-                return None
-            region_start, chunk = self._starts[index], self._chunks[index]
-            if start + size > region_start + len(chunk):
-                return None
-            return chunk[start - region_start : start - region_start + size]
+            parts, reached = self._views(start, start + size)
+        return self._join(parts) if reached == start + size else None  # pieces never change: copy unlocked
 
     def clear(self) -> None:
         with self._lock:
             self._starts.clear()
-            self._chunks.clear()
+            self._pieces.clear()
+            self._cached_bytes = 0
 
     # --- file object -----------------------------------------------------------------
     def read(self, size: int | None = -1) -> bytes:
@@ -107,13 +148,8 @@ class SparseBuffer(ReadOnlySeekable):
         if size is not None and size == 0:
             return b""
         with self._lock:
-            index = self._locate(self._position)
-            if index < 0:
-                return b""
-            region_start, chunk = self._starts[index], self._chunks[index]
-            begin = self._position - region_start
-            stop = len(chunk) if size is None or size < 0 else min(len(chunk), begin + size)
-            data = chunk[begin:stop]
+            parts, _ = self._views(self._position, None if size is None or size < 0 else self._position + size)
+        data = self._join(parts) if parts else b""
         self._position += len(data)
         return data
 

@@ -78,3 +78,39 @@ def test_not_mcap_and_bad_footer(sample) -> None:
         read_mcap_summary(reader_for(bytes(bad)))
     with pytest.raises(TypeError):
         read_mcap_summary(FakeStore({"obj": data}))
+
+
+def test_iter_records_walks_by_length_and_stops_at_a_partial_head() -> None:
+    from storage_core.formats.mcap_records import RECORD_HEAD, iter_records
+
+    packed = (
+        RECORD_HEAD.pack(0x07, 3) + b"abc"
+        + RECORD_HEAD.pack(0x7F, 0)  # unknown opcode, empty body
+        + RECORD_HEAD.pack(0x05, 5) + b"xy"  # body cut short by the end of the data
+    )
+    assert [(op, bytes(body)) for op, body in iter_records(packed)] == [(0x07, b"abc"), (0x7F, b""), (0x05, b"xy")]
+    assert list(iter_records(packed[:8])) == []  # fewer bytes than a record head
+    assert [op for op, _ in iter_records(memoryview(packed)[12:])] == [0x7F, 0x05]
+
+
+def test_summary_without_statistics_counts_messages_from_the_message_indexes() -> None:
+    import io
+
+    from mcap.writer import CompressionType, Writer
+
+    out = io.BytesIO()
+    writer = Writer(out, chunk_size=4096, compression=CompressionType.NONE, use_statistics=False)
+    writer.start(profile="p", library="l")
+    schema = writer.register_schema("s", "jsonschema", b"{}")
+    channels = [writer.register_channel(f"/t{i}", "json", schema) for i in range(40)]
+    for t in range(1, 51):
+        for i, channel in enumerate(channels[: 1 + t % 40]):
+            writer.add_message(channel, t * 10 + i, b"m" * 30, t, 0)
+    writer.finish()
+    data = out.getvalue()
+    by_summary = read_mcap_summary(reader_for(data))
+    by_scan = scan_mcap(reader_for(data))
+    assert by_summary.source == "summary" and len(by_summary.chunks) > 1
+    assert by_summary.message_count == sum(1 + t % 40 for t in range(1, 51))
+    for field in ("message_count", "start_time", "end_time", "channel_message_counts", "topics", "chunks"):
+        assert getattr(by_summary, field) == getattr(by_scan, field), field

@@ -169,6 +169,26 @@ def test_iter_blocks_streams_in_order_without_caching() -> None:
     assert list(reader.iter_blocks(5, 5)) == []
 
 
+def test_a_cached_read_neither_lists_regions_nor_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    import storage_core.ranges.reader as reader_module
+    from storage_core.ranges import SparseBuffer
+
+    reader = open_reader(FakeStore({"obj": DATA}), read_ahead=1, max_gap=0)
+    reader.prefetch_ranges([(i, i + 50) for i in range(0, 50_000, 100)])  # 500 separate regions
+    listed = []
+    regions = SparseBuffer.regions
+    monkeypatch.setattr(SparseBuffer, "regions", property(lambda buffer: listed.append(1) or regions.fget(buffer)))
+    monkeypatch.setattr(reader_module, "plan_read", lambda *args, **kwargs: pytest.fail("planned a cached read"))
+    before = reader.stats
+    for start in range(0, 50_000, 100):
+        assert reader.pread(start + 10, start + 50) == DATA[start + 10 : start + 50]
+    assert listed == [] and reader.stats.requests == before.requests
+    assert reader.stats.hits == before.hits + 500 and reader.stats.misses == before.misses
+    monkeypatch.undo()
+    assert reader.pread(49_950, 50_100) == DATA[49_950:50_100]  # a miss still plans and fetches
+    assert reader.stats.misses == before.misses + 1
+
+
 def test_empty_object() -> None:
     reader = open_reader(FakeStore({"obj": b""}))
     assert reader.size == 0 and reader.read() == b""

@@ -48,13 +48,14 @@ class Model:
 
 
 def check(buffer: SparseBuffer, model: Model) -> None:
+    total = len(model.slots)
     assert buffer.regions == model.regions()
     assert buffer.cached_bytes == sum(e - s for s, e in model.regions())
-    for position in range(SIZE + 2):
-        for size in (-1, 0, 1, 3, SIZE):
+    for position in range(total + 2):
+        for size in (-1, 0, 1, 3, total):
             buffer.seek(position)
             assert buffer.read(size) == model.read(position, size), (position, size)
-        for size in range(0, SIZE - position + 2) if position <= SIZE else ():
+        for size in range(0, total - position + 2) if position <= total else ():
             assert buffer.find_region(position, size) == model.find(position, size), (position, size)
 
 
@@ -140,3 +141,46 @@ def test_a_buffered_reader_reads_until_the_first_gap() -> None:
     buffer = SparseBuffer(30)
     buffer.add_region(0, b"x" * 12)
     assert io.BufferedReader(buffer, buffer_size=4).read(20) == b"x" * 12
+
+
+def test_many_small_overlapping_regions_match_the_model() -> None:
+    # long sequences leave many pieces per region: reads and lookups must join them
+    size = 40
+    rng = random.Random(11)
+    for _ in range(60):
+        buffer, model = SparseBuffer(size), Model(size)
+        for tag in range(rng.randint(5, 40)):
+            s = rng.randrange(size)
+            e = min(size, s + rng.randint(1, 6))
+            buffer.add_region(s, payload(tag, s, e))
+            model.add(s, payload(tag, s, e))
+        check(buffer, model)
+
+
+@pytest.mark.parametrize("order", ["ascending", "descending"])
+def test_a_file_added_in_small_adjacent_pieces_is_one_region(order: str) -> None:
+    pieces = 10_000
+    data = random.Random(3).randbytes(pieces * 7)
+    offsets = range(0, len(data), 7)
+    buffer = SparseBuffer(len(data))
+    for offset in reversed(offsets) if order == "descending" else offsets:
+        buffer.add_region(offset, data[offset : offset + 7])
+    assert buffer.regions == [(0, len(data))]
+    assert buffer.cached_bytes == len(data)
+    assert buffer.find_region(0, len(data)) == data
+    assert buffer.find_region(12_345, 6_789) == data[12_345 : 12_345 + 6_789]
+    buffer.seek(3)
+    assert buffer.read() == data[3:]
+
+
+def test_new_bytes_cut_an_older_region_and_later_writes_to_the_source_do_not_leak() -> None:
+    buffer = SparseBuffer(20)
+    source = bytearray(b"a" * 20)
+    buffer.add_region(0, source)
+    source[:] = b"z" * 20  # the caller reuses its buffer: the cached copy must not change
+    buffer.add_region(5, b"bbb")
+    buffer.add_region(15, memoryview(b"cc"))
+    assert buffer.regions == [(0, 20)] and buffer.cached_bytes == 20
+    assert buffer.find_region(0, 20) == b"aaaaabbbaaaaaaacc" + b"aaa"
+    buffer.add_region(0, b"d" * 20)  # one region covering every piece replaces them all
+    assert buffer.find_region(0, 20) == b"d" * 20 and buffer.cached_bytes == 20
