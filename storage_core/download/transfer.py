@@ -36,6 +36,7 @@ from storage_core.errors import (
     StorageError,
     StorageUnavailable,
 )
+from storage_core.ranges.plan import split
 from storage_core.stores.local import LocalStore
 
 MiB = 1024 * 1024
@@ -104,9 +105,7 @@ DEFAULT_RETRY = RetryPolicy()
 
 def plan_ranges(size: int, chunk_size: int) -> list[tuple[int, int]]:
     """[start, end) ranges covering `size` bytes, each `chunk_size` long but the last."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, not {chunk_size}")
-    return [(start, min(start + chunk_size, size)) for start in range(0, size, chunk_size)]
+    return split([(0, size)], max_size=chunk_size)
 
 
 class _Cancelled(Exception):

@@ -169,11 +169,15 @@ def _count_from_message_indexes(
     start = end = None
     for ci, (span_start, span_end) in zip(chunk_indexes, spans):
         in_chunk = 0
-        for opcode, body in iter_records(reader.pread(span_start, span_end)):
-            if opcode == OP_MESSAGE_INDEX:
-                channel_id, count = message_index_count(body)
-                counts[channel_id] = counts.get(channel_id, 0) + count
-                in_chunk += count
+        try:
+            for opcode, body in iter_records(reader.pread(span_start, span_end)):
+                if opcode == OP_MESSAGE_INDEX:
+                    channel_id, count = message_index_count(body)
+                    counts[channel_id] = counts.get(channel_id, 0) + count
+                    in_chunk += count
+        except (McapError, struct.error, ValueError) as exc:
+            raise FormatError(f"{reader.name}: malformed MCAP message index after the chunk at "
+                              f"{ci.chunk_start_offset}: {exc}", key=reader.name) from exc
         if in_chunk:
             start = ci.message_start_time if start is None else min(start, ci.message_start_time)
             end = ci.message_end_time if end is None else max(end, ci.message_end_time)

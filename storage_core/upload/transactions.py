@@ -184,7 +184,16 @@ def begin_transaction(
     already stored, or whose destination another open transaction is uploading, becomes a
     `skipped` item with the reason; the rest are `pending`."""
     txn_id = transaction_id or uuid.uuid4().hex
+    entries = list(entries)
+    keys = sorted({destination_key(destination, e) for e in entries})
     with catalog.session() as session:
+        stored_now: dict[str, tuple[int, int | None]] = {}
+        for chunk in _chunks(keys):  # one query per 500 files, not one per file
+            for key, size, value in session.execute(
+                select(StoredObject.key, StoredObject.size, StoredObject.crc32c).where(
+                    StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(chunk))
+            ):  # fmt: skip
+                stored_now[key] = (size, value)
         txn = Transaction(
             id=txn_id,
             device_id=device_id,
@@ -211,10 +220,7 @@ def begin_transaction(
                 source_etag=entry.source_etag,
                 crc32c=entry.crc32c,
             )
-            stored = session.scalar(
-                select(StoredObject).where(StoredObject.store_uri == destination.store_uri, StoredObject.key == key)
-            )
-            if stored and entry.crc32c is not None and (stored.size, stored.crc32c) == (entry.size, entry.crc32c):
+            if entry.crc32c is not None and stored_now.get(key) == (entry.size, entry.crc32c):
                 session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value, error="identical bytes already stored"))
                 continue
             try:

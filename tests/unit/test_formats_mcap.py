@@ -114,3 +114,26 @@ def test_summary_without_statistics_counts_messages_from_the_message_indexes() -
     assert by_summary.message_count == sum(1 + t % 40 for t in range(1, 51))
     for field in ("message_count", "start_time", "end_time", "channel_message_counts", "topics", "chunks"):
         assert getattr(by_summary, field) == getattr(by_scan, field), field
+
+
+def test_a_malformed_message_index_is_a_format_error_not_a_struct_error() -> None:
+    import io
+    import struct
+
+    from mcap.reader import make_reader
+    from mcap.writer import CompressionType, Writer
+
+    out = io.BytesIO()
+    writer = Writer(out, chunk_size=4096, compression=CompressionType.NONE, use_statistics=False)
+    writer.start(profile="p", library="l")
+    channel = writer.register_channel("/t", "json", writer.register_schema("s", "jsonschema", b"{}"))
+    for t in range(200):
+        writer.add_message(channel, t, b"m" * 30, t, 0)
+    writer.finish()
+    data = bytearray(out.getvalue())
+    first = make_reader(io.BytesIO(bytes(data))).get_summary().chunk_indexes[0]
+    index_at = first.chunk_start_offset + first.chunk_length
+    assert data[index_at] == 0x07  # MessageIndex: declare a 3-byte body, too short for its fields
+    data[index_at + 1:index_at + 9] = struct.pack("<Q", 3)
+    with pytest.raises(FormatError, match=r"obj: malformed MCAP message index after the chunk at \d+"):
+        read_mcap_summary(reader_for(bytes(data)))
