@@ -25,6 +25,9 @@ FOOTER_CRC_SPAN = 1 + 8 + 8 + 8  # footer bytes covered by summary_crc (all but 
 
 OP_HEADER, OP_FOOTER, OP_SCHEMA, OP_CHANNEL, OP_MESSAGE = 0x01, 0x02, 0x03, 0x04, 0x05
 OP_CHUNK, OP_MESSAGE_INDEX, OP_ATTACHMENT, OP_METADATA, OP_DATA_END = 0x06, 0x07, 0x09, 0x0C, 0x0F
+OP_CHUNK_INDEX = 0x08
+CHUNK_INDEX_HEAD = struct.Struct("<QQQQI")  # start time, end time, chunk offset, chunk length, map bytes
+INDEX_ENTRY = struct.Struct("<HQ")  # channel id, MessageIndex offset
 MESSAGE_HEAD = struct.Struct("<HIQQ")  # channel_id, sequence, log_time, publish_time
 CHUNK_HEAD = struct.Struct("<QQQI")  # start time, end time, uncompressed size, uncompressed crc
 
@@ -62,6 +65,33 @@ def iter_records(data: bytes | memoryview) -> Iterator[tuple[int, memoryview]]:
         body = offset + RECORD_HEAD.size
         yield opcode, view[body : body + length]
         offset = body + length
+
+
+def parse_chunk_index(body: bytes | memoryview) -> ChunkIndex:
+    """A ChunkIndex record's body, parsed with a few `struct` calls: the summary of a large
+    file holds thousands of them, and the `mcap` library's field-by-field reader spent
+    most of a summary's time on them (about 25 ms for 2,500). Extra trailing bytes, which
+    later versions of the format may add, are ignored as the library does."""
+    start, end, chunk_start, chunk_length, map_bytes = CHUNK_INDEX_HEAD.unpack_from(body, 0)
+    map_start = CHUNK_INDEX_HEAD.size
+    map_end = map_start + map_bytes
+    if map_bytes % INDEX_ENTRY.size or map_end > len(body):
+        raise FormatError(f"MCAP ChunkIndex with a {map_bytes}-byte message index map")
+    offsets = dict(INDEX_ENTRY.iter_unpack(body[map_start:map_end]))
+    (index_length,) = struct.unpack_from("<Q", body, map_end)
+    compression, position = read_string(body, map_end + 8)
+    compressed_size, uncompressed_size = struct.unpack_from("<QQ", body, position)
+    return ChunkIndex(
+        message_start_time=start,
+        message_end_time=end,
+        chunk_start_offset=chunk_start,
+        chunk_length=chunk_length,
+        message_index_offsets=offsets,
+        message_index_length=index_length,
+        compression=compression,
+        compressed_size=compressed_size,
+        uncompressed_size=uncompressed_size,
+    )
 
 
 def read_string(body: bytes | memoryview, offset: int) -> tuple[str, int]:

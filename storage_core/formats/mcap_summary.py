@@ -24,6 +24,7 @@ from storage_core.formats.mcap_model import McapSummary, topics_of
 from storage_core.formats.mcap_records import (
     FOOTER_CRC_SPAN,
     MAGIC,
+    OP_CHUNK_INDEX,
     OP_MESSAGE_INDEX,
     RECORD_HEAD,
     TRAILER_SIZE,
@@ -33,6 +34,7 @@ from storage_core.formats.mcap_records import (
     iter_records,
     message_index_count,
     metadata_info,
+    parse_chunk_index,
     parse_trailer,
     read_string,
     schema_info,
@@ -99,10 +101,23 @@ def _from_summary(reader: RangeReader) -> McapSummary | None:
             )
         crc_verified = True
     try:
-        records = list(StreamReader(BytesIO(section), skip_magic=True).records)
+        records = _summary_records(section)
     except (McapError, struct.error, ValueError, UnicodeDecodeError) as exc:
         raise FormatError(f"{reader.name}: malformed MCAP summary: {exc}", key=reader.name) from exc
     return _assemble(reader, records, crc_verified)
+
+
+def _summary_records(section: bytes) -> list:
+    """The summary section's records: ChunkIndexes (thousands in a large file) by our
+    parser, the few others by the `mcap` library's reader, which also checks the layout."""
+    chunk_indexes, others = [], bytearray()
+    for opcode, body in iter_records(section):
+        if opcode == OP_CHUNK_INDEX:
+            chunk_indexes.append(parse_chunk_index(body))
+        else:
+            others += RECORD_HEAD.pack(opcode, len(body))
+            others += body
+    return list(StreamReader(BytesIO(bytes(others) + MAGIC), skip_magic=True).records) + chunk_indexes
 
 
 def _assemble(reader: RangeReader, records: list, crc_verified: bool) -> McapSummary | None:

@@ -28,7 +28,7 @@ TEST_SERVER_ENV = {
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect-server")
-    env = {**TEST_SERVER_ENV, "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}
+    env = {**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}  # the name Prefect prefers
     server = PrefectServer(home, env=env, ui=False)
     server.start(timeout=120)
     try:

@@ -137,3 +137,23 @@ def test_a_malformed_message_index_is_a_format_error_not_a_struct_error() -> Non
     data[index_at + 1:index_at + 9] = struct.pack("<Q", 3)
     with pytest.raises(FormatError, match=r"obj: malformed MCAP message index after the chunk at \d+"):
         read_mcap_summary(reader_for(bytes(data)))
+
+
+def test_parse_chunk_index_agrees_with_the_mcap_library() -> None:
+    from mcap.data_stream import RecordBuilder
+    from mcap.records import ChunkIndex
+
+    from storage_core.formats.mcap_records import RECORD_HEAD, parse_chunk_index
+
+    record = ChunkIndex(message_start_time=5, message_end_time=2**63, chunk_start_offset=8, chunk_length=4096,
+                        message_index_offsets={1: 4104, 65535: 4200}, message_index_length=130,
+                        compression="zstd", compressed_size=4000, uncompressed_size=9000)
+    builder = RecordBuilder()
+    record.write(builder)
+    body = builder.end()[RECORD_HEAD.size:]
+    assert parse_chunk_index(body) == record
+    assert parse_chunk_index(body + b"later fields") == record  # forward compatible, as the library is
+    broken = bytearray(body)
+    broken[32:36] = (7).to_bytes(4, "little")  # a map that is not whole 10-byte entries
+    with pytest.raises(FormatError, match="7-byte message index map"):
+        parse_chunk_index(bytes(broken))
