@@ -42,7 +42,7 @@ from storage_core.catalog.models import (
     UploadEvent,
 )
 from storage_core.catalog.views import ItemInfo, TransactionInfo
-from storage_core.checksums import combine_parts, crc32c_of_stream, to_header, to_hex
+from storage_core.checksums import combine_parts, to_header, to_hex
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     CatalogError,
@@ -63,6 +63,7 @@ from storage_core.upload.transactions import (
     DEVICE_SOURCE,
     abort_transactions,
     begin_transaction,
+    check_stored,
     record_stored_object,
 )
 
@@ -450,24 +451,15 @@ def complete_device_upload(
     for item_id, store, key, size, upload_id, crc, path, found in plans:
         try:
             if isinstance(found, ObjectMeta):
-                meta = found
-                actual = meta.crc32c
+                meta, known = found, None
             else:
                 meta = store.complete_multipart(key, upload_id, [(n, p.etag) for n, p in found])
-                actual = crc  # every part was verified by the store against a checksum combining to it
+                known = crc  # every part was verified by the store against a checksum combining to it
         except ObjectNotFound:
             raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
-        problem = None
-        if meta.size != size:
-            problem = f"{path}: size {meta.size} does not match the declared {size}"
-        else:
-            if actual is None:
-                with store.open_read(key, if_match=meta.etag) as stream:
-                    actual, _ = crc32c_of_stream(stream)
-            if actual != crc:
-                problem = f"{path}: CRC32C {to_hex(actual)} does not match the declared {to_hex(crc)}"
+        problem, actual = check_stored(store, meta, size=size, crc32c=crc, known=known)
         if problem:
-            _fail(catalog, transaction_id, item_id, problem, settings)
+            _fail(catalog, transaction_id, item_id, f"{path}: {problem}", settings)
         verified.append((item_id, actual, meta.etag))
 
     # 3. one database transaction: items stored, transaction completed, outbox row

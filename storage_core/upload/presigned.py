@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import ItemStatus, TransactionItem, TransactionStatus
 from storage_core.catalog.views import TransactionInfo
-from storage_core.checksums import crc32c_of_stream, to_header, to_hex
+from storage_core.checksums import to_header
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import IntegrityError, ObjectNotFound, TransactionStateError
 from storage_core.keys import StorageUri
@@ -26,6 +26,7 @@ from storage_core.upload.manifest import ManifestEntry, modality_of
 from storage_core.upload.transactions import (
     abort_transactions,
     begin_transaction,
+    check_stored,
     complete_transaction,
     record_stored_object,
 )
@@ -108,16 +109,7 @@ def complete_presigned_upload(
         meta = store.head(key)
     except ObjectNotFound:
         raise IntegrityError(f"{store_uri}/{key}: nothing has been uploaded yet", key=key) from None
-    problem = None
-    actual = meta.crc32c
-    if meta.size != size:
-        problem = f"size {meta.size} does not match the declared {size}"
-    else:
-        if actual is None:
-            with store.open_read(key, if_match=meta.etag) as stream:
-                actual, _ = crc32c_of_stream(stream)
-        if expected is not None and actual != expected:
-            problem = f"CRC32C {to_hex(actual)} does not match the declared {to_hex(expected)}"
+    problem, actual = check_stored(store, meta, size=size, crc32c=expected)
     if problem:
         store.delete(key)
         with catalog.session() as session:

@@ -54,7 +54,9 @@ from storage_core.errors import (
     TransactionStateError,
     one_line,
 )
+from storage_core.checksums import crc32c_of_stream, to_hex
 from storage_core.keys import StorageUri, join_key
+from storage_core.stores.base import ObjectMeta
 from storage_core.stores.registry import open_store, split_object_uri
 from storage_core.upload.manifest import ManifestEntry, with_checksums
 from storage_core.upload.transfer import (
@@ -343,6 +345,22 @@ def upload_item(
         item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, result.crc32c, result.etag, None
         record_stored_object(session, item, result.crc32c, result.etag)
         return ItemOutcome(ItemInfo.of(item), result.parts_sent, result.parts_reused)
+
+
+def check_stored(store: Any, meta: ObjectMeta, *, size: int, crc32c: int | None,
+                 known: int | None = None) -> tuple[str | None, int | None]:
+    """(what is wrong, CRC32C) of the stored object `meta` describes, against the declared
+    size and CRC32C (`None`: no CRC declared). The CRC32C is `known` (e.g. combined from
+    parts the store verified), else the store's own, else read back from the store."""
+    if meta.size != size:
+        return f"size {meta.size} does not match the declared {size}", None
+    actual = known if known is not None else meta.crc32c
+    if actual is None:
+        with store.open_read(meta.key, if_match=meta.etag) as stream:
+            actual, _ = crc32c_of_stream(stream)
+    if crc32c is not None and actual != crc32c:
+        return f"CRC32C {to_hex(actual)} does not match the declared {to_hex(crc32c)}", actual
+    return None, actual
 
 
 def record_stored_object(session, item: TransactionItem, crc32c: int, etag: str) -> None:
