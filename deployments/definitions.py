@@ -23,12 +23,12 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from deployments.landing import LandingSource
+from storage_core.upload.outbox import UPLOAD_COMPLETED  # the event the gateway's outbox emits
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment
     from prefect.events import DeploymentEventTrigger
 
-UPLOAD_COMPLETED = "ferry.upload.completed"
 TRANSACTION_RESOURCE = "ferry.transaction.*"
 RECONCILE_EVERY = timedelta(hours=1)
 

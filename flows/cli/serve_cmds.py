@@ -38,6 +38,8 @@ def _declared_landings(landing: list[str], every: str | None, cron: str | None, 
 
 
 def _describe(spec) -> dict:
+    from storage_core.upload.outbox import UPLOAD_COMPLETED
+
     return {
         "name": spec.name,
         "entrypoint": spec.entrypoint,
@@ -46,16 +48,18 @@ def _describe(spec) -> dict:
         "concurrency_limit": spec.concurrency.limit,
         "collision_strategy": "CANCEL_NEW" if spec.concurrency.cancel_new else "ENQUEUE",
         "parameters": spec.parameters,
-        "trigger": "ferry.upload.completed" if spec.on_upload else None,
+        "trigger": UPLOAD_COMPLETED if spec.on_upload else None,
     }
 
 
 def _print_plan(specs, api_url: str) -> None:
+    from storage_core.upload.outbox import UPLOAD_COMPLETED
+
     table = Table("flow/deployment", "runs", "concurrency", "parameters", title=f"Ferry deployments → {api_url}")
     for spec in specs:
         runs = (
             f"every {spec.interval}" if spec.interval else f"cron {spec.cron}" if spec.cron
-            else "on ferry.upload.completed" if spec.on_upload else "from the UI"
+            else f"on {UPLOAD_COMPLETED}" if spec.on_upload else "from the UI"
         )  # fmt: skip
         limit = f"{spec.concurrency.limit}, {'cancel new' if spec.concurrency.cancel_new else 'queue'}"
         params = ", ".join(f"{k}={v}" for k, v in spec.parameters.items() if v is not None)

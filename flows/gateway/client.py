@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from storage_core.checksums import CHUNK, combine_parts, crc32c
+from storage_core.checksums import combine_parts, crc32c_of_stream
 from storage_core.errors import FerryError
 from storage_core.upload.manifest import scan_folder
 
@@ -104,20 +104,15 @@ def _checksums(path: Path, size: int, part_size: int | None) -> tuple[int, list[
     """(file CRC32C, part CRC32Cs or None) in one read of the file, in bounded memory."""
     with open(path, "rb") as stream:
         if part_size is None:
-            value = 0
-            while block := stream.read(CHUNK):
-                value = crc32c(block, value)
-            return value, None
-        parts = []
+            return crc32c_of_stream(stream)[0], None
+        parts, sizes = [], []
         for start in range(0, size, part_size):
-            value, left = 0, min(part_size, size - start)
-            while left:
-                block = stream.read(min(CHUNK, left))
-                if not block:
-                    raise FerryError(f"{path} shrank while it was being read")
-                value, left = crc32c(block, value), left - len(block)
+            want = min(part_size, size - start)
+            value, got = crc32c_of_stream(stream, length=want)
+            if got != want:
+                raise FerryError(f"{path} shrank while it was being read")
             parts.append(value)
-        sizes = [min(part_size, size - s) for s in range(0, size, part_size)]
+            sizes.append(want)
         return combine_parts(list(zip(parts, sizes))), parts
 
 
