@@ -102,24 +102,6 @@ def _check_identity(path: Path, expected: FileIdentity, handle: BinaryIO | None 
         )
 
 
-class _GuardedReader:
-    """A file reader that re-checks the source's identity when it reaches the end, so a
-    streaming PUT fails before the store commits torn bytes."""
-
-    def __init__(self, handle: BinaryIO, path: Path, identity: FileIdentity, on_progress: OnProgress | None) -> None:
-        self._handle, self._path, self._identity, self._on_progress = handle, path, identity, on_progress
-        self._read = 0
-
-    def read(self, size: int = -1) -> bytes:
-        block = self._handle.read(size)
-        self._read += len(block)
-        if self._on_progress and block:
-            self._on_progress(len(block))
-        if not block or self._read >= self._identity.size:
-            _check_identity(self._path, self._identity, self._handle)
-        return block
-
-
 class _Source(Protocol):
     """What an upload reads from: exact byte ranges of a source that must not change."""
 
@@ -152,6 +134,24 @@ class _LocalFile:
 
     def check(self) -> None:
         _check_identity(self.path, self.identity, self.handle)
+
+
+class _GuardedReader:
+    """A reader over a local file that re-checks its identity when it reaches the end, so a
+    streaming PUT fails before the store commits torn bytes."""
+
+    def __init__(self, source: _LocalFile, on_progress: OnProgress | None) -> None:
+        self._source, self._on_progress = source, on_progress
+        self._read = 0
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._source.handle.read(size)
+        self._read += len(block)
+        if self._on_progress and block:
+            self._on_progress(len(block))
+        if not block or self._read >= self._source.size:
+            self._source.check()
+        return block
 
 
 class _StoredObject:
@@ -265,7 +265,7 @@ def _single_put(store: Put, source: _Source, key: str, on_progress: OnProgress |
 
 
 def _streamed_put(store: Put, source: _LocalFile, key: str, on_progress: OnProgress | None) -> UploadResult:
-    meta = store.put(key, _GuardedReader(source.handle, source.path, source.identity, on_progress), size=source.size)
+    meta = store.put(key, _GuardedReader(source, on_progress), size=source.size)
     if meta.crc32c is None:
         raise StorageError(f"{store.uri} did not report a CRC32C for a streamed put of {key}", key=key)
     return UploadResult(key, source.size, meta.crc32c, meta.etag, None, parts_sent=1, parts_reused=0)
