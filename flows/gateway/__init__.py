@@ -2,7 +2,7 @@
 
 from flows.gateway.app import create_app
 from flows.gateway.client import DeviceUploadReport, GatewayClient, GatewayError, device_upload
-from flows.gateway.events import CompletedEvent, Emitter, emit_pending, prefect_emitter, upload_completed_event
+from flows.gateway.events import CompletedEvent, Emitter, PrefectEmitter, emit_pending, upload_completed_event
 from flows.gateway.server import running_gateway
 
 __all__ = [
@@ -11,10 +11,10 @@ __all__ = [
     "Emitter",
     "GatewayClient",
     "GatewayError",
+    "PrefectEmitter",
     "create_app",
     "device_upload",
     "emit_pending",
-    "prefect_emitter",
     "running_gateway",
     "upload_completed_event",
 ]

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from flows.gateway.events import Emitter, emit_pending, prefect_emitter
+from flows.gateway.events import Emitter, PrefectEmitter, emit_pending
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
@@ -129,13 +129,14 @@ def create_app(
     destination: StorageUri,
     limits: UploadLimits = UploadLimits(),
     expires_in: int = 900,
-    emitter: Emitter = prefect_emitter,
+    emitter: Emitter | None = None,
     flush_interval: float = 0,
     settings: FerrySettings | None = None,
 ) -> FastAPI:
     """The gateway app. `flush_interval` > 0 re-emits pending events on a timer (events
     whose emit failed at complete time)."""
     settings = settings or load_settings()
+    emitter = emitter or PrefectEmitter()
     emit_lock = threading.Lock()  # one emitter at a time in this process
     stop = threading.Event()
 

@@ -11,7 +11,8 @@ The event contract (a DeploymentEventTrigger is built on it; do not change it li
 
 Emission reads the outbox and marks a row emitted only after the emitter returned, so
 an emitter that fails leaves the row for the next `emit_pending` (the gateway calls it
-after each complete and on a timer). Tests pass a recording or failing emitter.
+after each complete and on a timer). `PrefectEmitter` returns once the Prefect API has
+accepted the event; tests also pass a recording or failing emitter.
 """
 
 from __future__ import annotations
@@ -56,32 +57,50 @@ class Emitter(Protocol):
         ...
 
 
-class EventsDisabled(RuntimeError):
-    pass
+class EventsNotConfigured(RuntimeError):
+    """No Prefect API to send to: the event stays in the outbox."""
 
 
-def prefect_emitter(event: CompletedEvent) -> None:
-    """Emit through Prefect's events worker (the Prefect API from PREFECT_API_URL) and
-    wait until the worker has sent it."""
-    from prefect.events import emit_event
-    from prefect.events.worker import EventsWorker
+class PrefectEmitter:
+    """Send events to one Prefect API: `api_url`, else PREFECT_API_URL where the emitter
+    is built (the gateway's threads do not see settings changed later in other threads).
 
-    sent = emit_event(
-        event=event.event,
-        resource=event.resource,
-        related=event.related,
-        payload=event.payload,
-        id=uuid.UUID(event.id),
-    )
-    if sent is None:
-        raise EventsDisabled("Prefect events are disabled here (no Prefect API configured?)")
-    EventsWorker.drain_all(timeout=30)
+    Each call POSTs the event to `/events` and returns only once the API accepted it; it
+    raises otherwise. Not `prefect.events.emit_event`: its events worker sends in the
+    background, logs a failure and drops the event, so returning from it is no proof of
+    delivery and the outbox row would be marked emitted for an event Prefect never saw.
+    With no API configured it raises rather than fall back to Prefect's ephemeral API, a
+    throwaway server that no trigger listens to.
+    """
+
+    def __init__(self, api_url: str | None = None):
+        from prefect.settings import PREFECT_API_URL
+
+        self.api_url = api_url or PREFECT_API_URL.value()
+
+    def __call__(self, event: CompletedEvent) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.events import Event
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        if not self.api_url:
+            raise EventsNotConfigured("no Prefect API configured (PREFECT_API_URL); the event stays queued in the catalog")
+        body = Event(
+            event=event.event,
+            resource=event.resource,
+            related=event.related,
+            payload=event.payload,
+            id=uuid.UUID(event.id),
+        ).model_dump(mode="json")
+        with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
+            client.request("POST", "/events", json=[body]).raise_for_status()
 
 
-def emit_pending(catalog: Catalog, emitter: Emitter = prefect_emitter, *, limit: int = 100) -> list[str]:
+def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100) -> list[str]:
     """Emit every recorded, unemitted upload event (oldest first) and mark each emitted.
     Returns the transaction ids emitted now. A failing emit is logged and left pending;
-    the rest are still tried."""
+    the rest are still tried. The default emitter is a `PrefectEmitter()`."""
+    emitter = emitter or PrefectEmitter()
     emitted = []
     for info in pending_upload_events(catalog, limit=limit):
         try:
@@ -94,4 +113,4 @@ def emit_pending(catalog: Catalog, emitter: Emitter = prefect_emitter, *, limit:
     return emitted
 
 
-__all__ = ["CompletedEvent", "Emitter", "EventsDisabled", "emit_pending", "prefect_emitter", "upload_completed_event"]
+__all__ = ["CompletedEvent", "Emitter", "EventsNotConfigured", "PrefectEmitter", "emit_pending", "upload_completed_event"]

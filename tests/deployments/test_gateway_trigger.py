@@ -1,22 +1,24 @@
-"""The device gateway end to end with Prefect: a device completes its upload and retries
-`complete` twice; Prefect's summarize-on-upload deployment gets exactly one flow run for
-the transaction (the gateway emits the outbox event once)."""
+"""The device gateway end to end with Prefect, through the real `PrefectEmitter`: a device
+completes its upload and retries `complete` twice; Prefect's summarize-on-upload deployment
+gets exactly one flow run for the transaction (the gateway emits the outbox event once).
+An event the Prefect API did not accept stays in the outbox until it does."""
 
 from __future__ import annotations
 
 import os
 import uuid
-from datetime import datetime, timezone
 
 import httpx
 
 from deployments.definitions import SUMMARIZE
 from flows.gateway.app import create_app
-from flows.gateway.server import running_gateway
+from flows.gateway.events import PrefectEmitter, emit_pending
+from flows.gateway.server import free_port, running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
+from storage_core.upload.outbox import pending_upload_events
 from tests.deployments.conftest import wait_for
 from tests.deployments.test_upload_trigger import live_upload_deployment, upload_completed
 from tests.gateway.conftest import LIMITS
@@ -27,17 +29,9 @@ def test_device_retrying_complete_starts_exactly_one_summarize_run(prefect_clien
     _, transactions, _ = live_upload_deployment(prefect_client_env, SUMMARIZE)
     catalog = Catalog(sqlite_url)
 
-    def emitter(event) -> None:
-        # POST /api/events, what prefect_emitter's worker sends: Prefect's EventsWorker is a
-        # process-wide singleton bound to the first API it saw, so in a test session that
-        # already used another API it does not deliver here (it does in a fresh process)
-        body = {"id": event.id, "occurred": datetime.now(timezone.utc).isoformat(), "event": event.event,
-                "resource": event.resource, "related": event.related, "payload": event.payload}  # fmt: skip
-        httpx.post(f"{prefect_client_env}/events", json=[body], timeout=10).raise_for_status()
-
     app = create_app(
         catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=900,
-        emitter=emitter, settings=load_settings(),
+        settings=load_settings(),
     )  # fmt: skip
     token = add_device_token(catalog, "cam-1").token
     data = os.urandom(5000)
@@ -52,3 +46,37 @@ def test_device_retrying_complete_starts_exactly_one_summarize_run(prefect_clien
     upload_completed(prefect_client_env, event_id=str(uuid.uuid4()), transaction_id=sentinel)
     wait_for(lambda: sentinel in transactions(), timeout=60, what="the sentinel's triggered run")
     assert transactions().count(txn) == 1
+
+
+def test_an_event_the_prefect_api_did_not_accept_stays_pending_until_it_does(
+    prefect_client_env: str, bucket, sqlite_url: str
+):
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    _, transactions, _ = live_upload_deployment(prefect_client_env, SUMMARIZE)
+    catalog = Catalog(sqlite_url)
+
+    def unreachable(event) -> None:
+        raise ConnectionError("Prefect is down")
+
+    app = create_app(
+        catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=900,
+        emitter=unreachable, settings=load_settings(),
+    )  # fmt: skip
+    token = add_device_token(catalog, "cam-2").token
+    data = os.urandom(5000)
+    with running_gateway(app) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
+        state = http.post("/v1/uploads", json={"files": [single("cam-2/run-1/a.mcap", data)]}).json()
+        upload_all(state, {"cam-2/run-1/a.mcap": data})
+        txn = state["transaction_id"]
+        assert http.post(f"/v1/uploads/{txn}/complete").json()["status"] == "completed"
+    assert [e.transaction_id for e in pending_upload_events(catalog)] == [txn]
+
+    # the real emitter, at an API where nothing listens: it raises, so the row stays pending
+    with temporary_settings({PREFECT_CLIENT_MAX_RETRIES: 0}):
+        assert emit_pending(catalog, PrefectEmitter(f"http://127.0.0.1:{free_port()}/api")) == []
+    assert [e.transaction_id for e in pending_upload_events(catalog)] == [txn]
+
+    assert emit_pending(catalog) == [txn]  # the API is back
+    assert pending_upload_events(catalog) == []
+    wait_for(lambda: txn in transactions(), timeout=60, what="the run triggered by the late event")

@@ -11,6 +11,7 @@ import time
 import httpx
 import pytest
 
+from flows.gateway.events import EventsNotConfigured, PrefectEmitter, emit_pending, upload_completed_event
 from flows.gateway.server import running_gateway
 from storage_core.catalog.devices import add_device_token, authenticate_device, revoke_device_tokens
 from storage_core.catalog.queries import list_objects
@@ -110,6 +111,23 @@ def test_emitter_failing_once_leaves_the_event_pending_then_emits_it_once(gatewa
         http.post(f"/v1/uploads/{state['transaction_id']}/complete")
     assert gateway.app.state.flush() == []  # nothing left to flush
     assert [e.id for e in gateway.emitter.events] == [done["event_id"]]
+
+
+def test_without_a_prefect_api_the_real_emitter_refuses_and_the_event_stays_queued(gateway):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    data = os.urandom(1000)
+    with gateway.http() as http:
+        state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
+        upload_all(state, {"cam-1/r/a.bin": data})
+        gateway.emitter.failures_left = 1
+        http.post(f"/v1/uploads/{state['transaction_id']}/complete")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        emitter = PrefectEmitter()
+        with pytest.raises(EventsNotConfigured, match="PREFECT_API_URL"):
+            emitter(upload_completed_event(pending_upload_events(gateway.catalog)[0]))
+        assert emit_pending(gateway.catalog, emitter) == []  # no throwaway ephemeral API
+    assert [e.transaction_id for e in pending_upload_events(gateway.catalog)] == [state["transaction_id"]]
 
 
 # --- refusals: nothing stored, catalog unchanged ----------------------------------------------
