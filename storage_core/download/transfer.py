@@ -12,8 +12,6 @@ hard link, which refuses to replace).
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -27,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_core.checksums import combine_parts, crc32c, to_hex
+from storage_core.diskio import fsync_dir, preallocate, start_writeback, write_all
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
     AccessDenied,
@@ -54,32 +53,6 @@ LOCAL_PIECE = 1 * MiB
 
 OnProgress = Callable[[int], None]
 log = logging.getLogger(__name__)
-
-# Seams for fault injection in tests (ENOSPC, EACCES): the only places bytes reach the disk.
-_pwrite = os.pwrite
-_allocate = os.posix_fallocate
-
-
-def _load_sync_file_range():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing this range to disk now (no wait), so the final fsync
-    finds little left to do and dirty pages never pile up to the throttling threshold."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # advisory: errors surface at fsync
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -127,14 +100,6 @@ def _disk(path: Path, key: str) -> Iterator[None]:
         raise StorageError(f"cannot write {path}: {exc.strerror or exc} (downloading {key})", key=key) from exc
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _uri(write: PlannedWrite) -> str:
     return f"{getattr(write.source.store, 'uri', '?')}/{write.source.key}"
 
@@ -176,7 +141,7 @@ def download_object(
     stack = ExitStack()
     try:
         with _disk(part, key):
-            _preallocate(fd, meta.size)
+            preallocate(fd, meta.size)
         spans = plan_ranges(meta.size, chunk_size)
         if isinstance(source.store, LocalStore):
             # Pinned by opening once: the ETag is checked at open and the handle keeps reading
@@ -217,21 +182,10 @@ def download_object(
     try:
         with _disk(write.dest, key):
             _install(part, write.dest, overwrite=overwrite)
-            _fsync_dir(write.dest.parent)
+            fsync_dir(write.dest.parent)
     finally:
         part.unlink(missing_ok=True)
     return write.dest
-
-
-def _preallocate(fd: int, size: int) -> None:
-    """Reserve the blocks up front, so a full disk fails before any byte is fetched."""
-    if size == 0:
-        return
-    try:
-        _allocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            raise  # ENOSPC and friends: let _disk name them
 
 
 def _install(part: Path, dest: Path, *, overwrite: bool) -> None:
@@ -275,8 +229,8 @@ def _fetch_range(
     data = _with_retries(fetch, retry=retry, stop=stops)
     value = crc32c(data)
     with _disk(write.part, source.key):
-        _write_all(fd, memoryview(data), start)
-        _start_writeback(fd, start, end - start)
+        write_all(fd, memoryview(data), start)
+        start_writeback(fd, start, end - start)
     if on_progress is not None:
         on_progress(end - start)
     return value
@@ -314,19 +268,13 @@ def _copy_local_range(
         piece = want[:got]
         value = crc32c(piece, value)
         with _disk(write.part, write.source.key):
-            _write_all(fd, piece, offset)
+            write_all(fd, piece, offset)
         offset += got
     with _disk(write.part, write.source.key):
-        _start_writeback(fd, start, end - start)
+        start_writeback(fd, start, end - start)
     if on_progress is not None:
         on_progress(end - start)
     return value
-
-
-def _write_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = _pwrite(fd, data, offset)
-        data, offset = data[written:], offset + written
 
 
 def _with_retries(call, *, retry: RetryPolicy, stop: threading.Event | tuple[threading.Event, ...]):

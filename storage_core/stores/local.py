@@ -12,12 +12,13 @@ import io
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from storage_core import diskio
 from storage_core.checksums import crc32c, to_hex
 from storage_core.errors import (
     AccessDenied,
@@ -56,12 +57,39 @@ def _etag(stat: os.stat_result) -> str:
     return f'"{stat.st_ino:x}-{stat.st_size:x}-{stat.st_mtime_ns:x}"'
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+@contextmanager
+def _new_file(path: Path) -> Iterator[int]:
+    """A new file's descriptor, open for reading too (O_EXCL: never an existing file, never
+    through a symlink)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
-        os.fsync(fd)
+        yield fd
     finally:
         os.close(fd)
+
+
+def _copy_into(stream: BinaryIO, fd: int, length: int, offset: int = 0, value: int = 0) -> tuple[int, int]:
+    """Copy up to `length` bytes of `stream` into `fd` at `offset` through one reused buffer,
+    starting writeback as it goes; return (CRC32C continued from `value`, bytes copied)."""
+    buffer = memoryview(bytearray(max(1, min(COPY_CHUNK, length))))
+    readinto = getattr(stream, "readinto", None)
+    copied, flushed = 0, 0
+    while copied < length:
+        want = buffer[: min(len(buffer), length - copied)]
+        if readinto is not None:
+            piece = want[: readinto(want) or 0]
+        else:  # a stream without readinto (a socket body, say)
+            block = stream.read(len(want))
+            piece = memoryview(block)
+        if not piece:
+            break
+        value = _crc(piece, value)
+        diskio.write_all(fd, piece, offset + copied)
+        copied += len(piece)
+        if copied - flushed >= diskio.WRITEBACK_EVERY:
+            diskio.start_writeback(fd, offset + flushed, copied - flushed)
+            flushed = copied
+    return value, copied
 
 
 class LocalStore:
@@ -150,7 +178,7 @@ class LocalStore:
             if final.is_dir():
                 raise StorageError(f"cannot store {key}: a folder of that name exists", key=key)
             os.replace(temp, final)
-            _fsync_dir(final.parent)
+            diskio.fsync_dir(final.parent)
             return self._meta(key, final.stat())
 
     def put(self, key: str, source: BinaryIO | bytes, *, size: int, crc32c: int | None = None) -> ObjectMeta:
@@ -158,15 +186,9 @@ class LocalStore:
         stream = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
         temp = self._temp_path()
         try:
-            with _translated(key), open(temp, "wb") as out:
-                value, written = 0, 0
-                while written < size:
-                    block = stream.read(min(COPY_CHUNK, size - written))
-                    if not block:
-                        break
-                    value = _crc(block, value)
-                    out.write(block)
-                    written += len(block)
+            with _translated(key), _new_file(temp) as fd:
+                diskio.preallocate(fd, size)
+                value, written = _copy_into(stream, fd, size)
                 if written != size:
                     raise IntegrityError(f"{key}: expected {size} bytes, source gave {written}", key=key)
                 if crc32c is not None and value != crc32c:
@@ -175,8 +197,45 @@ class LocalStore:
                         key=key,
                         retryable=True,
                     )
-                out.flush()
-                os.fsync(out.fileno())
+                os.fsync(fd)
+            meta = self._install(temp, key)
+            return ObjectMeta(meta.key, meta.size, meta.etag, meta.last_modified, value)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def put_file(
+        self,
+        key: str,
+        source_fd: int,
+        *,
+        size: int,
+        on_progress: Callable[[int], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> ObjectMeta:
+        """Store bytes [0, size) of the open local file `source_fd` as `key`: copied by the
+        kernel where it can, the CRC32C read back from the copy. `before_commit` runs once
+        the copy is durable and before it becomes visible (a caller re-checks its source
+        there; raising leaves nothing). A source shorter than `size` fails `before_commit`, or
+        else is an IntegrityError."""
+        self.path_for(key)
+        temp = self._temp_path()
+        try:
+            with _translated(key), _new_file(temp) as fd:
+                diskio.preallocate(fd, size)
+                value, start = 0, 0
+                while start < size:  # a window at a time, to report progress
+                    end = min(size, start + diskio.WRITEBACK_EVERY)
+                    value, copied = diskio.copy_range(source_fd, fd, start, end, value=value)
+                    if on_progress and copied:
+                        on_progress(copied)
+                    if start + copied < end:
+                        if before_commit is not None:
+                            before_commit()  # the caller's check names the cause when it can
+                        raise IntegrityError(f"{key}: expected {size} bytes, source gave {start + copied}", key=key)
+                    start = end
+                os.fsync(fd)
+            if before_commit is not None:
+                before_commit()
             meta = self._install(temp, key)
             return ObjectMeta(meta.key, meta.size, meta.etag, meta.last_modified, value)
         finally:
@@ -241,15 +300,16 @@ class LocalStore:
         stored = {p.part_number: p for p in self.list_parts(key, upload_id)}
         temp = self._temp_path()
         try:
-            with _translated(key), open(temp, "wb") as out:
+            with _translated(key), _new_file(temp) as fd:
+                diskio.preallocate(fd, sum(stored[n].size for n, _ in parts if n in stored))
+                size = 0
                 for number, etag in parts:
                     part = stored.get(number)
                     if part is None or part.etag != etag:
                         raise StorageError(f"{key}: part {number} missing or changed", key=key)
-                    with open(folder / f"{number:05d}-{etag.strip(chr(34))}.part", "rb") as src:
-                        shutil.copyfileobj(src, out, COPY_CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+                    with open(folder / f"{number:05d}-{etag.strip(chr(34))}.part", "rb", buffering=0) as src:
+                        size += _copy_into(src, fd, part.size, offset=size)[1]
+                os.fsync(fd)
             meta = self._install(temp, key)
         finally:
             temp.unlink(missing_ok=True)

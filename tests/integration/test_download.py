@@ -14,6 +14,7 @@ import pytest
 
 from storage_core.checksums import crc32c
 from storage_core.download import DownloadSource, RetryPolicy, WritePlanError, download, expand_prefix
+from storage_core import diskio
 from storage_core.download import transfer
 from storage_core.errors import (
     AccessDenied,
@@ -377,7 +378,7 @@ def test_no_space_left_while_writing_is_a_clear_error_with_no_partial_file(local
         written.append(offset)
         return os.pwrite(fd, view, offset)
 
-    monkeypatch.setattr(transfer, "_pwrite", pwrite_until_full)
+    monkeypatch.setattr(diskio, "_pwrite", pwrite_until_full)
     with pytest.raises(StorageError, match="no space left on device") as info:
         download(source(local_store, "k", data), out, chunk_size=MiB, max_workers=1)
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
@@ -397,7 +398,7 @@ def test_no_space_on_a_tiny_tmpfs_without_preallocation(local_store, tiny_tmpfs,
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
-    monkeypatch.setattr(transfer, "_allocate", unsupported)  # ENOSPC must then come from a write
+    monkeypatch.setattr(diskio, "_allocate", unsupported)  # ENOSPC must then come from a write
     data = os.urandom(2 * MiB)
     put(local_store, "k", data)
     with pytest.raises(StorageError, match="no space left on device"):
@@ -431,7 +432,7 @@ def test_permission_error_while_writing_is_access_denied_naming_the_path(local_s
     def denied(fd, offset, length):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(transfer, "_allocate", denied)
+    monkeypatch.setattr(diskio, "_allocate", denied)
     with pytest.raises(AccessDenied, match="cannot write .*seg.bin.part"):
         download(source(local_store, "k", b"abc"), out)
     assert files(out) == []
