@@ -1,6 +1,6 @@
 """Download one object to one path: ranged GETs in parallel, pinned to one ETag, into a
 `.part` file, verified, made durable, then renamed into place. From a LocalStore the same
-ranges are copied from one open handle through reused buffers instead of fetched.
+ranges are copied by the kernel from one open handle instead of fetched.
 
 What holds on failure: nothing is ever visible at the final path unless it is complete
 and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder). The
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_core.checksums import combine_parts, crc32c, to_hex
-from storage_core.diskio import fsync_dir, preallocate, start_writeback, write_all
+from storage_core.diskio import copy_range, fsync_dir, preallocate, start_writeback, write_all
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
     AccessDenied,
@@ -46,10 +46,10 @@ MiB = 1024 * 1024
 # links with real latency. In flight: at most 4 x 16 MiB.
 DEFAULT_CHUNK_SIZE = 16 * MiB
 DEFAULT_MAX_WORKERS = 4
-# From a LocalStore, each range is copied through one reused buffer of this size: measured
-# on 1 GiB, 1 MiB pieces copy at ~1.3 GB/s per thread, 256 KiB ones at half that (more
-# system calls), and fresh multi-MiB buffers at a third (page faults and cache misses).
-LOCAL_PIECE = 1 * MiB
+# From a LocalStore each range is one kernel copy (diskio.copy_range): 4 threads copied
+# 1 GiB in 0.30 s, against 0.48-1.7 s through 1 MiB buffers. An error of such a copy is the
+# destination's when it is one of these, else the source's.
+_DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 OnProgress = Callable[[int], None]
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def download_object(
         # run killed between link and unlink leaves it as a second name of the final file.
         # O_EXCL also refuses to follow a symlink planted at that name.
         part.unlink(missing_ok=True)
-        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # RDWR: copy_range reads back
     failed = threading.Event()
     futures: list[Future[int]] = []
     stack = ExitStack()
@@ -246,32 +246,20 @@ def _copy_local_range(
     on_progress: OnProgress | None,
     stops: tuple[threading.Event, ...],
 ) -> int:
-    """Copy [start, end) of an open local object to `fd` at `start`; return its CRC32C.
-
-    One reused buffer per range: bytes are read, checksummed and written while they are
-    still in the CPU cache, and nothing is allocated per piece. (A fresh 16 MiB `bytes`
-    per range, as a ranged GET returns, ran at a third of `cp`'s speed.)
-    """
-    buffer = memoryview(bytearray(min(LOCAL_PIECE, end - start)))
-    value, offset = 0, start
-    while offset < end:
-        if any(s.is_set() for s in stops):
-            raise _Cancelled()
-        want = buffer[:min(len(buffer), end - offset)]
-        try:
-            got = os.preadv(source_fd, [want], offset)
-        except OSError as exc:
-            raise StorageError(f"cannot read {_uri(write)}: {exc.strerror or exc}", key=write.source.key) from exc
-        if got == 0:
-            raise IntegrityError(f"{_uri(write)} ended at byte {offset}; it shrank during the download",
-                                 key=write.source.key)
-        piece = want[:got]
-        value = crc32c(piece, value)
-        with _disk(write.part, write.source.key):
-            write_all(fd, piece, offset)
-        offset += got
-    with _disk(write.part, write.source.key):
-        start_writeback(fd, start, end - start)
+    """Copy [start, end) of an open local object to `fd` at `start` (a kernel copy where it
+    can); return the CRC32C of the bytes written."""
+    if any(s.is_set() for s in stops):
+        raise _Cancelled()
+    try:
+        value, copied = copy_range(source_fd, fd, start, end)
+    except OSError as exc:
+        if exc.errno in _DESTINATION_ERRORS:
+            with _disk(write.part, write.source.key):
+                raise
+        raise StorageError(f"cannot read {_uri(write)}: {exc.strerror or exc}", key=write.source.key) from exc
+    if copied < end - start:
+        raise IntegrityError(f"{_uri(write)} ended at byte {start + copied}; it shrank during the download",
+                             key=write.source.key)
     if on_progress is not None:
         on_progress(end - start)
     return value

@@ -355,10 +355,10 @@ def test_a_local_read_error_names_the_source_not_the_destination(local_store, ou
     data = os.urandom(2 * MiB)
     put(local_store, "k", data)
 
-    def failing_preadv(fd, buffers, offset):
+    def failing_copy(*args):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(transfer.os, "preadv", failing_preadv)
+    monkeypatch.setattr(diskio, "_copy_file_range", failing_copy)
     with pytest.raises(StorageError, match=r"cannot read file://.*/k: Input/output error") as info:
         download(source(local_store, "k", data), out, chunk_size=MiB)
     assert isinstance(info.value.__cause__, OSError) and files(out) == []
@@ -372,13 +372,17 @@ def test_no_space_left_while_writing_is_a_clear_error_with_no_partial_file(local
     put(local_store, "k", data)
     written = []
 
-    def pwrite_until_full(fd, view, offset):
-        if written:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        written.append(offset)
-        return os.pwrite(fd, view, offset)
+    def until_full(write):
+        def first_write_only(*args):
+            if written:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            written.append(args)
+            return write(*args)
 
-    monkeypatch.setattr(diskio, "_pwrite", pwrite_until_full)
+        return first_write_only
+
+    monkeypatch.setattr(diskio, "_pwrite", until_full(os.pwrite))  # a copy through a buffer
+    monkeypatch.setattr(diskio, "_copy_file_range", until_full(os.copy_file_range))  # a kernel copy
     with pytest.raises(StorageError, match="no space left on device") as info:
         download(source(local_store, "k", data), out, chunk_size=MiB, max_workers=1)
     assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == errno.ENOSPC
