@@ -213,7 +213,7 @@ class LocalStore:
         before_commit: Callable[[], None] | None = None,
     ) -> ObjectMeta:
         """Store bytes [0, size) of the open local file `source_fd` as `key`: copied by the
-        kernel where it can, the CRC32C read back from the copy. `before_commit` runs once
+        kernel where it can (`diskio.copy_file`), the CRC32C read back from the copy. `before_commit` runs once
         the copy is durable and before it becomes visible (a caller re-checks its source
         there; raising leaves nothing). A source shorter than `size` fails `before_commit`, or
         else is an IntegrityError."""
@@ -222,17 +222,11 @@ class LocalStore:
         try:
             with _translated(key), _new_file(temp) as fd:
                 diskio.preallocate(fd, size)
-                value, start = 0, 0
-                while start < size:  # a window at a time, to report progress
-                    end = min(size, start + diskio.WRITEBACK_EVERY)
-                    value, copied = diskio.copy_range(source_fd, fd, start, end, value=value)
-                    if on_progress and copied:
-                        on_progress(copied)
-                    if start + copied < end:
-                        if before_commit is not None:
-                            before_commit()  # the caller's check names the cause when it can
-                        raise IntegrityError(f"{key}: expected {size} bytes, source gave {start + copied}", key=key)
-                    start = end
+                value, copied = diskio.copy_file(source_fd, fd, size, on_progress=on_progress)
+                if copied < size:
+                    if before_commit is not None:
+                        before_commit()  # the caller's check names the cause when it can
+                    raise IntegrityError(f"{key}: expected {size} bytes, source gave {copied}", key=key)
                 os.fsync(fd)
             if before_commit is not None:
                 before_commit()
