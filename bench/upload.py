@@ -230,7 +230,8 @@ def run_local(path: Path, size: int, repeat: int, scratch: Path) -> tuple[list[R
         script = 'cp "$1" "$2" && sync "$2"' if sync else 'cp "$1" "$2"'
         settle()
         try:
-            return run_command("cp + sync" if sync else "cp", ["sh", "-c", script, "sh", str(path), str(dest)], nbytes=size)
+            argv = ["sh", "-c", script, "sh", str(path), str(dest)]
+            return run_command("cp + sync" if sync else "cp", argv, nbytes=size)
         finally:
             dest.unlink(missing_ok=True)
 

@@ -4,14 +4,15 @@
 A durable copy ends with fsync, which waits until the disk has every byte. Left alone,
 the kernel starts writing only when dirty pages pile up, so fsync then pays for the whole
 file at once; `start_writeback` after each few MiB has the disk write while the copy goes
-on, and fsync finds little left. Measured on 1 GiB here: 0.70 s with one fsync at the end,
-0.28-0.30 s with writeback started every 16 MiB (`cp` without any sync: 0.28 s).
+on, and fsync finds little left. Measured on 1 GiB here (through a buffer): 0.64-0.70 s
+with one fsync at the end, 0.28-0.39 s with writeback started every 16 MiB.
 `preallocate` reserves the blocks first, so a full disk fails before any byte moves (and
 ext4 writes into reserved extents faster than it grows a file).
 
 `copy_range` copies between two local files in the kernel (copy_file_range: the bytes
-never pass through Python), which measured 0.43 s per GiB against 0.7-1.2 s through a
-reused 1 MiB buffer, whose two extra memory copies dominate on this VM.
+never pass through Python). On one thread, CRC32C read-back included, it measured 0.43 s
+per GiB, steadily; a reused 1 MiB buffer took 0.7-1.2 s whenever the page cache had to
+grow (the two extra memory copies then dominate on this VM).
 
 `_pwrite`, `_allocate` and `_copy_file_range` are the seams where tests inject ENOSPC and
 EACCES.
@@ -119,8 +120,7 @@ def copy_file(
 ) -> tuple[int, int]:
     """Copy bytes [0, size) of `source_fd` to `fd` as `copy_range` does, a WRITEBACK_EVERY
     window per task on `workers` threads (1 GiB here: 0.36 s on one thread, 0.29-0.31 s on
-    two to four).
-    Returns (CRC32C of the bytes now in `fd`, bytes copied up to the first window the source
+    two to four). Returns (CRC32C of the bytes now in `fd`, bytes copied up to the first window the source
     could not fill). `on_progress` is called from the worker threads."""
     windows = [(start, min(size, start + WRITEBACK_EVERY)) for start in range(0, size, WRITEBACK_EVERY)]
 
@@ -164,5 +164,14 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-__all__ = ["COPY_PIECE", "WRITEBACK_EVERY", "copy_file", "copy_range", "crc32c_of_fd", "fsync_dir", "preallocate", "start_writeback",
-           "write_all"]
+__all__ = [
+    "COPY_PIECE",
+    "WRITEBACK_EVERY",
+    "copy_file",
+    "copy_range",
+    "crc32c_of_fd",
+    "fsync_dir",
+    "preallocate",
+    "start_writeback",
+    "write_all",
+]

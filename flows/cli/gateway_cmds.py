@@ -54,7 +54,10 @@ def gateway(
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        err.print("warning: PREFECT_API_URL is not set; upload events stay queued in the catalog until the gateway runs with it", highlight=False)
+        err.print(
+            "warning: PREFECT_API_URL is not set; upload events stay queued in the catalog until the gateway runs with it",
+            highlight=False,
+        )
     err.print(f"ferry gateway on http://{host}:{port} → {destination}", highlight=False)
     uvicorn.run(gateway_app, host=host, port=port, log_level="warning")
 

@@ -84,7 +84,9 @@ class PrefectEmitter:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         if not self.api_url:
-            raise EventsNotConfigured("no Prefect API configured (PREFECT_API_URL); the event stays queued in the catalog")
+            raise EventsNotConfigured(
+                "no Prefect API configured (PREFECT_API_URL); the event stays queued in the catalog"
+            )
         body = Event(
             event=event.event,
             resource=event.resource,
@@ -113,4 +115,11 @@ def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int
     return emitted
 
 
-__all__ = ["CompletedEvent", "Emitter", "EventsNotConfigured", "PrefectEmitter", "emit_pending", "upload_completed_event"]
+__all__ = [
+    "CompletedEvent",
+    "Emitter",
+    "EventsNotConfigured",
+    "PrefectEmitter",
+    "emit_pending",
+    "upload_completed_event",
+]
