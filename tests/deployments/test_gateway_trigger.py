@@ -25,21 +25,26 @@ from tests.gateway.conftest import LIMITS
 from tests.gateway.test_gateway import single, upload_all
 
 
-def test_device_retrying_complete_starts_exactly_one_summarize_run(prefect_client_env: str, bucket, sqlite_url: str):
-    _, transactions, _ = live_upload_deployment(prefect_client_env, SUMMARIZE)
-    catalog = Catalog(sqlite_url)
-
+def device_uploads_one_file(catalog: Catalog, bucket, device: str, *, completes: int, emitter=None) -> tuple[str, list]:
+    """A device uploads one file through a gateway (the real emitter unless `emitter` is
+    given) and calls complete `completes` times; returns the transaction id and the answers."""
     app = create_app(
         catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=900,
-        settings=load_settings(),
+        emitter=emitter, settings=load_settings(),
     )  # fmt: skip
-    token = add_device_token(catalog, "cam-1").token
-    data = os.urandom(5000)
-    with running_gateway(app) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-        state = http.post("/v1/uploads", json={"files": [single("cam-1/run-1/a.mcap", data)]}).json()
-        upload_all(state, {"cam-1/run-1/a.mcap": data})
+    token = add_device_token(catalog, device).token
+    path, data = f"{device}/run-1/a.mcap", os.urandom(5000)
+    headers = {"Authorization": f"Bearer {token}"}
+    with running_gateway(app) as base, httpx.Client(base_url=base, headers=headers, timeout=60) as http:
+        state = http.post("/v1/uploads", json={"files": [single(path, data)]}).json()
+        upload_all(state, {path: data})
         txn = state["transaction_id"]
-        answers = [http.post(f"/v1/uploads/{txn}/complete").json() for _ in range(3)]  # the device retries
+        return txn, [http.post(f"/v1/uploads/{txn}/complete").json() for _ in range(completes)]
+
+
+def test_device_retrying_complete_starts_exactly_one_summarize_run(prefect_client_env: str, bucket, sqlite_url: str):
+    _, transactions, _ = live_upload_deployment(prefect_client_env, SUMMARIZE)
+    txn, answers = device_uploads_one_file(Catalog(sqlite_url), bucket, "cam-1", completes=3)  # the device retries
     assert {a["status"] for a in answers} == {"completed"} and len({a["event_id"] for a in answers}) == 1
 
     sentinel = uuid.uuid4().hex  # a later event: once its run exists, every earlier event was handled
@@ -59,17 +64,8 @@ def test_an_event_the_prefect_api_did_not_accept_stays_pending_until_it_does(
     def unreachable(event) -> None:
         raise ConnectionError("Prefect is down")
 
-    app = create_app(
-        catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=900,
-        emitter=unreachable, settings=load_settings(),
-    )  # fmt: skip
-    token = add_device_token(catalog, "cam-2").token
-    data = os.urandom(5000)
-    with running_gateway(app) as base, httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
-        state = http.post("/v1/uploads", json={"files": [single("cam-2/run-1/a.mcap", data)]}).json()
-        upload_all(state, {"cam-2/run-1/a.mcap": data})
-        txn = state["transaction_id"]
-        assert http.post(f"/v1/uploads/{txn}/complete").json()["status"] == "completed"
+    txn, [answer] = device_uploads_one_file(catalog, bucket, "cam-2", completes=1, emitter=unreachable)
+    assert answer["status"] == "completed"
     assert [e.transaction_id for e in pending_upload_events(catalog)] == [txn]
 
     # the real emitter, at an API where nothing listens: it raises, so the row stays pending
