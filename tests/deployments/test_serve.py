@@ -100,8 +100,8 @@ def test_landing_schedule_fires_and_stores_each_file_once(ferry_serve, serve_env
     wait_for(lambda: stored("a.bin") and stored("b.bin"), timeout=150, what="the first scheduled ingest")
     write_landing(landing, {"r2/rec2/c.bin": 2000})  # new data: a later tick picks it up
     wait_for(lambda: stored("c.bin"), timeout=150, what="a later scheduled ingest")
-
-    assert len(runs_of(deployment.id, state="COMPLETED")) >= 2
+    # the catalog shows c.bin stored a moment before that run's state becomes COMPLETED
+    wait_for(lambda: len(runs_of(deployment.id, state="COMPLETED")) >= 2, timeout=30, what="the later run to complete")
     items = [i for t in list_transactions(catalog) for i in t.items if i.status == "stored"]
     assert sorted(i.uri.rsplit("/", 1)[1] for i in items) == ["a.bin", "b.bin", "c.bin"]  # each stored once
     assert bucket.get_range("fleet/r2/rec2/c.bin", 0, 2000) == (landing / "r2/rec2/c.bin").read_bytes()
