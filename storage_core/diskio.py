@@ -84,13 +84,14 @@ def write_all(fd: int, data: memoryview, offset: int) -> None:
         data, offset = data[written:], offset + written
 
 
-def copy_range(source_fd: int, fd: int, start: int, end: int, *, value: int = 0) -> tuple[int, int]:
-    """Copy bytes [start, end) of `source_fd` to the same offsets of `fd`, starting
-    writeback as it goes. Returns (the CRC32C of the bytes now in `fd`, continuing `value`;
+def copy_range(source_fd: int, fd: int, start: int, end: int, *, at: int | None = None) -> tuple[int, int]:
+    """Copy bytes [start, end) of `source_fd` into `fd` from offset `at` (default: the same
+    offsets), starting writeback as it goes. Returns (the CRC32C of the bytes now in `fd`;
     the bytes copied, fewer than asked when the source ends first).
 
     The kernel copies where it can and the CRC32C is then read back from `fd` (open it for
     reading too), so it covers what was written rather than what was meant to be."""
+    shift = 0 if at is None else at - start  # from a source offset to its offset in fd
     offset, flushed = start, start
     kernel = _copy_file_range is not None
     buffer = memoryview(bytearray(max(1, min(COPY_PIECE, end - start))))
@@ -98,21 +99,21 @@ def copy_range(source_fd: int, fd: int, start: int, end: int, *, value: int = 0)
         count = 0
         if kernel:
             try:
-                count = _copy_file_range(source_fd, fd, min(WRITEBACK_EVERY, end - offset), offset, offset)
+                count = _copy_file_range(source_fd, fd, min(WRITEBACK_EVERY, end - offset), offset, offset + shift)
             except OSError as exc:
                 if exc.errno not in _NO_KERNEL_COPY or offset != start:
                     raise
                 kernel = False
         if not kernel:
             count = os.preadv(source_fd, [buffer[: min(len(buffer), end - offset)]], offset)
-            write_all(fd, buffer[:count], offset)
+            write_all(fd, buffer[:count], offset + shift)
         if count == 0:
             break
         offset += count
         if offset - flushed >= WRITEBACK_EVERY or offset == end:
-            start_writeback(fd, flushed, offset - flushed)
+            start_writeback(fd, flushed + shift, offset - flushed)
             flushed = offset
-    return crc32c_of_fd(fd, start, offset, buffer=buffer, value=value), offset - start
+    return crc32c_of_fd(fd, start + shift, offset + shift, buffer=buffer), offset - start
 
 
 def copy_file(
@@ -143,9 +144,9 @@ def copy_file(
     return combine_parts(filled), sum(copied for _, copied in filled)
 
 
-def crc32c_of_fd(fd: int, start: int, end: int, *, buffer: memoryview, value: int = 0) -> int:
-    """CRC32C of bytes [start, end) of `fd`, continuing `value`, read through `buffer`."""
-    offset = start
+def crc32c_of_fd(fd: int, start: int, end: int, *, buffer: memoryview) -> int:
+    """CRC32C of bytes [start, end) of `fd`, read through `buffer`."""
+    value, offset = 0, start
     while offset < end:
         count = os.preadv(fd, [buffer[: min(len(buffer), end - offset)]], offset)
         if count == 0:

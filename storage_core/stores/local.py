@@ -67,9 +67,9 @@ def _new_file(path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def _copy_into(stream: BinaryIO, fd: int, length: int, offset: int = 0) -> tuple[int, int]:
-    """Copy up to `length` bytes of `stream` into `fd` at `offset` through one reused buffer,
-    starting writeback as it goes; return (CRC32C of the bytes, bytes copied)."""
+def _copy_into(stream: BinaryIO, fd: int, length: int) -> tuple[int, int]:
+    """Copy up to `length` bytes of `stream` into the start of `fd` through one reused
+    buffer, starting writeback as it goes; return (CRC32C of the bytes, bytes copied)."""
     buffer = memoryview(bytearray(max(1, min(diskio.COPY_PIECE, length))))
     readinto = getattr(stream, "readinto", None)
     value, copied, flushed = 0, 0, 0
@@ -83,10 +83,10 @@ def _copy_into(stream: BinaryIO, fd: int, length: int, offset: int = 0) -> tuple
         if not piece:
             break
         value = _crc(piece, value)
-        diskio.write_all(fd, piece, offset + copied)
+        diskio.write_all(fd, piece, copied)
         copied += len(piece)
         if copied - flushed >= diskio.WRITEBACK_EVERY:
-            diskio.start_writeback(fd, offset + flushed, copied - flushed)
+            diskio.start_writeback(fd, flushed, copied - flushed)
             flushed = copied
     return value, copied
 
@@ -302,7 +302,7 @@ class LocalStore:
                     if part is None or part.etag != etag:
                         raise StorageError(f"{key}: part {number} missing or changed", key=key)
                     with open(folder / f"{number:05d}-{etag.strip(chr(34))}.part", "rb", buffering=0) as src:
-                        size += _copy_into(src, fd, part.size, offset=size)[1]
+                        size += diskio.copy_range(src.fileno(), fd, 0, part.size, at=size)[1]
                 os.fsync(fd)
             meta = self._install(temp, key)
         finally:

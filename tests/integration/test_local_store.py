@@ -87,11 +87,12 @@ def test_completing_a_multipart_upload_on_a_full_disk_keeps_its_parts(store, mon
     parts = [(1, store.upload_part("big", upload_id, 1, one, crc32c=crc32c(one))),
              (2, store.upload_part("big", upload_id, 2, two, crc32c=crc32c(two)))]  # fmt: skip
 
-    def full(fd, data, offset):
+    def full(*args):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(diskio, "_pwrite", full)
+        patch.setattr(diskio, "_pwrite", full)  # a copy through a buffer
+        patch.setattr(diskio, "_copy_file_range", full)  # a kernel copy
         with pytest.raises(StorageError, match="no space left"):
             store.complete_multipart("big", upload_id, parts)
     with pytest.raises(ObjectNotFound):
