@@ -262,6 +262,15 @@ def _load_own(session, device_id: str, transaction_id: str) -> Transaction:
     return txn
 
 
+def _load_completable(session, device_id: str, transaction_id: str) -> Transaction:
+    """The device's transaction when it is open or already completed (a replayed complete
+    answers with it); any other state cannot be completed."""
+    txn = _load_own(session, device_id, transaction_id)
+    if txn.status != TransactionStatus.COMPLETED.value and txn.status not in OPEN_TRANSACTION_STATES:
+        raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
+    return txn
+
+
 # --- begin / status ------------------------------------------------------------------------
 
 
@@ -413,11 +422,9 @@ def complete_device_upload(
     transaction's unverified objects deleted, its uploads aborted, the transaction aborted."""
     settings = settings or load_settings()
     with catalog.session() as session:
-        txn = _load_own(session, device_id, transaction_id)
+        txn = _load_completable(session, device_id, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
             return _completed(session, txn)
-        if txn.status not in OPEN_TRANSACTION_STATES:
-            raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
         open_items = [
             (i.id, i.store_uri, i.key, i.size, i.upload_id, i.part_size, i.crc32c, _device_path(i))
             for i in txn.items
@@ -465,11 +472,9 @@ def complete_device_upload(
     # 3. one database transaction: items stored, transaction completed, outbox row
     try:
         with catalog.session() as session:
-            txn = _load_own(session, device_id, transaction_id)
+            txn = _load_completable(session, device_id, transaction_id)  # again: a concurrent call may have moved it
             if txn.status == TransactionStatus.COMPLETED.value:
                 return _completed(session, txn)
-            if txn.status not in OPEN_TRANSACTION_STATES:
-                raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
             for item_id, actual, etag in verified:
                 row = session.get(TransactionItem, item_id)
                 row.status, row.crc32c, row.etag, row.error = ItemStatus.STORED.value, actual, etag, None
