@@ -36,6 +36,7 @@ from storage_core.errors import (
     StorageUnavailable,
 )
 from storage_core.ranges.plan import split
+from storage_core.stores.base import GetRangeInto
 from storage_core.stores.local import LocalStore
 
 MiB = 1024 * 1024
@@ -218,22 +219,43 @@ def _fetch_range(
     """GET [start, end) pinned to `etag`, write it at `start`; return its CRC32C."""
     source = write.source
 
-    def fetch() -> bytes:
-        data = source.store.get_range(source.key, start, end, if_match=etag)
-        if len(data) != end - start:  # our own check, whatever the store verified
+    def fetch() -> memoryview:
+        if isinstance(source.store, GetRangeInto):
+            view = _range_buffer(end - start)
+            got = source.store.get_range_into(source.key, start, view, if_match=etag)
+        else:  # a store (or test wrapper) that only returns bytes
+            view = memoryview(source.store.get_range(source.key, start, end, if_match=etag))
+            got = len(view)
+        if got != end - start:  # our own check, whatever the store verified
             raise StorageUnavailable(
-                f"{_uri(write)}: asked for bytes [{start}, {end}), got {len(data)} bytes", key=source.key
+                f"{_uri(write)}: asked for bytes [{start}, {end}), got {got} bytes", key=source.key
             )
-        return data
+        return view
 
     data = _with_retries(fetch, retry=retry, stop=stops)
     value = crc32c(data)
     with _disk(write.part, source.key):
-        write_all(fd, memoryview(data), start)
+        write_all(fd, data, start)
         start_writeback(fd, start, end - start)
     if on_progress is not None:
         on_progress(end - start)
     return value
+
+
+_buffers = threading.local()
+
+
+def _range_buffer(size: int) -> memoryview:
+    """The calling worker's buffer for one range, reused from range to range.
+
+    One per range thread, kept for the thread's life (`download`'s pool ends with the call),
+    so memory stays at `max_workers × chunk_size`. A new buffer per range made the kernel map
+    and zero fresh pages every time: twice the system time, a fifth slower (bench.download).
+    """
+    buffer = getattr(_buffers, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _buffers.buffer = bytearray(size)
+    return memoryview(buffer)[:size]
 
 
 def _copy_local_range(

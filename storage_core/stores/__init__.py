@@ -1,5 +1,6 @@
 from storage_core.stores.base import (
     GetRange,
+    GetRangeInto,
     Head,
     List,
     Multipart,
@@ -18,6 +19,7 @@ from storage_core.stores.s3 import S3Store
 
 __all__ = [
     "GetRange",
+    "GetRangeInto",
     "Head",
     "List",
     "LocalStore",

@@ -62,6 +62,14 @@ class GetRange(Protocol):
 
 
 @runtime_checkable
+class GetRangeInto(Protocol):
+    def get_range_into(self, key: str, start: int, buffer: memoryview, *, if_match: str | None = None) -> int:
+        """Read bytes [start, start + len(buffer)) into `buffer`; return how many arrived (fewer
+        only past the object's end). The download path's way to reuse one buffer per worker."""
+        ...
+
+
+@runtime_checkable
 class OpenRead(Protocol):
     def open_read(self, key: str, *, if_match: str | None = None) -> BinaryIO:
         """A streaming reader over the whole object; close it when done."""
@@ -122,6 +130,7 @@ class ObjectStore(Head, GetRange, OpenRead, List, Put, Multipart, Presign, Proto
 
 __all__ = [
     "GetRange",
+    "GetRangeInto",
     "Head",
     "List",
     "Multipart",

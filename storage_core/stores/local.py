@@ -138,6 +138,19 @@ class LocalStore:
         with handle, _translated(key):
             return os.pread(handle.fileno(), end - start, start)
 
+    def get_range_into(self, key: str, start: int, buffer: memoryview, *, if_match: str | None = None) -> int:
+        if start < 0:
+            raise ValueError(f"bad range start {start}")
+        handle, _ = self._open_checked(key, if_match)
+        filled = 0
+        with handle, _translated(key):
+            while filled < len(buffer):
+                count = os.preadv(handle.fileno(), [buffer[filled:]], start + filled)
+                if not count:
+                    break  # end of the object
+                filled += count
+        return filled
+
     def get_tail(self, key: str, length: int, *, if_match: str | None = None) -> Tail:
         handle, stat = self._open_checked(key, if_match)
         with handle, _translated(key):

@@ -27,12 +27,28 @@ def test_put_head_get_range_tail(any_store):
         assert stream.read() == data
 
 
+def test_get_range_into_fills_a_buffer_and_stops_at_the_end(any_store):
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    any_store.put("dev/rec/b.bin", data, size=len(data), crc32c=crc32c(data))
+    buffer = bytearray(1024 * 1024)
+    assert any_store.get_range_into("dev/rec/b.bin", 5, memoryview(buffer)) == len(buffer)
+    assert buffer == data[5:5 + len(buffer)]
+    # past the end: only what the object holds, the rest of the buffer untouched
+    buffer = bytearray(b"x" * 100)
+    assert any_store.get_range_into("dev/rec/b.bin", len(data) - 10, memoryview(buffer)) == 10
+    assert buffer == data[-10:] + b"x" * 90
+    for _ in range(20):  # each answer read to its end: the S3 connection goes back to the pool
+        assert any_store.get_range_into("dev/rec/b.bin", 0, memoryview(bytearray(7))) == 7
+
+
 def test_if_match_detects_replacement(any_store):
     any_store.put("k", b"one", size=3)
     etag = any_store.head("k").etag
     any_store.put("k", b"two!", size=4)
     with pytest.raises(PreconditionFailed):
         any_store.get_range("k", 0, 2, if_match=etag)
+    with pytest.raises(PreconditionFailed):
+        any_store.get_range_into("k", 0, memoryview(bytearray(2)), if_match=etag)
 
 
 def test_put_refuses_wrong_checksum_and_keeps_nothing(any_store):
