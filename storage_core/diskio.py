@@ -14,8 +14,15 @@ never pass through Python). On one thread, CRC32C read-back included, it measure
 per GiB, steadily; a reused 1 MiB buffer took 0.7-1.2 s whenever the page cache had to
 grow (the two extra memory copies then dominate on this VM).
 
-`_pwrite`, `_allocate` and `_copy_file_range` are the seams where tests inject ENOSPC and
-EACCES.
+`RangeWriter` writes the ranges of a download around the page cache (O_DIRECT) where the
+memory, offset and length allow it: the bytes go from Ferry's buffer to the disk, with no
+copy into the page cache and no page cache to grow. Through the page cache, 1 GiB from
+loopback S3 ran at 420-1,060 MB/s here, depending on whether the kernel had just freed
+pages to reuse (2.2-2.4 s of system time when it had not); around it, 1,130-1,190 MB/s
+with 0.3 s of system time either way.
+
+`_pwrite`, `_allocate`, `_copy_file_range` and `_open_direct` are the seams where tests
+inject ENOSPC, EACCES and file systems without O_DIRECT.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +41,8 @@ from storage_core.checksums import combine_parts, crc32c
 MiB = 1024 * 1024
 WRITEBACK_EVERY = 16 * MiB  # bytes written between two start_writeback calls of a sequential copy
 COPY_PIECE = 1 * MiB  # buffer of a copy or checksum through this process (8 MiB ones ran at half speed)
+
+DIRECT_ALIGN = 4096  # O_DIRECT: memory, offset and length in whole logical blocks (512 or 4096 bytes)
 
 _pwrite = os.pwrite
 _allocate = os.posix_fallocate
@@ -82,6 +92,68 @@ def write_all(fd: int, data: memoryview, offset: int) -> None:
     while data:
         written = _pwrite(fd, data, offset)
         data, offset = data[written:], offset + written
+
+
+def aligned_buffer(size: int) -> memoryview:
+    """`size` bytes of page-aligned memory (what an O_DIRECT write needs), zeroed."""
+    return memoryview(mmap.mmap(-1, max(1, size)))[:size]
+
+
+def _open_direct(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | getattr(os, "O_DIRECT", 0) | os.O_CLOEXEC)
+
+
+class RangeWriter:
+    """Writes ranges of one open file: around the page cache (O_DIRECT) when the memory,
+    offset and length are whole blocks, through it (and its writeback started) otherwise.
+
+    The ranges may be written from several threads at once. Nothing is durable until the
+    caller fsyncs `fd` (one fsync covers the writes of both descriptors: it is per file).
+    A file system without O_DIRECT (or one that refuses a direct write) gets every write
+    through the page cache.
+    """
+
+    def __init__(self, path: Path, fd: int, *, direct: bool = True) -> None:
+        self.fd = fd
+        self._direct_fd: int | None = None
+        if direct and hasattr(os, "O_DIRECT"):
+            try:
+                self._direct_fd = _open_direct(path)
+            except OSError as exc:
+                if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+        self.direct = self._direct_fd is not None
+
+    def write(self, data: memoryview, offset: int) -> None:
+        if self.direct and _whole_blocks(data, offset):
+            assert self._direct_fd is not None
+            try:
+                written = _pwrite(self._direct_fd, data, offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                written = 0  # accepted at open, refused at write (some FUSE and network file systems)
+                self.direct = False
+            if written == len(data):
+                return
+            data, offset = data[written:], offset + written
+        write_all(self.fd, data, offset)
+        start_writeback(self.fd, offset, len(data))
+
+    def close(self) -> None:
+        direct_fd, self._direct_fd, self.direct = self._direct_fd, None, False
+        if direct_fd is not None:
+            os.close(direct_fd)
+
+
+def _whole_blocks(data: memoryview, offset: int) -> bool:
+    if offset % DIRECT_ALIGN or len(data) % DIRECT_ALIGN or not len(data):
+        return False
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+    except TypeError:  # read-only memory (bytes): never from aligned_buffer
+        return False
+    return address % DIRECT_ALIGN == 0
 
 
 def copy_range(source_fd: int, fd: int, start: int, end: int, *, at: int | None = None) -> tuple[int, int]:
@@ -167,6 +239,9 @@ def fsync_dir(folder: Path) -> None:
 
 __all__ = [
     "COPY_PIECE",
+    "DIRECT_ALIGN",
+    "RangeWriter",
+    "aligned_buffer",
     "WRITEBACK_EVERY",
     "copy_file",
     "copy_range",

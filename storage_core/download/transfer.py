@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_core.checksums import combine_parts, crc32c, to_hex
-from storage_core.diskio import copy_range, fsync_dir, preallocate, start_writeback, write_all
+from storage_core.diskio import RangeWriter, aligned_buffer, copy_range, fsync_dir, preallocate
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
     AccessDenied,
@@ -152,8 +152,11 @@ def download_object(
                 futures.append(ranges_pool.submit(_copy_local_range, write, local.fileno(), start, end, fd,
                                                   on_progress=on_progress, stops=(stop, failed)))
         else:
+            with _disk(part, key):
+                writer = RangeWriter(part, fd)
+            stack.callback(writer.close)
             for start, end in spans:
-                futures.append(ranges_pool.submit(_fetch_range, write, meta.etag, start, end, fd,
+                futures.append(ranges_pool.submit(_fetch_range, write, meta.etag, start, end, writer,
                                                   retry=retry, on_progress=on_progress, stops=(stop, failed)))
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         errors = [f.exception() for f in done if f.exception() is not None]
@@ -210,7 +213,7 @@ def _fetch_range(
     etag: str,
     start: int,
     end: int,
-    fd: int,
+    writer: RangeWriter,
     *,
     retry: RetryPolicy,
     on_progress: OnProgress | None,
@@ -235,8 +238,7 @@ def _fetch_range(
     data = _with_retries(fetch, retry=retry, stop=stops)
     value = crc32c(data)
     with _disk(write.part, source.key):
-        write_all(fd, data, start)
-        start_writeback(fd, start, end - start)
+        writer.write(data, start)
     if on_progress is not None:
         on_progress(end - start)
     return value
@@ -246,7 +248,8 @@ _buffers = threading.local()
 
 
 def _range_buffer(size: int) -> memoryview:
-    """The calling worker's buffer for one range, reused from range to range.
+    """The calling worker's buffer for one range, reused from range to range, page-aligned
+    so that RangeWriter can write it around the page cache.
 
     One per range thread, kept for the thread's life (`download`'s pool ends with the call),
     so memory stays at `max_workers × chunk_size`. A new buffer per range made the kernel map
@@ -254,8 +257,8 @@ def _range_buffer(size: int) -> memoryview:
     """
     buffer = getattr(_buffers, "buffer", None)
     if buffer is None or len(buffer) < size:
-        buffer = _buffers.buffer = bytearray(size)
-    return memoryview(buffer)[:size]
+        buffer = _buffers.buffer = aligned_buffer(size)
+    return buffer[:size]
 
 
 def _copy_local_range(

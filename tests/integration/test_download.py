@@ -7,6 +7,7 @@ file left, the original error kept as __cause__ where one was translated.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -367,6 +368,22 @@ def test_a_local_read_error_names_the_source_not_the_destination(local_store, ou
 # --- the destination disk -------------------------------------------------------------------
 
 
+def test_from_s3_whole_ranges_are_written_around_the_page_cache(bucket, out, monkeypatch):
+    data = os.urandom(3 * MiB + 17)
+    put(bucket, "k", data)
+    writes: list[tuple[int, bool]] = []
+
+    def recording(fd, view, offset):
+        writes.append((offset, bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        return os.pwrite(fd, view, offset)
+
+    monkeypatch.setattr(diskio, "_pwrite", recording)
+    (path,) = download(source(bucket, "k", data), out, chunk_size=MiB)
+    assert path.read_bytes() == data
+    # three whole MiB ranges from the workers' aligned buffers go direct; the 17-byte tail cannot
+    assert sorted(writes) == [(0, True), (MiB, True), (2 * MiB, True), (3 * MiB, False)]
+
+
 def test_no_space_left_while_writing_is_a_clear_error_with_no_partial_file(local_store, out, monkeypatch):
     data = os.urandom(4 * MiB)
     put(local_store, "k", data)
@@ -390,23 +407,23 @@ def test_no_space_left_while_writing_is_a_clear_error_with_no_partial_file(local
     assert files(out) == []
 
 
-def test_no_space_on_a_tiny_tmpfs(local_store, tiny_tmpfs):
+def test_no_space_on_a_tiny_tmpfs(any_store, tiny_tmpfs):
     data = os.urandom(2 * MiB)  # the tmpfs holds 1 MiB
-    put(local_store, "k", data)
+    put(any_store, "k", data)
     with pytest.raises(StorageError, match="no space left on device"):
-        download(source(local_store, "k", data), tiny_tmpfs, chunk_size=256 * 1024)
+        download(source(any_store, "k", data), tiny_tmpfs, chunk_size=256 * 1024)
     assert files(tiny_tmpfs) == []
 
 
-def test_no_space_on_a_tiny_tmpfs_without_preallocation(local_store, tiny_tmpfs, monkeypatch):
+def test_no_space_on_a_tiny_tmpfs_without_preallocation(any_store, tiny_tmpfs, monkeypatch):
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "not supported")
 
     monkeypatch.setattr(diskio, "_allocate", unsupported)  # ENOSPC must then come from a write
     data = os.urandom(2 * MiB)
-    put(local_store, "k", data)
+    put(any_store, "k", data)
     with pytest.raises(StorageError, match="no space left on device"):
-        download(source(local_store, "k", data), tiny_tmpfs, chunk_size=256 * 1024)
+        download(source(any_store, "k", data), tiny_tmpfs, chunk_size=256 * 1024)
     assert files(tiny_tmpfs) == []
 
 
