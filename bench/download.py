@@ -5,8 +5,8 @@ S3 (loopback SeaweedFS, anonymous, one random object, default 1 GiB):
 - `boto3 defaults`  `download_file` with TransferConfig and client defaults (no fsync, no checksum
                     of the whole object);
 - `ferry`           `storage_core.download.download`: parallel ranged GETs pinned to the ETag,
-                    CRC32C of the whole object verified against the catalog's value, `.part` file,
-                    fsync, rename, fsync of the folder.
+                    CRC32C of the whole object verified against the catalog's value, `.part` file
+                    (whole ranges written with O_DIRECT), fsync, rename, fsync of the folder.
 Local disk:
 - `cp`, `cp + sync` copy the stored file (`sync` makes it as durable as Ferry's fsync);
 - `ferry local`     `download` from a LocalStore (same checks as above).
@@ -165,10 +165,15 @@ class Sides:
 
 
 def _interleaved(repeat: int, makers: Sequence[Callable[[], Result]]) -> list[Result]:
+    """Each side `repeat` times, interleaved so that drift (cache, thermal, server state) hits
+    all sides, and in a rotated order each round: a side's speed can depend on the one before
+    it (this VM reuses the pages a deleted output just freed much faster than it grows into
+    memory it gave back), so no side always follows the same one."""
     runs: list[list[Result]] = [[] for _ in makers]
-    for _ in range(repeat):  # interleaved, so drift (cache, thermal, server state) hits all sides
-        for i, make in enumerate(makers):
-            runs[i].append(make())
+    for round_ in range(repeat):
+        for step in range(len(makers)):
+            i = (round_ + step) % len(makers)
+            runs[i].append(makers[i]())
     return [median_run(r) for r in runs]
 
 
