@@ -1,6 +1,7 @@
 """Download one object to one path: ranged GETs in parallel, pinned to one ETag, into a
-`.part` file, verified, made durable, then renamed into place. From a LocalStore the same
-ranges are copied by the kernel from one open handle instead of fetched.
+`.part` file, verified, made durable, then renamed into place. Each range is read into its
+worker's reused buffer and written around the page cache where it can (diskio.RangeWriter).
+From a LocalStore the same ranges are copied by the kernel from one open handle instead.
 
 What holds on failure: nothing is ever visible at the final path unless it is complete
 and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder). The
@@ -117,6 +118,9 @@ def download_object(
     stop: threading.Event | None = None,
 ) -> Path:
     """Download `write.source` to `write.dest`; return the path.
+
+    Each thread of `ranges_pool` keeps one `chunk_size` buffer for its life (see
+    `_range_buffer`): give it a pool that ends with the download, as `download` does.
 
     Raises IntegrityError (size or CRC32C mismatch), PreconditionFailed (the object changed
     after the HEAD), AccessDenied / StorageError naming the path (not writable, no space),
