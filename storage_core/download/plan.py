@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -228,11 +231,43 @@ def _holds(path: Path, source: DownloadSource) -> bool:
         info = os.lstat(path)
         if not stat.S_ISREG(info.st_mode) or info.st_size != source.size:
             return False
-        with open(path, "rb") as stream:
-            value, _ = crc32c_of_stream(stream)
+        value = _crc32c_of_file(path, info)
     except OSError:
         return False
     return value == source.crc32c
+
+
+# CRC32C of files already read, by identity: the download flow plans once to report and
+# again in each batch, and a resumed restore would otherwise read every kept file twice.
+# ctime cannot be set from user space and changes with any write, so an entry can only
+# match a file whose bytes have not been written since. File times tick in steps of a few
+# milliseconds, so a file changed within the last SETTLED_NS is read again each time.
+_FileIdentity = tuple[int, int, int, int, int]
+_known_crc32c: OrderedDict[_FileIdentity, int] = OrderedDict()
+_known_lock = threading.Lock()
+KNOWN_FILES = 4096
+SETTLED_NS = 2_000_000_000
+
+
+def _identity(info: os.stat_result) -> _FileIdentity:
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _crc32c_of_file(path: Path, info: os.stat_result) -> int:
+    with _known_lock:
+        known = _known_crc32c.get(_identity(info))
+    if known is not None:
+        return known
+    with open(path, "rb") as stream:
+        before = os.fstat(stream.fileno())
+        value, _ = crc32c_of_stream(stream)
+        if _identity(os.fstat(stream.fileno())) != _identity(before) or time.time_ns() - before.st_ctime_ns < SETTLED_NS:
+            return value  # being written, or just now: answer for now, remember nothing
+    with _known_lock:
+        _known_crc32c[_identity(before)] = value
+        while len(_known_crc32c) > KNOWN_FILES:
+            _known_crc32c.popitem(last=False)
+    return value
 
 
 def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool, resume: bool) -> list[PlanProblem]:

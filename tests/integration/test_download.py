@@ -9,12 +9,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 import pytest
 
-from storage_core.checksums import crc32c
-from storage_core.download import DownloadSource, RetryPolicy, WritePlanError, download, expand_prefix
+from storage_core.checksums import crc32c, crc32c_of_stream
+from storage_core.download import DownloadSource, RetryPolicy, WritePlanError, download, expand_prefix, plan_writes
 from storage_core import diskio
 from storage_core.download import transfer
 from storage_core.errors import (
@@ -475,6 +476,36 @@ def tiny_tmpfs(tmp_path):
         yield mount_point
     finally:
         os.system(f"umount -l {mount_point}")
+
+
+def test_planning_twice_reads_a_kept_file_once_but_sees_a_rewrite(local_store, out, monkeypatch):
+    from storage_core.download import plan as plan_module
+
+    data = os.urandom(50_000)
+    put(local_store, "a", data)
+    kept = out / "dev1/rec1/video/a.bin"
+    kept.parent.mkdir(parents=True)
+    kept.write_bytes(data)
+    monkeypatch.setattr(plan_module, "SETTLED_NS", 0)  # the file was written just now
+    reads: list[str] = []
+
+    def counting(stream, **options):
+        reads.append(stream.name)
+        return crc32c_of_stream(stream, **options)
+
+    monkeypatch.setattr(plan_module, "crc32c_of_stream", counting)
+    sources = [source(local_store, "a", data, rel="a.bin")]
+    for _ in range(3):  # the flow's plan, then each batch's
+        (write,) = plan_writes(sources, out, resume=True)
+        assert write.present
+    assert len(reads) == 1
+    changed = bytearray(data)
+    changed[0] ^= 1
+    time.sleep(0.05)  # past the file-time tick (SETTLED_NS covers this outside the test)
+    kept.write_bytes(changed)  # same size, new bytes: its ctime moves on
+    with pytest.raises(WritePlanError, match="differs from the stored object"):
+        plan_writes(sources, out, resume=True)
+    assert len(reads) == 2
 
 
 def test_resume_keeps_identical_files_and_fetches_only_the_missing(any_store, out):
