@@ -113,10 +113,10 @@ class RangeWriter:
     through the page cache.
     """
 
-    def __init__(self, path: Path, fd: int, *, direct: bool = True) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self.fd = fd
         self._direct_fd: int | None = None
-        if direct and hasattr(os, "O_DIRECT"):
+        if hasattr(os, "O_DIRECT"):
             try:
                 self._direct_fd = _open_direct(path)
             except OSError as exc:
@@ -240,9 +240,9 @@ def fsync_dir(folder: Path) -> None:
 __all__ = [
     "COPY_PIECE",
     "DIRECT_ALIGN",
+    "WRITEBACK_EVERY",
     "RangeWriter",
     "aligned_buffer",
-    "WRITEBACK_EVERY",
     "copy_file",
     "copy_range",
     "crc32c_of_fd",

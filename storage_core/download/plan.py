@@ -261,7 +261,8 @@ def _crc32c_of_file(path: Path, info: os.stat_result) -> int:
     with open(path, "rb") as stream:
         before = os.fstat(stream.fileno())
         value, _ = crc32c_of_stream(stream)
-        if _identity(os.fstat(stream.fileno())) != _identity(before) or time.time_ns() - before.st_ctime_ns < SETTLED_NS:
+        written_since = _identity(os.fstat(stream.fileno())) != _identity(before)
+        if written_since or time.time_ns() - before.st_ctime_ns < SETTLED_NS:
             return value  # being written, or just now: answer for now, remember nothing
     with _known_lock:
         _known_crc32c[_identity(before)] = value

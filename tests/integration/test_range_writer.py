@@ -34,11 +34,11 @@ def _filled(size: int) -> memoryview:
     return buffer
 
 
-def _write_three_ranges(path, **options) -> bytes:
+def _write_three_ranges(path) -> bytes:
     """An aligned MiB, a MiB of bytes (read-only memory), and an aligned tail of 100 bytes."""
     first, second, tail = _filled(MiB), os.urandom(MiB), _filled(100)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    writer = RangeWriter(path, fd, **options)
+    writer = RangeWriter(path, fd)
     try:
         writer.write(first, 0)
         writer.write(memoryview(second), MiB)
