@@ -119,6 +119,7 @@ def device_upload_cmd(
     device: Annotated[Optional[str], typer.Option("--device", help="Device id (default: the token's device).")] = None,
     part_size: Annotated[int, typer.Option("--part-size", help="Bytes per part; larger files go multipart.")] = 16 * 1024 * 1024,
     limit_rate: Annotated[Optional[int], typer.Option("--limit-rate", help="Upload at most this many bytes per second.")] = None,
+    parallel: Annotated[int, typer.Option("--parallel", min=1, help="Files and parts PUT at once.")] = 4,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a folder through the gateway, as a device does; rerun to resume."""
@@ -127,7 +128,8 @@ def device_upload_cmd(
     token = token or os.environ.get("FERRY_DEVICE_TOKEN")
     if not token:
         raise ConfigError("no device token: pass --token or set FERRY_DEVICE_TOKEN")
-    report = device_upload(folder, gateway=gateway_url, token=token, device=device, part_size=part_size, limit_rate=limit_rate)
+    report = device_upload(folder, gateway=gateway_url, token=token, device=device, part_size=part_size,
+                           limit_rate=limit_rate, parallel=parallel)
     if as_json:
         emit_json(report)
         return

@@ -3,7 +3,7 @@ PUTs bytes straight to the presigned URLs it is given.
 
     scan FOLDER/RECORDING/files ─> checksums (one read; kept in FOLDER/.ferry-device-upload.json)
       ─> begin (the device's own transaction id, so a repeated begin is the same transaction)
-      ─> PUT each missing file / part, streamed from disk ─> complete
+      ─> PUT each missing file / part, streamed from disk, several at once ─> complete
 
 The state file is written before the first request, so after a lost connection or a
 killed process the same command asks the gateway what the store already holds and sends
@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,15 @@ from typing import Any
 import httpx
 
 from storage_core.checksums import combine_parts, crc32c_of_stream
-from storage_core.errors import FerryError
+from storage_core.errors import ConfigError, FerryError
 from storage_core.upload.manifest import scan_folder
 
 STATE_FILE = ".ferry-device-upload.json"
 MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB
+# PUTs in flight: one stream rarely fills a device's uplink when each part waits a round
+# trip for its answer; S3's own guidance is several connections per client
+DEFAULT_PARALLEL = 4
 
 
 class GatewayError(FerryError):
@@ -155,37 +160,73 @@ def _read_state(folder: Path) -> dict[str, Any] | None:
 
 
 class _Throttle:
-    def __init__(self, bytes_per_second: int | None) -> None:
+    """The whole upload's byte budget (`--limit-rate`), shared by the PUTs in flight; it also
+    reports each block to `on_bytes`, one call at a time."""
+
+    def __init__(self, bytes_per_second: int | None, on_bytes: Callable[[int], None]) -> None:
         self.rate, self.started, self.sent = bytes_per_second, time.monotonic(), 0
+        self.on_bytes = on_bytes
+        self._lock = threading.Lock()
 
     def wait(self, n: int) -> None:
-        if not self.rate:
-            return
-        self.sent += n
-        ahead = self.sent / self.rate - (time.monotonic() - self.started)
+        with self._lock:
+            self.sent += n
+            self.on_bytes(n)
+            ahead = self.sent / self.rate - (time.monotonic() - self.started) if self.rate else 0
         if ahead > 0:
             time.sleep(ahead)
 
 
-def _stream(path: Path, start: int, length: int, throttle: _Throttle, on_bytes: Callable[[int], None]) -> Iterator[bytes]:
+class _Stopped(Exception):
+    """A PUT given up because another PUT of the same attempt failed."""
+
+
+def _stream(path: Path, start: int, length: int, throttle: _Throttle, stop: threading.Event) -> Iterator[bytes]:
     with open(path, "rb") as handle:
         handle.seek(start)
         left = length
         while left:
+            if stop.is_set():
+                raise _Stopped()
             block = handle.read(min(READ_CHUNK, left))
             if not block:
                 raise FerryError(f"{path} shrank while it was being uploaded")
             left -= len(block)
             throttle.wait(len(block))
-            on_bytes(len(block))
             yield block
 
 
+def _put_all(http: httpx.Client, pieces: list[tuple[dict[str, Any], Path, int]], throttle: _Throttle, parallel: int,
+             on_stored: Callable[[dict[str, Any]], None]) -> None:
+    """PUT every (url, file, offset) piece, `parallel` at once, calling `on_stored(url)` (one
+    call at a time) as each is stored. The first failure stops the other PUTs (between two
+    blocks) and is raised once none is running any more."""
+    if not pieces:
+        return
+    stop, lock = threading.Event(), threading.Lock()
+
+    def send(url: dict[str, Any], path: Path, start: int) -> None:
+        _put(http, url, path, start, throttle, stop)
+        with lock:  # counted here, not as results are collected: those after a failure count too
+            on_stored(url)
+
+    with ThreadPoolExecutor(min(parallel, len(pieces)), thread_name_prefix="ferry-put") as pool:
+        futures = [pool.submit(send, url, path, start) for url, path, start in pieces]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            stop.set()
+            for future in futures:
+                future.cancel()
+            raise
+
+
 def _put(http: httpx.Client, url: dict[str, Any], path: Path, start: int, throttle: _Throttle,
-         on_bytes: Callable[[int], None]) -> None:
+         stop: threading.Event) -> None:
     headers = {**url["headers"], "Content-Length": str(url["size"])}
     try:
-        response = http.put(url["url"], content=_stream(path, start, url["size"], throttle, on_bytes), headers=headers)
+        response = http.put(url["url"], content=_stream(path, start, url["size"], throttle, stop), headers=headers)
     except httpx.TransportError as exc:
         raise GatewayError(f"upload to object storage interrupted: {exc}", retryable=True) from exc
     if not response.is_success:
@@ -194,6 +235,11 @@ def _put(http: httpx.Client, url: dict[str, Any], path: Path, start: int, thrott
             f"object storage refused {path.name} ({response.status_code}): {response.text[:200]}",
             status=response.status_code, retryable=retryable,
         )
+
+
+def _offset(file: dict[str, Any], url: dict[str, Any]) -> int:
+    """Where a URL's bytes start in the local file: 0 for a single PUT, else its part's offset."""
+    return 0 if url["part_number"] is None else (url["part_number"] - 1) * file["part_size"]
 
 
 # --- the command -------------------------------------------------------------------------------
@@ -207,16 +253,19 @@ def device_upload(
     device: str | None = None,
     part_size: int = 16 * MiB,
     limit_rate: int | None = None,
+    parallel: int = DEFAULT_PARALLEL,
     attempts: int = 5,
     on_bytes: Callable[[int], None] | None = None,
 ) -> DeviceUploadReport:
     """Upload FOLDER/RECORDING/files through the gateway, resuming a previous run of the
-    same folder. Retryable failures (connection lost, 5xx, an expired URL) re-ask the
-    gateway what is stored and go on, up to `attempts` times; a refusal raises GatewayError."""
+    same folder. `parallel` files and parts are PUT at once (memory: one READ_CHUNK each);
+    `limit_rate` caps them together. Retryable failures (connection lost, 5xx, an expired
+    URL) re-ask the gateway what is stored and go on, up to `attempts` times; a refusal
+    raises GatewayError."""
+    if parallel < 1:
+        raise ConfigError(f"parallel must be at least 1 (got {parallel})")
     root = Path(folder)
     client = GatewayClient(gateway, token)
-    on_bytes = on_bytes or (lambda n: None)
-    throttle = _Throttle(limit_rate)
     try:
         device = device or client.me()
         previous = _read_state(root)
@@ -231,6 +280,12 @@ def device_upload(
         local = {f["path"]: Path(f["local"]) for f in files}
         sent = sent_bytes = 0
         reused: int | None = None
+        throttle = _Throttle(limit_rate, on_bytes or (lambda n: None))
+
+        def stored(url: dict[str, Any]) -> None:
+            nonlocal sent, sent_bytes
+            sent, sent_bytes = sent + 1, sent_bytes + url["size"]
+
         with httpx.Client(timeout=300) as storage:
             for attempt in range(1, attempts + 1):
                 try:
@@ -241,12 +296,8 @@ def device_upload(
                         state = client.begin(wire, txn_id)
                     if reused is None:
                         reused = sum(len(f["parts_present"]) if f["multipart"] else int(f["uploaded"]) for f in state["files"])
-                    for f in state["files"]:
-                        for url in f["urls"]:
-                            number = url["part_number"]
-                            start = 0 if number is None else (number - 1) * f["part_size"]
-                            _put(storage, url, local[f["path"]], start, throttle, on_bytes)
-                            sent, sent_bytes = sent + 1, sent_bytes + url["size"]
+                    pieces = [(url, local[f["path"]], _offset(f, url)) for f in state["files"] for url in f["urls"]]
+                    _put_all(storage, pieces, throttle, parallel, on_stored=stored)
                     done = client.complete(txn_id)
                     break
                 except GatewayError as exc:
@@ -262,4 +313,4 @@ def device_upload(
         client.close()
 
 
-__all__ = ["DeviceUploadReport", "GatewayClient", "GatewayError", "STATE_FILE", "build_manifest", "device_upload"]
+__all__ = ["DEFAULT_PARALLEL", "DeviceUploadReport", "GatewayClient", "GatewayError", "STATE_FILE", "build_manifest", "device_upload"]

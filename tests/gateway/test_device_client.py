@@ -8,12 +8,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import pytest
 
-from flows.gateway.client import STATE_FILE, device_upload
+from flows.gateway import client as client_module
+from flows.gateway.client import STATE_FILE, GatewayError, device_upload
+from storage_core.errors import ConfigError
 from storage_core.catalog.queries import list_objects
 
 MiB = 1024 * 1024
@@ -49,6 +53,55 @@ def test_device_upload_stores_a_folder_and_a_rerun_sends_nothing(gateway, tmp_pa
     again = device_upload(folder, gateway=gateway.url, token=gateway.token, part_size=5 * MiB)
     assert again.pieces_sent == 0 and again.files == 0
     assert len(list_objects(gateway.catalog)) == 2
+
+
+def test_device_upload_puts_parts_in_parallel(gateway, tmp_path, monkeypatch):
+    folder = tmp_path / "landing"
+    big = write(folder / "run-1" / "big.bin", 15 * MiB + 3)  # 4 parts of 5 MiB
+    both_in_flight = threading.Barrier(2, timeout=20)  # broken (and the upload fails) unless 2 PUTs overlap
+    calls: list[int] = []
+    put = client_module._put
+
+    def meeting(http, url, *args):
+        calls.append(url["part_number"])
+        if len(calls) <= 2:
+            both_in_flight.wait()
+        return put(http, url, *args)
+
+    monkeypatch.setattr(client_module, "_put", meeting)
+    report = device_upload(folder, gateway=gateway.url, token=gateway.token, part_size=5 * MiB, parallel=3)
+    assert report.status == "completed" and report.pieces_sent == 4 and report.bytes_sent == len(big)
+    assert sorted(calls) == [1, 2, 3, 4]
+    assert gateway.store.get_range("lake/cam-1/run-1/big.bin", 0, len(big)) == big
+
+
+def test_one_failed_put_stops_the_others_and_the_retry_sends_only_what_is_missing(gateway, tmp_path, monkeypatch):
+    folder = tmp_path / "landing"
+    big = write(folder / "run-1" / "big.bin", 20 * MiB + 1)  # 5 parts of 5 MiB
+    tried: list[int] = []
+    stored: list[int] = []
+    put = client_module._put
+
+    def part_3_fails_once(http, url, *args):
+        tried.append(url["part_number"])
+        if url["part_number"] == 3 and tried.count(3) == 1:
+            raise GatewayError("connection lost (injected)", retryable=True)
+        put(http, url, *args)
+        stored.append(url["part_number"])
+
+    monkeypatch.setattr(client_module, "_put", part_3_fails_once)
+    report = device_upload(folder, gateway=gateway.url, token=gateway.token, part_size=5 * MiB, parallel=2)
+    assert report.status == "completed" and tried.count(3) == 2
+    assert sorted(stored) == [1, 2, 3, 4, 5]  # no part stored twice: the retry asked what was missing
+    assert report.pieces_sent == 5 and report.bytes_sent == len(big)
+    assert gateway.store.get_range("lake/cam-1/run-1/big.bin", 0, len(big)) == big
+    assert gateway.store.list_multipart_uploads() == [] and not (folder / STATE_FILE).exists()
+
+
+def test_parallel_below_one_is_refused(gateway, tmp_path):
+    write(tmp_path / "landing" / "run-1" / "a.bin", 10)
+    with pytest.raises(ConfigError, match="parallel must be at least 1"):
+        device_upload(tmp_path / "landing", gateway=gateway.url, token=gateway.token, parallel=0)
 
 
 def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
