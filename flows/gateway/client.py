@@ -33,7 +33,8 @@ STATE_FILE = ".ferry-device-upload.json"
 MiB = 1024 * 1024
 READ_CHUNK = 1 * MiB
 # PUTs in flight: one stream rarely fills a device's uplink when each part waits a round
-# trip for its answer; S3's own guidance is several connections per client
+# trip for its answer (AWS's S3 performance guidelines, too, spread a transfer over
+# several connections)
 DEFAULT_PARALLEL = 4
 
 
@@ -313,4 +314,12 @@ def device_upload(
         client.close()
 
 
-__all__ = ["DEFAULT_PARALLEL", "DeviceUploadReport", "GatewayClient", "GatewayError", "STATE_FILE", "build_manifest", "device_upload"]
+__all__ = [
+    "DEFAULT_PARALLEL",
+    "STATE_FILE",
+    "DeviceUploadReport",
+    "GatewayClient",
+    "GatewayError",
+    "build_manifest",
+    "device_upload",
+]

@@ -17,8 +17,8 @@ import pytest
 
 from flows.gateway import client as client_module
 from flows.gateway.client import STATE_FILE, GatewayError, device_upload
-from storage_core.errors import ConfigError
 from storage_core.catalog.queries import list_objects
+from storage_core.errors import ConfigError
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
