@@ -43,6 +43,7 @@ from storage_core.catalog.models import (
     TransactionStatus,
 )
 from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
+from storage_core.checksums import crc32c_of_stream, to_hex
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
@@ -54,7 +55,6 @@ from storage_core.errors import (
     TransactionStateError,
     one_line,
 )
-from storage_core.checksums import crc32c_of_stream, to_hex
 from storage_core.keys import StorageUri, join_key
 from storage_core.stores.base import ObjectMeta
 from storage_core.stores.registry import open_store, split_object_uri
@@ -108,6 +108,20 @@ def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
         yield values[start:start + size]
 
 
+def _stored_at(session, destination: StorageUri, entries: list[ManifestEntry]) -> dict[str, tuple[int, int | None]]:
+    """{key: (size, CRC32C)} of what the catalog records as stored at the entries'
+    destinations (one query per 500 files, not one per file)."""
+    keys = sorted({destination_key(destination, e) for e in entries})
+    stored: dict[str, tuple[int, int | None]] = {}
+    for chunk in _chunks(keys):
+        for key, size, value in session.execute(
+            select(StoredObject.key, StoredObject.size, StoredObject.crc32c).where(
+                StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(chunk))
+        ):  # fmt: skip
+            stored[key] = (size, value)
+    return stored
+
+
 def prepare_manifest(
     catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri, *, settings: FerrySettings | None = None
 ) -> list[ManifestEntry]:
@@ -119,15 +133,9 @@ def prepare_manifest(
     object again, so a scheduled run over an unchanged prefix moves no bytes. Local files
     are re-read: a rewrite can keep size and mtime, so they are no proof of identical bytes.
     """
-    keys = sorted({destination_key(destination, e) for e in entries})
     objects = [str(e.path) for e in entries if e.is_object]
     with catalog.session() as session:
-        sizes: dict[str, int] = {}
-        for chunk in _chunks(keys):
-            sizes.update(session.execute(
-                select(StoredObject.key, StoredObject.size).where(
-                    StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(chunk))
-            ).all())  # fmt: skip
+        sizes = {key: size for key, (size, _) in _stored_at(session, destination, entries).items()}
         known: dict[tuple[str, int, str], int] = {}
         for chunk in _chunks(objects):
             for path, size, etag, value in session.execute(
@@ -187,15 +195,8 @@ def begin_transaction(
     `skipped` item with the reason; the rest are `pending`."""
     txn_id = transaction_id or uuid.uuid4().hex
     entries = list(entries)
-    keys = sorted({destination_key(destination, e) for e in entries})
     with catalog.session() as session:
-        stored_now: dict[str, tuple[int, int | None]] = {}
-        for chunk in _chunks(keys):  # one query per 500 files, not one per file
-            for key, size, value in session.execute(
-                select(StoredObject.key, StoredObject.size, StoredObject.crc32c).where(
-                    StoredObject.store_uri == destination.store_uri, StoredObject.key.in_(chunk))
-            ):  # fmt: skip
-                stored_now[key] = (size, value)
+        stored_now = _stored_at(session, destination, entries)
         txn = Transaction(
             id=txn_id,
             device_id=device_id,
