@@ -48,6 +48,7 @@ from bench.harness import (
     make_random_file,
     ratio,
     run_command,
+    run_cp,
     run_python,
     seaweed_server,
     settle,
@@ -152,11 +153,9 @@ class Sides:
 
     def cp(self, sync: bool) -> Result:
         assert self.store_root is not None
-        name = "cp + sync" if sync else "cp"
-        script = 'cp "$1" "$2" && sync "$2"' if sync else 'cp "$1" "$2"'
         source = self.store_root / KEY
-        return self._run(name, lambda out: run_command(
-            name, ["sh", "-c", script, "sh", str(source), str(out / "file.bin")], nbytes=self.size))
+        return self._run("cp + sync" if sync else "cp",
+                         lambda out: run_cp(source, out / "file.bin", sync=sync, nbytes=self.size))
 
     def ferry_local(self) -> Result:
         assert self.store_root is not None

@@ -212,6 +212,13 @@ def run_command(
 GNU_TIME = "/usr/bin/time"
 
 
+def run_cp(source: str | os.PathLike[str], dest: str | os.PathLike[str], *, sync: bool, nbytes: int) -> Result:
+    """Time `cp source dest` (side "cp"), or with `sync dest` after it (side "cp + sync": as
+    durable as Ferry's fsync)."""
+    script = 'cp "$1" "$2" && sync "$2"' if sync else 'cp "$1" "$2"'
+    return run_command("cp + sync" if sync else "cp", ["sh", "-c", script, "sh", str(source), str(dest)], nbytes=nbytes)
+
+
 class _HwmSampler:
     """Polls /proc/<pid>/status for VmHWM until stopped: a lower bound for very short spikes."""
 
@@ -475,6 +482,7 @@ __all__ = [
     "process_cpu_seconds",
     "ratio",
     "run_command",
+    "run_cp",
     "run_python",
     "seaweed_server",
     "settle",

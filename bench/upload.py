@@ -61,6 +61,7 @@ from bench.harness import (
     make_random_file,
     process_cpu_seconds,
     run_command,
+    run_cp,
     run_python,
     seaweed_server,
     settle,
@@ -227,11 +228,9 @@ def run_tune(path: Path, size: int, repeat: int, *, auth: bool = False) -> tuple
 def run_local(path: Path, size: int, repeat: int, scratch: Path) -> tuple[list[Result], list[dict[str, Result]]]:
     def cp(sync: bool) -> Result:
         dest = scratch / f"cp-{uuid.uuid4().hex[:8]}"
-        script = 'cp "$1" "$2" && sync "$2"' if sync else 'cp "$1" "$2"'
         settle()
         try:
-            argv = ["sh", "-c", script, "sh", str(path), str(dest)]
-            return run_command("cp + sync" if sync else "cp", argv, nbytes=size)
+            return run_cp(path, dest, sync=sync, nbytes=size)
         finally:
             dest.unlink(missing_ok=True)
 
