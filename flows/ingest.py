@@ -114,8 +114,9 @@ def ingest(
     transaction_id: str | None = None,
 ) -> IngestReport:
     """Upload a landing folder or bucket prefix (`s3://bucket/prefix`), laid out as
-    DEVICE/RECORDING/files, or RECORDING/files with `device`, to `to` (default: FERRY_STORE). Identical bytes already stored are skipped. On failure
-    the transaction is aborted (or, after retryable errors, left open to resume).
+    DEVICE/RECORDING/files, or RECORDING/files with `device`, to `to` (default:
+    FERRY_STORE). Identical bytes already stored are skipped. On failure the transaction
+    is aborted (or, after retryable errors, left open to resume).
     `transaction_id` lets a caller name the transaction up front (to watch its progress)."""
     started = time.monotonic()
     destination = to or load_settings().store_uri

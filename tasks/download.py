@@ -23,7 +23,6 @@ from storage_core.download.plan import Layout
 from tasks.retry import RETRY_POLICY
 
 
-
 class Selection(BaseModel):
     """What to restore: the query filters of the download flow."""
 
