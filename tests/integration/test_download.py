@@ -328,6 +328,22 @@ def test_a_file_that_appears_during_the_download_is_not_clobbered(local_store, o
 # --- a LocalStore source: copied through a reused buffer, not ranged GETs ------------------
 
 
+def test_an_s3_object_replaced_mid_download_fails_through_the_buffered_range_path(bucket, out):
+    old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
+    put(bucket, "k", old)
+
+    def replace_once(nbytes: int, done=[]) -> None:
+        if not done:
+            done.append(put(bucket, "k", new))  # after the first range: the next GET is pinned to the old ETag
+
+    with pytest.raises(PreconditionFailed) as info:
+        download(source(bucket, "k", old), out, chunk_size=MiB, max_workers=1, on_progress=replace_once,
+                 retry=FAST_RETRY)
+    assert info.value.retryable and files(out) == []
+    (path,) = download(source(bucket, "k", new), out, chunk_size=MiB)  # the caller's retry, from a fresh HEAD
+    assert path.read_bytes() == new
+
+
 def test_a_local_object_replaced_during_the_download_is_copied_as_it_was_opened(local_store, out):
     old, new = os.urandom(4 * MiB), os.urandom(4 * MiB)
     put(local_store, "k", old)
