@@ -77,13 +77,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from storage_core.errors import BenchmarkFailed
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 CHUNK = 8 * MiB
 
 
-class BenchmarkFailed(RuntimeError):
-    """A side exited non-zero or raised; the message carries its status and stderr tail."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from flows.summarize import SummarizeParams, SummarizeReport, summarize
 from storage_core.catalog import TransactionInfo
 from storage_core.catalog.summaries import SUMMARIZABLE
 from storage_core.config import load_settings
-from storage_core.errors import FerryError, one_line
+from storage_core.errors import FerryError, IngestFailed, one_line
 from storage_core.upload import batch_items
 from tasks import upload as upload_tasks
 
@@ -38,8 +38,6 @@ class IngestReport(BaseModel):
         return self.bytes_stored / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-class IngestFailed(FerryError):
-    """The flow-run failure: one line saying what happened to the transaction."""
 
 
 def _summarize_stored(info: TransactionInfo) -> SummarizeReport:

@@ -3,7 +3,9 @@
     FerryError
     ├── ConfigError                  bad settings, URIs or keys: the caller must fix input
     │   ├── InvalidKey
-    │   └── WritePlanError           a download plan has problems (all listed); nothing written
+    │   ├── WritePlanError           a download plan has problems (all listed); nothing written
+    │   ├── ManifestRefused          a device manifest the gateway will not start (reason: invalid, too_large, forbidden)
+    │   └── EventsNotConfigured      no Prefect API to send upload events to (they stay queued)
     ├── StorageError
     │   ├── ObjectNotFound           (also a FileNotFoundError)
     │   ├── BucketNotFound
@@ -11,6 +13,9 @@
     │   ├── AccessDenied             wrong credentials or missing permission
     │   ├── PreconditionFailed       the object changed under us (ETag mismatch)
     │   ├── IntegrityError           bytes do not match a recorded size or checksum
+    │   │   └── FormatError          not a valid file of the expected format
+    │   │       ├── NotMcapFile
+    │   │       └── NotParquetFile
     │   ├── SourceChanged            a local file changed while it was being read
     │   ├── RangeNotHonoured         the server ignored or mis-answered a Range request
     │   ├── StorageUnavailable       network or server trouble; retrying can help
@@ -20,8 +25,14 @@
     │   ├── UploadAborted
     │   └── AbortFailed              an abort itself failed: the upload may be orphaned
     ├── CatalogError
+    │   ├── UnknownUpload            no such device transaction (for this device)
     │   └── TransactionStateError    an operation that the transaction's state forbids
-    └── TokenRefused                 a device token that is unknown, malformed or revoked
+    │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
+    ├── TokenRefused                 a device token that is unknown, malformed or revoked
+    ├── GatewayError                 the device gateway refused (4xx) or could not be reached
+    ├── IngestFailed                 an ingest run's failure, in one line
+    ├── SummariesFailed              some objects could not be summarized (each reason recorded)
+    └── BenchmarkFailed              a benchmark side exited non-zero or raised
 
 Every error says whether a retry can help (`retryable`); tasks decide retries from that
 flag alone.
@@ -68,6 +79,18 @@ class WritePlanError(ConfigError):
         self.problems = problems
 
 
+class ManifestRefused(ConfigError):
+    """A manifest the gateway will not start: `reason` is 'invalid', 'too_large' or 'forbidden'."""
+
+    def __init__(self, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class EventsNotConfigured(ConfigError):
+    """No Prefect API to send to: the event stays in the outbox."""
+
+
 class StorageError(FerryError):
     def __init__(self, message: str, *, key: str | None = None, retryable: bool | None = None) -> None:
         super().__init__(message, retryable=retryable)
@@ -96,6 +119,18 @@ class UploadNotFound(StorageError):
 
 class IntegrityError(StorageError):
     pass
+
+
+class FormatError(IntegrityError):
+    """The object is not a valid file of the expected format (reading again gives the same bytes)."""
+
+
+class NotMcapFile(FormatError):
+    """Neither end of the object carries the MCAP magic."""
+
+
+class NotParquetFile(FormatError):
+    """The object does not end with a Parquet footer (`PAR1`)."""
 
 
 class SourceChanged(StorageError):
@@ -150,8 +185,36 @@ class TransactionStateError(CatalogError):
     pass
 
 
+class UnknownUpload(CatalogError):
+    """No such device transaction for this device (another device's is unknown too)."""
+
+
+class UploadIncomplete(TransactionStateError):
+    """Complete was called before every byte was uploaded; nothing was changed."""
+
+
 class TokenRefused(FerryError):
     """The presented device token is unknown, malformed or revoked (never retryable)."""
+
+
+class GatewayError(FerryError):
+    """The gateway refused (4xx: `retryable` False) or could not be reached / failed (retryable)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+
+
+class IngestFailed(FerryError):
+    """An ingest run's failure: one line saying what happened to the transaction."""
+
+
+class SummariesFailed(FerryError):
+    """Some objects could not be summarized; each has its `summary_error` recorded."""
+
+
+class BenchmarkFailed(FerryError):
+    """A benchmark side exited non-zero or raised; the message carries its status and stderr tail."""
 
 
 def one_line(exc: BaseException) -> str:
@@ -163,12 +226,20 @@ def one_line(exc: BaseException) -> str:
 __all__ = [
     "AbortFailed",
     "AccessDenied",
+    "BenchmarkFailed",
     "BucketNotFound",
     "CatalogError",
     "ConfigError",
+    "EventsNotConfigured",
     "FerryError",
+    "FormatError",
+    "GatewayError",
+    "IngestFailed",
     "IntegrityError",
     "InvalidKey",
+    "ManifestRefused",
+    "NotMcapFile",
+    "NotParquetFile",
     "ObjectNotFound",
     "PartUploadFailed",
     "PreconditionFailed",
@@ -176,12 +247,15 @@ __all__ = [
     "SourceChanged",
     "StorageError",
     "StorageUnavailable",
+    "SummariesFailed",
     "TokenRefused",
     "TransactionStateError",
     "TransferError",
-    "UploadAborted",
-    "UploadNotFound",
+    "UnknownUpload",
     "Unsupported",
+    "UploadAborted",
+    "UploadIncomplete",
+    "UploadNotFound",
     "WritePlanError",
     "one_line",
 ]

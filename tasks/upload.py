@@ -8,7 +8,8 @@ from prefect import get_run_logger, task
 from storage_core.catalog import TransactionInfo, open_catalog
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
-from storage_core.upload import manifest, transactions
+from storage_core import manifest
+from storage_core.upload import transactions
 from tasks.retry import RETRY_POLICY
 
 

@@ -1,6 +1,6 @@
 """File formats read through byte ranges: MCAP summaries (with a fallback scan), Parquet footers."""
 
-from storage_core.formats.errors import FormatError, NotMcapFile, NotParquetFile
+from storage_core.errors import FormatError, NotMcapFile, NotParquetFile
 from storage_core.formats.mcap_model import (
     AttachmentInfo,
     ChannelInfo,

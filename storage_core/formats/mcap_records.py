@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mcap.records import AttachmentIndex, Channel, ChunkIndex, MetadataIndex, Schema
 
-from storage_core.formats.errors import FormatError
+from storage_core.errors import FormatError
 from storage_core.formats.mcap_model import AttachmentInfo, ChannelInfo, ChunkInfo, MetadataInfo, SchemaInfo
 
 MAGIC = b"\x89MCAP0\r\n"

@@ -20,7 +20,7 @@ import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.records import Channel, Schema
 
-from storage_core.formats.errors import FormatError, NotMcapFile
+from storage_core.errors import FormatError, NotMcapFile
 from storage_core.formats.mcap_model import (
     AttachmentInfo,
     ChannelInfo,

@@ -19,7 +19,7 @@ from mcap.records import AttachmentIndex, Channel, ChunkIndex, Footer as McapFoo
 from mcap.stream_reader import StreamReader
 
 from storage_core.errors import IntegrityError
-from storage_core.formats.errors import FormatError, NotMcapFile
+from storage_core.errors import FormatError, NotMcapFile
 from storage_core.formats.mcap_model import McapSummary, topics_of
 from storage_core.formats.mcap_records import (
     FOOTER_CRC_SPAN,

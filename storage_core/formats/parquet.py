@@ -16,7 +16,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from storage_core.formats.errors import FormatError, NotParquetFile
+from storage_core.errors import FormatError, NotParquetFile
 from storage_core.formats.mcap_model import jsonable
 from storage_core.ranges.reader import RangeReader
 from storage_core.stores.base import GetRange

@@ -15,7 +15,15 @@ from storage_core.stores.base import (
 )
 from storage_core.stores.local import LocalStore
 from storage_core.stores.registry import open_store
-from storage_core.stores.s3 import S3Store
+
+
+def __getattr__(name: str):  # noqa: ANN202 - S3Store loads boto3: only when asked for
+    if name == "S3Store":
+        from storage_core.stores.s3 import S3Store
+
+        return S3Store
+    raise AttributeError(name)
+
 
 __all__ = [
     "GetRange",

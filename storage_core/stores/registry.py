@@ -8,7 +8,6 @@ from storage_core.config import FerrySettings, load_settings
 from storage_core.keys import StorageUri, parse_uri
 from storage_core.stores.base import ObjectStore
 from storage_core.stores.local import LocalStore
-from storage_core.stores.s3 import S3Store, make_client
 
 _clients: dict[tuple[str | None, str | None, int], object] = {}
 _lock = threading.Lock()
@@ -18,6 +17,8 @@ def _s3_client(settings: FerrySettings) -> object:
     # boto3 clients are thread-safe and costly to build: share one per endpoint
     pool = settings.max_concurrency * 2 + 4
     cache_key = (settings.endpoint_url, settings.region, pool)
+    from storage_core.stores.s3 import make_client  # boto3 loads only for an s3:// store
+
     with _lock:
         if cache_key not in _clients:
             _clients[cache_key] = make_client(
@@ -32,6 +33,8 @@ def open_store(uri: str | StorageUri, settings: FerrySettings | None = None) -> 
     location = parse_uri(uri) if isinstance(uri, str) else uri
     if location.scheme == "file":
         return LocalStore(location.root), location.prefix
+    from storage_core.stores.s3 import S3Store
+
     store = S3Store(
         location.root,
         client=_s3_client(settings),

@@ -49,14 +49,17 @@ from storage_core.errors import (
     ConfigError,
     IntegrityError,
     InvalidKey,
+    ManifestRefused,
     ObjectNotFound,
     TransactionStateError,
+    UnknownUpload,
+    UploadIncomplete,
     UploadNotFound,
 )
 from storage_core.keys import StorageUri, validate_key
 from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
 from storage_core.stores.registry import open_store
-from storage_core.upload.manifest import ManifestEntry, modality_of
+from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.upload.outbox import UploadEventInfo, record_upload_event
 from storage_core.upload.plan import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
 from storage_core.upload.transactions import (
@@ -72,20 +75,10 @@ _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
 GiB = 1024**3
 
 
-class ManifestRefused(ConfigError):
-    """A manifest the gateway will not start: `reason` is 'invalid', 'too_large' or 'forbidden'."""
-
-    def __init__(self, message: str, *, reason: str = "invalid") -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
-class UnknownUpload(CatalogError):
-    """No such device transaction for this device (another device's is unknown too)."""
 
 
-class UploadIncomplete(TransactionStateError):
-    """Complete was called before every byte was uploaded; nothing was changed."""
 
 
 @dataclass(frozen=True)
@@ -548,9 +541,6 @@ __all__ = [
     "DeviceFile",
     "DeviceUploadState",
     "FileState",
-    "ManifestRefused",
-    "UnknownUpload",
-    "UploadIncomplete",
     "UploadLimits",
     "UploadUrl",
     "abort_device_upload",

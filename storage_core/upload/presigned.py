@@ -22,7 +22,7 @@ from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import IntegrityError, ObjectNotFound, TransactionStateError
 from storage_core.keys import StorageUri
 from storage_core.stores.registry import open_store
-from storage_core.upload.manifest import ManifestEntry, modality_of
+from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.upload.transactions import (
     abort_transactions,
     begin_transaction,

@@ -58,7 +58,7 @@ from storage_core.errors import (
 from storage_core.keys import StorageUri, join_key
 from storage_core.stores.base import ObjectMeta
 from storage_core.stores.registry import open_store, split_object_uri
-from storage_core.upload.manifest import ManifestEntry, with_checksums
+from storage_core.manifest import ManifestEntry, with_checksums
 from storage_core.upload.transfer import (
     CompletedPart,
     FileIdentity,

@@ -51,7 +51,7 @@ def ferry_serve(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
         log = tmp_path / f"serve-{len(started)}.log"
         with open(log, "wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "flows.cli", "serve", *args],
+                [sys.executable, "-m", "ferry.cli", "serve", *args],
                 env=serve_env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         started.append((process, log))

@@ -11,9 +11,9 @@ import uuid
 import httpx
 
 from deployments.definitions import SUMMARIZE
-from flows.gateway.app import create_app
-from flows.gateway.events import PrefectEmitter, emit_pending
-from flows.gateway.server import free_port, running_gateway
+from ferry.gateway.app import create_app
+from ferry.gateway.events import PrefectEmitter, emit_pending
+from tests.support.gateway import free_port, running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings

@@ -43,7 +43,7 @@ def ferry_env(tmp_path: Path, s3_env, prefect_api: str, monkeypatch: pytest.Monk
 
 def run_ferry(args: list[str], env: dict[str, str], *, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args],
+        [sys.executable, "-m", "ferry.cli", *args],
         env=env,
         capture_output=True,
         text=True,

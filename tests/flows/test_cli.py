@@ -26,7 +26,7 @@ def test_sigkill_mid_upload_then_resume_sends_only_missing_parts(ferry_env, buck
     env = {**ferry_env, "FERRY_MAX_CONCURRENCY": "1"}
     catalog = Catalog(env["FERRY_DATABASE_URL"])
     child = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"],
+        [sys.executable, "-m", "ferry.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2],
     )
     deadline = time.monotonic() + 120
@@ -62,7 +62,7 @@ def test_sigkill_mid_upload_then_resume_sends_only_missing_parts(ferry_env, buck
 def test_reconcile_aborts_stale_transactions_and_orphans(ferry_env, bucket, tmp_path, monkeypatch):
     from storage_core.config import load_settings
     from storage_core.keys import parse_uri
-    from storage_core.upload.manifest import scan_source
+    from storage_core.manifest import scan_source
     from storage_core.upload.transactions import begin_transaction, upload_item
 
     source = write_landing(tmp_path / "in", {"robot/rec/big.bin": 12 * MiB})
@@ -100,7 +100,7 @@ def test_reconcile_aborts_stale_transactions_and_orphans(ferry_env, bucket, tmp_
 
 def test_two_ingests_of_the_same_folder_store_each_file_once(ferry_env, bucket, tmp_path):
     source = write_landing(tmp_path / "in", {f"robot/rec/{n:02d}.bin": 3 * MiB for n in range(12)})
-    args = [sys.executable, "-m", "flows.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"]
+    args = [sys.executable, "-m", "ferry.cli", "ingest", str(source), "--to", f"s3://{bucket.bucket}", "--json"]
     cwd = Path(__file__).resolve().parents[2]
     children = [subprocess.Popen(args, env=ferry_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd) for _ in range(2)]
     outputs = [child.communicate(timeout=180) for child in children]
@@ -182,7 +182,7 @@ def test_usage_errors_and_typer_exits_keep_their_non_zero_codes(ferry_env):
 def test_the_progress_bar_shown_on_a_terminal_follows_the_transaction(tmp_path, monkeypatch):
     # `ferry ingest` and `transactions resume` draw it only when stderr is a terminal,
     # which subprocess tests never are: run the watcher in-process
-    from flows.cli.ingest_cmds import _watch_transaction
+    from ferry.cli.ingest_cmds import _watch_transaction
 
     monkeypatch.setenv("FERRY_DATABASE_URL", f"sqlite:///{tmp_path / 'catalog.db'}")
     assert _watch_transaction("no-such-transaction", lambda: "done", show=True) == "done"

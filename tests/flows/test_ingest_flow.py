@@ -6,7 +6,8 @@ import threading
 
 import pytest
 
-from flows.ingest import IngestFailed, ingest
+from flows.ingest import ingest
+from storage_core.errors import IngestFailed
 from storage_core.catalog import Catalog
 from storage_core.catalog.queries import list_objects
 from storage_core.checksums import crc32c

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 
-from flows.gateway.app import create_app
-from flows.gateway.events import CompletedEvent
-from flows.gateway.server import running_gateway
+from ferry.gateway.app import create_app
+from ferry.gateway.events import CompletedEvent
+from tests.support.gateway import running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from flows.gateway import client as client_module
-from flows.gateway.client import STATE_FILE, GatewayError, device_upload
+from storage_core.device import client as client_module
+from storage_core.device.client import STATE_FILE, device_upload
+from storage_core.errors import GatewayError
 from storage_core.catalog.queries import list_objects
 from storage_core.errors import ConfigError
 
@@ -34,7 +35,7 @@ def write(path: Path, size: int) -> bytes:
 def ferry(*args: str, cwd: Path, env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, env=full_env,
+        [sys.executable, "-m", "ferry.cli", *args], cwd=cwd, env=full_env,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs,
     )
 

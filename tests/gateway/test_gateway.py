@@ -11,8 +11,9 @@ import time
 import httpx
 import pytest
 
-from flows.gateway.events import EventsNotConfigured, PrefectEmitter, emit_pending, upload_completed_event
-from flows.gateway.server import running_gateway
+from ferry.gateway.events import PrefectEmitter, emit_pending, upload_completed_event
+from storage_core.errors import EventsNotConfigured
+from tests.support.gateway import running_gateway
 from storage_core.catalog.devices import add_device_token, authenticate_device, revoke_device_tokens
 from storage_core.catalog.queries import list_objects
 from storage_core.checksums import combine_parts, crc32c

@@ -15,7 +15,7 @@ from storage_core.config import load_settings
 from storage_core.errors import ConfigError, SourceChanged, StorageUnavailable
 from storage_core.keys import parse_uri
 from storage_core.upload import transactions
-from storage_core.upload.manifest import scan_source
+from storage_core.manifest import scan_source
 from storage_core.upload.transactions import (
     abort_transactions,
     begin_transaction,

@@ -14,7 +14,7 @@ from storage_core.checksums import crc32c
 from storage_core.config import load_settings
 from storage_core.errors import ConfigError, PartUploadFailed, TransactionStateError
 from storage_core.keys import parse_uri
-from storage_core.upload.manifest import scan_source
+from storage_core.manifest import scan_source
 from storage_core.upload.transactions import (
     abort_transactions,
     begin_transaction,

@@ -7,7 +7,7 @@ import pytest
 
 from storage_core.errors import ConfigError
 from storage_core.stores.base import ObjectMeta
-from storage_core.upload.manifest import scan_objects
+from storage_core.manifest import scan_objects
 
 
 class Listing:

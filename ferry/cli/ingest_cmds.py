@@ -14,7 +14,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flows.cli.common import (
+from ferry.cli.common import (
     JsonOpt,
     VerboseOpt,
     app,
@@ -199,7 +199,7 @@ def demo(
     it into the embedded default store (FERRY_STORE, SQLite catalog, Prefect's ephemeral API)."""
     import tempfile
 
-    from flows.demo_data import make_landing
+    from ferry.cli.demo_data import make_landing
     from flows.ingest import ingest as ingest_flow
     from storage_core.catalog.queries import list_recordings
 

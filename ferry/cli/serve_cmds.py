@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, emit_json, err, out
+from ferry.cli.common import JsonOpt, app, emit_json, err, out
 
 DEFAULT_PORT = 4200
 

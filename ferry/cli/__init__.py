@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from flows.cli import (  # noqa: F401 - each module registers its commands on `app`
+from ferry.cli import (  # noqa: F401 - each module registers its commands on `app`
     bench_cmds,
     catalog_cmds,
     gateway_cmds,
@@ -18,7 +18,7 @@ from flows.cli import (  # noqa: F401 - each module registers its commands on `a
     serve_cmds,
     summarize_cmds,
 )
-from flows.cli.common import app, err
+from ferry.cli.common import app, err, set_process_defaults
 
 
 def main() -> None:
@@ -28,6 +28,7 @@ def main() -> None:
     `typer.Exit(code)` comes back as the return value of a non-standalone call."""
     from storage_core.errors import FerryError, one_line
 
+    set_process_defaults()
     try:
         code = app(standalone_mode=False)
     except FerryError as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flows.cli.common import bench_app
+from ferry.cli.common import bench_app
 
 
 def _bench(name: str, args: list[str]) -> None:

@@ -26,8 +26,8 @@ from typing import Any
 import httpx
 
 from storage_core.checksums import combine_parts, crc32c_of_stream
-from storage_core.errors import ConfigError, FerryError
-from storage_core.upload.manifest import scan_folder
+from storage_core.errors import ConfigError, FerryError, GatewayError
+from storage_core.manifest import scan_folder
 
 STATE_FILE = ".ferry-device-upload.json"
 MiB = 1024 * 1024
@@ -38,12 +38,6 @@ READ_CHUNK = 1 * MiB
 DEFAULT_PARALLEL = 4
 
 
-class GatewayError(FerryError):
-    """The gateway refused (4xx: `retryable` False) or could not be reached / failed (retryable)."""
-
-    def __init__(self, message: str, *, status: int | None = None, retryable: bool | None = None) -> None:
-        super().__init__(message, retryable=retryable)
-        self.status = status
 
 
 @dataclass(frozen=True)

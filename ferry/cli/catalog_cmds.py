@@ -15,7 +15,7 @@ import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, parse_time, size_text
+from ferry.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, parse_time, size_text
 
 Device = Annotated[Optional[str], typer.Option("--device", help="Only this device.")]
 Recording = Annotated[Optional[str], typer.Option("--recording", help="Only this recording name.")]

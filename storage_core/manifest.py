@@ -15,13 +15,15 @@ import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from storage_core.checksums import crc32c_of_stream
-from storage_core.config import FerrySettings
 from storage_core.errors import ConfigError, InvalidKey
 from storage_core.keys import parse_uri, validate_key
 from storage_core.stores.base import List
+
+if TYPE_CHECKING:
+    from storage_core.config import FerrySettings
 
 
 @dataclass(frozen=True)

@@ -15,15 +15,6 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-# The CLI is a process entry point, so it may set defaults for its own environment:
-# nothing phones home, and Prefect's files stay under .ferry/ unless the user says otherwise.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-if "PREFECT_HOME" not in os.environ:
-    _prefect_home = Path.cwd() / ".ferry" / "prefect"
-    _prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
-    os.environ["PREFECT_HOME"] = str(_prefect_home)
-
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Move recorded data reliably and fast, and know what is where.")
 transactions_app = typer.Typer(no_args_is_help=True, help="Inspect, abort and resume upload transactions.")
 bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side benchmarks against the tools a user would pick instead.")
@@ -34,6 +25,17 @@ out = Console()
 err = Console(stderr=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own logs.")]
+
+
+def set_process_defaults() -> None:
+    """Defaults for the CLI's own process (called by `main()`, never on import): nothing
+    phones home, and Prefect's files stay under .ferry/ unless the user says otherwise."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    if "PREFECT_HOME" not in os.environ:
+        prefect_home = Path.cwd() / ".ferry" / "prefect"
+        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
+        os.environ["PREFECT_HOME"] = str(prefect_home)
 
 
 def plain(value: Any) -> Any:

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, size_text
+from ferry.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, size_text
 from storage_core.errors import ConfigError
 
 devices_app = typer.Typer(no_args_is_help=True, help="Device tokens for the gateway: add, revoke, list.")
@@ -29,7 +29,7 @@ def gateway(
     """Serve the device gateway: devices upload through presigned URLs into FERRY_STORE."""
     import uvicorn
 
-    from flows.gateway.app import create_app
+    from ferry.gateway.app import create_app
     from storage_core.config import load_settings
     from storage_core.errors import Unsupported
     from storage_core.keys import parse_uri
@@ -123,7 +123,7 @@ def device_upload_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a folder through the gateway, as a device does; rerun to resume."""
-    from flows.gateway.client import device_upload
+    from storage_core.device.client import device_upload
 
     token = token or os.environ.get("FERRY_DEVICE_TOKEN")
     if not token:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from storage_core.catalog.db import Catalog
-from storage_core.errors import one_line
+from storage_core.errors import EventsNotConfigured, one_line
 from storage_core.upload.outbox import UPLOAD_COMPLETED, UploadEventInfo, mark_emitted, pending_upload_events
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,6 @@ class Emitter(Protocol):
         ...
 
 
-class EventsNotConfigured(RuntimeError):
-    """No Prefect API to send to: the event stays in the outbox."""
 
 
 class PrefectEmitter:

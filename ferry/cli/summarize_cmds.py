@@ -10,15 +10,13 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from flows.cli.common import JsonOpt, VerboseOpt, app, emit_json, err, out, parse_time, quiet_prefect_console, size_text
-from storage_core.errors import ConfigError, FerryError
+from ferry.cli.common import JsonOpt, VerboseOpt, app, emit_json, err, out, parse_time, quiet_prefect_console, size_text
+from storage_core.errors import ConfigError, FerryError, SummariesFailed
 
 # typer vendors its own click: its BadParameter escapes main()'s click handler and its Exit
 # is swallowed (exit 0), so failures here are FerryErrors (one `error:` line, exit 1)
 
 
-class SummariesFailed(FerryError):
-    """Some objects could not be summarized; each has its `summary_error` recorded."""
 
 
 def _ns_text(ns: int | None) -> str:

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
-from flows.gateway.events import Emitter, PrefectEmitter, emit_pending
+from ferry.gateway.events import Emitter, PrefectEmitter, emit_pending
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
@@ -37,16 +37,16 @@ from storage_core.errors import (
     ConfigError,
     FerryError,
     IntegrityError,
+    ManifestRefused,
     StorageUnavailable,
     TokenRefused,
     TransactionStateError,
+    UnknownUpload,
     one_line,
 )
 from storage_core.keys import StorageUri
 from storage_core.upload.device import (
     DeviceFile,
-    ManifestRefused,
-    UnknownUpload,
     UploadLimits,
     abort_device_upload,
     begin_device_upload,
@@ -89,7 +89,7 @@ class UrlsIn(BaseModel):
     files: list[PartChecksumsIn] = []
 
 
-class Refused(Exception):
+class _Refused(Exception):
     def __init__(self, status: int, detail: str) -> None:
         self.status, self.detail = status, detail
 
@@ -98,7 +98,7 @@ def _device(request: Request, authorization: Annotated[str | None, Header()] = N
     """The device id of the request's bearer token (re-checked on every request)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise Refused(401, "missing bearer token (Authorization: Bearer <device token>)")
+        raise _Refused(401, "missing bearer token (Authorization: Bearer <device token>)")
     return authenticate_device(request.app.state.catalog, token.strip())
 
 
@@ -170,8 +170,8 @@ def create_app(
     app.state.flush = flush
     app.state.catalog = catalog
 
-    @app.exception_handler(Refused)
-    async def _refused(_request: Request, exc: Refused) -> JSONResponse:
+    @app.exception_handler(_Refused)
+    async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
