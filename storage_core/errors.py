@@ -25,6 +25,8 @@
     │   ├── UploadAborted
     │   └── AbortFailed              an abort itself failed: the upload may be orphaned
     ├── CatalogError
+    │   ├── CatalogUnavailable       locked, unreachable or failing database; retrying can help
+    │   ├── CatalogConflict          a concurrent writer claimed the same row first
     │   ├── UnknownUpload            no such device transaction (for this device)
     │   └── TransactionStateError    an operation that the transaction's state forbids
     │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
@@ -185,6 +187,16 @@ class TransactionStateError(CatalogError):
     pass
 
 
+class CatalogUnavailable(CatalogError):
+    """The catalog database is locked, unreachable or failed; a later try can succeed."""
+
+    retryable = True
+
+
+class CatalogConflict(CatalogError):
+    """A concurrent writer claimed the same row (a unique key) first; nothing was written."""
+
+
 class UnknownUpload(CatalogError):
     """No such device transaction for this device (another device's is unknown too)."""
 
@@ -228,7 +240,9 @@ __all__ = [
     "AccessDenied",
     "BenchmarkFailed",
     "BucketNotFound",
+    "CatalogConflict",
     "CatalogError",
+    "CatalogUnavailable",
     "ConfigError",
     "EventsNotConfigured",
     "FerryError",
