@@ -159,8 +159,8 @@ class CopyFile(Protocol):
         before_commit: Callable[[], None] | None = None,
     ) -> ObjectMeta:
         """Store bytes [0, size) of the open local file `source_fd` as `key`, copied by the
-        kernel (the bytes never pass through Python); the result's `crc32c` is read back
-        from the copy, so it covers what was stored.
+        kernel where it can (the bytes do not pass through Python); the result's `crc32c` is
+        read back from the copy, so it covers what was stored.
 
         `before_commit` runs once the copy is durable and before it becomes visible (a
         caller re-checks its source there; raising leaves nothing). A source shorter than
