@@ -26,7 +26,7 @@ class DownloadSource:
     source of a call is reported together.
     """
 
-    store: Any  # Head + GetRange (S3Store, LocalStore, or a wrapper)
+    store: Any  # Head + GetRange; GetRangeInto and CopyRange are used when it has them
     key: str
     size: int | None
     crc32c: int | None = None

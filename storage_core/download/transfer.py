@@ -1,7 +1,8 @@
 """Download one object to one path: ranged GETs in parallel, pinned to one ETag, into a
 `.part` file, verified, made durable, then renamed into place. Each range is read into its
 worker's reused buffer and written around the page cache where it can (diskio.RangeWriter).
-From a LocalStore the same ranges are copied by the kernel from one open handle instead.
+From a store whose objects are local files (`CopyRange`: a LocalStore) the same ranges are
+copied by the kernel from one open handle instead.
 
 What holds on failure: nothing is ever visible at the final path unless it is complete
 and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder). The
@@ -24,9 +25,10 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from storage_core.checksums import combine_parts, crc32c, to_hex
-from storage_core.diskio import RangeWriter, aligned_buffer, copy_range, fsync_dir, preallocate
+from storage_core.diskio import RangeWriter, aligned_buffer, fsync_dir, preallocate
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
     AccessDenied,
@@ -37,8 +39,7 @@ from storage_core.errors import (
     StorageUnavailable,
 )
 from storage_core.ranges.plan import split
-from storage_core.stores.base import GetRangeInto
-from storage_core.stores.local import LocalStore
+from storage_core.stores.base import CopyRange, GetRangeInto
 
 MiB = 1024 * 1024
 # Measured with `ferry bench download --tune` (1 GiB, loopback SeaweedFS, 2 cores shared
@@ -49,7 +50,7 @@ MiB = 1024 * 1024
 # latency. In memory: 4 x 16 MiB buffers, one per worker.
 DEFAULT_CHUNK_SIZE = 16 * MiB
 DEFAULT_MAX_WORKERS = 4
-# From a LocalStore each range is one kernel copy (diskio.copy_range): 4 threads copied
+# From a CopyRange store each range is one kernel copy (diskio.copy_range): 4 threads copied
 # 1 GiB in 0.30 s, against 0.48-1.7 s through 1 MiB buffers. An error of such a copy is the
 # destination's when it is one of these, else the source's.
 _DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
@@ -149,12 +150,12 @@ def download_object(
         with _disk(part, key):
             preallocate(fd, meta.size)
         spans = plan_ranges(meta.size, chunk_size)
-        if isinstance(source.store, LocalStore):
+        if isinstance(source.store, CopyRange):
             # Pinned by opening once: the ETag is checked at open and the handle keeps reading
-            # the same inode even if the key is replaced meanwhile (the CRC check still runs).
-            local = stack.enter_context(source.store.open_read(key, if_match=meta.etag))
+            # the object as it was even if the key is replaced meanwhile (the CRC check still runs).
+            opened = stack.enter_context(source.store.open_read(key, if_match=meta.etag))
             for start, end in spans:
-                futures.append(ranges_pool.submit(_copy_local_range, write, local.fileno(), start, end, fd,
+                futures.append(ranges_pool.submit(_copy_range, write, opened, start, end, fd,
                                                   on_progress=on_progress, stops=(stop, failed)))
         else:
             with _disk(part, key):
@@ -266,9 +267,9 @@ def _range_buffer(size: int) -> memoryview:
     return buffer[:size]
 
 
-def _copy_local_range(
+def _copy_range(
     write: PlannedWrite,
-    source_fd: int,
+    opened: BinaryIO,
     start: int,
     end: int,
     fd: int,
@@ -276,12 +277,12 @@ def _copy_local_range(
     on_progress: OnProgress | None,
     stops: tuple[threading.Event, ...],
 ) -> int:
-    """Copy [start, end) of an open local object to `fd` at `start` (a kernel copy where it
-    can); return the CRC32C of the bytes written."""
+    """Copy [start, end) of the object `opened` (by a CopyRange store's `open_read`) to `fd`
+    at `start` (a kernel copy where it can); return the CRC32C of the bytes written."""
     if any(s.is_set() for s in stops):
         raise _Cancelled()
     try:
-        value, copied = copy_range(source_fd, fd, start, end)
+        value, copied = write.source.store.copy_range(opened, start, end, fd)
     except OSError as exc:
         if exc.errno in _DESTINATION_ERRORS:
             with _disk(write.part, write.source.key):

@@ -41,13 +41,13 @@ from storage_core.formats.mcap_records import (
 )
 from storage_core.formats.mcap_scan import scan_mcap
 from storage_core.ranges.reader import DEFAULT_TAIL_SIZE, RangeReader
-from storage_core.stores.base import GetRange
+from storage_core.stores.base import GetRangeAndTail
 
 MIN_SIZE = len(MAGIC) + TRAILER_SIZE
 
 
 def read_mcap_summary(
-    source: RangeReader | GetRange,
+    source: RangeReader | GetRangeAndTail,
     key: str | None = None,
     *,
     tail_size: int = DEFAULT_TAIL_SIZE,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from storage_core.errors import FormatError, NotParquetFile
 from storage_core.formats.mcap_model import jsonable
 from storage_core.ranges.reader import RangeReader
-from storage_core.stores.base import GetRange
+from storage_core.stores.base import GetRangeAndTail
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -125,7 +125,7 @@ def _aggregate(metadata: "pq.FileMetaData", index: int) -> ParquetColumn:
 
 
 def read_parquet_summary(
-    source: RangeReader | GetRange, key: str | None = None, *, tail_size: int = PARQUET_TAIL_SIZE
+    source: RangeReader | GetRangeAndTail, key: str | None = None, *, tail_size: int = PARQUET_TAIL_SIZE
 ) -> ParquetSummary:
     """Summarize a Parquet object from its footer (≤ 2 requests, no HEAD).
 

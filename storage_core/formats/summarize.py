@@ -17,7 +17,7 @@ from storage_core.formats.mcap_summary import read_mcap_summary
 from storage_core.formats.parquet import PARQUET_TAIL_SIZE, read_parquet_summary
 from storage_core.keys import parse_uri
 from storage_core.ranges.reader import DEFAULT_TAIL_SIZE, RangeReader
-from storage_core.stores.base import GetRange
+from storage_core.stores.base import GetRangeAndTail
 from storage_core.stores.local import LocalStore
 
 MODALITY_BY_SUFFIX = {".mcap": "mcap", ".parquet": "parquet"}
@@ -45,7 +45,7 @@ class ObjectSummary:
         }
 
 
-def summarize_object(store: GetRange, key: str, modality: str, *, uri: str | None = None) -> ObjectSummary:
+def summarize_object(store: GetRangeAndTail, key: str, modality: str, *, uri: str | None = None) -> ObjectSummary:
     """Read the summary of `key` as `modality` ("mcap" or "parquet") through ranges.
 
     MCAP: ≤ 2 requests when the file has a summary, else a streaming scan (flagged

@@ -15,7 +15,7 @@ from storage_core.ranges.fileobj import ReadOnlySeekable
 from storage_core.ranges.plan import ByteRange, coalesce, missing, plan_read, split
 from storage_core.ranges.sources import HttpSource, RangeSource, StoreSource
 from storage_core.ranges.sparse import SparseBuffer
-from storage_core.stores.base import GetRange
+from storage_core.stores.base import GetRangeAndTail
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -83,7 +83,7 @@ class RangeReader(ReadOnlySeekable):
         self._buffer.add_region(tail.start, tail.data)
 
     @classmethod
-    def from_store(cls, store: GetRange, key: str, **options: int) -> RangeReader:
+    def from_store(cls, store: GetRangeAndTail, key: str, **options: int) -> RangeReader:
         return cls(StoreSource(store, key), **options)
 
     @classmethod

@@ -25,7 +25,7 @@ from storage_core.errors import (
     StorageError,
     StorageUnavailable,
 )
-from storage_core.stores.base import GetRange, Tail
+from storage_core.stores.base import GetRangeAndTail, Tail
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes \*/(\d+)")
@@ -40,9 +40,9 @@ class RangeSource(Protocol):
 
 
 class StoreSource:
-    """Ranged reads of one key through any store with `GetRange`."""
+    """Ranged reads of one key through any store with `GetTail` and `GetRange`."""
 
-    def __init__(self, store: GetRange, key: str) -> None:
+    def __init__(self, store: GetRangeAndTail, key: str) -> None:
         self.store = store
         self.key = key
         self.name = f"{getattr(store, 'uri', type(store).__name__)}/{key}"

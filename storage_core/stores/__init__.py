@@ -1,6 +1,11 @@
 from storage_core.stores.base import (
+    CopyFile,
+    CopyRange,
+    Delete,
     GetRange,
+    GetRangeAndTail,
     GetRangeInto,
+    GetTail,
     Head,
     List,
     Multipart,
@@ -26,8 +31,13 @@ def __getattr__(name: str):  # noqa: ANN202 - S3Store loads boto3: only when ask
 
 
 __all__ = [
+    "CopyFile",
+    "CopyRange",
+    "Delete",
     "GetRange",
+    "GetRangeAndTail",
     "GetRangeInto",
+    "GetTail",
     "Head",
     "List",
     "LocalStore",

@@ -1,12 +1,21 @@
 """The object-store contract: small capabilities, each a Protocol, plus the metadata types.
 
 Byte ranges everywhere: `start` inclusive, `end` exclusive. Functions ask for the narrowest
-capability they need (`def read_summary(store: GetRange, ...)`); `ObjectStore` is all of them.
+capability they need (`def upload_object(store: Put | Multipart, source_store: GetRange, ...)`).
+
+A store declares only the capabilities it has: one that cannot presign has no `presign_*`
+methods at all rather than methods that raise. Code that can use an optional capability
+asks for it with `isinstance(store, Presign)` (every capability is `runtime_checkable`),
+never with `isinstance` of a store class, so a wrapper store works like the store it wraps.
+
+`ObjectStore` is what every store has (`open_store` returns one). Beyond it, `Presign`
+(an S3Store: URLs a device uses without credentials) and `CopyFile` / `CopyRange` (a
+LocalStore: its objects are local files, so the kernel copies them) are optional.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import BinaryIO, Protocol, runtime_checkable
@@ -53,12 +62,20 @@ class Head(Protocol):
 @runtime_checkable
 class GetRange(Protocol):
     def get_range(self, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
-        """Bytes [start, end). Raises PreconditionFailed when `if_match` no longer matches."""
+        """Bytes [start, end) (fewer only past the object's end). Raises PreconditionFailed
+        when `if_match` no longer matches."""
         ...
 
+
+@runtime_checkable
+class GetTail(Protocol):
     def get_tail(self, key: str, length: int, *, if_match: str | None = None) -> Tail:
         """The last `length` bytes (fewer if the object is smaller), size and ETag in one request."""
         ...
+
+
+class GetRangeAndTail(GetRange, GetTail, Protocol):
+    """A tail, then ranges: how a RangeReader reads a stored object (format summaries)."""
 
 
 @runtime_checkable
@@ -84,10 +101,16 @@ class List(Protocol):
 @runtime_checkable
 class Put(Protocol):
     def put(self, key: str, source: BinaryIO | bytes, *, size: int, crc32c: int | None = None) -> ObjectMeta:
-        """Store `size` bytes atomically: readers see the old object or the whole new one."""
+        """Store `size` bytes atomically: readers see the old object or the whole new one.
+        With `crc32c`, bytes that do not match it are refused (IntegrityError) and nothing is stored."""
         ...
 
-    def delete(self, key: str) -> None: ...
+
+@runtime_checkable
+class Delete(Protocol):
+    def delete(self, key: str) -> None:
+        """Remove `key`; a key that does not exist is not an error."""
+        ...
 
 
 @runtime_checkable
@@ -113,6 +136,8 @@ class Multipart(Protocol):
 
 @runtime_checkable
 class Presign(Protocol):
+    """URLs that let a holder without credentials read or write one key until they expire."""
+
     def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None) -> str: ...
 
     def presign_get(self, key: str, *, expires_in: int) -> str: ...
@@ -122,15 +147,56 @@ class Presign(Protocol):
     ) -> str: ...
 
 
-class ObjectStore(Head, GetRange, OpenRead, List, Put, Multipart, Presign, Protocol):
-    """Every capability; `uri` names the store root (`file:///dir` or `s3://bucket`)."""
+@runtime_checkable
+class CopyFile(Protocol):
+    def copy_file(
+        self,
+        key: str,
+        source_fd: int,
+        *,
+        size: int,
+        on_progress: Callable[[int], None] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> ObjectMeta:
+        """Store bytes [0, size) of the open local file `source_fd` as `key`, copied by the
+        kernel where it can (the bytes do not pass through Python); the result's `crc32c` is
+        read back from the copy, so it covers what was stored.
+
+        `before_commit` runs once the copy is durable and before it becomes visible (a
+        caller re-checks its source there; raising leaves nothing). A source shorter than
+        `size` fails `before_commit`, or else is an IntegrityError."""
+        ...
+
+
+@runtime_checkable
+class CopyRange(OpenRead, Protocol):
+    def copy_range(self, source: BinaryIO, start: int, end: int, fd: int) -> tuple[int, int]:
+        """Copy bytes [start, end) of `source`, an object this store's `open_read` opened,
+        into the local file `fd` at the same offsets, by the kernel where it can. Returns
+        (the CRC32C of the bytes now in `fd`, read back: open `fd` for reading too; the bytes
+        copied, fewer when the object ends first).
+
+        `source` pins the object: ranges copied from it read the object as it was opened,
+        even if its key is replaced meanwhile. An OSError of the copy is raised as it is:
+        it may be the destination's (ENOSPC), which only the caller can name."""
+        ...
+
+
+class ObjectStore(Head, GetRange, GetTail, GetRangeInto, OpenRead, List, Put, Delete, Multipart, Protocol):
+    """What every store has; `uri` names the store root (`file:///dir` or `s3://bucket`).
+    `Presign`, `CopyFile` and `CopyRange` are optional: ask for them with isinstance."""
 
     uri: str
 
 
 __all__ = [
+    "CopyFile",
+    "CopyRange",
+    "Delete",
     "GetRange",
+    "GetRangeAndTail",
     "GetRangeInto",
+    "GetTail",
     "Head",
     "List",
     "Multipart",

@@ -27,7 +27,6 @@ from storage_core.errors import (
     ObjectNotFound,
     PreconditionFailed,
     StorageError,
-    Unsupported,
     UploadNotFound,
 )
 from storage_core.keys import validate_key
@@ -92,7 +91,10 @@ def _copy_into(stream: BinaryIO, fd: int, length: int) -> tuple[int, int]:
 
 
 class LocalStore:
-    """Objects are files under `root`; keys map to relative paths."""
+    """Objects are files under `root`; keys map to relative paths.
+
+    Every capability of an ObjectStore, plus CopyFile and CopyRange (its objects are local
+    files, so the kernel copies them); no Presign (nothing serves its objects over HTTP)."""
 
     multipart_threshold = 1 << 62  # local copies stream in one pass; multipart stays available
 
@@ -159,8 +161,18 @@ class LocalStore:
         return Tail(data=data, start=start, size=stat.st_size, etag=_etag(stat))
 
     def open_read(self, key: str, *, if_match: str | None = None) -> BinaryIO:
+        """The object's file itself, open for reading: it keeps reading the same bytes even
+        if the key is replaced meanwhile (a replace installs a new file)."""
         handle, _ = self._open_checked(key, if_match)
         return handle
+
+    def copy_range(self, source: BinaryIO, start: int, end: int, fd: int) -> tuple[int, int]:
+        """CopyRange: bytes [start, end) of `source` (from `open_read`) into `fd` at the same
+        offsets, by the kernel where it can (`diskio.copy_range`). An OSError is raised as it
+        is: it may be the destination's."""
+        if start < 0 or end < start:
+            raise ValueError(f"bad range [{start}, {end})")
+        return diskio.copy_range(source.fileno(), fd, start, end)
 
     def list(self, prefix: str = "") -> Iterator[ObjectMeta]:
         base = self.root
@@ -215,7 +227,7 @@ class LocalStore:
         finally:
             temp.unlink(missing_ok=True)
 
-    def put_file(
+    def copy_file(
         self,
         key: str,
         source_fd: int,
@@ -224,8 +236,8 @@ class LocalStore:
         on_progress: Callable[[int], None] | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> ObjectMeta:
-        """Store bytes [0, size) of the open local file `source_fd` as `key`: copied by the
-        kernel where it can (`diskio.copy_file`), the CRC32C read back from the copy.
+        """CopyFile: bytes [0, size) of the open local file `source_fd` become `key`, copied
+        by the kernel where it can (`diskio.copy_file`), the CRC32C read back from the copy.
 
         `before_commit` runs once the copy is durable and before it becomes visible (a
         caller re-checks its source there; raising leaves nothing). A source shorter than
@@ -344,18 +356,6 @@ class LocalStore:
             if key.startswith(prefix):
                 pending.append(PendingUpload(key=key, upload_id=folder.name, initiated=initiated))
         return pending
-
-    # --- presign ---------------------------------------------------------------------
-    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None) -> str:
-        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
-
-    def presign_get(self, key: str, *, expires_in: int) -> str:
-        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
-
-    def presign_upload_part(
-        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
-    ) -> str:
-        raise Unsupported("a local folder store cannot presign URLs; use an S3 store", key=key)
 
 
 def _crc(data: bytes, value: int = 0) -> int:

@@ -120,7 +120,9 @@ def _meta(key: str, response: dict[str, Any]) -> ObjectMeta:
 
 
 class S3Store:
-    """One bucket. Keys are validated before any request is made."""
+    """One bucket. Keys are validated before any request is made.
+
+    Every capability of an ObjectStore, plus Presign."""
 
     def __init__(
         self,

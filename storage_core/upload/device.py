@@ -227,9 +227,14 @@ def check_part_checksums(path: str, size: int, crc: int, part_size: int, part_cr
 
 
 def require_presign(destination: StorageUri, settings: FerrySettings | None = None) -> None:
-    """Raise Unsupported unless the destination store can presign uploads."""
+    """Raise Unsupported unless the destination store has the Presign capability (an S3
+    store; a local folder has none)."""
+    from storage_core.errors import Unsupported
+    from storage_core.stores.base import Presign
+
     store, _ = open_store(destination, settings or load_settings())
-    store.presign_put("ferry-presign-check", expires_in=60)  # local folders raise Unsupported
+    if not isinstance(store, Presign):
+        raise Unsupported(f"{destination.store_uri} cannot presign URLs; use an S3 store")
 
 
 def _presign_part(store: ObjectStore, key: str, upload_id: str, number: int, crc: int, expires_in: int) -> str:

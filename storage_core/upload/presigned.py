@@ -19,8 +19,9 @@ from storage_core.catalog.models import ItemStatus, TransactionItem, Transaction
 from storage_core.catalog.views import TransactionInfo
 from storage_core.checksums import to_header
 from storage_core.config import FerrySettings, load_settings
-from storage_core.errors import IntegrityError, ObjectNotFound, TransactionStateError
+from storage_core.errors import IntegrityError, ObjectNotFound, TransactionStateError, Unsupported
 from storage_core.keys import StorageUri
+from storage_core.stores.base import Presign
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.upload.transactions import (
@@ -59,6 +60,9 @@ def begin_presigned_upload(
     signed with the checksum header, so the store itself refuses bytes that do not match."""
     if size <= 0:
         raise IntegrityError(f"refusing a presigned upload of {size} bytes: size must be positive")
+    store, _ = open_store(destination, settings or load_settings())
+    if not isinstance(store, Presign):  # refused before any transaction begins
+        raise Unsupported(f"{destination.store_uri} cannot presign URLs; use an S3 store")
     entry = ManifestEntry(
         path=PurePosixPath(f"device:{device_id}") / recording / relative_path,
         device_id=device_id,
@@ -74,7 +78,6 @@ def begin_presigned_upload(
     if item.status != ItemStatus.PENDING.value:
         abort_transactions(catalog, [txn.id], reason=f"not started: {item.error}", settings=settings)
         raise TransactionStateError(f"{item.uri}: {item.error}")
-    store, _ = open_store(destination, settings or load_settings())
     key = item.uri[len(destination.store_uri) + 1 :]
     url = store.presign_put(key, expires_in=expires_in, crc32c=crc32c)
     with catalog.session() as session:

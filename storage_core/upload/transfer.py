@@ -1,6 +1,6 @@
 """Upload one local file, or copy one stored object, to a store: one PUT when small, else
-a parallel multipart upload. A file into a local folder store is one kernel copy
-(`LocalStore.put_file`), whatever its size.
+a parallel multipart upload. A file into a store that can copy local files (`CopyFile`: a
+local folder) is one kernel copy, whatever its size.
 
 Guarantees:
 - memory stays bounded: at most `max_concurrency` parts are read and in flight at once;
@@ -36,8 +36,7 @@ from storage_core.errors import (
     UploadAborted,
 )
 from storage_core.retry import call_with_retries
-from storage_core.stores.base import GetRange, Multipart, ObjectMeta, Put
-from storage_core.stores.local import LocalStore
+from storage_core.stores.base import CopyFile, GetRange, Multipart, ObjectMeta, Put
 from storage_core.upload.plan import Part, choose_part_size, plan_parts
 
 log = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ def upload_file(
             _check_identity(path, identity, handle)
         source = _LocalFile(handle, path, identity)
         if resume is None and source.size <= store.multipart_threshold:
-            if isinstance(store, LocalStore):
+            if isinstance(store, CopyFile):
                 return _copied_put(store, source, key, on_progress)
             if source.size > SMALL_READ_LIMIT:  # a store with a huge multipart threshold
                 return _streamed_put(store, source, key, on_progress)
@@ -268,9 +267,9 @@ def _single_put(store: Put, source: _Source, key: str, on_progress: OnProgress |
     return UploadResult(key, source.size, value, meta.etag, None, parts_sent=1, parts_reused=0)
 
 
-def _copied_put(store: LocalStore, source: _LocalFile, key: str, on_progress: OnProgress | None) -> UploadResult:
+def _copied_put(store: CopyFile, source: _LocalFile, key: str, on_progress: OnProgress | None) -> UploadResult:
     """File to file: a kernel copy, the source's identity re-checked before the copy commits."""
-    meta = store.put_file(key, source.handle.fileno(), size=source.size, on_progress=on_progress,
+    meta = store.copy_file(key, source.handle.fileno(), size=source.size, on_progress=on_progress,
                           before_commit=source.check)
     return UploadResult(key, source.size, meta.crc32c, meta.etag, None, parts_sent=1, parts_reused=0)
 

@@ -12,7 +12,7 @@ from storage_core.catalog import Catalog
 from storage_core.catalog.queries import list_objects
 from storage_core.checksums import crc32c
 from storage_core.config import load_settings
-from storage_core.errors import IntegrityError
+from storage_core.errors import IntegrityError, Unsupported
 from storage_core.keys import parse_uri
 from storage_core.upload.presigned import begin_presigned_upload, complete_presigned_upload
 from storage_core.upload.transactions import get_transaction
@@ -73,3 +73,9 @@ def test_wrong_size_is_deleted_and_transaction_aborted(catalog, bucket):
     assert list(bucket.list()) == []
     txn = get_transaction(catalog, upload.upload_id)
     assert txn.status == "aborted" and txn.items[0].status == "failed"
+
+
+def test_a_store_without_presign_is_refused_before_anything_begins(catalog, tmp_path):
+    with pytest.raises(Unsupported, match="cannot presign URLs"):
+        begin_presigned_upload(catalog, destination=parse_uri(f"file://{tmp_path}/store"), device_id="cam-7",
+                               recording="run-1", relative_path="front.mp4", size=10, settings=load_settings())

@@ -6,9 +6,31 @@ import io
 import os
 
 import pytest
+import urllib3
 
 from storage_core.checksums import crc32c
+from storage_core.download import DownloadSource, download
 from storage_core.errors import IntegrityError, InvalidKey, ObjectNotFound, PreconditionFailed
+from storage_core.stores.base import (
+    CopyFile,
+    CopyRange,
+    Delete,
+    GetRange,
+    GetRangeInto,
+    GetTail,
+    Head,
+    List,
+    Multipart,
+    OpenRead,
+    Presign,
+    Put,
+)
+from storage_core.upload import upload_file, upload_object
+
+MiB = 1024 * 1024
+CAPABILITIES = (Head, GetRange, GetTail, GetRangeInto, OpenRead, List, Put, Delete, Multipart,
+                Presign, CopyFile, CopyRange)
+EVERY_STORE = {Head, GetRange, GetTail, GetRangeInto, OpenRead, List, Put, Delete, Multipart}
 
 
 def test_put_head_get_range_tail(any_store):
@@ -96,3 +118,107 @@ def test_upload_part_with_wrong_checksum_is_refused(any_store):
 def test_bad_keys_never_reach_storage(any_store, key):
     with pytest.raises(InvalidKey):
         any_store.put(key, b"x", size=1)
+
+
+# --- capabilities: declared exactly, and only the declared ones are asked for ---------------
+
+
+def test_each_store_declares_exactly_the_capabilities_it_has(any_store):
+    declared = {capability for capability in CAPABILITIES if isinstance(any_store, capability)}
+    if any_store.uri.startswith("s3://"):
+        assert declared == EVERY_STORE | {Presign}
+    else:  # a local folder: kernel copies, and nothing that could serve a presigned URL
+        assert declared == EVERY_STORE | {CopyFile, CopyRange}
+        assert not any(name.startswith("presign") for name in dir(any_store))
+
+
+def test_the_optional_capabilities_a_store_declares_work(any_store, tmp_path):
+    data = os.urandom(3 * MiB + 5)
+    if isinstance(any_store, CopyFile):
+        (tmp_path / "src").write_bytes(data)
+        with open(tmp_path / "src", "rb") as src:
+            meta = any_store.copy_file("c", src.fileno(), size=len(data))
+        assert meta.crc32c == crc32c(data)
+    else:
+        any_store.put("c", data, size=len(data))
+    assert any_store.get_range("c", 0, len(data)) == data
+    if isinstance(any_store, CopyRange):
+        fd = os.open(tmp_path / "dst", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            with any_store.open_read("c") as opened:
+                value, copied = any_store.copy_range(opened, MiB, 2 * MiB + 1, fd)
+                assert any_store.copy_range(opened, len(data) - 3, len(data) + 10, fd)[1] == 3  # the object ends
+        finally:
+            os.close(fd)
+        assert (value, copied) == (crc32c(data[MiB:2 * MiB + 1]), MiB + 1)
+        assert (tmp_path / "dst").read_bytes()[MiB:2 * MiB + 1] == data[MiB:2 * MiB + 1]
+    if isinstance(any_store, Presign):
+        answer = urllib3.request("GET", any_store.presign_get("c", expires_in=60))
+        assert answer.status == 200 and answer.data == data
+
+
+class BasicStore:
+    """Forwards only what every transfer needs (Head, GetRange, Put, Multipart), method by
+    method: no GetRangeInto, GetTail, CopyFile, CopyRange or Presign, and no __getattr__,
+    so code that asked for a capability the store lacks would fail with AttributeError."""
+
+    def __init__(self, inner, *, multipart_threshold: int) -> None:
+        self.inner, self.uri, self.multipart_threshold = inner, inner.uri, multipart_threshold
+        self.called: set[str] = set()
+
+    def _call(self, name, *args, **kwargs):
+        self.called.add(name)
+        return getattr(self.inner, name)(*args, **kwargs)
+
+    def head(self, key):
+        return self._call("head", key)
+
+    def get_range(self, key, start, end, *, if_match=None):
+        return self._call("get_range", key, start, end, if_match=if_match)
+
+    def put(self, key, source, *, size, crc32c=None):
+        return self._call("put", key, source, size=size, crc32c=crc32c)
+
+    def create_multipart(self, key):
+        return self._call("create_multipart", key)
+
+    def upload_part(self, key, upload_id, part_number, data, *, crc32c):
+        return self._call("upload_part", key, upload_id, part_number, data, crc32c=crc32c)
+
+    def list_parts(self, key, upload_id):
+        return self._call("list_parts", key, upload_id)
+
+    def complete_multipart(self, key, upload_id, parts):
+        return self._call("complete_multipart", key, upload_id, parts)
+
+    def abort_multipart(self, key, upload_id):
+        return self._call("abort_multipart", key, upload_id)
+
+    def list_multipart_uploads(self, prefix=""):
+        return self._call("list_multipart_uploads", prefix)
+
+
+def test_a_store_with_only_the_basic_capabilities_goes_the_generic_way(any_store, tmp_path):
+    store = BasicStore(any_store, multipart_threshold=5 * MiB)
+    assert {capability for capability in CAPABILITIES if isinstance(store, capability)} == {Head, GetRange, Put, Multipart}
+    small, large = os.urandom(1000), os.urandom(11 * MiB + 7)
+    (tmp_path / "small").write_bytes(small)
+    (tmp_path / "large").write_bytes(large)
+
+    assert upload_file(store, tmp_path / "small", "d/small").parts_sent == 1  # a single PUT
+    assert upload_file(store, tmp_path / "large", "d/large", part_size=5 * MiB).parts_sent == 3
+    meta = any_store.head("d/large")
+    copied = upload_object(store, store, "d/large", "d/copy", source_uri=f"{store.uri}/d/large",
+                           size=meta.size, etag=meta.etag, part_size=5 * MiB)
+    assert copied.crc32c == crc32c(large)
+
+    sources = [
+        DownloadSource(store=store, key=key, size=len(data), crc32c=crc32c(data), device_id="dev",
+                       recording="rec", modality="raw", segmented=True, relative_path=key)
+        for key, data in (("d/small", small), ("d/large", large), ("d/copy", large))
+    ]
+    out = tmp_path / "out" / "dev" / "rec" / "raw" / "d"
+    assert sorted(download(sources, tmp_path / "out", chunk_size=MiB)) == [out / "copy", out / "large", out / "small"]
+    assert [(out / name).read_bytes() for name in ("small", "large", "copy")] == [small, large, large]
+    assert {"put", "upload_part", "get_range"} <= store.called
+    assert any_store.list_multipart_uploads() == []
