@@ -55,7 +55,7 @@ from bench.harness import (
 )
 from storage_core.checksums import crc32c_of_stream
 from storage_core.download import DownloadSource, download
-from storage_core.errors import IntegrityError
+from storage_core.errors import BenchmarkFailed, IntegrityError
 from storage_core.stores.local import LocalStore
 from storage_core.stores.s3 import S3Store
 
@@ -130,7 +130,7 @@ class Sides:
             if check:
                 written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
                 if written != self.size:
-                    raise RuntimeError(f"{name}: wrote {written} bytes, expected {self.size}")
+                    raise BenchmarkFailed(f"{name}: wrote {written} bytes, expected {self.size}")
             return result
         finally:
             shutil.rmtree(out, ignore_errors=True)

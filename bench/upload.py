@@ -66,6 +66,7 @@ from bench.harness import (
     seaweed_server,
     settle,
 )
+from storage_core.errors import BenchmarkFailed
 from storage_core.stores.local import LocalStore
 from storage_core.stores.s3 import S3Store
 from storage_core.upload import upload_file
@@ -161,7 +162,7 @@ class S3Sides:
             result = dataclasses.replace(result, extra=extra)
         stored = _stored_size(self.target, key)
         if stored != self.size:
-            raise RuntimeError(f"{name}: stored {stored} bytes, expected {self.size}")
+            raise BenchmarkFailed(f"{name}: stored {stored} bytes, expected {self.size}")
         self.target.client().delete_object(Bucket=self.target.bucket, Key=key)
         return result
 

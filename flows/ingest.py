@@ -6,6 +6,7 @@ import time
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
@@ -57,11 +58,12 @@ def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
 
 def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], started: float) -> IngestReport:
     futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
+    wait(futures)  # every batch settles first, so nothing is still sending when we abort
     reports, failure = [], None
-    for future in futures:  # wait for every batch, so nothing is still sending when we abort
+    for future in futures:
         try:
             reports.append(future.result())
-        except Exception as exc:
+        except FerryError as exc:  # anything else is a bug: it propagates, the transaction stays open to resume
             failure = failure or exc
     if failure is not None:
         reason = one_line(failure)

@@ -29,7 +29,14 @@ class FerrySettings(BaseSettings):
     multipart_threshold: int = Field(default=16 * MiB, ge=5 * MiB)
     # 16 MiB x 4 measured as fast as any wider setting on 2 cores, at 138 MiB peak RSS (bench/upload.py)
     max_concurrency: int = Field(default=4, ge=1, le=64, description="parallel parts per transfer")
-    part_attempts: int = Field(default=6, ge=1, le=20, description="tries per part on retryable errors")
+    part_attempts: int = Field(
+        default=6, ge=1, le=20, description="tries per part on retryable errors (the budget: storage_core.retry)"
+    )
+    # long enough for a busy writer's commit, short enough that a locked or unreachable
+    # catalog is reported (one `error:` line, a gateway 503) well within 15 s
+    catalog_timeout: float = Field(
+        default=10.0, gt=0, le=600, description="seconds to wait for a locked SQLite or a PostgreSQL connection"
+    )
     endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("FERRY_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Union
 
-from storage_core.catalog.db import Catalog, open_catalog
+from storage_core.catalog.db import Catalog, open_default_catalog
 from storage_core.catalog.queries import RecordingResult, find_object, find_recordings
 from storage_core.catalog.views import ObjectInfo
 from storage_core.checksums import crc32c
@@ -51,7 +51,7 @@ def query(
 ) -> list[RecordingResult]:
     """The recordings matching every filter given (see find_recordings for each one)."""
     return find_recordings(
-        catalog or _default_catalog(),
+        catalog or open_default_catalog(),
         device_id=device_id, recording=recording, since=since, until=until,
         modality=modality, topic=topic, limit=limit, among=among,
     )
@@ -69,7 +69,7 @@ def get(
     Refuses objects over `max_bytes` before reading anything: they belong on disk.
     """
     if isinstance(target, str):
-        target = find_object(catalog or _default_catalog(), target)
+        target = find_object(catalog or open_default_catalog(), target)
     if not isinstance(target, ObjectInfo):
         raise ConfigError(f"get() takes one stored object or its URI, not a {type(target).__name__}; "
                           f"use download() for recordings")
@@ -155,10 +155,6 @@ def _source(obj: ObjectInfo, store: object) -> DownloadSource:
                               recording=obj.recording, modality=obj.modality, segmented=True, relative_path=relative)
     return DownloadSource(store=store, key=obj.key, size=obj.size, crc32c=obj.crc32c, device_id=obj.device_id,
                           recording=obj.recording, modality=obj.modality, segmented=False, ext=path.suffix)
-
-
-def _default_catalog() -> Catalog:
-    return open_catalog(load_settings().catalog_url)
 
 
 __all__ = ["GET_LIMIT", "download", "get", "plan_download", "query", "sources_of"]

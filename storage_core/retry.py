@@ -1,4 +1,23 @@
-"""Retry with exponential backoff and full jitter, for errors marked `retryable` only."""
+"""Retry with exponential backoff and full jitter, for errors marked `retryable` only.
+
+One retry layer per concern; this table is the one place the attempt budget is stated:
+
+    what is retried                        owner                                  tries
+    any single S3 request                  botocore (stores.s3.make_client)       1: botocore never retries
+    an upload's part, create, complete,    storage_core.upload.transfer,          FERRY_PART_ATTEMPTS (6)
+      single PUT, ranged source read         call_with_retries
+    a download's HEAD and range GETs       storage_core.download.transfer,        RetryPolicy.attempts (6)
+                                             RetryPolicy
+    a device upload round (begin, PUTs,    storage_core.device.client,            device_upload(attempts=5)
+      complete), re-asking what is stored    backoff_delays
+    a whole Prefect task, only when it     tasks.retry.RETRY_POLICY               1 + TASK_RETRIES (3) = 4
+      failed with a retryable error
+
+A part that keeps failing retryably is sent exactly FERRY_PART_ATTEMPTS times by one task
+run, and at most 4 × FERRY_PART_ATTEMPTS times by an ingest flow (each task retry resumes
+the upload; parts already stored are not sent again). Every wait is `backoff_delays`: full
+jitter over base·2^n, capped.
+"""
 
 from __future__ import annotations
 

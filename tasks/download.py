@@ -16,9 +16,8 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from storage_core import retrieve
-from storage_core.catalog import open_catalog
+from storage_core.catalog import open_default_catalog
 from storage_core.catalog.queries import RecordingResult
-from storage_core.config import load_settings
 from storage_core.download.plan import Layout
 from tasks.retry import RETRY_POLICY
 
@@ -58,7 +57,7 @@ class BatchResult(BaseModel):
 def _query(selection: Selection, only: list[RecordingRef] | None = None) -> list[RecordingResult]:
     """The selection's recordings; with `only`, just those of one batch (its objects alone are loaded)."""
     among = None if only is None else [(r.device_id, r.recording) for r in only]
-    return retrieve.query(catalog=open_catalog(load_settings().catalog_url), among=among, **selection.model_dump())
+    return retrieve.query(catalog=open_default_catalog(), among=among, **selection.model_dump())
 
 
 @task(name="plan-restore")

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from prefect import task
 
-from storage_core.catalog import TransactionInfo, open_catalog
+from storage_core.catalog import TransactionInfo, open_default_catalog
 from storage_core.config import load_settings
 from storage_core.upload import reconcile, transactions
 from tasks.retry import RETRY_POLICY
@@ -14,15 +14,14 @@ from tasks.retry import RETRY_POLICY
 
 @task(name="find-stale-transactions")
 def find_stale(older_than_minutes: float) -> list[TransactionInfo]:
-    catalog = open_catalog(load_settings().catalog_url)
-    return transactions.stale_transactions(catalog, older_than=timedelta(minutes=older_than_minutes))
+    return transactions.stale_transactions(open_default_catalog(), older_than=timedelta(minutes=older_than_minutes))
 
 
 @task(name="abort-orphaned-uploads", **RETRY_POLICY)
 def abort_orphans(older_than_minutes: float) -> reconcile.OrphanReport:
     settings = load_settings()
     return reconcile.abort_orphaned_uploads(
-        open_catalog(settings.catalog_url), settings, older_than=timedelta(minutes=older_than_minutes)
+        open_default_catalog(settings), settings, older_than=timedelta(minutes=older_than_minutes)
     )
 
 

@@ -7,8 +7,7 @@ from datetime import datetime
 from prefect import task
 from pydantic import BaseModel, Field
 
-from storage_core.catalog import open_catalog
-from storage_core.catalog import summaries
+from storage_core.catalog import open_default_catalog, summaries
 from storage_core.config import load_settings
 from storage_core.errors import one_line
 from storage_core.formats.summarize import summarize_object
@@ -25,10 +24,6 @@ class SummaryBatch(BaseModel):
     failures: list[str] = Field(default_factory=list)  # "uri: reason", one line each
 
 
-def _catalog():
-    return open_catalog(load_settings().catalog_url)
-
-
 @task(name="select-objects-to-summarize")
 def select_objects(
     *,
@@ -40,7 +35,7 @@ def select_objects(
 ) -> list[int]:
     """Ids of the MCAP/Parquet objects matching the filters (see `select_for_summary`)."""
     targets = summaries.select_for_summary(
-        _catalog(),
+        open_default_catalog(),
         device_id=device_id,
         since=since,
         until=until,
@@ -60,7 +55,8 @@ def summarize_objects(object_ids: list[int], *, fresh_since: datetime | None = N
     footer, object gone) is recorded as the object's `summary_error` and the batch goes
     on; a retryable one (server unavailable) fails the task, which Prefect retries.
     """
-    catalog, settings = _catalog(), load_settings()
+    settings = load_settings()
+    catalog = open_default_catalog(settings)
     batch = SummaryBatch()
     targets = summaries.get_targets(catalog, object_ids)
     batch.skipped += len(object_ids) - len(targets)  # deleted from the catalog meanwhile
@@ -90,7 +86,7 @@ def summarize_objects(object_ids: list[int], *, fresh_since: datetime | None = N
 def record_failures(object_ids: list[int], reason: str, *, fresh_since: datetime | None = None) -> SummaryBatch:
     """After a batch failed for good: objects it left without a summary get `reason` as
     their `summary_error`; those an earlier attempt finished count as summarized."""
-    catalog = _catalog()
+    catalog = open_default_catalog()
     batch = SummaryBatch()
     for target in summaries.get_targets(catalog, object_ids):
         if target.needs_summary(fresh_since=fresh_since):

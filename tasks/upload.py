@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 from prefect import get_run_logger, task
 
-from storage_core.catalog import TransactionInfo, open_catalog
+from storage_core.catalog import TransactionInfo, open_default_catalog
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
 from storage_core import manifest
@@ -18,10 +18,6 @@ class BatchReport(BaseModel):
     bytes: int
     parts_sent: int
     parts_reused: int
-
-
-def _catalog():
-    return open_catalog(load_settings().catalog_url)
 
 
 @task(name="scan-and-begin")
@@ -37,7 +33,8 @@ def begin_ingest(
     """Scan the landing folder or bucket prefix, checksum dedup candidates, and begin the
     transaction. Hidden files are left out and named in the log."""
     dest = parse_uri(destination)
-    catalog, settings = _catalog(), load_settings()
+    settings = load_settings()
+    catalog = open_default_catalog(settings)
     scan = manifest.scan_source(source, device_id=device_id, settings=settings)
     if scan.ignored:
         shown = ", ".join(str(path) for path in scan.ignored[:5])
@@ -59,7 +56,8 @@ def begin_ingest(
 def upload_items(item_ids: list[int]) -> BatchReport:
     """Upload a batch of items (one large file, or several small ones), resuming recorded
     uploads. A retry picks up where the failed attempt stopped."""
-    catalog, settings = _catalog(), load_settings()
+    settings = load_settings()
+    catalog = open_default_catalog(settings)
     report = BatchReport(items=0, bytes=0, parts_sent=0, parts_reused=0)
     for item_id in item_ids:
         outcome = transactions.upload_item(catalog, item_id, settings=settings)
@@ -72,19 +70,19 @@ def upload_items(item_ids: list[int]) -> BatchReport:
 
 @task(name="complete-transaction")
 def complete(transaction_id: str) -> TransactionInfo:
-    return transactions.complete_transaction(_catalog(), transaction_id)
+    return transactions.complete_transaction(open_default_catalog(), transaction_id)
 
 
 @task(name="abort-transaction")
 def abort(transaction_id: str, reason: str) -> TransactionInfo:
-    [aborted] = transactions.abort_transactions(_catalog(), [transaction_id], reason=reason)
+    [aborted] = transactions.abort_transactions(open_default_catalog(), [transaction_id], reason=reason)
     return aborted
 
 
 @task(name="open-items")
 def open_items(transaction_id: str) -> list[tuple[int, int]]:
     """(item id, size) of the items a resume still has to upload."""
-    return [(item.id, item.size) for item in transactions.open_items(_catalog(), transaction_id)]
+    return [(item.id, item.size) for item in transactions.open_items(open_default_catalog(), transaction_id)]
 
 
 __all__ = ["BatchReport", "abort", "begin_ingest", "complete", "open_items", "upload_items"]

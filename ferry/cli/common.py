@@ -92,7 +92,7 @@ def quiet_prefect_console(verbose: bool) -> None:
 
 
 def open_default_catalog():
-    from storage_core.catalog import open_catalog
-    from storage_core.config import load_settings
+    """storage_core's one catalog opener, imported only by the commands that need SQL."""
+    from storage_core.catalog import open_default_catalog
 
-    return open_catalog(load_settings().catalog_url)
+    return open_default_catalog()

@@ -12,8 +12,10 @@ a manifest of files in object storage, without storage credentials.
 Every request carries `Authorization: Bearer <device token>`. Every refusal is a 4xx with
 one `detail` sentence: 401 bad or revoked token, 403 a path outside the device's prefix,
 404 an unknown (or another device's) transaction, 409 a state conflict (not all uploaded,
-already aborted, destination busy), 413 a manifest over the limits, 422 a malformed
-manifest or bytes that do not match it. Storage trouble is 502/503, never a 500.
+already aborted, destination busy, a concurrent writer first), 413 a manifest over the
+limits, 422 a malformed manifest or bytes that do not match it. Storage trouble is 502/503,
+never a 500; a 503 (object store or catalog unavailable: locked, unreachable) carries
+`Retry-After`, and the device client retries it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
+    CatalogConflict,
     CatalogError,
     ConfigError,
     FerryError,
@@ -57,6 +60,7 @@ from storage_core.upload.outbox import get_upload_event
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_SECONDS = 5  # a 503's hint: about one catalog lock wait, or a store's brief outage
 
 
 class FileIn(BaseModel):
@@ -112,7 +116,7 @@ def _status_of(exc: FerryError) -> int:
         return {"forbidden": 403, "too_large": 413}.get(exc.reason, 422)
     if isinstance(exc, UnknownUpload):
         return 404
-    if isinstance(exc, TransactionStateError):
+    if isinstance(exc, (TransactionStateError, CatalogConflict)):
         return 409
     if isinstance(exc, (IntegrityError, ConfigError)):
         return 422
@@ -180,7 +184,11 @@ def create_app(
         status = _status_of(exc)
         if status >= 500:
             log.warning("gateway request failed: %s", one_line(exc))
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        if status == 503:
+            headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return JSONResponse({"detail": one_line(exc)}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
@@ -252,4 +260,4 @@ def create_app(
     return app
 
 
-__all__ = ["MAX_BODY_BYTES", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_SECONDS", "create_app"]

@@ -1,12 +1,26 @@
 """Open Ferry's catalog: an engine, sessions, and migrations to the newest schema.
 
 SQLite (the embedded default) runs in WAL mode with a busy timeout so a flow, the CLI and
-upload worker threads can write at once; PostgreSQL is used as is.
+upload worker threads can write at once; PostgreSQL is used as is. Both wait at most
+`FERRY_CATALOG_TIMEOUT` seconds for a lock (SQLite) or a connection (PostgreSQL).
+
+Database errors are translated here, once, at the edge of `Catalog.session()`,
+`Catalog.migrate()` and connecting (as httpx's `map_httpcore_exceptions`):
+
+    locked, unreachable, dropped connection  ->  CatalogUnavailable (retryable)
+    unique key already taken                 ->  CatalogConflict
+    any other database error                 ->  CatalogError
+
+always `raise ... from exc`, the message naming the catalog by its password-less URL.
+Errors inside a `with catalog.session()` block stay SQLAlchemy's until they leave it, so a
+`session.begin_nested()` savepoint can still catch `sqlalchemy.exc.IntegrityError`.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
+import math
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,15 +33,24 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage_core.errors import CatalogError
+from storage_core.config import FerrySettings, load_settings
+from storage_core.errors import CatalogConflict, CatalogError, CatalogUnavailable, one_line
 
+log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 _MIGRATION_LOCK_KEY = 0x46455252  # "FERR": PostgreSQL advisory lock held while migrating
 
 
-def _engine(url: str) -> Engine:
+# SQLite extended result codes and the PostgreSQL SQLSTATE of a unique-key violation: the
+# facts the drivers attach to their errors (never the message text)
+_SQLITE_UNIQUE = frozenset({"SQLITE_CONSTRAINT_UNIQUE", "SQLITE_CONSTRAINT_PRIMARYKEY"})
+_PG_UNIQUE = "23505"
+_SQLITE_SQL_ERROR = "SQLITE_ERROR"  # an OperationalError that is a bad statement or schema, not the database's state
+
+
+def _engine(url: str, *, timeout: float) -> Engine:
     try:
         parsed = make_url(url)
     except sqlalchemy.exc.ArgumentError as exc:
@@ -35,28 +58,57 @@ def _engine(url: str) -> Engine:
     if parsed.drivername.startswith("sqlite"):
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": timeout, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):  # noqa: ANN001
             cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")  # first: the WAL switch itself may wait
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=60000")
             cursor.close()
 
         return engine
     if parsed.drivername in ("postgresql", "postgres"):
         url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    return create_engine(url, pool_pre_ping=True)
+    connect_args = {}
+    if url.startswith("postgresql"):
+        connect_args["connect_timeout"] = max(2, math.ceil(timeout))  # libpq: whole seconds, at least 2
+    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+
+
+def _is_unique_violation(exc: sqlalchemy.exc.IntegrityError) -> bool:
+    orig = exc.orig
+    return getattr(orig, "sqlite_errorname", None) in _SQLITE_UNIQUE or getattr(orig, "sqlstate", None) == _PG_UNIQUE
+
+
+def translate_error(exc: sqlalchemy.exc.SQLAlchemyError, catalog: str) -> CatalogError:
+    """The error-tree error for a SQLAlchemy error from the catalog `catalog` (a password-less
+    URL): one line saying what happened, the original kept by the caller's `raise ... from`."""
+    reason = one_line(exc.orig) if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None else one_line(exc)
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        if _is_unique_violation(exc):
+            return CatalogConflict(f"catalog {catalog}: a concurrent writer took the same key first ({reason})")
+        return CatalogError(f"catalog {catalog} refused a write: {reason}")
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        if getattr(exc.orig, "sqlite_errorname", None) == _SQLITE_SQL_ERROR:
+            return CatalogError(f"catalog {catalog} failed: {reason}")
+        return CatalogUnavailable(f"catalog {catalog} unavailable: {reason}")
+    if isinstance(exc, (sqlalchemy.exc.InterfaceError, sqlalchemy.exc.TimeoutError, sqlalchemy.exc.DisconnectionError)):
+        return CatalogUnavailable(f"catalog {catalog} unavailable: {reason}")
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return CatalogUnavailable(f"catalog {catalog} unavailable: connection lost ({reason})")
+    return CatalogError(f"catalog {catalog} failed: {reason}")
 
 
 class Catalog:
     """A handle on Ferry's database. Thread-safe: each `session()` is its own unit of work."""
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(self, url: str, *, migrate: bool = True, timeout: float | None = None) -> None:
+        """`timeout`: seconds to wait for a lock or a connection (default FERRY_CATALOG_TIMEOUT)."""
         self.url = url
-        self.engine = _engine(url)
+        self.timeout = timeout if timeout is not None else load_settings().catalog_timeout
+        self.engine = _engine(url, timeout=self.timeout)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if migrate:
             self.migrate()
@@ -71,14 +123,11 @@ class Catalog:
                 return
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
-            try:
-                with self._across_processes(), self.engine.begin() as connection:
-                    if connection.dialect.name == "postgresql":
-                        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-                    config.attributes["connection"] = connection
-                    command.upgrade(config, "head")
-            except sqlalchemy.exc.OperationalError as exc:
-                raise CatalogError(f"cannot open the catalog at {self.safe_url}: {exc.orig}") from exc
+            with self._across_processes(), self.translating(), self.engine.begin() as connection:
+                if connection.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
             _migrated.add(self.url)
 
     @contextmanager
@@ -99,15 +148,28 @@ class Catalog:
         return make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
+    def translating(self) -> Iterator[None]:
+        """Database errors raised in the block leave it as CatalogUnavailable, CatalogConflict
+        or CatalogError (see the module docstring); every other error passes unchanged."""
+        try:
+            yield
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            raise translate_error(exc, self.safe_url) from exc
+
+    @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session committed on success and rolled back on any error."""
+        """A session committed on success and rolled back on any error. Database errors
+        that leave the block (from it, the commit or connecting) are translated into the
+        error tree: CatalogUnavailable (retryable), CatalogConflict, CatalogError."""
         session = self._sessions()
         try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+            with self.translating():
+                try:
+                    yield session
+                    session.commit()
+                except BaseException:
+                    _rollback(session)
+                    raise
         finally:
             session.close()
 
@@ -115,18 +177,35 @@ class Catalog:
         self.engine.dispose()
 
 
+def _rollback(session: Session) -> None:
+    """Roll back after an error; a rollback that fails too (the connection is gone) must not
+    hide the error that caused it."""
+    try:
+        session.rollback()
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        log.warning("rollback after a failed catalog session failed too: %s", one_line(exc))
+
+
 _open: dict[str, Catalog] = {}
 
 
-def open_catalog(url: str) -> Catalog:
-    """One shared Catalog (engine and connection pool) per URL in this process."""
+def open_catalog(url: str, *, timeout: float | None = None) -> Catalog:
+    """One shared Catalog (engine and connection pool) per URL in this process (the first
+    opener's `timeout` holds for it)."""
     with _migrate_lock:
         catalog = _open.get(url)
     if catalog is None:
-        catalog = Catalog(url)
+        catalog = Catalog(url, timeout=timeout)
         with _migrate_lock:
             catalog = _open.setdefault(url, catalog)
     return catalog
 
 
-__all__ = ["Catalog", "open_catalog"]
+def open_default_catalog(settings: FerrySettings | None = None) -> Catalog:
+    """The catalog the settings name (FERRY_DATABASE_URL, else SQLite under FERRY_HOME):
+    the one opener of the CLI, the tasks and `storage_core.retrieve`."""
+    settings = settings or load_settings()
+    return open_catalog(settings.catalog_url, timeout=settings.catalog_timeout)
+
+
+__all__ = ["Catalog", "open_catalog", "open_default_catalog", "translate_error"]

@@ -28,6 +28,7 @@ import httpx
 from storage_core.checksums import combine_parts, crc32c_of_stream
 from storage_core.errors import ConfigError, FerryError, GatewayError
 from storage_core.manifest import scan_folder
+from storage_core.retry import backoff_delays
 
 STATE_FILE = ".ferry-device-upload.json"
 MiB = 1024 * 1024
@@ -281,6 +282,7 @@ def device_upload(
             nonlocal sent, sent_bytes
             sent, sent_bytes = sent + 1, sent_bytes + url["size"]
 
+        delays = backoff_delays(attempts, base=0.5, cap=10.0)  # the project's one backoff: full jitter
         with httpx.Client(timeout=300) as storage:
             for attempt in range(1, attempts + 1):
                 try:
@@ -298,7 +300,7 @@ def device_upload(
                 except GatewayError as exc:
                     if not exc.retryable or attempt == attempts:
                         raise
-                    time.sleep(min(0.5 * 2 ** (attempt - 1), 10))
+                    time.sleep(delays[attempt - 1])
         (root / STATE_FILE).unlink(missing_ok=True)
         return DeviceUploadReport(
             transaction_id=txn_id, status=done["status"], files=done["files"], bytes=done["bytes"],

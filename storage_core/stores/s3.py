@@ -94,7 +94,9 @@ def make_client(*, endpoint_url: str | None = None, region: str | None = None, m
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         signature_version="s3v4",  # presigned URLs too (boto3 may otherwise presign with SigV2)
-        retries={"mode": "standard", "max_attempts": 3},
+        # Ferry retries each call itself (storage_core.retry states the budget): botocore's
+        # own retries would multiply it, 3 under each of FERRY_PART_ATTEMPTS
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=5,
         read_timeout=60,
         max_pool_connections=max_pool_connections,

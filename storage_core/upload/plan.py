@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from storage_core.errors import ConfigError
+
 MiB = 1024 * 1024
 MIN_PART_SIZE = 5 * MiB  # S3's floor for every part but the last
 MAX_PART_SIZE = 5 * 1024 * MiB
@@ -25,13 +27,13 @@ class Part:
 def choose_part_size(size: int, *, part_size: int = 16 * MiB, max_parts: int = MAX_PARTS) -> int:
     """`part_size` raised to the 5 MiB floor, and scaled up (in whole MiB) so `size` fits in `max_parts`."""
     if size > MAX_OBJECT_SIZE:
-        raise ValueError(f"{size} bytes exceeds the 5 TiB object limit")
+        raise ConfigError(f"{size} bytes exceeds the 5 TiB object limit")
     chosen = max(part_size, MIN_PART_SIZE)
     if -(-size // chosen) > max_parts:
         needed = -(-size // max_parts)
         chosen = -(-needed // MiB) * MiB
     if chosen > MAX_PART_SIZE:
-        raise ValueError(f"{size} bytes needs parts larger than 5 GiB")
+        raise ConfigError(f"{size} bytes needs parts larger than 5 GiB")
     return chosen
 
 
