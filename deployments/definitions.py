@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from deployments.landing import LandingSource
-from storage_core.upload.outbox import UPLOAD_COMPLETED  # the event the gateway's outbox emits
+from storage_core.catalog.outbox import UPLOAD_COMPLETED  # the event the gateway's outbox emits
 
 if TYPE_CHECKING:
     from prefect.deployments.runner import RunnerDeployment

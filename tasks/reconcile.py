@@ -7,14 +7,15 @@ from datetime import timedelta
 from prefect import task
 
 from storage_core.catalog import TransactionInfo, open_default_catalog
+from storage_core.catalog.transactions import stale_transactions
 from storage_core.config import load_settings
-from storage_core.upload import reconcile, transactions
+from storage_core.upload import reconcile
 from tasks.retry import RETRY_POLICY
 
 
 @task(name="find-stale-transactions")
 def find_stale(older_than_minutes: float) -> list[TransactionInfo]:
-    return transactions.stale_transactions(open_default_catalog(), older_than=timedelta(minutes=older_than_minutes))
+    return stale_transactions(open_default_catalog(), older_than=timedelta(minutes=older_than_minutes))
 
 
 @task(name="abort-orphaned-uploads", **RETRY_POLICY)

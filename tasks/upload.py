@@ -6,6 +6,7 @@ from pydantic import BaseModel
 from prefect import get_run_logger, task
 
 from storage_core.catalog import TransactionInfo, open_default_catalog
+from storage_core.catalog import transactions as records
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
 from storage_core import manifest
@@ -41,7 +42,7 @@ def begin_ingest(
         more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
         get_run_logger().info("left out %d hidden file(s): %s%s", len(scan.ignored), shown, more)
     entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
-    return transactions.begin_transaction(
+    return records.begin_transaction(
         catalog,
         entries,
         destination=dest,
@@ -70,7 +71,7 @@ def upload_items(item_ids: list[int]) -> BatchReport:
 
 @task(name="complete-transaction")
 def complete(transaction_id: str) -> TransactionInfo:
-    return transactions.complete_transaction(open_default_catalog(), transaction_id)
+    return records.complete_transaction(open_default_catalog(), transaction_id)
 
 
 @task(name="abort-transaction")
@@ -82,7 +83,7 @@ def abort(transaction_id: str, reason: str) -> TransactionInfo:
 @task(name="open-items")
 def open_items(transaction_id: str) -> list[tuple[int, int]]:
     """(item id, size) of the items a resume still has to upload."""
-    return [(item.id, item.size) for item in transactions.open_items(open_default_catalog(), transaction_id)]
+    return [(item.id, item.size) for item in records.open_items(open_default_catalog(), transaction_id)]
 
 
 __all__ = ["BatchReport", "abort", "begin_ingest", "complete", "open_items", "upload_items"]

@@ -32,7 +32,7 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
     """Run `work` while a byte progress bar follows the transaction's durable progress."""
     if not show:
         return work()
-    from storage_core.upload.transactions import transaction_progress
+    from storage_core.catalog.transactions import transaction_progress
 
     catalog = open_default_catalog()
     stop = threading.Event()
@@ -42,9 +42,9 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
 
         def poll() -> None:
             while not stop.wait(0.25):
-                done, total = transaction_progress(catalog, transaction_id)
-                if total:
-                    progress.update(bar, completed=done, total=total)
+                now = transaction_progress(catalog, transaction_id)
+                if now.total_bytes:
+                    progress.update(bar, completed=now.stored_bytes, total=now.total_bytes)
 
         watcher = threading.Thread(target=poll, daemon=True)
         watcher.start()
@@ -114,7 +114,7 @@ def transactions_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Recent upload transactions, newest first."""
-    from storage_core.upload.transactions import list_transactions
+    from storage_core.catalog.transactions import list_transactions
 
     found = list_transactions(open_default_catalog(), status=status, limit=limit)
     emit_json(found) if as_json else out.print(_transactions_table(found))
@@ -123,7 +123,7 @@ def transactions_list(
 @transactions_app.command("show")
 def transactions_show(transaction_id: str, as_json: JsonOpt = False) -> None:
     """One transaction with its items."""
-    from storage_core.upload.transactions import get_transaction
+    from storage_core.catalog.transactions import get_transaction
 
     txn = get_transaction(open_default_catalog(), transaction_id)
     if as_json:

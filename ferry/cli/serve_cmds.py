@@ -38,7 +38,7 @@ def _declared_landings(landing: list[str], every: str | None, cron: str | None, 
 
 
 def _describe(spec) -> dict:
-    from storage_core.upload.outbox import UPLOAD_COMPLETED
+    from storage_core.catalog.outbox import UPLOAD_COMPLETED
 
     return {
         "name": spec.name,
@@ -53,7 +53,7 @@ def _describe(spec) -> dict:
 
 
 def _print_plan(specs, api_url: str) -> None:
-    from storage_core.upload.outbox import UPLOAD_COMPLETED
+    from storage_core.catalog.outbox import UPLOAD_COMPLETED
 
     table = Table("flow/deployment", "runs", "concurrency", "parameters", title=f"Ferry deployments → {api_url}")
     for spec in specs:

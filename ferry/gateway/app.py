@@ -56,7 +56,7 @@ from storage_core.upload.device import (
     complete_device_upload,
     device_upload_status,
 )
-from storage_core.upload.outbox import get_upload_event
+from storage_core.catalog.outbox import get_upload_event
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 * 1024 * 1024

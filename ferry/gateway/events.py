@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from storage_core.catalog.db import Catalog
 from storage_core.errors import EventsNotConfigured, one_line
-from storage_core.upload.outbox import UPLOAD_COMPLETED, UploadEventInfo, mark_emitted, pending_upload_events
+from storage_core.catalog.outbox import UPLOAD_COMPLETED, UploadEventInfo, mark_emitted, pending_upload_events
 
 log = logging.getLogger(__name__)
 

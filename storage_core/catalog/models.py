@@ -38,9 +38,22 @@ class ItemStatus(str, enum.Enum):
     PENDING = "pending"
     UPLOADING = "uploading"
     STORED = "stored"
-    SKIPPED = "skipped"  # identical bytes already stored, or in flight elsewhere
+    SKIPPED = "skipped"  # why: the item's `skip_reason`
     FAILED = "failed"
     ABORTED = "aborted"
+
+
+class SourceKind(str, enum.Enum):
+    """Where an item's bytes come from, and so who can send them."""
+
+    FILE = "file"  # a local file (source_path), identified by size and mtime
+    OBJECT = "object"  # an object under a landing bucket prefix (source_path is its URI), by size and ETag
+    DEVICE = "device"  # a file on a device (source_path is DEVICE/RECORDING/...): only the device sends it
+
+
+class SkipReason(str, enum.Enum):
+    IDENTICAL = "identical"  # identical bytes already stored at the destination
+    BUSY = "busy"  # another open transaction is uploading the destination
 
 
 ACTIVE_ITEM_STATES = (ItemStatus.PENDING.value, ItemStatus.UPLOADING.value)
@@ -175,7 +188,8 @@ class TransactionItem(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     transaction_id: Mapped[str] = mapped_column(ForeignKey("transactions.id"), index=True)
-    source_path: Mapped[str] = mapped_column(String(4096), index=True)  # a local path, or an object URI
+    source_kind: Mapped[str] = mapped_column(String(16), default=SourceKind.FILE.value, server_default=SourceKind.FILE.value)
+    source_path: Mapped[str] = mapped_column(String(4096), index=True)  # its meaning: see SourceKind
     device_id: Mapped[str] = mapped_column(String(128))
     recording: Mapped[str] = mapped_column(String(512))
     relative_path: Mapped[str] = mapped_column(String(1024))
@@ -191,6 +205,7 @@ class TransactionItem(Base):
     crc32c: Mapped[int | None] = mapped_column(BigInteger)
     etag: Mapped[str | None] = mapped_column(String(256))
     error: Mapped[str | None] = mapped_column(Text)
+    skip_reason: Mapped[str | None] = mapped_column(String(16))  # a SkipReason, set with status skipped
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     transaction: Mapped[Transaction] = relationship(back_populates="items")
@@ -223,6 +238,8 @@ __all__ = [
     "MultipartPart",
     "ObjectTopic",
     "Recording",
+    "SkipReason",
+    "SourceKind",
     "StoredObject",
     "Transaction",
     "TransactionItem",

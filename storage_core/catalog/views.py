@@ -6,7 +6,14 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from storage_core.catalog.models import StoredObject, Transaction, TransactionItem
+from storage_core.catalog.models import (
+    DONE_ITEM_STATES,
+    SkipReason,
+    SourceKind,
+    StoredObject,
+    Transaction,
+    TransactionItem,
+)
 
 
 def as_utc(value: datetime | None) -> datetime | None:
@@ -19,8 +26,14 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 @dataclass(frozen=True)
 class ItemInfo:
+    """One transaction item. Its destination is `store_uri` + `key` (`uri` joins them for
+    display); `source_path` means what `source_kind` says (see SourceKind)."""
+
     id: int
+    source_kind: SourceKind
     source_path: str
+    store_uri: str
+    key: str
     uri: str
     size: int
     status: str
@@ -29,15 +42,22 @@ class ItemInfo:
     relative_path: str
     modality: str
     upload_id: str | None
+    part_size: int | None
     parts_stored: int
     crc32c: int | None
     error: str | None
+    skip_reason: SkipReason | None = None  # set when status is skipped
+    mtime_ns: int | None = None  # a file source's identity, with size
+    source_etag: str | None = None  # an object source's identity, with size
 
     @classmethod
     def of(cls, item: TransactionItem) -> ItemInfo:
         return cls(
             id=item.id,
+            source_kind=SourceKind(item.source_kind),
             source_path=item.source_path,
+            store_uri=item.store_uri,
+            key=item.key,
             uri=item.uri,
             size=item.size,
             status=item.status,
@@ -46,10 +66,19 @@ class ItemInfo:
             relative_path=item.relative_path,
             modality=item.modality,
             upload_id=item.upload_id,
+            part_size=item.part_size,
             parts_stored=len(item.parts),
             crc32c=item.crc32c,
             error=item.error,
+            skip_reason=SkipReason(item.skip_reason) if item.skip_reason else None,
+            mtime_ns=item.mtime_ns,
+            source_etag=item.source_etag,
         )
+
+    @property
+    def done(self) -> bool:
+        """Nothing is left to do for it here: stored, or skipped (see `skip_reason`)."""
+        return self.status in DONE_ITEM_STATES
 
 
 @dataclass(frozen=True)

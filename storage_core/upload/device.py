@@ -23,30 +23,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
-import sqlalchemy.exc
-from sqlalchemy import select
-
+from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
-    ACTIVE_ITEM_STATES,
     DONE_ITEM_STATES,
     OPEN_TRANSACTION_STATES,
     ItemStatus,
-    StoredObject,
-    Transaction,
-    TransactionItem,
+    SkipReason,
+    SourceKind,
     TransactionStatus,
-    UploadEvent,
 )
+from storage_core.catalog.transactions import CompletedUpload, VerifiedItem
 from storage_core.catalog.views import ItemInfo, TransactionInfo
-from storage_core.checksums import combine_parts, to_header, to_hex
+from storage_core.checksums import combine_parts, crc32c_of_stream, to_header, to_hex
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
-    CatalogError,
-    ConfigError,
+    CatalogConflict,
     IntegrityError,
     InvalidKey,
     ManifestRefused,
@@ -60,25 +54,12 @@ from storage_core.keys import StorageUri, validate_key
 from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
-from storage_core.upload.outbox import UploadEventInfo, record_upload_event
 from storage_core.upload.plan import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
-from storage_core.upload.transactions import (
-    DEVICE_SOURCE,
-    abort_transactions,
-    begin_transaction,
-    check_stored,
-    record_stored_object,
-)
+from storage_core.upload.transactions import abort_transactions
 
 ORIGINATION = "device gateway"
 _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
 GiB = 1024**3
-
-
-
-
-
-
 
 
 @dataclass(frozen=True)
@@ -132,12 +113,6 @@ class DeviceUploadState:
     files: tuple[FileState, ...] = field(default_factory=tuple)
 
 
-@dataclass(frozen=True)
-class CompletedUpload:
-    transaction: TransactionInfo
-    event: UploadEventInfo
-
-
 # --- the manifest (pure) ------------------------------------------------------------------
 
 
@@ -185,7 +160,7 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
         recording, relative = rest[0], "/".join(rest[1:])
         entries.append(
             ManifestEntry(
-                path=PurePosixPath(f"{DEVICE_SOURCE}{f.path}"),
+                path=PurePosixPath(f.path),
                 device_id=device_id,
                 recording=recording,
                 relative_path=relative,
@@ -249,23 +224,11 @@ def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, St
         return None
 
 
-def _device_path(item: TransactionItem | ItemInfo) -> str:
-    return f"{item.device_id}/{item.recording}/{item.relative_path}"
-
-
-def _load_own(session, device_id: str, transaction_id: str) -> Transaction:
-    txn = session.get(Transaction, transaction_id)
+def _own(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
+    """The device's own transaction; another device's is unknown (UnknownUpload) too."""
+    txn = records.find_transaction(catalog, transaction_id)
     if txn is None or txn.device_id != device_id or txn.origination != ORIGINATION:
         raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
-    return txn
-
-
-def _load_completable(session, device_id: str, transaction_id: str) -> Transaction:
-    """The device's transaction when it is open or already completed (a replayed complete
-    answers with it); any other state cannot be completed."""
-    txn = _load_own(session, device_id, transaction_id)
-    if txn.status != TransactionStatus.COMPLETED.value and txn.status not in OPEN_TRANSACTION_STATES:
-        raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
     return txn
 
 
@@ -295,23 +258,22 @@ def begin_device_upload(
     if transaction_id is not None:
         if not _TRANSACTION_ID.fullmatch(transaction_id):
             raise ManifestRefused(f"transaction id {transaction_id!r}: expected 32 lowercase hex digits")
-        with catalog.session() as session:
-            existing = session.get(Transaction, transaction_id)
-            if existing is not None:
-                if existing.device_id != device_id or existing.origination != ORIGINATION:
-                    raise TransactionStateError(f"transaction id {transaction_id} is taken")
-                if sorted(_device_path(i) for i in existing.items) != sorted(declared):
-                    raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
-                begun = existing.status in OPEN_TRANSACTION_STATES
+        existing = records.find_transaction(catalog, transaction_id)
         if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
-            return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=begun,
+            if existing.device_id != device_id or existing.origination != ORIGINATION:
+                raise TransactionStateError(f"transaction id {transaction_id} is taken")
+            if sorted(i.source_path for i in existing.items) != sorted(declared):
+                raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
+            return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs,
+                                        with_urls=existing.status in OPEN_TRANSACTION_STATES,
                                         expires_in=expires_in, settings=settings)
     try:
-        txn = begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
-                                device_id=device_id, transaction_id=transaction_id)
-    except sqlalchemy.exc.IntegrityError:  # the same id begun concurrently: the loser retries begin
+        txn = records.begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
+                                        source_kind=SourceKind.DEVICE, device_id=device_id,
+                                        transaction_id=transaction_id)
+    except CatalogConflict:  # the same id begun concurrently: the loser retries begin
         raise TransactionStateError(f"transaction {transaction_id} is being begun; retry") from None
-    busy = [i for i in txn.items if i.status == ItemStatus.SKIPPED.value and i.error and "being uploaded" in i.error]
+    busy = [i for i in txn.items if i.skip_reason == SkipReason.BUSY]
     if busy:
         abort_transactions(catalog, [txn.id], reason=f"not started: {busy[0].uri} {busy[0].error}", settings=settings)
         raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
@@ -320,14 +282,9 @@ def begin_device_upload(
         for info in txn.items:
             if info.status != ItemStatus.PENDING.value:
                 continue
-            f = declared[_device_path(info)]
-            key = info.uri[len(destination.store_uri) + 1:]  # a file:// root has slashes of its own
-            upload_id = store.create_multipart(key) if f.part_crc32c is not None else None
-            with catalog.session() as session:
-                row = session.get(TransactionItem, info.id)
-                row.upload_id, row.part_size = upload_id, f.part_size
-                row.status = ItemStatus.UPLOADING.value
-                row.transaction.status = TransactionStatus.UPLOADING.value
+            f = declared[info.source_path]
+            upload_id = store.create_multipart(info.key) if f.part_crc32c is not None else None
+            records.mark_item_uploading(catalog, info.id, upload_id=upload_id, part_size=f.part_size)
         return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
                                     expires_in=expires_in, settings=settings)
     except BaseException:
@@ -351,34 +308,32 @@ def device_upload_status(
     recorded file CRC32C, so every URL ever issued for a part carries a consistent one)."""
     settings = settings or load_settings()
     part_crc32c = part_crc32c or {}
-    with catalog.session() as session:
-        txn = _load_own(session, device_id, transaction_id)
-        status = txn.status
-        items = [(_device_path(i), i.store_uri, i.key, i.size, i.status, i.upload_id, i.part_size, i.crc32c) for i in txn.items]
-    is_open = status in OPEN_TRANSACTION_STATES
+    txn = _own(catalog, device_id, transaction_id)
+    is_open = txn.status in OPEN_TRANSACTION_STATES
     files = []
-    for path, store_uri, key, size, item_status, upload_id, part_size, crc in items:
-        multipart = upload_id is not None
+    for item in txn.items:
+        path, key, size, crc = item.source_path, item.key, item.size, item.crc32c
+        multipart = item.upload_id is not None
         present: dict[int, int] = {}
-        uploaded = item_status in DONE_ITEM_STATES
+        uploaded = item.status in DONE_ITEM_STATES
         urls: list[UploadUrl] = []
-        if is_open and item_status == ItemStatus.UPLOADING.value:
-            store, _ = open_store(store_uri, settings)
+        if is_open and item.status == ItemStatus.UPLOADING.value:
+            store, _ = open_store(item.store_uri, settings)
             if multipart:
-                found = _present_parts(store, key, upload_id)
+                found = _present_parts(store, key, item.upload_id)
                 if found is None:  # completed by an earlier complete that did not commit
                     uploaded = _exists(store, key)
                 else:
-                    sizes = part_sizes(size, part_size)
+                    sizes = part_sizes(size, item.part_size)
                     present = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
                     uploaded = len(present) == len(sizes)
                     if with_urls and not uploaded:
                         if path not in part_crc32c:
                             raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
-                        check_part_checksums(path, size, crc, part_size, part_crc32c[path])
+                        check_part_checksums(path, size, crc, item.part_size, part_crc32c[path])
                         for n, part_crc in enumerate(part_crc32c[path], 1):
                             if n not in present:
-                                url = _presign_part(store, key, upload_id, n, part_crc, expires_in)
+                                url = _presign_part(store, key, item.upload_id, n, part_crc, expires_in)
                                 headers = {"x-amz-checksum-crc32c": to_header(part_crc)}
                                 urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
             else:
@@ -387,10 +342,10 @@ def device_upload_status(
                     url = store.presign_put(key, expires_in=expires_in, crc32c=crc)
                     urls.append(UploadUrl(url, "PUT", {"x-amz-checksum-crc32c": to_header(crc)}, None, size))
         files.append(
-            FileState(path, f"{store_uri}/{key}", size, item_status, multipart, part_size,
+            FileState(path, item.uri, size, item.status, multipart, item.part_size,
                       tuple(sorted(present)), uploaded, tuple(urls))
         )
-    return DeviceUploadState(transaction_id, device_id, status, expires_in, tuple(files))
+    return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files))
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
@@ -407,8 +362,48 @@ def _head(store: ObjectStore, key: str) -> ObjectMeta | None:
 # --- complete / abort -----------------------------------------------------------------------
 
 
-def _completed(session, txn: Transaction) -> CompletedUpload:
-    return CompletedUpload(TransactionInfo.of(txn), UploadEventInfo.of(session.get(UploadEvent, txn.id), txn))
+@dataclass(frozen=True)
+class _Arrived:
+    """What step 1 of complete found for one item: the parts of its multipart upload
+    (`parts`), or the single object's HEAD (`head`) — exactly one of them."""
+
+    item: ItemInfo
+    store: ObjectStore
+    parts: tuple[StoredPart, ...] | None = None
+    head: ObjectMeta | None = None
+
+
+@dataclass(frozen=True)
+class StoredCheck:
+    """The verdict on a stored object: what is wrong (None: nothing), and its CRC32C."""
+
+    problem: str | None
+    crc32c: int | None
+
+
+def check_stored(store: ObjectStore, meta: ObjectMeta, *, size: int, crc32c: int | None,
+                 known: int | None = None) -> StoredCheck:
+    """The stored object `meta` describes, against the declared size and CRC32C (`None`: no
+    CRC declared). Its CRC32C is `known` (e.g. combined from parts the store verified),
+    else the store's own, else read back from the store."""
+    if meta.size != size:
+        return StoredCheck(f"size {meta.size} does not match the declared {size}", None)
+    actual = known if known is not None else meta.crc32c
+    if actual is None:
+        with store.open_read(meta.key, if_match=meta.etag) as stream:
+            actual, _ = crc32c_of_stream(stream)
+    if crc32c is not None and actual != crc32c:
+        return StoredCheck(f"CRC32C {to_hex(actual)} does not match the declared {to_hex(crc32c)}", actual)
+    return StoredCheck(None, actual)
+
+
+def _completable(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
+    """The device's transaction when it is open or already completed (a replayed complete
+    answers with it); any other state cannot be completed."""
+    txn = _own(catalog, device_id, transaction_id)
+    if txn.status != TransactionStatus.COMPLETED.value and txn.status not in OPEN_TRANSACTION_STATES:
+        raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
+    return txn
 
 
 def complete_device_upload(
@@ -419,105 +414,76 @@ def complete_device_upload(
     Missing bytes: UploadIncomplete, nothing changed. Wrong bytes: IntegrityError, the
     transaction's unverified objects deleted, its uploads aborted, the transaction aborted."""
     settings = settings or load_settings()
-    with catalog.session() as session:
-        txn = _load_completable(session, device_id, transaction_id)
-        if txn.status == TransactionStatus.COMPLETED.value:
-            return _completed(session, txn)
-        open_items = [
-            (i.id, i.store_uri, i.key, i.size, i.upload_id, i.part_size, i.crc32c, _device_path(i))
-            for i in txn.items
-            if i.status == ItemStatus.UPLOADING.value
-        ]
+    txn = _completable(catalog, device_id, transaction_id)
+    if txn.status == TransactionStatus.COMPLETED.value:
+        return records.completed_upload(catalog, transaction_id)
 
     # 1. everything present? (nothing changes when not)
-    plans = []
-    for item_id, store_uri, key, size, upload_id, part_size, crc, path in open_items:
-        store, _ = open_store(store_uri, settings)
-        if upload_id is not None:
-            found = _present_parts(store, key, upload_id)
+    arrived: list[_Arrived] = []
+    for item in (i for i in txn.items if i.status == ItemStatus.UPLOADING.value):
+        path, key = item.source_path, item.key
+        store, _ = open_store(item.store_uri, settings)
+        if item.upload_id is not None:
+            found = _present_parts(store, key, item.upload_id)
             if found is not None:
-                sizes = part_sizes(size, part_size)
+                sizes = part_sizes(item.size, item.part_size)
                 missing = [n for n in range(1, len(sizes) + 1) if n not in found]
                 if missing:
                     raise UploadIncomplete(f"{path}: {len(missing)} of {len(sizes)} part(s) not uploaded yet (e.g. part {missing[0]})")
                 wrong = [n for n, p in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != p.size]
                 if wrong:
-                    _fail(catalog, transaction_id, item_id,
+                    _fail(catalog, transaction_id, item.id,
                           f"{path}: part {wrong[0]} has {found[wrong[0]].size} bytes, not as planned", settings)
-                plans.append((item_id, store, key, size, upload_id, crc, path, sorted(found.items())))
+                arrived.append(_Arrived(item, store, parts=tuple(p for _, p in sorted(found.items()))))
                 continue
         head = _head(store, key)
         if head is None:
             raise UploadIncomplete(f"{path}: nothing has been uploaded yet")
-        plans.append((item_id, store, key, size, upload_id, crc, path, head))
+        arrived.append(_Arrived(item, store, head=head))
 
     # 2. assemble (with the parts step 1 listed) and verify (against the HEAD step 1 got)
     verified = []
-    for item_id, store, key, size, upload_id, crc, path, found in plans:
+    for a in arrived:
+        item = a.item
         try:
-            if isinstance(found, ObjectMeta):
-                meta, known = found, None
+            if a.parts is None:
+                meta, known = a.head, None
             else:
-                meta = store.complete_multipart(key, upload_id, [(n, p.etag) for n, p in found])
-                known = crc  # every part was verified by the store against a checksum combining to it
+                meta = a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts])
+                known = item.crc32c  # every part was verified by the store against a checksum combining to it
         except ObjectNotFound:
-            raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
-        problem, actual = check_stored(store, meta, size=size, crc32c=crc, known=known)
-        if problem:
-            _fail(catalog, transaction_id, item_id, f"{path}: {problem}", settings)
-        verified.append((item_id, actual, meta.etag))
+            raise UploadIncomplete(f"{item.source_path}: nothing has been uploaded yet") from None
+        check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c, known=known)
+        if check.problem:
+            _fail(catalog, transaction_id, item.id, f"{item.source_path}: {check.problem}", settings)
+        verified.append(VerifiedItem(item.id, check.crc32c, meta.etag))
 
     # 3. one database transaction: items stored, transaction completed, outbox row
     try:
-        with catalog.session() as session:
-            txn = _load_completable(session, device_id, transaction_id)  # again: a concurrent call may have moved it
-            if txn.status == TransactionStatus.COMPLETED.value:
-                return _completed(session, txn)
-            for item_id, actual, etag in verified:
-                row = session.get(TransactionItem, item_id)
-                row.status, row.crc32c, row.etag, row.error = ItemStatus.STORED.value, actual, etag, None
-                record_stored_object(session, row, actual, etag)
-            txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, datetime.now(timezone.utc), None
-            record_upload_event(session, txn)
-            session.flush()
-            return _completed(session, txn)
-    except sqlalchemy.exc.IntegrityError:  # a concurrent complete committed first
-        with catalog.session() as session:
-            txn = _load_own(session, device_id, transaction_id)
-            if txn.status != TransactionStatus.COMPLETED.value:
-                raise
-            return _completed(session, txn)
+        return records.complete_verified_upload(catalog, transaction_id, verified)
+    except CatalogConflict:  # a concurrent complete committed first: answer with it
+        done = records.completed_upload(catalog, transaction_id)
+        if done is None:
+            raise
+        return done
 
 
 def _discard_unverified(catalog: Catalog, transaction_id: str, settings: FerrySettings) -> None:
     """Delete objects a device put for this transaction's open items, unless the catalog
     records that exact object as stored (an older version someone relies on)."""
-    with catalog.session() as session:
-        txn = session.get(Transaction, transaction_id)
-        targets = [
-            (i.store_uri, i.key)
-            for i in txn.items
-            if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)
-        ]
-        recorded = {
-            (o.store_uri, o.key): o.etag
-            for o in session.scalars(select(StoredObject).where(StoredObject.key.in_([k for _, k in targets])))
-        }
-    for store_uri, key in targets:
-        store, _ = open_store(store_uri, settings)
+    for target in records.unverified_objects(catalog, transaction_id):
+        store, _ = open_store(target.store_uri, settings)
         try:
-            meta = store.head(key)
+            meta = store.head(target.key)
         except ObjectNotFound:
             continue
-        if recorded.get((store_uri, key)) != meta.etag:
-            store.delete(key)
+        if target.recorded_etag != meta.etag:
+            store.delete(target.key)
 
 
 def _fail(catalog: Catalog, transaction_id: str, item_id: int, problem: str, settings: FerrySettings) -> None:
     _discard_unverified(catalog, transaction_id, settings)
-    with catalog.session() as session:
-        row = session.get(TransactionItem, item_id)
-        row.status, row.error = ItemStatus.FAILED.value, problem
+    records.record_item_failed(catalog, item_id, problem, final=True)
     abort_transactions(catalog, [transaction_id], reason=f"verification failed: {problem}", settings=settings)
     raise IntegrityError(f"{problem}; the upload was discarded")
 
@@ -529,12 +495,11 @@ def abort_device_upload(
     """Abort the device's open transaction: multipart uploads aborted, objects it put
     deleted. An aborted one stays aborted; a completed one is refused."""
     settings = settings or load_settings()
-    with catalog.session() as session:
-        txn = _load_own(session, device_id, transaction_id)
-        if txn.status == TransactionStatus.ABORTED.value:
-            return TransactionInfo.of(txn)
-        if txn.status == TransactionStatus.COMPLETED.value:
-            raise TransactionStateError(f"transaction {transaction_id} is completed; it cannot be aborted")
+    txn = _own(catalog, device_id, transaction_id)
+    if txn.status == TransactionStatus.ABORTED.value:
+        return txn
+    if txn.status == TransactionStatus.COMPLETED.value:
+        raise TransactionStateError(f"transaction {transaction_id} is completed; it cannot be aborted")
     _discard_unverified(catalog, transaction_id, settings)
     [info] = abort_transactions(catalog, [transaction_id], reason=reason, settings=settings)
     return info
@@ -546,12 +511,14 @@ __all__ = [
     "DeviceFile",
     "DeviceUploadState",
     "FileState",
+    "StoredCheck",
     "UploadLimits",
     "UploadUrl",
     "abort_device_upload",
     "begin_device_upload",
     "check_manifest",
     "check_part_checksums",
+    "check_stored",
     "complete_device_upload",
     "device_upload_status",
     "part_sizes",

@@ -6,14 +6,11 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import distinct, select
-
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.models import TransactionItem
+from storage_core.catalog.transactions import recorded_upload_ids, transaction_store_uris
 from storage_core.config import FerrySettings
 from storage_core.errors import FerryError, one_line
 from storage_core.stores.registry import open_store
-from storage_core.upload.transactions import recorded_upload_ids
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +23,7 @@ class OrphanReport:
 
 def known_store_uris(catalog: Catalog, settings: FerrySettings) -> list[str]:
     """Every store a transaction ever wrote to, plus the configured default."""
-    with catalog.session() as session:
-        uris = set(session.scalars(select(distinct(TransactionItem.store_uri))))
+    uris = transaction_store_uris(catalog)
     uris.add(open_store(settings.store_uri, settings)[0].uri)
     return sorted(uris)
 

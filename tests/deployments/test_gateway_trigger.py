@@ -18,7 +18,7 @@ from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
-from storage_core.upload.outbox import pending_upload_events
+from storage_core.catalog.outbox import pending_upload_events
 from tests.deployments.conftest import wait_for
 from tests.deployments.test_upload_trigger import live_upload_deployment, upload_completed
 from tests.gateway.conftest import LIMITS

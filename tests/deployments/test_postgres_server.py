@@ -17,7 +17,7 @@ import pytest
 
 from deployments.server import api_health, free_port
 from storage_core.catalog import Catalog
-from storage_core.upload.transactions import list_transactions
+from storage_core.catalog.transactions import list_transactions
 from tests.deployments.conftest import wait_for
 from tests.deployments.prefect_server import prefect_client_at
 from tests.deployments.test_serve import registered

@@ -12,7 +12,7 @@ import pytest
 
 from deployments.landing import landing_source
 from storage_core.catalog import Catalog
-from storage_core.upload.transactions import list_transactions
+from storage_core.catalog.transactions import list_transactions
 from tests.deployments.conftest import MiB, wait_for
 from tests.flows.conftest import write_landing
 

@@ -13,7 +13,7 @@ import pytest
 
 from storage_core.catalog import Catalog
 from storage_core.checksums import crc32c
-from storage_core.upload.transactions import list_transactions, transaction_progress
+from storage_core.catalog.transactions import list_transactions, transaction_progress
 from tests.flows.conftest import MiB, run_ferry, write_landing
 
 
@@ -33,7 +33,7 @@ def test_sigkill_mid_upload_then_resume_sends_only_missing_parts(ferry_env, buck
     try:
         while time.monotonic() < deadline:
             found = list_transactions(catalog) if Path(tmp_path / "catalog.db").exists() else []
-            if found and transaction_progress(catalog, found[0].id)[0] >= 3 * 5 * MiB:
+            if found and transaction_progress(catalog, found[0].id).stored_bytes >= 3 * 5 * MiB:
                 break
             assert child.poll() is None, child.stderr.read().decode()
             time.sleep(0.02)
@@ -63,7 +63,8 @@ def test_reconcile_aborts_stale_transactions_and_orphans(ferry_env, bucket, tmp_
     from storage_core.config import load_settings
     from storage_core.keys import parse_uri
     from storage_core.manifest import scan_source
-    from storage_core.upload.transactions import begin_transaction, upload_item
+    from storage_core.catalog.transactions import begin_transaction
+    from storage_core.upload.transactions import upload_item
 
     source = write_landing(tmp_path / "in", {"robot/rec/big.bin": 12 * MiB})
     catalog = Catalog(ferry_env["FERRY_DATABASE_URL"])

@@ -13,7 +13,7 @@ from storage_core.catalog.queries import list_objects
 from storage_core.checksums import crc32c
 from storage_core.errors import StorageError
 from storage_core.stores.s3 import S3Store
-from storage_core.upload.transactions import list_transactions
+from storage_core.catalog.transactions import list_transactions
 from tests.flows.conftest import MiB, write_landing
 
 

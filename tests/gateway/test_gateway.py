@@ -17,8 +17,8 @@ from tests.support.gateway import running_gateway
 from storage_core.catalog.devices import add_device_token, authenticate_device, revoke_device_tokens
 from storage_core.catalog.queries import list_objects
 from storage_core.checksums import combine_parts, crc32c
-from storage_core.upload.outbox import get_upload_event, pending_upload_events
-from storage_core.upload.transactions import get_transaction
+from storage_core.catalog.outbox import get_upload_event, pending_upload_events
+from storage_core.catalog.transactions import get_transaction
 
 MiB = 1024 * 1024
 
@@ -84,7 +84,10 @@ def test_single_put_and_multipart_complete_and_emit_once(gateway_factory, bucket
         assert again == done
     assert bucket.get_range("lake/cam-1/run-1/video/b.mp4", 0, len(big)) == big
     assert bucket.list_multipart_uploads() == []
-    assert sorted(o.uri.rsplit("/", 1)[1] for o in list_objects(catalog)) == ["a.mcap", "b.mp4"]
+    assert sorted((o.uri, o.modality) for o in list_objects(catalog)) == [
+        (f"s3://{bucket.bucket}/lake/cam-1/run-1/a.mcap", "mcap"), (f"s3://{bucket.bucket}/lake/cam-1/run-1/video/b.mp4", "video")
+    ]
+    assert {i.status for i in get_transaction(catalog, txn_id).items} == {"stored"}
     [event] = emitter.events  # exactly once, with the fixed contract
     assert event.event == "ferry.upload.completed" and event.id == done["event_id"]
     assert event.resource == {
@@ -165,7 +168,7 @@ def test_paths_outside_the_device_prefix_are_refused(gateway):
         refused(http.post("/v1/uploads", json={"files": [single("/cam-1/r/a.bin", data)]}), 422, "absolute")
         refused(http.post("/v1/uploads", json={"files": [single("cam-1/a.bin", data)]}), 422, "expected cam-1/RECORDING/FILE")
     assert_nothing_stored(gateway)
-    from storage_core.upload.transactions import list_transactions
+    from storage_core.catalog.transactions import list_transactions
 
     assert list_transactions(gateway.catalog) == []
 
@@ -228,7 +231,9 @@ def test_bytes_other_than_declared_are_refused_by_the_store(gateway):
         assert put(state["files"][0]["urls"][0], os.urandom(1000)) == 400
         url = dict(state["files"][0]["urls"][0], headers={})
         assert put(url, data) == 403  # the checksum header is part of the signature
+        refused(http.post(f"/v1/uploads/{state['transaction_id']}/complete"), 409, "nothing has been uploaded yet")
     assert list(gateway.store.list()) == []
+    assert get_transaction(gateway.catalog, state["transaction_id"]).status == "uploading"  # the device may send again
 
 
 def test_size_mismatch_at_complete_discards_everything(gateway):
@@ -241,7 +246,10 @@ def test_size_mismatch_at_complete_discards_everything(gateway):
         refused(http.post(f"/v1/uploads/{txn}/complete"), 422, "size 1000 does not match the declared 1001")
         refused(http.post(f"/v1/uploads/{txn}/complete"), 409, "aborted")
     assert_nothing_stored(gateway)
-    assert get_transaction(gateway.catalog, txn).status == "aborted"
+    aborted = get_transaction(gateway.catalog, txn)
+    assert aborted.status == "aborted"
+    assert {i.relative_path: i.status for i in aborted.items} == {"good.bin": "aborted", "bad.bin": "failed"}
+    assert "size 1000 does not match" in next(i.error for i in aborted.items if i.status == "failed")
 
 
 def test_multipart_part_of_wrong_size_discards_everything(gateway):

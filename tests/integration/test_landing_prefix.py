@@ -16,14 +16,8 @@ from storage_core.errors import ConfigError, SourceChanged, StorageUnavailable
 from storage_core.keys import parse_uri
 from storage_core.upload import transactions
 from storage_core.manifest import scan_source
-from storage_core.upload.transactions import (
-    abort_transactions,
-    begin_transaction,
-    complete_transaction,
-    get_transaction,
-    prepare_manifest,
-    upload_item,
-)
+from storage_core.catalog.transactions import begin_transaction, complete_transaction, get_transaction
+from storage_core.upload.transactions import abort_transactions, prepare_manifest, upload_item
 
 MiB = 1024 * 1024
 

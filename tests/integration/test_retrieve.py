@@ -18,7 +18,8 @@ from storage_core.errors import ConfigError, IntegrityError, ObjectNotFound
 from storage_core.keys import parse_uri
 from storage_core.retrieve import download, get, plan_download, query
 from storage_core.manifest import scan_source
-from storage_core.upload.transactions import begin_transaction, complete_transaction, prepare_manifest, upload_item
+from storage_core.catalog.transactions import begin_transaction, complete_transaction
+from storage_core.upload.transactions import prepare_manifest, upload_item
 
 MiB = 1024 * 1024
 FILES = {

@@ -15,16 +15,14 @@ from storage_core.config import load_settings
 from storage_core.errors import ConfigError, PartUploadFailed, TransactionStateError
 from storage_core.keys import parse_uri
 from storage_core.manifest import scan_source
-from storage_core.upload.transactions import (
-    abort_transactions,
+from storage_core.catalog.transactions import (
     begin_transaction,
     complete_transaction,
     get_transaction,
     open_items,
-    prepare_manifest,
     stale_transactions,
-    upload_item,
 )
+from storage_core.upload.transactions import abort_transactions, prepare_manifest, upload_item
 
 MiB = 1024 * 1024
 
@@ -59,11 +57,13 @@ def test_ingest_records_everything_and_skips_identical_bytes(catalog_url, bucket
     assert txn.status == "completed" and txn.count("stored") == 2
     big = next(i for i in txn.items if i.relative_path == "log.mcap")
     assert big.uri == f"s3://{bucket.bucket}/raw/robot1/run1/log.mcap"
+    assert (big.store_uri, big.key, big.source_kind) == (f"s3://{bucket.bucket}", "raw/robot1/run1/log.mcap", "file")
     assert big.crc32c == crc32c((source / "robot1/run1/log.mcap").read_bytes()) and big.parts_stored == 3
     assert bucket.list_multipart_uploads() == []
 
     again = ingest_all(catalog, source, f"s3://{bucket.bucket}/raw", settings)
     assert again.count("skipped") == 2 and again.status == "completed"
+    assert {i.skip_reason for i in again.items} == {"identical"}
     catalog.dispose()
 
 
@@ -87,6 +87,10 @@ def test_concurrent_begin_claims_each_destination_once(catalog_url, bucket, sett
     pending = sum(txn.count("pending") for txn in results)
     skipped = sum(txn.count("skipped") for txn in results)
     assert (pending, skipped) == (20, 20)
+    held = {i.key: txn.id for txn in results for i in txn.items if i.status == "pending"}
+    for txn in results:
+        for item in (i for i in txn.items if i.status == "skipped"):
+            assert item.skip_reason == "busy" and item.error == f"being uploaded by transaction {held[item.key]}"
     catalog.dispose()
 
 

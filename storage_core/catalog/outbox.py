@@ -3,7 +3,8 @@
 The row is written in the same database transaction that marks the transaction completed,
 with its event id fixed there, so every retry of the emission (after a failed emit, a
 crash, a replayed complete) sends the same event id. Emitting is someone else's job
-(ferry/gateway/events.py): this module only records, lists and marks.
+(ferry/gateway/events.py): this module only records, lists and marks. `UPLOAD_COMPLETED`
+is the event's name, the contract deployments trigger on.
 
     complete (one DB transaction: items stored + transaction completed + outbox row)
         ──> emit (event id = row.event_id) ──> mark_emitted

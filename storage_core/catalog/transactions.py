@@ -1,0 +1,587 @@
+"""Upload transactions in SQL: the repository and the state machine, no bytes moved.
+
+    begin ──> pending ──> uploading ──> completed
+                 │            │
+                 └────────────┴──> aborted
+
+An item is `pending → uploading → stored`, or `skipped` (with a `skip_reason`: identical
+bytes already stored, or the destination busy in another open transaction), `failed`
+(a non-retryable error) or `aborted`. Every state change is one function here, each its own
+database transaction; storage_core.upload moves the bytes between them and records each
+step as it becomes durable (the upload id before the first part, each part after the
+server answered, the item once its bytes are verified).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import sqlalchemy.exc
+from sqlalchemy import delete, distinct, select
+
+from storage_core.catalog.db import Catalog
+from storage_core.catalog.models import (
+    ACTIVE_ITEM_STATES,
+    DONE_ITEM_STATES,
+    OPEN_TRANSACTION_STATES,
+    Device,
+    ItemStatus,
+    MultipartPart,
+    Recording,
+    SkipReason,
+    SourceKind,
+    StoredObject,
+    Transaction,
+    TransactionItem,
+    TransactionStatus,
+    UploadEvent,
+)
+from storage_core.catalog.outbox import UploadEventInfo, record_upload_event
+from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
+from storage_core.errors import CatalogConflict, CatalogError, TransactionStateError
+from storage_core.keys import StorageUri, join_key
+from storage_core.manifest import ManifestEntry
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
+    """Keep `IN (...)` lists within every database's limit on bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _load(session, transaction_id: str) -> Transaction:
+    txn = session.get(Transaction, transaction_id)
+    if txn is None:
+        raise CatalogError(f"no transaction {transaction_id!r}")
+    return txn
+
+
+def _load_item(session, item_id: int) -> TransactionItem:
+    item = session.get(TransactionItem, item_id)
+    if item is None:
+        raise CatalogError(f"no transaction item {item_id}")
+    return item
+
+
+# --- records ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ObjectVersion:
+    """One version of a source object: its URI, size and ETag."""
+
+    uri: str
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class RecordedPart:
+    """A multipart part the store answered for (number, size, CRC32C, ETag)."""
+
+    number: int
+    size: int
+    crc32c: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class ItemUpload:
+    """An item as `start_item_upload` left it: `item.done` (nothing to do), or uploading
+    with the parts recorded under its `item.upload_id` (empty when there is none)."""
+
+    item: ItemInfo
+    parts: tuple[RecordedPart, ...]
+
+
+@dataclass(frozen=True)
+class InFlightUpload:
+    """A multipart upload an item recorded and that may still exist in its store."""
+
+    item_id: int
+    store_uri: str
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class VerifiedItem:
+    """An item whose stored bytes were checked: the CRC32C and ETag to record."""
+
+    item_id: int
+    crc32c: int
+    etag: str
+
+
+@dataclass(frozen=True)
+class UnverifiedObject:
+    """Where an open item of a device transaction may have put bytes. `recorded_etag` is
+    the ETag the catalog records as stored at that place (a version someone relies on)."""
+
+    store_uri: str
+    key: str
+    recorded_etag: str | None
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """Bytes durably stored so far, of the bytes a transaction has to store."""
+
+    stored_bytes: int
+    total_bytes: int
+
+
+@dataclass(frozen=True)
+class CompletedUpload:
+    """A completed transaction and its outbox event."""
+
+    transaction: TransactionInfo
+    event: UploadEventInfo
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def get_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
+    """The transaction, or CatalogError when there is none."""
+    with catalog.session() as session:
+        return TransactionInfo.of(_load(session, transaction_id))
+
+
+def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo | None:
+    with catalog.session() as session:
+        txn = session.get(Transaction, transaction_id)
+        return None if txn is None else TransactionInfo.of(txn)
+
+
+def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int = 100) -> list[TransactionInfo]:
+    with catalog.session() as session:
+        query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(Transaction.status == status)
+        return [TransactionInfo.of(txn) for txn in session.scalars(query)]
+
+
+def open_items(catalog: Catalog, transaction_id: str) -> list[ItemInfo]:
+    """Items still to upload (pending or uploading), for resume; refuses closed transactions."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        if txn.status not in OPEN_TRANSACTION_STATES:
+            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; only open transactions can be resumed")
+        return [ItemInfo.of(i) for i in txn.items if i.status in ACTIVE_ITEM_STATES]
+
+
+def stale_transactions(catalog: Catalog, *, older_than: timedelta) -> list[TransactionInfo]:
+    """Open transactions not updated for `older_than`: left behind by a process that died."""
+    cutoff = _now() - older_than
+    with catalog.session() as session:
+        query = select(Transaction).where(Transaction.status.in_(OPEN_TRANSACTION_STATES)).order_by(Transaction.created_at)
+        stale = []
+        for txn in session.scalars(query):
+            last = as_utc(max([txn.updated_at, *(i.updated_at for i in txn.items),
+                               *(p.stored_at for i in txn.items for p in i.parts)]))
+            if last < cutoff:
+                stale.append(TransactionInfo.of(txn))
+        return stale
+
+
+def transaction_progress(catalog: Catalog, transaction_id: str) -> TransferProgress:
+    """A transaction's progress from its recorded parts; zero of zero while it does not
+    exist yet. Skipped items count as neither."""
+    with catalog.session() as session:
+        txn = session.get(Transaction, transaction_id)
+        if txn is None:
+            return TransferProgress(0, 0)
+        done = total = 0
+        for item in txn.items:
+            if item.status == ItemStatus.SKIPPED.value:
+                continue
+            total += item.size
+            done += item.size if item.status == ItemStatus.STORED.value else sum(p.size for p in item.parts)
+        return TransferProgress(done, total)
+
+
+def recorded_upload_ids(catalog: Catalog) -> set[str]:
+    """Upload ids that open transactions may still resume."""
+    with catalog.session() as session:
+        query = (
+            select(TransactionItem.upload_id)
+            .join(Transaction)
+            .where(Transaction.status.in_(OPEN_TRANSACTION_STATES), TransactionItem.upload_id.is_not(None))
+        )
+        return set(session.scalars(query))
+
+
+def transaction_store_uris(catalog: Catalog) -> set[str]:
+    """Every store a transaction ever wrote to."""
+    with catalog.session() as session:
+        return set(session.scalars(select(distinct(TransactionItem.store_uri))))
+
+
+def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[str, int]:
+    """{key: size} of the objects the catalog records as stored under `keys` (one query per
+    500 keys, not one per key)."""
+    stored: dict[str, int] = {}
+    with catalog.session() as session:
+        for chunk in _chunks(sorted(set(keys))):
+            query = select(StoredObject.key, StoredObject.size).where(
+                StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
+            stored.update((key, size) for key, size in session.execute(query))
+    return stored
+
+
+def known_object_checksums(catalog: Catalog, uris: Iterable[str]) -> dict[ObjectVersion, int]:
+    """{version: CRC32C} of the source objects earlier transactions read (and checksummed)."""
+    known: dict[ObjectVersion, int] = {}
+    with catalog.session() as session:
+        for chunk in _chunks(sorted(set(uris))):
+            query = select(TransactionItem.source_path, TransactionItem.size, TransactionItem.source_etag,
+                           TransactionItem.crc32c).where(
+                TransactionItem.source_kind == SourceKind.OBJECT.value,
+                TransactionItem.source_path.in_(chunk),
+                TransactionItem.source_etag.is_not(None),
+                TransactionItem.crc32c.is_not(None),
+            )  # fmt: skip
+            for path, size, etag, value in session.execute(query):
+                known[ObjectVersion(path, size, etag)] = value
+    return known
+
+
+# --- begin -----------------------------------------------------------------------------------
+
+
+def destination_key(destination: StorageUri, entry: ManifestEntry) -> str:
+    return join_key(destination.prefix, entry.device_id, entry.recording, entry.relative_path)
+
+
+def _stored_at(session, store_uri: str, keys: list[str]) -> dict[str, tuple[int, int]]:
+    stored: dict[str, tuple[int, int]] = {}
+    for chunk in _chunks(sorted(set(keys))):
+        query = select(StoredObject.key, StoredObject.size, StoredObject.crc32c).where(
+            StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
+        stored.update((key, (size, value)) for key, size, value in session.execute(query))
+    return stored
+
+
+def begin_transaction(
+    catalog: Catalog,
+    entries: Iterable[ManifestEntry],
+    *,
+    destination: StorageUri,
+    origination: str,
+    source_kind: SourceKind | None = None,
+    device_id: str | None = None,
+    flow_run_id: str | None = None,
+    transaction_id: str | None = None,
+) -> TransactionInfo:
+    """Record a transaction and claim each destination. An entry whose identical bytes are
+    already stored, or whose destination another open transaction is uploading, becomes a
+    `skipped` item with its `skip_reason`; the rest are `pending`. Each entry's source kind
+    is `source_kind`, or else an object's when it has an ETag and a file's otherwise.
+    CatalogConflict: `transaction_id` was begun concurrently; nothing was recorded."""
+    txn_id = transaction_id or uuid.uuid4().hex
+    entries = list(entries)
+    try:
+        with catalog.session() as session:
+            stored_now = _stored_at(session, destination.store_uri, [destination_key(destination, e) for e in entries])
+            txn = Transaction(
+                id=txn_id,
+                device_id=device_id,
+                origination=origination,
+                destination=str(destination),
+                status=TransactionStatus.PENDING.value,
+                flow_run_id=flow_run_id,
+            )
+            session.add(txn)
+            session.flush()
+            for entry in entries:
+                key = destination_key(destination, entry)
+                kind = source_kind or (SourceKind.OBJECT if entry.is_object else SourceKind.FILE)
+                fields = dict(
+                    transaction_id=txn_id,
+                    source_kind=kind.value,
+                    source_path=str(entry.path),
+                    device_id=entry.device_id,
+                    recording=entry.recording,
+                    relative_path=entry.relative_path,
+                    modality=entry.modality,
+                    store_uri=destination.store_uri,
+                    key=key,
+                    size=entry.size,
+                    mtime_ns=entry.mtime_ns,
+                    source_etag=entry.source_etag,
+                    crc32c=entry.crc32c,
+                )
+                if entry.crc32c is not None and stored_now.get(key) == (entry.size, entry.crc32c):
+                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
+                                                skip_reason=SkipReason.IDENTICAL.value,
+                                                error="identical bytes already stored"))
+                    continue
+                try:
+                    with session.begin_nested():
+                        session.add(TransactionItem(**fields, status=ItemStatus.PENDING.value))
+                except sqlalchemy.exc.IntegrityError:  # the partial unique index: in flight elsewhere
+                    holder = session.scalar(
+                        select(TransactionItem.transaction_id).where(
+                            TransactionItem.store_uri == destination.store_uri,
+                            TransactionItem.key == key,
+                            TransactionItem.status.in_(ACTIVE_ITEM_STATES),
+                        )
+                    )
+                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
+                                                skip_reason=SkipReason.BUSY.value,
+                                                error=f"being uploaded by transaction {holder}"))
+            session.flush()
+            session.refresh(txn)
+            return TransactionInfo.of(txn)
+    except CatalogConflict as exc:  # the transaction id itself (session() translated the unique violation)
+        raise CatalogConflict(f"transaction {txn_id} is being begun by another caller") from exc
+
+
+def set_flow_run(catalog: Catalog, transaction_id: str, flow_run_id: str | None) -> None:
+    with catalog.session() as session:
+        _load(session, transaction_id).flow_run_id = flow_run_id
+
+
+# --- one item's upload -----------------------------------------------------------------------
+
+
+def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
+    """Move a pending or uploading item (and its transaction) to uploading, with the parts
+    recorded so far. An item already done is returned unchanged. Refused
+    (TransactionStateError): a closed item or transaction, and a device's item (only the
+    device has its bytes)."""
+    with catalog.session() as session:
+        item = _load_item(session, item_id)
+        if item.status in DONE_ITEM_STATES:
+            return ItemUpload(ItemInfo.of(item), ())
+        if item.status not in ACTIVE_ITEM_STATES:
+            raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
+        txn = item.transaction
+        if txn.status not in OPEN_TRANSACTION_STATES:
+            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
+        if item.source_kind == SourceKind.DEVICE.value:
+            raise TransactionStateError(
+                f"transaction {txn.id} is a device upload: only the device can send its bytes "
+                f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
+            )
+        item.status = ItemStatus.UPLOADING.value
+        txn.status = TransactionStatus.UPLOADING.value
+        parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
+        return ItemUpload(ItemInfo.of(item), parts)
+
+
+def mark_item_uploading(catalog: Catalog, item_id: int, *, upload_id: str | None, part_size: int | None) -> None:
+    """A device item whose bytes the device now sends: its multipart upload (or None for a
+    single PUT) recorded, item and transaction uploading."""
+    with catalog.session() as session:
+        item = _load_item(session, item_id)
+        item.upload_id, item.part_size = upload_id, part_size
+        item.status = ItemStatus.UPLOADING.value
+        item.transaction.status = TransactionStatus.UPLOADING.value
+
+
+def record_upload_started(catalog: Catalog, item_id: int, upload_id: str, part_size: int) -> None:
+    """A new multipart upload for the item (before its first part is sent); parts recorded
+    for an earlier one are forgotten."""
+    with catalog.session() as session:
+        item = _load_item(session, item_id)
+        item.upload_id, item.part_size = upload_id, part_size
+        session.execute(delete(MultipartPart).where(MultipartPart.item_id == item_id))
+
+
+def record_part_stored(catalog: Catalog, item_id: int, part: RecordedPart) -> None:
+    """A part the store answered for (idempotent: a part sent again replaces the record)."""
+    with catalog.session() as session:
+        session.merge(
+            MultipartPart(item_id=item_id, part_number=part.number, size=part.size, crc32c=part.crc32c, etag=part.etag)
+        )
+
+
+def record_item_failed(catalog: Catalog, item_id: int, error: str, *, final: bool) -> None:
+    """Record why the item's upload failed; `final` marks it failed, otherwise it stays
+    open (resumable, or with an upload that abort or reconcile must still clean up)."""
+    with catalog.session() as session:
+        item = _load_item(session, item_id)
+        item.error = error
+        if final:
+            item.status = ItemStatus.FAILED.value
+
+
+def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str) -> ItemInfo:
+    """The item's bytes are verified in the store: item stored, and its device, recording
+    and stored object upserted."""
+    with catalog.session() as session:
+        item = _load_item(session, item_id)
+        _store(session, item, crc32c, etag)
+        return ItemInfo.of(item)
+
+
+def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
+    item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
+    if session.get(Device, item.device_id) is None:
+        session.add(Device(id=item.device_id))
+        session.flush()
+    recording = session.scalar(
+        select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
+    )
+    if recording is None:
+        recording = Recording(device_id=item.device_id, name=item.recording)
+        session.add(recording)
+        session.flush()
+    stored = session.scalar(select(StoredObject).where(StoredObject.store_uri == item.store_uri, StoredObject.key == item.key))
+    if stored is None:
+        stored = StoredObject(store_uri=item.store_uri, key=item.key)
+        session.add(stored)
+    stored.recording_id = recording.id
+    stored.relative_path, stored.modality = item.relative_path, item.modality
+    stored.size, stored.crc32c, stored.etag = item.size, crc32c, etag
+    stored.transaction_id, stored.flow_run_id = item.transaction_id, item.transaction.flow_run_id
+    stored.stored_at = _now()
+
+
+# --- complete / abort ------------------------------------------------------------------------
+
+
+def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
+    """Mark a transaction completed once every item is stored or skipped."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            return TransactionInfo.of(txn)
+        if txn.status not in OPEN_TRANSACTION_STATES:
+            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be completed")
+        unfinished = [i for i in txn.items if i.status not in DONE_ITEM_STATES]
+        if unfinished:
+            first = unfinished[0]
+            raise TransactionStateError(
+                f"transaction {txn.id} has {len(unfinished)} unfinished item(s), e.g. {first.uri} ({first.status})"
+            )
+        txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
+        return TransactionInfo.of(txn)
+
+
+def _completed(session, txn: Transaction) -> CompletedUpload:
+    return CompletedUpload(TransactionInfo.of(txn), UploadEventInfo.of(session.get(UploadEvent, txn.id), txn))
+
+
+def completed_upload(catalog: Catalog, transaction_id: str) -> CompletedUpload | None:
+    """The completed transaction with its outbox event; None while it is not completed."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        return _completed(session, txn) if txn.status == TransactionStatus.COMPLETED.value else None
+
+
+def complete_verified_upload(catalog: Catalog, transaction_id: str, verified: Iterable[VerifiedItem]) -> CompletedUpload:
+    """In one database transaction: the verified items stored, the transaction completed
+    and its outbox row written. An already completed transaction is answered as it is; a
+    closed one is refused (TransactionStateError). CatalogConflict: a concurrent complete
+    committed first (nothing of this call was written; `completed_upload` has its answer)."""
+    try:
+        with catalog.session() as session:
+            txn = _load(session, transaction_id)
+            if txn.status == TransactionStatus.COMPLETED.value:
+                return _completed(session, txn)
+            if txn.status not in OPEN_TRANSACTION_STATES:
+                raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
+            for v in verified:
+                _store(session, _load_item(session, v.item_id), v.crc32c, v.etag)
+            txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
+            record_upload_event(session, txn)
+            session.flush()
+            return _completed(session, txn)
+    except CatalogConflict as exc:  # session() translated the unique violation
+        raise CatalogConflict(f"transaction {transaction_id} was completed by a concurrent call") from exc
+
+
+def in_flight_uploads(catalog: Catalog, transaction_id: str) -> list[InFlightUpload]:
+    """The multipart uploads an abort must abort; refuses a completed transaction."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            raise TransactionStateError(f"transaction {txn.id} is completed; it cannot be aborted")
+        return [
+            InFlightUpload(i.id, i.store_uri, i.key, i.upload_id)
+            for i in txn.items
+            # failed items too: a failure before the transfer began (a resumed source that
+            # changed) leaves its recorded upload open; aborting twice is harmless
+            if i.upload_id and i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)
+        ]
+
+
+def mark_aborted(catalog: Catalog, transaction_id: str, *, reason: str) -> TransactionInfo:
+    """Transaction aborted with `reason`, its open items aborted (failed items keep their
+    status and reason). An aborted transaction is left as it is."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        if txn.status != TransactionStatus.ABORTED.value:
+            for item in txn.items:
+                if item.status in ACTIVE_ITEM_STATES:
+                    item.status = ItemStatus.ABORTED.value
+            txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
+        return TransactionInfo.of(txn)
+
+
+def record_abort_incomplete(catalog: Catalog, transaction_id: str, problem: str) -> TransactionInfo:
+    """An abort that could not abort every upload: the transaction stays open (so a later
+    abort or reconcile retries) with the problem as its error."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        txn.error = f"abort incomplete: {problem}"
+        return TransactionInfo.of(txn)
+
+
+def unverified_objects(catalog: Catalog, transaction_id: str) -> list[UnverifiedObject]:
+    """Where the transaction's open (or failed) items may have put unverified bytes, with
+    the ETag the catalog records as stored at each place, if any."""
+    with catalog.session() as session:
+        txn = _load(session, transaction_id)
+        targets = [(i.store_uri, i.key) for i in txn.items if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)]
+        recorded: dict[tuple[str, str], str] = {}
+        for chunk in _chunks(sorted({key for _, key in targets})):
+            for obj in session.scalars(select(StoredObject).where(StoredObject.key.in_(chunk))):
+                recorded[(obj.store_uri, obj.key)] = obj.etag
+        return [UnverifiedObject(store_uri, key, recorded.get((store_uri, key))) for store_uri, key in targets]
+
+
+__all__ = [
+    "CompletedUpload",
+    "InFlightUpload",
+    "ItemUpload",
+    "ObjectVersion",
+    "RecordedPart",
+    "TransferProgress",
+    "UnverifiedObject",
+    "VerifiedItem",
+    "begin_transaction",
+    "complete_transaction",
+    "complete_verified_upload",
+    "completed_upload",
+    "destination_key",
+    "find_transaction",
+    "get_transaction",
+    "in_flight_uploads",
+    "known_object_checksums",
+    "list_transactions",
+    "mark_aborted",
+    "mark_item_uploading",
+    "open_items",
+    "record_abort_incomplete",
+    "record_item_failed",
+    "record_item_stored",
+    "record_part_stored",
+    "record_upload_started",
+    "recorded_upload_ids",
+    "set_flow_run",
+    "stale_transactions",
+    "stored_sizes",
+    "transaction_store_uris",
+    "transaction_progress",
+]
