@@ -3,7 +3,12 @@
 One retry layer per concern; this table is the one place the attempt budget is stated:
 
     what is retried                        owner                                  tries
-    any single S3 request                  botocore (stores.s3.make_client)       1: botocore never retries
+    an S3 request a loop below retries     botocore (S3Store.client)              1: botocore never retries
+      (HEAD, ranged GET, PUT, part,
+      create/complete multipart)
+    an S3 request no loop retries          botocore (S3Store.unlooped_client)     UNLOOPED_ATTEMPTS (3),
+      (listing, whole-object read,                                                  standard mode
+      delete, abort, ListParts)
     an upload's part, create, complete,    storage_core.upload.transfer,          FERRY_PART_ATTEMPTS (6)
       single PUT, ranged source read         call_with_retries
     a download's HEAD and range GETs       storage_core.download.transfer,        RetryPolicy.attempts (6)

@@ -9,20 +9,21 @@ from storage_core.keys import StorageUri, parse_uri
 from storage_core.stores.base import ObjectStore
 from storage_core.stores.local import LocalStore
 
-_clients: dict[tuple[str | None, str | None, int], object] = {}
+_clients: dict[tuple[str | None, str | None, int, int], object] = {}
 _lock = threading.Lock()
 
 
-def _s3_client(settings: FerrySettings) -> object:
-    # boto3 clients are thread-safe and costly to build: share one per endpoint
+def _s3_client(settings: FerrySettings, *, attempts: int = 1) -> object:
+    # boto3 clients are thread-safe and costly to build: share one per endpoint and budget
     pool = settings.max_concurrency * 2 + 4
-    cache_key = (settings.endpoint_url, settings.region, pool)
+    cache_key = (settings.endpoint_url, settings.region, pool, attempts)
     from storage_core.stores.s3 import make_client  # boto3 loads only for an s3:// store
 
     with _lock:
         if cache_key not in _clients:
             _clients[cache_key] = make_client(
-                endpoint_url=settings.endpoint_url, region=settings.region, max_pool_connections=pool
+                endpoint_url=settings.endpoint_url, region=settings.region, max_pool_connections=pool,
+                attempts=attempts,
             )
         return _clients[cache_key]
 
@@ -33,11 +34,12 @@ def open_store(uri: str | StorageUri, settings: FerrySettings | None = None) -> 
     location = parse_uri(uri) if isinstance(uri, str) else uri
     if location.scheme == "file":
         return LocalStore(location.root), location.prefix
-    from storage_core.stores.s3 import S3Store
+    from storage_core.stores.s3 import UNLOOPED_ATTEMPTS, S3Store
 
     store = S3Store(
         location.root,
         client=_s3_client(settings),
+        unlooped_client=_s3_client(settings, attempts=UNLOOPED_ATTEMPTS),
         multipart_threshold=settings.multipart_threshold,
     )
     return store, location.prefix

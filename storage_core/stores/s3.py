@@ -87,16 +87,27 @@ def _translated(bucket: str, key: str | None, action: str):
         raise StorageUnavailable(f"{action} {where}: {type(exc).__name__}: {exc}", key=key) from exc
 
 
-def make_client(*, endpoint_url: str | None = None, region: str | None = None, max_pool_connections: int = 16) -> Any:
-    """A boto3 S3 client configured for Ferry; credentials come from the usual AWS chain."""
+# Requests no Ferry loop retries (listings, whole-object reads, deletes, aborts) get
+# botocore's standard mode; see the budget table in storage_core.retry
+UNLOOPED_ATTEMPTS = 3
+
+
+def make_client(
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    max_pool_connections: int = 16,
+    attempts: int = 1,
+) -> Any:
+    """A boto3 S3 client configured for Ferry; credentials come from the usual AWS chain.
+    `attempts` is botocore's own budget per request: 1 (no retry) for requests that a Ferry
+    loop retries, so the two never multiply."""
     session = boto3.session.Session()
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         signature_version="s3v4",  # presigned URLs too (boto3 may otherwise presign with SigV2)
-        # Ferry retries each call itself (storage_core.retry states the budget): botocore's
-        # own retries would multiply it, 3 under each of FERRY_PART_ATTEMPTS
-        retries={"mode": "standard", "total_max_attempts": 1},
+        retries={"mode": "standard", "total_max_attempts": attempts},
         connect_timeout=5,
         read_timeout=60,
         max_pool_connections=max_pool_connections,
@@ -131,6 +142,7 @@ class S3Store:
         bucket: str,
         *,
         client: Any | None = None,
+        unlooped_client: Any | None = None,
         endpoint_url: str | None = None,
         region: str | None = None,
         multipart_threshold: int = 16 * 1024 * 1024,
@@ -139,9 +151,16 @@ class S3Store:
         self.bucket = bucket
         self.uri = f"s3://{bucket}"
         self.multipart_threshold = multipart_threshold
+        # `client` never retries: its requests (HEAD, ranged GETs, PUT, parts, create and
+        # complete) run inside Ferry's retry loops. `unlooped_client` sends the requests no
+        # loop retries, with botocore's standard retries (storage_core.retry's table).
         self.client = client or make_client(
             endpoint_url=endpoint_url, region=region, max_pool_connections=max_pool_connections
         )
+        self.unlooped_client = unlooped_client or (client if client is not None else make_client(
+            endpoint_url=endpoint_url, region=region, max_pool_connections=max_pool_connections,
+            attempts=UNLOOPED_ATTEMPTS,
+        ))
 
     def _where(self, key: str | None, action: str):
         if key is not None:
@@ -224,10 +243,10 @@ class S3Store:
         if if_match:
             params["IfMatch"] = if_match
         with self._where(key, "read"):
-            return self.client.get_object(**params)["Body"]
+            return self.unlooped_client.get_object(**params)["Body"]
 
     def list(self, prefix: str = "") -> Iterator[ObjectMeta]:
-        paginator = self.client.get_paginator("list_objects_v2")
+        paginator = self.unlooped_client.get_paginator("list_objects_v2")
         with self._where(None, "list"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
@@ -247,7 +266,7 @@ class S3Store:
 
     def delete(self, key: str) -> None:
         with self._where(key, "delete"):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            self.unlooped_client.delete_object(Bucket=self.bucket, Key=key)
 
     # --- multipart -------------------------------------------------------------------
     def create_multipart(self, key: str) -> str:
@@ -269,7 +288,7 @@ class S3Store:
 
     def list_parts(self, key: str, upload_id: str) -> list[StoredPart]:
         parts: list[StoredPart] = []
-        paginator = self.client.get_paginator("list_parts")
+        paginator = self.unlooped_client.get_paginator("list_parts")
         with self._where(key, "list parts of"):
             for page in paginator.paginate(Bucket=self.bucket, Key=key, UploadId=upload_id):
                 parts.extend(StoredPart(p["PartNumber"], int(p["Size"]), p["ETag"]) for p in page.get("Parts", []))
@@ -288,14 +307,14 @@ class S3Store:
     def abort_multipart(self, key: str, upload_id: str) -> None:
         with self._where(key, "abort multipart upload of"):
             try:
-                self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                self.unlooped_client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
             except botocore.exceptions.ClientError as exc:
                 if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
                     raise  # already gone is what an abort wants
 
     def list_multipart_uploads(self, prefix: str = "") -> list[PendingUpload]:
         uploads: list[PendingUpload] = []
-        paginator = self.client.get_paginator("list_multipart_uploads")
+        paginator = self.unlooped_client.get_paginator("list_multipart_uploads")
         with self._where(None, "list multipart uploads in"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 uploads.extend(
@@ -329,7 +348,7 @@ class S3Store:
     # --- buckets (tests, demo, setup) ---------------------------------------------------
     def create_bucket(self) -> None:
         with self._where(None, "create bucket"):
-            self.client.create_bucket(Bucket=self.bucket)
+            self.unlooped_client.create_bucket(Bucket=self.bucket)
 
 
 def _fill(body: Any, view: memoryview) -> int:

@@ -32,12 +32,14 @@ _UNAVAILABLE = b"<Error><Code>ServiceUnavailable</Code><Message>injected by the 
 class FailingPartsProxy:
     url: str
     part_puts: Counter = field(default_factory=Counter)  # part number -> PUTs seen
+    listings: int = 0  # ListObjectsV2 requests seen
 
 
 @contextmanager
-def failing_parts_proxy(upstream: str) -> Iterator[FailingPartsProxy]:
-    """A proxy on a free loopback port: 503 for UploadPart, everything else forwarded as is
-    (the Host header too, so the SigV4 signatures still match)."""
+def failing_parts_proxy(upstream: str, *, failed_listings: int = 0) -> Iterator[FailingPartsProxy]:
+    """A proxy on a free loopback port: 503 for UploadPart and for the first
+    `failed_listings` ListObjectsV2, everything else forwarded as is (the Host header too,
+    so the SigV4 signatures still match)."""
     target = urlsplit(upstream)
     lock = threading.Lock()
 
@@ -57,6 +59,13 @@ def failing_parts_proxy(upstream: str) -> Iterator[FailingPartsProxy]:
                     proxy.part_puts[int(query["partNumber"][0])] += 1
                 self._answer(503, {"Content-Type": "application/xml"}, _UNAVAILABLE)
                 return
+            if self.command == "GET" and query.get("list-type") == ["2"]:
+                with lock:
+                    proxy.listings += 1
+                    refuse = proxy.listings <= failed_listings
+                if refuse:
+                    self._answer(503, {"Content-Type": "application/xml"}, _UNAVAILABLE)
+                    return
             upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -111,3 +120,14 @@ def test_a_failing_part_is_sent_exactly_ferry_part_attempts_times(bucket, s3_env
     assert failed.value.part_number == 1 and failed.value.retryable
     assert isinstance(failed.value.__cause__, StorageUnavailable)
     assert bucket.list_multipart_uploads() == []  # aborted through the proxy
+
+
+def test_a_request_no_loop_retries_is_retried_by_botocore_alone(bucket, s3_env, monkeypatch) -> None:
+    bucket.put("robot-1/run-1/a.bin", b"x" * 10, size=10)
+    with failing_parts_proxy(s3_env.endpoint, failed_listings=2) as proxy:
+        monkeypatch.setenv("FERRY_ENDPOINT_URL", proxy.url)
+        store, _ = open_store(f"s3://{bucket.bucket}", load_settings())
+        listed = [meta.key for meta in store.list("robot-1/")]
+
+    assert listed == ["robot-1/run-1/a.bin"]
+    assert proxy.listings == 3  # two 503s, then the answer: botocore's standard mode, nothing above it
