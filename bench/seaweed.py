@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,6 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from deployments.server import free_port
 
 _PORT_FLAGS = (
     "master.port",
@@ -31,12 +32,6 @@ _PORT_FLAGS = (
     "admin.port",
     "admin.port.grpc",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def weed_binary() -> str:

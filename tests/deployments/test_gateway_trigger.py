@@ -11,9 +11,10 @@ import uuid
 import httpx
 
 from deployments.definitions import SUMMARIZE
+from deployments.server import free_port
 from ferry.gateway.app import create_app
 from ferry.gateway.events import PrefectEmitter, emit_pending
-from tests.support.gateway import free_port, running_gateway
+from tests.support.gateway import running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings
