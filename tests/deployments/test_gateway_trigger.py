@@ -9,6 +9,7 @@ import os
 import uuid
 
 import httpx
+import pytest
 
 from deployments.definitions import SUMMARIZE
 from deployments.server import free_port
@@ -24,6 +25,8 @@ from tests.deployments.conftest import wait_for
 from tests.deployments.test_upload_trigger import live_upload_deployment, upload_completed
 from tests.gateway.conftest import LIMITS
 from tests.gateway.test_gateway import single, upload_all
+
+pytestmark = pytest.mark.slow  # a real Prefect server (session) and flow runs it schedules
 
 
 def device_uploads_one_file(catalog: Catalog, bucket, device: str, *, completes: int, emitter=None) -> tuple[str, list]:

@@ -42,6 +42,7 @@ def prefect_client_env(prefect_database: str, monkeypatch: pytest.MonkeyPatch) -
         yield api_url
 
 
+@pytest.mark.slow  # `ferry serve --start-server` starts a Prefect server on PostgreSQL
 def test_serve_starts_a_postgresql_backed_server_and_a_run_from_the_api_completes(
     ferry_serve, serve_env, prefect_database: str, pg_url: str, tmp_path: Path
 ):
