@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deployments.server import free_port
 from storage_core.errors import BenchmarkFailed, ConfigError
 
 _PORT_FLAGS = (
@@ -33,12 +33,6 @@ _PORT_FLAGS = (
     "admin.port",
     "admin.port.grpc",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def weed_binary() -> str:

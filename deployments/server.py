@@ -34,9 +34,11 @@ ASYNC_SCHEMES = {"postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*")
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` right now (the OS picks it), for a server about to start.
+    The one helper of the project: the SeaweedFS runner and the test gateway use it too."""
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 

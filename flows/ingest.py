@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from flows.summarize import SummarizeParams, SummarizeReport, summarize
 from storage_core.catalog import TransactionInfo
-from storage_core.catalog.summaries import SUMMARIZABLE
 from storage_core.config import load_settings
 from storage_core.errors import FerryError, IngestFailed, one_line
+from storage_core.modalities import SUMMARIZABLE
 from storage_core.upload import batch_items
 from tasks import upload as upload_tasks
 

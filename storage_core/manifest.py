@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from storage_core.checksums import crc32c_of_stream
 from storage_core.errors import ConfigError, InvalidKey
 from storage_core.keys import parse_uri, validate_key
+from storage_core.modalities import MODALITIES, modality_of  # re-exported: the scan records each file's modality
 from storage_core.stores.base import List
 
 if TYPE_CHECKING:
@@ -43,29 +44,6 @@ class ManifestEntry:
     @property
     def is_object(self) -> bool:
         return self.source_etag is not None
-
-
-MODALITIES = {
-    ".mcap": "mcap",
-    ".parquet": "parquet",
-    ".mp4": "video",
-    ".mkv": "video",
-    ".mov": "video",
-    ".avi": "video",
-    ".h264": "video",
-    ".h265": "video",
-    ".ts": "video",
-    ".wav": "audio",
-    ".flac": "audio",
-    ".opus": "audio",
-    ".ogg": "audio",
-    ".mp3": "audio",
-    ".aac": "audio",
-}
-
-
-def modality_of(name: str) -> str:
-    return MODALITIES.get(Path(name).suffix.lower(), "other")
 
 
 @dataclass(frozen=True)

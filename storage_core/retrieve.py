@@ -9,32 +9,25 @@
 
 Each verb opens the catalog (FERRY_DATABASE_URL) and the stores the catalog points at
 unless given them. Bytes are always checked against what the catalog recorded: size and
-CRC32C, read pinned to the ETag seen first.
+CRC32C, read pinned to the ETag seen first. `download` (and `plan_download`) is
+storage_core.download's one download, re-exported here: it also takes DownloadSources.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import datetime
-from pathlib import Path, PurePosixPath
-from typing import Union
 
 from storage_core.catalog.db import Catalog, open_default_catalog
 from storage_core.catalog.queries import RecordingResult, find_object, find_recordings
 from storage_core.catalog.views import ObjectInfo
 from storage_core.checksums import crc32c
 from storage_core.config import FerrySettings, load_settings
-from storage_core.download.api import download as download_sources
-from storage_core.download.plan import Layout, PlannedWrite, plan_writes
-from storage_core.download.source import DownloadSource
-from storage_core.download.transfer import OnProgress
+from storage_core.download.api import download, plan_download
 from storage_core.errors import ConfigError, IntegrityError
 from storage_core.stores.registry import open_store
 
 GET_LIMIT = 64 * 1024 * 1024  # get() holds the bytes in memory: past this, download() them
-
-Target = Union[RecordingResult, ObjectInfo]
 
 
 def query(
@@ -85,76 +78,4 @@ def get(
     return data
 
 
-def download(
-    target: Target | Iterable[Target],
-    dest: str | os.PathLike[str],
-    *,
-    layout: Layout = "by_recording",
-    overwrite: bool = False,
-    resume: bool = False,
-    on_progress: OnProgress | None = None,
-    on_plan: Callable[[list[PlannedWrite]], None] | None = None,
-    settings: FerrySettings | None = None,
-    **tuning: int,
-) -> list[Path]:
-    """Write one result (a recording or an object) or any iterable of them under `dest`;
-    return every path written, flat and in a deterministic order (recordings as given,
-    modalities as first seen, then paths).
-
-    Every destination is planned and checked before the first byte moves (see
-    storage_core.download.plan); `overwrite` and `resume` as in
-    storage_core.download.download, and so are the callbacks. `tuning`: chunk_size,
-    max_workers, max_files.
-    """
-    return download_sources(sources_of(target, settings), dest, layout=layout, overwrite=overwrite,
-                            resume=resume, on_progress=on_progress, on_plan=on_plan, **tuning)
-
-
-def plan_download(
-    target: Target | Iterable[Target],
-    dest: str | os.PathLike[str],
-    *,
-    layout: Layout = "by_recording",
-    overwrite: bool = False,
-    resume: bool = False,
-    settings: FerrySettings | None = None,
-) -> list[PlannedWrite]:
-    """Only the plan of `download` (nothing written): every problem raised at once."""
-    return plan_writes(sources_of(target, settings), dest, layout=layout, overwrite=overwrite, resume=resume)
-
-
-def sources_of(target: Target | Iterable[Target], settings: FerrySettings | None = None) -> list[DownloadSource]:
-    """The objects of `target` as download sources, one store opened per store URI."""
-    settings = settings or load_settings()
-    items = [target] if isinstance(target, (RecordingResult, ObjectInfo)) else list(target)
-    stores: dict[str, object] = {}
-    sources = []
-    for item in items:
-        if isinstance(item, RecordingResult):
-            objects = item.objects
-        elif isinstance(item, ObjectInfo):
-            objects = (item,)
-        else:
-            raise ConfigError(f"download() takes query results (recordings or objects), not a {type(item).__name__}")
-        for obj in objects:
-            if obj.store_uri not in stores:
-                stores[obj.store_uri] = open_store(obj.store_uri, settings)[0]
-            sources.append(_source(obj, stores[obj.store_uri]))
-    return sources
-
-
-def _source(obj: ObjectInfo, store: object) -> DownloadSource:
-    if obj.device_id is None or obj.recording is None:
-        raise ConfigError(f"{obj.uri} belongs to no recording in the catalog; it cannot be placed by a layout")
-    path = PurePosixPath(obj.relative_path)
-    if obj.segmented:
-        parts = path.parts
-        # `video/front/0001.h264` of modality video lands in `video/front/0001.h264`, not `video/video/...`
-        relative = "/".join(parts[1:]) if len(parts) > 1 and parts[0] == obj.modality else obj.relative_path
-        return DownloadSource(store=store, key=obj.key, size=obj.size, crc32c=obj.crc32c, device_id=obj.device_id,
-                              recording=obj.recording, modality=obj.modality, segmented=True, relative_path=relative)
-    return DownloadSource(store=store, key=obj.key, size=obj.size, crc32c=obj.crc32c, device_id=obj.device_id,
-                          recording=obj.recording, modality=obj.modality, segmented=False, ext=path.suffix)
-
-
-__all__ = ["GET_LIMIT", "download", "get", "plan_download", "query", "sources_of"]
+__all__ = ["GET_LIMIT", "download", "get", "plan_download", "query"]

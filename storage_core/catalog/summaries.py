@@ -25,8 +25,8 @@ from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import ObjectTopic, Recording, StoredObject, utcnow
 from storage_core.catalog.views import as_utc
 from storage_core.errors import CatalogError
+from storage_core.modalities import SUMMARIZABLE
 
-SUMMARIZABLE = ("mcap", "parquet")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 

@@ -28,6 +28,7 @@ import httpx
 from storage_core.checksums import combine_parts, crc32c_of_stream
 from storage_core.errors import ConfigError, FerryError, GatewayError
 from storage_core.manifest import scan_folder
+from storage_core.parts import DEFAULT_PART_SIZE, choose_part_size, split_parts
 from storage_core.retry import backoff_delays
 
 STATE_FILE = ".ferry-device-upload.json"
@@ -107,14 +108,21 @@ def _checksums(path: Path, size: int, part_size: int | None) -> tuple[int, list[
         if part_size is None:
             return crc32c_of_stream(stream)[0], None
         parts, sizes = [], []
-        for start in range(0, size, part_size):
-            want = min(part_size, size - start)
-            value, got = crc32c_of_stream(stream, length=want)
-            if got != want:
+        for part in split_parts(size, part_size):
+            value, got = crc32c_of_stream(stream, length=part.size)
+            if got != part.size:
                 raise FerryError(f"{path} shrank while it was being read")
             parts.append(value)
-            sizes.append(want)
+            sizes.append(part.size)
         return combine_parts(list(zip(parts, sizes))), parts
+
+
+def _part_size(size: int, wanted: int, path: str) -> int:
+    """The uploader's rule (storage_core.parts): `wanted` within S3's bounds, ≤ 10,000 parts."""
+    try:
+        return choose_part_size(size, part_size=wanted)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
 
 
 def build_manifest(folder: Path, device: str, *, part_size: int, previous: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -128,11 +136,12 @@ def build_manifest(folder: Path, device: str, *, part_size: int, previous: dict[
         if old and (old["size"], old["mtime_ns"]) == (entry.size, entry.mtime_ns):
             files.append(old)
             continue
-        multipart = entry.size > part_size
-        crc, parts = _checksums(Path(entry.path), entry.size, part_size if multipart else None)
+        chosen = _part_size(entry.size, part_size, path)
+        multipart = entry.size > chosen
+        crc, parts = _checksums(Path(entry.path), entry.size, chosen if multipart else None)
         item = {"path": path, "size": entry.size, "mtime_ns": entry.mtime_ns, "local": str(entry.path), "crc32c": crc}
         if multipart:
-            item.update(part_size=part_size, part_crc32c=parts)
+            item.update(part_size=chosen, part_crc32c=parts)
         files.append(item)
     return files
 
@@ -234,7 +243,8 @@ def _put(http: httpx.Client, url: dict[str, Any], path: Path, start: int, thrott
 
 
 def _offset(file: dict[str, Any], url: dict[str, Any]) -> int:
-    """Where a URL's bytes start in the local file: 0 for a single PUT, else its part's offset."""
+    """Where a URL's bytes start in the local file: 0 for a single PUT, else its part's
+    offset (the `start` of that part in storage_core.parts.split_parts)."""
     return 0 if url["part_number"] is None else (url["part_number"] - 1) * file["part_size"]
 
 
@@ -247,14 +257,16 @@ def device_upload(
     gateway: str,
     token: str,
     device: str | None = None,
-    part_size: int = 16 * MiB,
+    part_size: int = DEFAULT_PART_SIZE,
     limit_rate: int | None = None,
     parallel: int = DEFAULT_PARALLEL,
     attempts: int = 5,
     on_bytes: Callable[[int], None] | None = None,
 ) -> DeviceUploadReport:
     """Upload FOLDER/RECORDING/files through the gateway, resuming a previous run of the
-    same folder. `parallel` files and parts are PUT at once (memory: one READ_CHUNK each);
+    same folder. A file larger than `part_size` goes in parts of `part_size` bytes, raised
+    to S3's 5 MiB floor and scaled up to stay within 10,000 parts (the uploader's rule,
+    storage_core.parts). `parallel` files and parts are PUT at once (memory: one READ_CHUNK each);
     `limit_rate` caps them together. Retryable failures (connection lost, 5xx, an expired
     URL) re-ask the gateway what is stored and go on, up to `attempts` times; a refusal
     raises GatewayError."""

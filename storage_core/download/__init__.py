@@ -1,6 +1,6 @@
 """Download stored objects to local disk: plan every write first, then ranged, verified, atomic I/O."""
 
-from storage_core.download.api import DEFAULT_MAX_FILES, download
+from storage_core.download.api import DEFAULT_MAX_FILES, download, plan_download
 from storage_core.download.plan import (
     LAYOUTS,
     PART_SUFFIX,
@@ -11,6 +11,7 @@ from storage_core.download.plan import (
     plan_writes,
 )
 from storage_core.download.source import DownloadSource, expand_prefix
+from storage_core.download.targets import Target, sources_of
 from storage_core.download.transfer import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_WORKERS,
@@ -34,10 +35,13 @@ __all__ = [
     "PlanProblem",
     "PlannedWrite",
     "RetryPolicy",
+    "Target",
     "WritePlanError",
     "download",
     "download_object",
     "expand_prefix",
+    "plan_download",
     "plan_ranges",
     "plan_writes",
+    "sources_of",
 ]

@@ -1,4 +1,7 @@
-"""`download`: plan every write, then move the bytes (several files at once, each in ranges)."""
+"""`download`: plan every write, then move the bytes (several files at once, each in ranges).
+
+The one download of the project: `storage_core.retrieve.download` is this function.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from storage_core.config import FerrySettings
 from storage_core.download.plan import Layout, PlannedWrite, plan_writes
-from storage_core.download.source import DownloadSource
+from storage_core.download.targets import Target, sources_of
 from storage_core.download.transfer import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_MAX_WORKERS,
@@ -25,7 +29,7 @@ DEFAULT_MAX_FILES = 4  # files in flight at once: hides HEAD and fsync latency f
 
 
 def download(
-    target: DownloadSource | Iterable[DownloadSource],
+    target: Target | Iterable[Target],
     dest: str | os.PathLike[str],
     *,
     layout: Layout = "by_recording",
@@ -37,11 +41,15 @@ def download(
     max_workers: int = DEFAULT_MAX_WORKERS,
     max_files: int = DEFAULT_MAX_FILES,
     retry: RetryPolicy = DEFAULT_RETRY,
+    settings: FerrySettings | None = None,
 ) -> list[Path]:
-    """Download one source or many under `dest`; return every path written, in plan order.
+    """Download one target or many under `dest`; return every path written, in plan order.
 
-    `target` is one DownloadSource or any iterable of them (told apart by type, so a
-    one-element list still returns a list). Destinations follow `layout` (see
+    `target` is one DownloadSource, catalog RecordingResult or ObjectInfo (what
+    `storage_core.retrieve.query` returns), or any iterable mixing them (told apart by
+    type, so a one-element list still returns a list; a recording stands for all its
+    objects, in catalog order). Catalog results open their stores with `settings`
+    (FERRY_* environment unless given). Destinations follow `layout` (see
     storage_core.download.plan). `on_progress(n)` is called with each `n` bytes written,
     from worker threads but never two calls at once.
 
@@ -62,11 +70,10 @@ def download(
     leave nothing at their final paths and no `.part` files. PreconditionFailed (an object
     changed mid-download) is `retryable`: calling again plans from fresh HEADs.
     """
-    sources = [target] if isinstance(target, DownloadSource) else list(target)
     if chunk_size <= 0 or max_workers <= 0 or max_files <= 0:
         raise ConfigError(f"chunk_size, max_workers and max_files must be positive "
                           f"(got {chunk_size}, {max_workers}, {max_files})")
-    plan = plan_writes(sources, dest, layout=layout, overwrite=overwrite, resume=resume)
+    plan = plan_writes(sources_of(target, settings), dest, layout=layout, overwrite=overwrite, resume=resume)
     if on_plan is not None:
         on_plan(plan)
     missing = [write for write in plan if not write.present]
@@ -100,6 +107,19 @@ def download(
     return [write.dest for write in plan]
 
 
+def plan_download(
+    target: Target | Iterable[Target],
+    dest: str | os.PathLike[str],
+    *,
+    layout: Layout = "by_recording",
+    overwrite: bool = False,
+    resume: bool = False,
+    settings: FerrySettings | None = None,
+) -> list[PlannedWrite]:
+    """Only the plan of `download` (nothing written): every problem raised at once as a WritePlanError."""
+    return plan_writes(sources_of(target, settings), dest, layout=layout, overwrite=overwrite, resume=resume)
+
+
 def _serialized(on_progress: OnProgress | None) -> OnProgress | None:
     """The caller's callback, never run by two threads at once."""
     if on_progress is None:
@@ -113,4 +133,4 @@ def _serialized(on_progress: OnProgress | None) -> OnProgress | None:
     return report
 
 
-__all__ = ["DEFAULT_MAX_FILES", "download"]
+__all__ = ["DEFAULT_MAX_FILES", "download", "plan_download"]

@@ -16,12 +16,10 @@ from storage_core.errors import ConfigError, ObjectNotFound
 from storage_core.formats.mcap_summary import read_mcap_summary
 from storage_core.formats.parquet import PARQUET_TAIL_SIZE, read_parquet_summary
 from storage_core.keys import parse_uri
+from storage_core.modalities import SUMMARIZABLE, modality_of
 from storage_core.ranges.reader import DEFAULT_TAIL_SIZE, RangeReader
 from storage_core.stores.base import GetRangeAndTail
 from storage_core.stores.local import LocalStore
-
-MODALITY_BY_SUFFIX = {".mcap": "mcap", ".parquet": "parquet"}
-
 
 @dataclass(frozen=True)
 class ObjectSummary:
@@ -69,10 +67,6 @@ def summarize_object(store: GetRangeAndTail, key: str, modality: str, *, uri: st
     return ObjectSummary(name, modality, data, stats.requests, stats.bytes_fetched, round(time.monotonic() - started, 6))
 
 
-def modality_of_key(key: str) -> str | None:
-    return MODALITY_BY_SUFFIX.get(PurePosixPath(key).suffix.lower())
-
-
 def summarize_uri(uri: str, settings: FerrySettings | None = None) -> ObjectSummary:
     """Summarize one object named by `s3://bucket/key` or `file:///abs/path`, by its suffix."""
     from storage_core.stores.registry import open_store  # boto3 only for S3 URIs
@@ -85,8 +79,8 @@ def summarize_uri(uri: str, settings: FerrySettings | None = None) -> ObjectSumm
         if not location.prefix:
             raise ConfigError(f"invalid object URI {uri!r}: it names a bucket, not an object")
         store, key = open_store(location, settings)
-    modality = modality_of_key(key)
-    if modality is None:
+    modality = modality_of(key)
+    if modality not in SUMMARIZABLE:
         raise ConfigError(f"{uri}: cannot summarize this object (only .mcap and .parquet files)")
     try:
         return summarize_object(store, key, modality, uri=uri)
@@ -94,4 +88,4 @@ def summarize_uri(uri: str, settings: FerrySettings | None = None) -> ObjectSumm
         raise ObjectNotFound(f"no such object: {uri}", key=key) from exc
 
 
-__all__ = ["MODALITY_BY_SUFFIX", "ObjectSummary", "modality_of_key", "summarize_object", "summarize_uri"]
+__all__ = ["ObjectSummary", "summarize_object", "summarize_uri"]

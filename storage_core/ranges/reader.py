@@ -7,7 +7,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import urllib3
 
@@ -195,14 +194,6 @@ class RangeReader(ReadOnlySeekable):
             for _, pending in in_flight:
                 if isinstance(pending, Future):
                     pending.cancel()
-
-    def download_to(self, out: BinaryIO, *, block_size: int = DEFAULT_PART_SIZE) -> int:
-        """Copy the whole object (this version) to `out`; returns the bytes written."""
-        written = 0
-        for block in self.iter_blocks(0, self.size, block_size=block_size):
-            out.write(block)
-            written += len(block)
-        return written
 
     # --- file object -----------------------------------------------------------------
     def read(self, size: int | None = -1) -> bytes:

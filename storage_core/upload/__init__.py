@@ -1,4 +1,5 @@
-from storage_core.upload.plan import MAX_PARTS, MIN_PART_SIZE, Part, batch_items, choose_part_size, plan_parts
+from storage_core.parts import MAX_PARTS, MIN_PART_SIZE, Part, choose_part_size, plan_parts
+from storage_core.upload.plan import batch_items
 from storage_core.upload.transfer import (
     CompletedPart,
     FileIdentity,

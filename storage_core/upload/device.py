@@ -54,7 +54,7 @@ from storage_core.keys import StorageUri, validate_key
 from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
-from storage_core.upload.plan import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE
+from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
 from storage_core.upload.transactions import abort_transactions
 
 ORIGINATION = "device gateway"
@@ -185,7 +185,8 @@ def _check_parts(f: DeviceFile, limits: UploadLimits) -> None:
 
 
 def part_sizes(size: int, part_size: int) -> list[int]:
-    return [min(part_size, size - start) for start in range(0, size, part_size)]
+    """The sizes of the parts a device cut its file into (storage_core.parts.split_parts, as the client does)."""
+    return [part.size for part in split_parts(size, part_size)]
 
 
 def check_part_checksums(path: str, size: int, crc: int, part_size: int, part_crcs: list[int]) -> None:

@@ -35,9 +35,9 @@ from storage_core.errors import (
     StorageError,
     UploadAborted,
 )
+from storage_core.parts import DEFAULT_PART_SIZE, Part, choose_part_size, plan_parts
 from storage_core.retry import call_with_retries
 from storage_core.stores.base import CopyFile, GetRange, Multipart, ObjectMeta, Put
-from storage_core.upload.plan import Part, choose_part_size, plan_parts
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ def _start_or_resume(
                 and stored.etag == recorded.etag
             }
             return resume.upload_id, resume.part_size, reusable
-    chosen = choose_part_size(size, part_size=part_size or 16 * 1024 * 1024)
+    chosen = choose_part_size(size, part_size=part_size or DEFAULT_PART_SIZE)
     upload_id = call_with_retries(lambda: store.create_multipart(key), attempts=attempts, what=f"create {key}")
     if journal:
         try:

@@ -9,11 +9,13 @@ import os
 import uuid
 
 import httpx
+import pytest
 
 from deployments.definitions import SUMMARIZE
+from deployments.server import free_port
 from ferry.gateway.app import create_app
 from ferry.gateway.events import PrefectEmitter, emit_pending
-from tests.support.gateway import free_port, running_gateway
+from tests.support.gateway import running_gateway
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.config import load_settings
@@ -23,6 +25,8 @@ from tests.deployments.conftest import wait_for
 from tests.deployments.test_upload_trigger import live_upload_deployment, upload_completed
 from tests.gateway.conftest import LIMITS
 from tests.gateway.test_gateway import single, upload_all
+
+pytestmark = pytest.mark.slow  # a real Prefect server (session) and flow runs it schedules
 
 
 def device_uploads_one_file(catalog: Catalog, bucket, device: str, *, completes: int, emitter=None) -> tuple[str, list]:

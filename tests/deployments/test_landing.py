@@ -74,6 +74,7 @@ def test_one_deployment_per_source_with_a_stable_name(tmp_path: Path):
         load_landing_config(config)
 
 
+@pytest.mark.slow  # two `ferry serve` subprocesses, each importing Prefect
 def test_serve_refuses_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import os
 

@@ -2,8 +2,8 @@
 server it starts builds its tables in a throwaway database named by
 PREFECT_API_DATABASE_CONNECTION_URL, Ferry's deployments register, a run started through
 the API (the UI's Run button) completes and is recorded there, and Ctrl-C stops both.
-The session's SQLite-backed server (prefect_server.py) is not involved: this module's
-`prefect_client_env` points `serve_env` at the server `ferry serve` starts."""
+The session's SQLite-backed server (tests/support/prefect_server.py) is not involved: this
+module's `prefect_client_env` points `serve_env` at the server `ferry serve` starts."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from deployments.server import api_health, free_port
 from storage_core.catalog import Catalog
 from storage_core.catalog.transactions import list_transactions
 from tests.deployments.conftest import wait_for
-from tests.deployments.prefect_server import prefect_client_at
+from tests.support.prefect_server import prefect_client_at
 from tests.deployments.test_serve import registered
 from tests.flows.conftest import write_landing
 
@@ -36,12 +36,13 @@ def prefect_database(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def prefect_client_env(prefect_database: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Overrides prefect_server.py's: this process and `ferry serve` (serve_env) talk to the
-    server that `ferry serve --start-server` will start on this free port."""
+    """Overrides tests/support/prefect_server.py's: this process and `ferry serve` (serve_env)
+    talk to the server that `ferry serve --start-server` will start on this free port."""
     with prefect_client_at(f"http://127.0.0.1:{free_port()}/api", monkeypatch) as api_url:
         yield api_url
 
 
+@pytest.mark.slow  # `ferry serve --start-server` starts a Prefect server on PostgreSQL
 def test_serve_starts_a_postgresql_backed_server_and_a_run_from_the_api_completes(
     ferry_serve, serve_env, prefect_database: str, pg_url: str, tmp_path: Path
 ):

@@ -16,6 +16,8 @@ from storage_core.catalog.transactions import list_transactions
 from tests.deployments.conftest import MiB, wait_for
 from tests.flows.conftest import write_landing
 
+pytestmark = pytest.mark.slow  # `ferry serve` subprocesses against a real Prefect server
+
 
 def client():
     from prefect.client.orchestration import get_client

@@ -16,6 +16,8 @@ from deployments.definitions import STANDING, SUMMARIZE, DeploymentSpec, to_runn
 from tests.deployments.conftest import wait_for
 from tests.deployments.test_serve import runs_of
 
+pytestmark = pytest.mark.slow  # a real Prefect server (session) and flow runs it schedules
+
 ON_UPLOAD = next(spec for spec in STANDING if spec.on_upload)
 
 

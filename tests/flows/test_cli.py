@@ -16,6 +16,8 @@ from storage_core.checksums import crc32c
 from storage_core.catalog.transactions import list_transactions, transaction_progress
 from tests.flows.conftest import MiB, run_ferry, write_landing
 
+pytestmark = pytest.mark.slow  # `ferry` subprocesses and flows against a real Prefect API
+
 
 def no_open_transactions(env) -> bool:
     return all(t.status in ("completed", "aborted") for t in list_transactions(Catalog(env["FERRY_DATABASE_URL"])))

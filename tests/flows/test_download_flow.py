@@ -13,6 +13,8 @@ from flows.ingest import ingest
 from storage_core.download import WritePlanError
 from tests.flows.conftest import MiB, run_ferry, write_landing
 
+pytestmark = pytest.mark.slow  # flows and `ferry` subprocesses against a real Prefect API
+
 FILES = {
     "robot-01/run-a/log.mcap": 7 * MiB,
     "robot-01/run-a/video/front/0000.h264": 300_000,

@@ -16,6 +16,8 @@ from storage_core.stores.s3 import S3Store
 from storage_core.catalog.transactions import list_transactions
 from tests.flows.conftest import MiB, write_landing
 
+pytestmark = pytest.mark.slow  # flows against a real Prefect API
+
 
 def catalog_of(env) -> Catalog:
     return Catalog(env["FERRY_DATABASE_URL"])

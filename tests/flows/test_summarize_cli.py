@@ -12,6 +12,8 @@ from tests.flows.conftest import run_ferry
 from tests.flows.test_summarize_flow import landing
 from tests.integration.test_summaries import mcap_bytes, parquet_bytes
 
+pytestmark = pytest.mark.slow  # `ferry` subprocesses and flows against a real Prefect API
+
 KiB = 1024
 
 

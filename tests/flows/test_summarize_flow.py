@@ -20,6 +20,8 @@ from storage_core.errors import StorageUnavailable
 from storage_core.stores.s3 import S3Store
 from tests.integration.test_summaries import T0, mcap_bytes, parquet_bytes
 
+pytestmark = pytest.mark.slow  # flows against a real Prefect API
+
 
 def catalog_of(env) -> Catalog:
     return Catalog(env["FERRY_DATABASE_URL"])

@@ -105,6 +105,7 @@ def test_parallel_below_one_is_refused(gateway, tmp_path):
         device_upload(tmp_path / "landing", gateway=gateway.url, token=gateway.token, parallel=0)
 
 
+@pytest.mark.slow  # kills a `ferry device-upload` process mid-transfer, then reruns it
 def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
     folder = tmp_path / "landing"
     big = write(folder / "run-1" / "big.bin", 20 * MiB + 7)  # 5 parts of 5 MiB
@@ -142,6 +143,7 @@ def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
     assert gateway.store.list_multipart_uploads() == [] and len(gateway.emitter.events) == 1
 
 
+@pytest.mark.slow  # a dozen `ferry` subprocesses, each importing the CLI
 def test_cli_devices_and_gateway_refusals(tmp_path, bucket):
     env = {"FERRY_DATABASE_URL": f"sqlite:///{tmp_path / 'c.db'}", "FERRY_STORE": f"file://{tmp_path / 'store'}"}
     add = ferry("devices", "add", "cam-9", "--label", "bench", "--json", cwd=tmp_path, env=env)

@@ -212,6 +212,7 @@ def test_malformed_or_oversized_manifests_are_refused(gateway, body, status, mat
     assert_nothing_stored(gateway)
 
 
+@pytest.mark.slow  # waits out a presigned URL's expiry (SigV4 has one-second resolution)
 def test_expired_url_is_refused_by_the_store(gateway_factory, bucket):
     catalog, emitter, app = gateway_factory(expires_in=1)
     token = add_device_token(catalog, "cam-1").token

@@ -12,11 +12,14 @@ import threading
 from pathlib import Path
 
 import boto3
+import pytest
 from botocore.config import Config
 
 from storage_core.checksums import crc32c
 from storage_core.download import DownloadSource, download
 from storage_core.stores.s3 import S3Store
+
+pytestmark = pytest.mark.slow  # restarts the session's SeaweedFS, kills a download process
 
 MiB = 1024 * 1024
 

@@ -96,6 +96,7 @@ def test_a_bucket_prefix_is_ingested_and_an_unchanged_rerun_reads_nothing(
     catalog.dispose()
 
 
+@pytest.mark.slow  # a multipart copy interrupted by a replaced source, per catalog backend
 def test_a_source_object_replaced_mid_copy_fails_cleanly(catalog_url, landing_bucket, bucket, settings):
     catalog = Catalog(catalog_url)
     drop(landing_bucket, {"robot1/run1/log.mcap": 12 * MiB + 5})
@@ -122,6 +123,7 @@ def test_a_source_object_replaced_mid_copy_fails_cleanly(catalog_url, landing_bu
     catalog.dispose()
 
 
+@pytest.mark.slow  # a multipart copy interrupted and resumed, per catalog backend
 def test_a_copy_interrupted_by_a_retryable_error_resumes_without_resending_parts(
     catalog_url, landing_bucket, bucket, settings
 ):

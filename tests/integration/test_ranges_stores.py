@@ -1,4 +1,4 @@
-"""RangeReader and the disk cache against every real store (local folder, SeaweedFS)."""
+"""RangeReader against every real store (local folder, SeaweedFS)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from storage_core.errors import PreconditionFailed
-from storage_core.ranges import CachePolicy, DiskCache, RangeReader, open_with_policy
+from storage_core.ranges import RangeReader
 
 DATA = os.urandom(3 * 1024 * 1024 + 123)
 
@@ -37,15 +37,3 @@ def test_replaced_object_raises_precondition_failed(any_store) -> None:
     any_store.put("blob.bin", DATA[:1000], size=1000)
     with pytest.raises(PreconditionFailed):
         reader.read(10)
-
-
-def test_disk_cache_copies_a_whole_object_once(any_store, tmp_path) -> None:
-    any_store.put("blob.bin", DATA, size=len(DATA))
-    cache = DiskCache(tmp_path / "cache", max_bytes=64 * 1024 * 1024)
-    reader = RangeReader.from_store(any_store, "blob.bin", tail_size=1024)
-    with open_with_policy(reader, cache=cache, policy=CachePolicy.ALWAYS) as local:
-        assert local.read() == DATA
-    second = RangeReader.from_store(any_store, "blob.bin", tail_size=1024)
-    with open_with_policy(second, cache=cache, policy=CachePolicy.ADAPTIVE, bytes_needed=10) as local:
-        assert local.read(5) == DATA[:5]
-    assert second.stats.requests == 1  # only the opening tail

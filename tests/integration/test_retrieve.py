@@ -157,3 +157,17 @@ def test_plan_download_reports_every_problem_before_writing(stored, tmp_path):
     assert not (tmp_path / "o").exists()
     with pytest.raises(ConfigError, match="not a str"):
         download(["robot-01"], tmp_path / "o", settings=settings)  # type: ignore[list-item]
+
+
+def test_one_download_takes_catalog_results_and_download_sources_together(stored, bucket, tmp_path):
+    import storage_core.download
+
+    assert download is storage_core.download.download  # retrieve's verb is the one download
+    catalog, settings, root = stored
+    [rec] = query(device_id="robot-01", recording="run-b", catalog=catalog)
+    extra = storage_core.download.DownloadSource(
+        store=bucket, key=rec.objects[0].key, size=rec.objects[0].size, crc32c=rec.objects[0].crc32c,
+        device_id="elsewhere", recording="copy", modality="mcap", segmented=False, ext="mcap")
+    paths = download([rec, extra], tmp_path / "o", settings=settings)
+    assert [str(p.relative_to(tmp_path / "o")) for p in paths] == ["robot-01/run-b/mcap.mcap", "elsewhere/copy/mcap.mcap"]
+    assert {p.read_bytes() for p in paths} == {(root / "robot-01/run-b/log.mcap").read_bytes()}

@@ -12,6 +12,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a 20 GiB upload in a child process
+
 MiB = 1024 * 1024
 
 CHILD = textwrap.dedent(

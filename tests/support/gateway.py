@@ -3,7 +3,6 @@ background thread on a free loopback port (tests, notebooks)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -13,11 +12,7 @@ import httpx
 import uvicorn
 from fastapi import FastAPI
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+from deployments.server import free_port
 
 
 @contextmanager
@@ -45,4 +40,4 @@ def running_gateway(app: FastAPI, *, host: str = "127.0.0.1", port: int | None =
         thread.join(timeout=10)
 
 
-__all__ = ["free_port", "running_gateway"]
+__all__ = ["running_gateway"]

@@ -132,16 +132,19 @@ def test_processed_artifact_needs_a_safe_extension(tmp_path, ext):
 
 def test_over_long_names_are_refused_with_room_for_the_part_suffix(tmp_path):
     fits = "x" * (255 - len(".part"))
-    plan_writes([seg(fits)], tmp_path)
+    [write] = plan_writes([seg(fits)], tmp_path)
+    assert write.dest.name == fits and len(write.part.name.encode()) <= 255
     with pytest.raises(WritePlanError, match="longer than"):
         plan_writes([seg(fits + "y")], tmp_path)
     with pytest.raises(WritePlanError, match="longer than"):
         plan_writes([seg("x", device="d" * 120, recording="r" * 120, modality="m" * 20)], tmp_path, layout="flat")
 
 
-@pytest.mark.parametrize("layout", ["by_recording", "by_modality"])
-def test_underscores_are_fine_outside_flat(tmp_path, layout):
-    plan_writes([seg("x", device="a__b", recording="_r_", modality="m_")], tmp_path, layout=layout)
+@pytest.mark.parametrize(("layout", "path"), [("by_recording", "a__b/_r_/m_/x"), ("by_modality", "m_/a__b/_r_/x")])
+def test_underscores_are_fine_outside_flat(tmp_path, layout, path):
+    plan = plan_writes([seg("x", device="a__b", recording="_r_", modality="m_")], tmp_path, layout=layout)
+    assert rel(plan, tmp_path) == [path]
+    assert [w.present for w in plan] == [False]
 
 
 @pytest.mark.parametrize(("device", "recording"), [("a__b", "c"), ("a_", "b"), ("a", "_b"), ("_a", "b")])
@@ -177,7 +180,8 @@ def test_same_source_twice_is_a_duplicate(tmp_path):
 def test_duplicates_only_in_one_layout(tmp_path):
     # by_modality puts a processed artifact among its own modality's segments
     sources = [seg("imu.parquet", modality="imu"), art("imu", "parquet")]
-    plan_writes(sources, tmp_path, layout="by_recording")
+    plan = plan_writes(sources, tmp_path, layout="by_recording")
+    assert rel(plan, tmp_path) == ["dev1/rec1/imu.parquet", "dev1/rec1/imu/imu.parquet"]  # the artifact, then its folder
     with pytest.raises(WritePlanError) as info:
         plan_writes(sources, tmp_path, layout="by_modality")
     assert kinds(info.value) == ["duplicate"]
@@ -220,7 +224,10 @@ def test_a_stray_part_file_is_not_a_problem(tmp_path):
     folder = tmp_path / "dev1/rec1/video"
     folder.mkdir(parents=True)
     (folder / "a.part").write_bytes(b"left by a killed run")
-    plan_writes([seg("a")], tmp_path)
+    [write] = plan_writes([seg("a")], tmp_path)
+    assert write.dest == folder / "a" and not write.present
+    # the download writes its own `.part` beside the destination, never the stray one
+    assert write.part.parent == folder and write.part.name.startswith("a") and write.part.name.endswith(".part")
 
 
 def test_an_existing_folder_at_a_file_path_is_refused_even_with_overwrite(tmp_path):

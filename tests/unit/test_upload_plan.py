@@ -8,7 +8,7 @@ import pytest
 from storage_core.checksums import combine_parts, crc32c, crc32c_combine
 from storage_core.errors import ConfigError
 from storage_core.retry import backoff_delays, call_with_retries
-from storage_core.upload.plan import MAX_PARTS, MIN_PART_SIZE, choose_part_size, plan_parts
+from storage_core.parts import MAX_PARTS, MIN_PART_SIZE, Part, choose_part_size, plan_parts, split_parts
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -57,3 +57,41 @@ def test_retries_only_retryable_errors():
         call_with_retries(lambda: (_ for _ in ()).throw(ValueError("no")), sleep=lambda s: None)
     delays = backoff_delays(6, base=0.5, cap=8.0, rng=random.Random(1))
     assert len(delays) == 5 and all(0 < d <= 8.25 for d in delays)
+
+
+@pytest.mark.parametrize(("size", "part_size", "sizes"), [
+    (0, 5, []),
+    (1, 5, [1]),
+    (5, 5, [5]),
+    (12, 5, [5, 5, 2]),
+])
+def test_split_parts_cuts_exactly_at_the_part_size(size, part_size, sizes):
+    parts = split_parts(size, part_size)
+    assert [p.size for p in parts] == sizes
+    assert [p.number for p in parts] == list(range(1, len(sizes) + 1))
+    assert [p.start for p in parts] == [i * part_size for i in range(len(sizes))]
+    with pytest.raises(ValueError):
+        split_parts(size, 0)
+
+
+def test_plan_parts_is_split_parts_at_the_chosen_size():
+    size = 100 * MiB + 3
+    assert plan_parts(size, part_size=1 * MiB) == split_parts(size, MIN_PART_SIZE)
+    assert plan_parts(0) == [Part(1, 0, 0)]  # a multipart upload needs one part, even empty
+
+
+def test_the_device_client_cuts_parts_as_the_gateway_checks_them(tmp_path):
+    from storage_core.device.client import build_manifest
+    from storage_core.upload.device import check_part_checksums, part_sizes
+
+    data = os.urandom(12 * MiB + 5)
+    (tmp_path / "rec").mkdir()
+    (tmp_path / "rec" / "big.bin").write_bytes(data)
+    (tmp_path / "rec" / "small.bin").write_bytes(data[: 4 * MiB])
+    files = {f["path"]: f for f in build_manifest(tmp_path, "cam-1", part_size=1 * MiB, previous=None)}
+    big, small = files["cam-1/rec/big.bin"], files["cam-1/rec/small.bin"]
+    assert big["part_size"] == MIN_PART_SIZE  # 1 MiB raised to S3's floor, as the uploader does
+    assert part_sizes(big["size"], big["part_size"]) == [p.size for p in plan_parts(len(data), part_size=1 * MiB)]
+    assert big["part_crc32c"] == [crc32c(data[p.start:p.end]) for p in split_parts(len(data), MIN_PART_SIZE)]
+    check_part_checksums(big["path"], big["size"], big["crc32c"], big["part_size"], big["part_crc32c"])
+    assert "part_size" not in small  # within one (chosen) part: a single PUT

@@ -2,7 +2,7 @@
 port, its own PREFECT_HOME and a throwaway SQLite database under tmp, analytics off,
 polled on /api/health, stopped at session end. Importable by any test package:
 
-    from tests.deployments.prefect_server import prefect_server  # noqa: F401 - a fixture
+    from tests.support.prefect_server import prefect_server  # noqa: F401 - a fixture
 
 `prefect_client_env` points this process's Prefect client at it for one test;
 `prefect_client_at` does the same for any other server (e.g. a PostgreSQL-backed one).
