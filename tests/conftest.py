@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.seaweed import SeaweedServer
+from tests.support.prefect_server import prefect_client_env, prefect_server  # noqa: F401 - fixtures, one server a session
 
 ACCESS_KEY = "ferry-test-key"
 SECRET_KEY = "ferry-test-secret"

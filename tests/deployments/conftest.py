@@ -1,4 +1,4 @@
-"""Deployments against one real Prefect server (tests/support/prefect_server.py), SeaweedFS and SQLite.
+"""Deployments against one real Prefect server (tests/support/prefect_server.py), SeaweedFS and a SQLite catalog.
 `ferry serve` runs as a subprocess, as an operator would start it."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.prefect_server import prefect_client_env, prefect_server  # noqa: F401 - fixtures
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 server it starts builds its tables in a throwaway database named by
 PREFECT_API_DATABASE_CONNECTION_URL, Ferry's deployments register, a run started through
 the API (the UI's Run button) completes and is recorded there, and Ctrl-C stops both.
-The session's SQLite-backed server (tests/support/prefect_server.py) is not involved: this
+The session's own server (tests/support/prefect_server.py) is not involved: this
 module's `prefect_client_env` points `serve_env` at the server `ferry serve` starts."""
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """One real Prefect server per test session: `prefect server start` on a free 127.0.0.1
-port, its own PREFECT_HOME and a throwaway SQLite database under tmp, analytics off,
-polled on /api/health, stopped at session end. Importable by any test package:
+port, its own PREFECT_HOME and a throwaway PostgreSQL database (dropped at session end),
+analytics off, polled on /api/health, stopped at session end. Not SQLite: under a loaded
+machine its writers hit "database is locked" and dropped trigger evaluations, so a
+triggered run sometimes never appeared (FACTS.md: no such stalls on PostgreSQL). Importable by any test package:
 
     from tests.support.prefect_server import prefect_server  # noqa: F401 - a fixture
 
@@ -10,6 +12,7 @@ polled on /api/health, stopped at session end. Importable by any test package:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -26,15 +29,23 @@ TEST_SERVER_ENV = {
 
 
 @pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+def prefect_server(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[PrefectServer]:
+    import psycopg
+
     home = tmp_path_factory.mktemp("prefect-server")
-    env = {**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}"}  # the name Prefect prefers
+    name = f"ferry_prefect_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    where = pg_server.split("://", 1)[1].rsplit("/", 1)[0]
+    env = {**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{where}/{name}"}
     server = PrefectServer(home, env=env, ui=False)
-    server.start(timeout=120)
     try:
+        server.start(timeout=120)
         yield server
     finally:
         server.stop()
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @contextmanager
