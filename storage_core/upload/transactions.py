@@ -46,6 +46,17 @@ from storage_core.upload.transfer import (
 
 log = logging.getLogger(__name__)
 
+# listed to learn that a destination exists: a name no ingest writes, so the answer is one short page
+_PROBE_NAME = ".ferry-destination-probe"
+
+
+def require_destination(destination: StorageUri, *, settings: FerrySettings | None = None) -> None:
+    """Check that `destination`'s store exists before a transaction is begun:
+    one listing under its prefix. BucketNotFound names a bucket that does not exist
+    (AccessDenied, StorageUnavailable as the store raises them); nothing is recorded."""
+    store, prefix = open_store(destination, settings)
+    next(iter(store.list(f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME)), None)
+
 
 def prepare_manifest(
     catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri, *, settings: FerrySettings | None = None
@@ -194,4 +205,4 @@ def abort_transactions(
     return results
 
 
-__all__ = ["ItemOutcome", "abort_transactions", "prepare_manifest", "upload_item"]
+__all__ = ["ItemOutcome", "abort_transactions", "prepare_manifest", "require_destination", "upload_item"]
