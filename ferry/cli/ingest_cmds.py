@@ -193,6 +193,9 @@ def reconcile(
             f"resumed {len(report.resumed)}, aborted {len(report.aborted)} stale transaction(s); "
             f"aborted {len(report.orphans_aborted)} orphaned upload(s); {len(report.failed)} failure(s)"
         )
+        for line in report.gone:
+            err.print(f"[yellow]destination gone:[/] {escape(line)} (nothing of it left to reconcile)",
+                      highlight=False, soft_wrap=True)
         for line in report.failed:
             err.print(f"[red]failed:[/] {line}")
     if report.failed:

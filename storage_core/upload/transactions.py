@@ -26,6 +26,7 @@ from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
+    BucketNotFound,
     FerryError,
     ObjectNotFound,
     PreconditionFailed,
@@ -182,7 +183,8 @@ def abort_transactions(
     """Abort open transactions: abort their in-flight multipart uploads, mark items and
     transaction aborted with `reason`. Already-aborted ones are left as they are; completed
     ones are refused. If a storage abort fails, that transaction stays open (so a later
-    abort or reconcile retries it) and AbortFailed is raised after the others are done."""
+    abort or reconcile retries it) and AbortFailed is raised after the others are done; an
+    upload whose bucket no longer exists needs no abort."""
     settings = settings or load_settings()
     results, failures = [], []
     for transaction_id in transaction_ids:
@@ -192,6 +194,9 @@ def abort_transactions(
             try:
                 store, _ = open_store(upload.store_uri, settings)
                 store.abort_multipart(upload.key, upload.upload_id)
+            except BucketNotFound:
+                # the bucket was deleted: no upload of it can remain, so there is nothing to abort
+                log.warning("abort of upload %s: its bucket no longer exists", label)
             except FerryError as exc:
                 log.warning("abort of upload %s failed: %s", label, exc)
                 failed_here.append(f"{label}: {one_line(exc)}")

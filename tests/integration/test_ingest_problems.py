@@ -1,24 +1,31 @@
-"""What one bad file, an empty file or a wrong bucket does to an ingest: real SeaweedFS,
-local store, SQLite/PostgreSQL."""
+"""What one bad file, an empty file or a wrong bucket does to an ingest, and what reconcile
+does with a destination that has gone: real SeaweedFS, local store, SQLite/PostgreSQL."""
 
 from __future__ import annotations
 
 import os
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
+
 from storage_core.catalog import Catalog
+from storage_core.catalog.models import Transaction, TransactionItem
 from storage_core.catalog.summaries import select_for_summary
 from storage_core.catalog.transactions import (
     begin_transaction,
     complete_transaction,
+    get_transaction,
+    list_transactions,
 )
 from storage_core.config import load_settings
 from storage_core.errors import BucketNotFound, ConfigError
 from storage_core.keys import parse_uri
 from storage_core.manifest import scan_source
 from storage_core.retrieve import download, query
-from storage_core.upload.transactions import prepare_manifest, require_destination, upload_item
+from storage_core.upload.reconcile import abort_orphaned_uploads, stores_to_search
+from storage_core.upload.transactions import abort_transactions, prepare_manifest, require_destination, upload_item
 
 MiB = 1024 * 1024
 
@@ -141,3 +148,39 @@ def test_a_destination_bucket_that_does_not_exist_is_refused_before_a_transactio
     with pytest.raises(BucketNotFound, match="bucket 'no-such-bucket-h14' does not exist"):
         require_destination(parse_uri("s3://no-such-bucket-h14/raw"), settings=settings)
     require_destination(parse_uri(f"file://{tmp_path / 'not-yet'}"), settings=settings)  # a folder is made on write
+
+
+def _age(catalog: Catalog, transaction_id: str, days: float) -> None:
+    when = datetime.now(timezone.utc) - timedelta(days=days)
+    with catalog.session() as session:
+        session.execute(update(Transaction).where(Transaction.id == transaction_id).values(updated_at=when))
+        session.execute(update(TransactionItem).where(TransactionItem.transaction_id == transaction_id)
+                        .values(updated_at=when))
+
+
+def test_reconcile_reports_a_destination_that_has_gone_and_skips_idle_ones(catalog_url, bucket, settings, tmp_path, s3_env):
+    from tests.conftest import _delete_bucket, _fresh_bucket
+
+    catalog = Catalog(catalog_url)
+    fresh = _fresh_bucket(s3_env.endpoint)
+    doomed = next(fresh)
+    source = landing(tmp_path / "in", {"robot/rec/a.bin": b"a" * 100})
+    ingest_all(catalog, source, f"s3://{doomed.bucket}", settings)
+    idle = ingest_all(catalog, landing(tmp_path / "in2", {"robot/rec2/b.bin": b"b"}), f"s3://{bucket.bucket}", settings)
+    _age(catalog, idle.id, days=30)
+    # an open transaction into the doomed bucket, left by a process that died
+    stale = begin_transaction(catalog, scan_source(landing(tmp_path / "in3", {"robot/rec3/c.bin": b"c"})).entries,
+                              destination=parse_uri(f"s3://{doomed.bucket}"), origination="test")
+    _delete_bucket(doomed.client, doomed.bucket)
+
+    searched = stores_to_search(catalog, settings, older_than=timedelta(hours=1))
+    assert f"s3://{doomed.bucket}" in searched and f"s3://{bucket.bucket}" not in searched
+    report = abort_orphaned_uploads(catalog, settings, older_than=timedelta(hours=1))
+    assert report.failed == [] and report.aborted == []
+    assert report.gone == [f"s3://{doomed.bucket}: bucket {doomed.bucket!r} does not exist"]
+    # its stale transaction can be aborted: an upload in a deleted bucket needs no abort
+    [aborted] = abort_transactions(catalog, [stale.id], reason="reconcile", settings=settings)
+    assert aborted.status == "aborted"
+    assert {t.status for t in list_transactions(catalog)} == {"completed", "aborted"}
+    assert get_transaction(catalog, idle.id).status == "completed"
+    catalog.dispose()
