@@ -5,12 +5,13 @@ A landing source is a local folder or a bucket prefix (`s3://bucket/prefix`), la
 Every file belongs to a recording; hidden files (`.name`) are listed as ignored, never
 skipped silently. Zero-byte files are files like any other (stored as empty objects).
 
-One bad file must not stop the fleet: a recording holding a file that cannot be ingested
-(unreadable, not a regular file, a name that is not a safe key) is held back whole, with
-its reasons, and the other recordings are scanned as usual. A file outside any recording
-folder is held back on its own (it belongs to nothing else). Only problems that no
-recording can carry refuse the scan with one ConfigError: no such folder, an unreadable
-source folder, nothing left to ingest.
+Problems are files that cannot be ingested (unreadable, not a regular file, a name that is
+not a safe key, outside any recording folder). By default any problem refuses the scan
+with one ConfigError before anything moves (a device's upload is one whole). With
+`hold_back=True` (the ingest: one bad device must not stop the fleet) a recording holding
+a bad file is held back whole, with its reasons, and the others are scanned as usual; a
+file outside any recording is held back on its own. Problems no recording can carry
+still refuse the scan: no such folder, an unreadable source folder, nothing left to ingest.
 """
 
 from __future__ import annotations
@@ -85,19 +86,23 @@ class Scan:
 
 
 def scan_source(
-    source: str | os.PathLike[str], *, device_id: str | None = None, settings: FerrySettings | None = None
+    source: str | os.PathLike[str],
+    *,
+    device_id: str | None = None,
+    settings: FerrySettings | None = None,
+    hold_back: bool = False,
 ) -> Scan:
     """Scan a landing folder or, for an `s3://bucket/prefix` source, a bucket prefix."""
     text = os.fspath(source)
     if "://" not in text:
-        return scan_folder(text, device_id=device_id)
+        return scan_folder(text, device_id=device_id, hold_back=hold_back)
     location = parse_uri(text)
     if location.scheme == "file":  # a folder spelled as a URI
-        return scan_folder(location.root, device_id=device_id)
+        return scan_folder(location.root, device_id=device_id, hold_back=hold_back)
     from storage_core.stores.registry import open_store  # the registry builds S3 clients: import late
 
     store, prefix = open_store(location, settings)
-    return scan_objects(store, prefix, device_id=device_id)
+    return scan_objects(store, prefix, device_id=device_id, hold_back=hold_back)
 
 
 def _check_device_id(device_id: str | None) -> None:
@@ -164,16 +169,17 @@ class _Findings:
     def hold(self, owner: _Owner, problem: str) -> None:
         self.held.setdefault(owner, []).append(problem)
 
-    def result(self) -> Scan:
+    def result(self, *, hold_back: bool) -> Scan:
         """The scan: entries of the recordings without problems, the others held back.
-        ConfigError when the source itself is unreadable, or nothing is left to ingest."""
+        ConfigError when the source itself is unreadable, nothing is left to ingest, or
+        (without `hold_back`) anything is held back."""
         if self.fatal:
             more = f" (and {len(self.fatal) - 1} more problem(s))" if len(self.fatal) > 1 else ""
             raise ConfigError(f"cannot ingest {self.root}: {self.fatal[0]}{more}")
         held = [HeldBack(o.device_id, o.recording, o.path, tuple(p)) for o, p in self.held.items()]
         held_recordings = {(h.device_id, h.recording) for h in held if h.recording is not None}
         entries = [e for e in self.entries if (e.device_id, e.recording) not in held_recordings]
-        if not entries:
+        if not entries or held and not hold_back:
             if held:
                 problems = [p for h in held for p in h.problems]
                 more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
@@ -182,7 +188,7 @@ class _Findings:
         return Scan(entries=entries, ignored=self.ignored, held_back=sorted(held, key=lambda h: h.path))
 
 
-def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None) -> Scan:
+def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None, hold_back: bool = False) -> Scan:
     """Read a landing folder into manifest entries, sorted by path. See module docstring."""
     root = Path(source)
     if not root.exists():
@@ -231,10 +237,10 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None)
                     path=path.resolve(), device_id=device, recording=recording, relative_path=inner,
                     size=info.st_size, mtime_ns=info.st_mtime_ns, modality=modality_of(name),
                 ))  # fmt: skip
-    return found.result()
+    return found.result(hold_back=hold_back)
 
 
-def scan_objects(store: List, prefix: str = "", *, device_id: str | None = None) -> Scan:
+def scan_objects(store: List, prefix: str = "", *, device_id: str | None = None, hold_back: bool = False) -> Scan:
     """Read the objects under a bucket prefix into manifest entries, sorted by key. Each
     entry's `path` is the object's URI and its identity is (size, ETag). Zero-byte keys
     ending in `/` are folder markers some tools create, not files; other zero-byte
@@ -260,7 +266,7 @@ def scan_objects(store: List, prefix: str = "", *, device_id: str | None = None)
             path=uri, device_id=device, recording=recording, relative_path=inner, size=meta.size,
             mtime_ns=None, modality=modality_of(relative[-1]), crc32c=meta.crc32c, source_etag=meta.etag,
         ))  # fmt: skip
-    return found.result()
+    return found.result(hold_back=hold_back)
 
 
 def _open_file(entry: ManifestEntry) -> BinaryIO:

@@ -47,7 +47,7 @@ def begin_ingest(
     settings = load_settings()
     catalog = open_default_catalog(settings)
     transactions.require_destination(dest, settings=settings)
-    scan = manifest.scan_source(source, device_id=device_id, settings=settings)
+    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True)
     logger = get_run_logger()
     if scan.ignored:
         shown = ", ".join(str(path) for path in scan.ignored[:5])

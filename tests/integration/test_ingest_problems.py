@@ -45,7 +45,7 @@ def settings(s3_env):
 
 def ingest_all(catalog, source, destination, settings):
     dest = parse_uri(destination)
-    entries = prepare_manifest(catalog, scan_source(source).entries, dest, settings=settings)
+    entries = prepare_manifest(catalog, scan_source(source, hold_back=True).entries, dest, settings=settings)
     txn = begin_transaction(catalog, entries, destination=dest, origination="test")
     for item in txn.items:
         upload_item(catalog, item.id, settings=settings)
@@ -104,7 +104,7 @@ def test_a_bad_file_holds_back_its_recording_and_the_others_are_ingested(sqlite_
     # root reads files whatever their mode, so a dangling link stands in for an unreadable file
     (source / "robot1/run2/gone.bin").symlink_to(tmp_path / "deleted-target")
     os.mkfifo(source / "robot2/run1/pipe")
-    scan = scan_source(source)
+    scan = scan_source(source, hold_back=True)
     assert sorted((e.device_id, e.recording, e.relative_path) for e in scan.entries) == [
         ("robot1", "run1", "a.bin"), ("robot3", "run2", "e.bin"),
     ]
@@ -139,7 +139,7 @@ def test_problems_no_recording_can_carry_refuse_the_scan(tmp_path):
     source = landing(tmp_path / "in", {"robot/rec/ok.bin": b"1"})
     (source / "robot/rec/gone.bin").symlink_to(tmp_path / "deleted-target")
     with pytest.raises(ConfigError) as info:
-        scan_source(source)
+        scan_source(source, hold_back=True)
     assert str(info.value) == (f"cannot ingest {source}: {source}/robot/rec/gone.bin: "
                                "cannot be read (No such file or directory)")
 

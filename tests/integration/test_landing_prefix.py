@@ -166,7 +166,9 @@ def test_bad_bucket_prefix_objects_are_held_back_and_empty_ones_ingested(landing
     drop(landing_bucket, {"loose.mcap": 10, "robot1/run1/empty.bin": b"", "robot1/run1/ok.bin": 5})
     # a folder marker, as some tools create (Ferry never would): not a file, not a problem
     landing_bucket.client.put_object(Bucket=landing_bucket.bucket, Key="robot1/run1/", Body=b"")
-    scan = scan_source(f"s3://{landing_bucket.bucket}", settings=settings)
+    with pytest.raises(ConfigError, match="loose.mcap: not inside a recording folder"):
+        scan_source(f"s3://{landing_bucket.bucket}", settings=settings)  # a device upload is one whole
+    scan = scan_source(f"s3://{landing_bucket.bucket}", settings=settings, hold_back=True)
     assert [(e.relative_path, e.size) for e in scan.entries] == [("empty.bin", 0), ("ok.bin", 5)]
     [loose] = scan.held_back
     assert (loose.device_id, loose.recording) == (None, None)

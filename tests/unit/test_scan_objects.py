@@ -44,7 +44,9 @@ def test_entries_carry_the_object_identity_and_a_given_device():
 def test_an_unsafe_key_holds_back_its_recording_and_the_others_are_scanned():
     listing = Listing("in/r1/good/a.bin", "in/r1/bad/ok.bin", "in/r1/bad/x//y.bin", "in/r1/bad/z\\w.bin",
                       "in/r2/good/b.bin", "in/r2/stray.bin", "in/top.bin")
-    scan = scan_objects(listing, "in")
+    with pytest.raises(ConfigError, match=r"x//y.bin: empty path segment \(and 3 more problem"):
+        scan_objects(listing, "in")  # by default, any problem refuses the scan
+    scan = scan_objects(listing, "in", hold_back=True)
     assert [(e.device_id, e.recording, e.relative_path) for e in scan.entries] == [
         ("r1", "good", "a.bin"), ("r2", "good", "b.bin"),
     ]
@@ -60,6 +62,6 @@ def test_an_unsafe_key_holds_back_its_recording_and_the_others_are_scanned():
 
 
 def test_with_a_device_given_a_file_beside_the_recordings_is_held_back_alone():
-    scan = scan_objects(Listing("in/rec/a.bin", "in/loose.bin"), "in", device_id="r7")
+    scan = scan_objects(Listing("in/rec/a.bin", "in/loose.bin"), "in", device_id="r7", hold_back=True)
     assert [e.relative_path for e in scan.entries] == ["a.bin"]
     assert [(h.device_id, h.recording, h.path) for h in scan.held_back] == [("r7", None, "s3://landing/in/loose.bin")]
