@@ -52,6 +52,12 @@ class ManifestEntry:
         return self.source_etag is not None
 
 
+def _first_of(problems: Sequence[str]) -> str:
+    """The first problem, and how many more there are: one line for a user."""
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
+
+
 @dataclass(frozen=True)
 class HeldBack:
     """A recording left out of this scan because of the problems of some of its files, or
@@ -64,8 +70,7 @@ class HeldBack:
 
     @property
     def reason(self) -> str:
-        more = f" (and {len(self.problems) - 1} more problem(s))" if len(self.problems) > 1 else ""
-        return f"{self.problems[0]}{more}"
+        return _first_of(self.problems)
 
     def __str__(self) -> str:
         """One line: `DEVICE/RECORDING: path: reason`, or for a loose file `path: reason`."""
@@ -174,18 +179,16 @@ class _Findings:
         ConfigError when the source itself is unreadable, nothing is left to ingest, or
         (without `hold_back`) anything is held back."""
         if self.fatal:
-            more = f" (and {len(self.fatal) - 1} more problem(s))" if len(self.fatal) > 1 else ""
-            raise ConfigError(f"cannot ingest {self.root}: {self.fatal[0]}{more}")
-        held = [HeldBack(o.device_id, o.recording, o.path, tuple(p)) for o, p in self.held.items()]
+            raise ConfigError(f"cannot ingest {self.root}: {_first_of(self.fatal)}")
+        held = sorted((HeldBack(o.device_id, o.recording, o.path, tuple(p)) for o, p in self.held.items()),
+                      key=lambda h: h.path)
         held_recordings = {(h.device_id, h.recording) for h in held if h.recording is not None}
         entries = [e for e in self.entries if (e.device_id, e.recording) not in held_recordings]
-        if not entries or held and not hold_back:
-            if held:
-                problems = [p for h in held for p in h.problems]
-                more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-                raise ConfigError(f"cannot ingest {self.root}: {problems[0]}{more}")
+        if held and (not hold_back or not entries):
+            raise ConfigError(f"cannot ingest {self.root}: {_first_of([p for h in held for p in h.problems])}")
+        if not entries:
             raise ConfigError(f"nothing to ingest in {self.root}: no files inside recording folders")
-        return Scan(entries=entries, ignored=self.ignored, held_back=sorted(held, key=lambda h: h.path))
+        return Scan(entries=entries, ignored=self.ignored, held_back=held)
 
 
 def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None, hold_back: bool = False) -> Scan:
