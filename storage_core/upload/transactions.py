@@ -26,6 +26,7 @@ from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
+    AccessDenied,
     BucketNotFound,
     FerryError,
     ObjectNotFound,
@@ -52,11 +53,15 @@ _PROBE_NAME = ".ferry-destination-probe"
 
 
 def require_destination(destination: StorageUri, *, settings: FerrySettings | None = None) -> None:
-    """Check that `destination`'s store exists before a transaction is begun:
-    one listing under its prefix. BucketNotFound names a bucket that does not exist
-    (AccessDenied, StorageUnavailable as the store raises them); nothing is recorded."""
+    """Check that `destination`'s store exists before a transaction is begun: one listing
+    under its prefix. BucketNotFound names a bucket that does not exist (StorageUnavailable
+    as the store raises it); nothing is recorded. Credentials that may write but not list
+    pass: the upload itself is the test of what they may do."""
     store, prefix = open_store(destination, settings)
-    next(iter(store.list(f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME)), None)
+    try:
+        next(iter(store.list(f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME)), None)
+    except AccessDenied:
+        pass
 
 
 def prepare_manifest(
