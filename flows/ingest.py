@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.futures import wait
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, computed_field
 
 from flows.summarize import SummarizeParams, SummarizeReport, summarize
 from storage_core.catalog import TransactionInfo
@@ -33,19 +33,27 @@ class IngestReport(BaseModel):
     summaries: int = 0  # MCAP/Parquet objects of this transaction summarized
     summary_failures: int = 0  # ... that could not be (the bytes are stored all the same)
     summary_errors: list[str] = []  # "uri: reason", one line each
+    held_back: list[str] = []  # recordings left out for a bad file, "DEVICE/RECORDING: path: reason"
 
     @property
     def mb_per_s(self) -> float:
         return self.bytes_stored / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
-
+    @computed_field  # in the JSON too: what a scheduler or script checks
+    @property
+    def outcome(self) -> str:
+        """`completed`, or `completed with N recording(s) held back` (the run is not whole)."""
+        if self.held_back:
+            return f"{self.status} with {len(self.held_back)} recording(s) held back"
+        return self.status
 
 
 def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
     """Summarize the MCAP/Parquet objects the transaction stored (the summarize flow, as a
     subflow). The bytes are stored and cataloged already: a summary that fails is recorded
     and reported, never a reason to fail the ingest; `ferry summarize --missing` retries it."""
-    wanted = [i for i in info.items if i.status == "stored" and i.modality in SUMMARIZABLE]
+    # an empty file has nothing to summarize
+    wanted = [i for i in info.items if i.status == "stored" and i.modality in SUMMARIZABLE and i.size > 0]
     if not wanted:
         return SummarizeReport()
     try:
@@ -56,7 +64,9 @@ def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
         return SummarizeReport(objects=len(wanted), failed=len(wanted), failures=[f"transaction {info.id}: {reason}"])
 
 
-def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], started: float) -> IngestReport:
+def _upload_and_complete(
+    transaction_id: str, items: list[tuple[int, int]], started: float, *, held_back: list[str] | None = None
+) -> IngestReport:
     futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
     wait(futures)  # every batch settles first, so nothing is still sending when we abort
     reports, failure = [], None
@@ -91,6 +101,7 @@ def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], star
         summaries=summaries.summarized,
         summary_failures=summaries.failed,
         summary_errors=summaries.failures,
+        held_back=held_back or [],
     )
     create_markdown_artifact(
         key="ingest-report",
@@ -99,6 +110,7 @@ def _upload_and_complete(transaction_id: str, items: list[tuple[int, int]], star
             f"|---|---|---|---|---|---|---|\n"
             f"| {report.transaction_id} | {report.files_stored} | {report.files_skipped} | "
             f"{report.bytes_stored} | {report.mb_per_s:.1f} | {report.summaries} | {report.summary_failures} |"
+            + "".join(f"\n\nheld back: {line}" for line in report.held_back)
         ),
         description="Ferry ingest",
     )
@@ -115,12 +127,14 @@ def ingest(
 ) -> IngestReport:
     """Upload a landing folder or bucket prefix (`s3://bucket/prefix`), laid out as
     DEVICE/RECORDING/files, or RECORDING/files with `device`, to `to` (default:
-    FERRY_STORE). Identical bytes already stored are skipped. On failure the transaction
-    is aborted (or, after retryable errors, left open to resume).
+    FERRY_STORE). Identical bytes already stored are skipped. A recording with a bad file is
+    held back (`held_back` in the report, the run's outcome "completed with N recording(s)
+    held back") while the others are stored; the next run retries it. On failure the
+    transaction is aborted (or, after retryable errors, left open to resume).
     `transaction_id` lets a caller name the transaction up front (to watch its progress)."""
     started = time.monotonic()
     destination = to or load_settings().store_uri
-    txn = upload_tasks.begin_ingest(
+    begun = upload_tasks.begin_ingest(
         source,
         destination,
         device_id=device,
@@ -128,8 +142,8 @@ def ingest(
         flow_run_id=flow_run.id,
         transaction_id=transaction_id,
     )
-    pending = [(item.id, item.size) for item in txn.items if item.status == "pending"]
-    return _upload_and_complete(txn.id, pending, started)
+    pending = [(item.id, item.size) for item in begun.transaction.items if item.status == "pending"]
+    return _upload_and_complete(begun.transaction.id, pending, started, held_back=begun.held_back)
 
 
 @flow(name="resume-transaction", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -19,13 +19,16 @@ class ReconcileReport(BaseModel):
     aborted: list[str]
     failed: list[str]
     orphans_aborted: list[str]
+    gone: list[str] = []  # destinations whose bucket no longer exists: reported, not a failure
 
 
 @flow(name="reconcile")
 def reconcile(older_than_minutes: float = 60.0, action: Literal["abort", "resume"] = "abort") -> ReconcileReport:
     """Open transactions idle for `older_than_minutes` (their process died) are resumed or
     aborted; multipart uploads that no open transaction records, and older than that, are
-    aborted. A stale device upload is always aborted: only the device holds its bytes."""
+    aborted. A stale device upload is always aborted: only the device holds its bytes.
+    Stores with nothing in flight are not searched; a store whose bucket was deleted is
+    named in `gone`, not counted as a failure."""
     report = ReconcileReport(resumed=[], aborted=[], failed=[], orphans_aborted=[])
     for txn in reconcile_tasks.find_stale(older_than_minutes):
         try:
@@ -40,6 +43,7 @@ def reconcile(older_than_minutes: float = 60.0, action: Literal["abort", "resume
     orphans = reconcile_tasks.abort_orphans(older_than_minutes)
     report.orphans_aborted.extend(orphans.aborted)
     report.failed.extend(orphans.failed)
+    report.gone.extend(orphans.gone)
     return report
 
 

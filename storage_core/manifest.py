@@ -3,9 +3,15 @@
 A landing source is a local folder or a bucket prefix (`s3://bucket/prefix`), laid out as
 `SOURCE/DEVICE/RECORDING/...files` or, with a device given, `SOURCE/RECORDING/...files`.
 Every file belongs to a recording; hidden files (`.name`) are listed as ignored, never
-skipped silently. Problems (no such folder, nothing to ingest, an empty or unreadable
-file, a file outside any recording, a name that is not a safe key) are collected and
-raised together as one ConfigError before anything moves.
+skipped silently. Zero-byte files are files like any other (stored as empty objects).
+
+Problems are files that cannot be ingested (unreadable, not a regular file, a name that is
+not a safe key, outside any recording folder). By default any problem refuses the scan
+with one ConfigError before anything moves (a device's upload is one whole). With
+`hold_back=True` (the ingest: one bad device must not stop the fleet) a recording holding
+a bad file is held back whole, with its reasons, and the others are scanned as usual; a
+file outside any recording is held back on its own. Problems no recording can carry
+still refuse the scan: no such folder, an unreadable source folder, nothing left to ingest.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -46,10 +52,38 @@ class ManifestEntry:
         return self.source_etag is not None
 
 
+def _first_of(problems: Sequence[str]) -> str:
+    """The first problem, and how many more there are: one line for a user."""
+    more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+    return f"{problems[0]}{more}"
+
+
+@dataclass(frozen=True)
+class HeldBack:
+    """A recording left out of this scan because of the problems of some of its files, or
+    a file that belongs to no recording. A later scan tries it again."""
+
+    device_id: str | None  # None: a file outside every device folder
+    recording: str | None  # None: a file (`path`) or a device folder outside every recording
+    path: str  # the recording's folder or prefix, or the file itself
+    problems: tuple[str, ...]  # "path: reason", one per bad file
+
+    @property
+    def reason(self) -> str:
+        return _first_of(self.problems)
+
+    def __str__(self) -> str:
+        """One line: `DEVICE/RECORDING: path: reason`, or for a loose file `path: reason`."""
+        if self.recording is None:
+            return self.reason  # each problem starts with the path already
+        return f"{self.device_id}/{self.recording}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class Scan:
     entries: list[ManifestEntry]
     ignored: list[Path | str]  # hidden files and objects, reported to the user
+    held_back: list[HeldBack] = field(default_factory=list)  # recordings left out, with their reasons
 
     @property
     def total_bytes(self) -> int:
@@ -57,19 +91,23 @@ class Scan:
 
 
 def scan_source(
-    source: str | os.PathLike[str], *, device_id: str | None = None, settings: FerrySettings | None = None
+    source: str | os.PathLike[str],
+    *,
+    device_id: str | None = None,
+    settings: FerrySettings | None = None,
+    hold_back: bool = False,
 ) -> Scan:
     """Scan a landing folder or, for an `s3://bucket/prefix` source, a bucket prefix."""
     text = os.fspath(source)
     if "://" not in text:
-        return scan_folder(text, device_id=device_id)
+        return scan_folder(text, device_id=device_id, hold_back=hold_back)
     location = parse_uri(text)
     if location.scheme == "file":  # a folder spelled as a URI
-        return scan_folder(location.root, device_id=device_id)
+        return scan_folder(location.root, device_id=device_id, hold_back=hold_back)
     from storage_core.stores.registry import open_store  # the registry builds S3 clients: import late
 
     store, prefix = open_store(location, settings)
-    return scan_objects(store, prefix, device_id=device_id)
+    return scan_objects(store, prefix, device_id=device_id, hold_back=hold_back)
 
 
 def _check_device_id(device_id: str | None) -> None:
@@ -85,6 +123,25 @@ def _check_device_id(device_id: str | None) -> None:
 
 class _Unplaced(ValueError):
     """A file that belongs to no recording, or whose names are not a safe key."""
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """What a file's problem holds back: its recording, or (outside every recording) the
+    file itself. `path` is shown to the user and tells owners apart."""
+
+    device_id: str | None
+    recording: str | None
+    path: str
+
+
+def _owner(relative: Sequence[str], *, device_id: str | None, shown: str, root: str) -> _Owner:
+    """The recording a file `relative` to the source root belongs to, by its folder names
+    alone (they are checked by `_place`)."""
+    depth = 1 if device_id else 2  # folders above the files: RECORDING or DEVICE/RECORDING
+    if len(relative) <= depth:
+        return _Owner(device_id or (relative[0] if len(relative) > 1 else None), None, shown)
+    return _Owner(device_id or relative[0], relative[depth - 1], f"{root}/{'/'.join(relative[:depth])}")
 
 
 def _place(relative: Sequence[str], *, device_id: str | None, shown: str, root: str) -> tuple[str, str, str]:
@@ -103,16 +160,38 @@ def _place(relative: Sequence[str], *, device_id: str | None, shown: str, root: 
     return device, recording, inner
 
 
-def _scan_result(root: str, entries: list[ManifestEntry], ignored: list[Path | str], problems: list[str]) -> Scan:
-    if problems:
-        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-        raise ConfigError(f"cannot ingest {root}: {problems[0]}{more}")
-    if not entries:
-        raise ConfigError(f"nothing to ingest in {root}: no files inside recording folders")
-    return Scan(entries=entries, ignored=ignored)
+class _Findings:
+    """What a scan collects: entries, ignored names, problems by the recording they hold
+    back, and problems that refuse the whole scan."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.entries: list[ManifestEntry] = []
+        self.ignored: list[Path | str] = []
+        self.held: dict[_Owner, list[str]] = {}
+        self.fatal: list[str] = []
+
+    def hold(self, owner: _Owner, problem: str) -> None:
+        self.held.setdefault(owner, []).append(problem)
+
+    def result(self, *, hold_back: bool) -> Scan:
+        """The scan: entries of the recordings without problems, the others held back.
+        ConfigError when the source itself is unreadable, nothing is left to ingest, or
+        (without `hold_back`) anything is held back."""
+        if self.fatal:
+            raise ConfigError(f"cannot ingest {self.root}: {_first_of(self.fatal)}")
+        held = sorted((HeldBack(o.device_id, o.recording, o.path, tuple(p)) for o, p in self.held.items()),
+                      key=lambda h: h.path)
+        held_recordings = {(h.device_id, h.recording) for h in held if h.recording is not None}
+        entries = [e for e in self.entries if (e.device_id, e.recording) not in held_recordings]
+        if held and (not hold_back or not entries):
+            raise ConfigError(f"cannot ingest {self.root}: {_first_of([p for h in held for p in h.problems])}")
+        if not entries:
+            raise ConfigError(f"nothing to ingest in {self.root}: no files inside recording folders")
+        return Scan(entries=entries, ignored=self.ignored, held_back=held)
 
 
-def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None) -> Scan:
+def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None, hold_back: bool = False) -> Scan:
     """Read a landing folder into manifest entries, sorted by path. See module docstring."""
     root = Path(source)
     if not root.exists():
@@ -121,12 +200,17 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None)
         raise ConfigError(f"source {root} is not a folder")
     _check_device_id(device_id)
 
-    entries: list[ManifestEntry] = []
-    ignored: list[Path | str] = []
-    problems: list[str] = []
+    found = _Findings(str(root))
 
     def walk_error(exc: OSError) -> None:
-        problems.append(f"{exc.filename}: cannot be read ({exc.strerror})")
+        problem = f"{exc.filename}: cannot be read ({exc.strerror})"
+        relative = Path(exc.filename).relative_to(root).parts
+        if not relative:
+            found.fatal.append(problem)
+        elif len(relative) < (1 if device_id else 2):  # a device folder: none of its recordings can be listed
+            found.hold(_Owner(relative[0], None, str(exc.filename)), problem)
+        else:
+            found.hold(_owner((*relative, ""), device_id=device_id, shown=str(exc.filename), root=str(root)), problem)
 
     for dirpath, dirnames, filenames in os.walk(root, onerror=walk_error):
         dirnames.sort()
@@ -135,62 +219,57 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None)
             path = here / name
             relative = path.relative_to(root).parts
             if any(part.startswith(".") for part in relative):
-                ignored.append(path)
+                found.ignored.append(path)
                 continue
+            owner = _owner(relative, device_id=device_id, shown=str(path), root=str(root))
             try:
                 device, recording, inner = _place(relative, device_id=device_id, shown=str(path), root=str(root))
                 info = path.stat()
             except _Unplaced as exc:
-                problems.append(str(exc))
+                found.hold(owner, str(exc))
                 continue
             except OSError as exc:
-                problems.append(f"{path}: cannot be read ({exc.strerror})")
+                found.hold(owner, f"{path}: cannot be read ({exc.strerror})")
                 continue
             if not stat.S_ISREG(info.st_mode):
-                problems.append(f"{path}: not a regular file")
-            elif info.st_size == 0:
-                problems.append(f"{path}: empty file (0 bytes)")
+                found.hold(owner, f"{path}: not a regular file")
             elif not os.access(path, os.R_OK):
-                problems.append(f"{path}: cannot be read (permission denied)")
+                found.hold(owner, f"{path}: cannot be read (permission denied)")
             else:
-                entries.append(ManifestEntry(
+                found.entries.append(ManifestEntry(
                     path=path.resolve(), device_id=device, recording=recording, relative_path=inner,
                     size=info.st_size, mtime_ns=info.st_mtime_ns, modality=modality_of(name),
                 ))  # fmt: skip
-    return _scan_result(str(root), entries, ignored, problems)
+    return found.result(hold_back=hold_back)
 
 
-def scan_objects(store: List, prefix: str = "", *, device_id: str | None = None) -> Scan:
+def scan_objects(store: List, prefix: str = "", *, device_id: str | None = None, hold_back: bool = False) -> Scan:
     """Read the objects under a bucket prefix into manifest entries, sorted by key. Each
     entry's `path` is the object's URI and its identity is (size, ETag). Zero-byte keys
-    ending in `/` are folder markers some tools create, not files."""
+    ending in `/` are folder markers some tools create, not files; other zero-byte
+    objects are files like any other."""
     _check_device_id(device_id)
     base = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
     root = f"{store.uri}/{base}".rstrip("/")
-    entries: list[ManifestEntry] = []
-    ignored: list[Path | str] = []
-    problems: list[str] = []
+    found = _Findings(root)
     for meta in sorted(store.list(base), key=lambda m: m.key):
         uri = f"{store.uri}/{meta.key}"
         relative = meta.key[len(base):].split("/")
         if meta.key.endswith("/") and meta.size == 0:
             continue
         if any(part.startswith(".") and part not in (".", "..") for part in relative):  # `..` is a problem
-            ignored.append(uri)
+            found.ignored.append(uri)
             continue
         try:
             device, recording, inner = _place(relative, device_id=device_id, shown=uri, root=root)
         except _Unplaced as exc:
-            problems.append(str(exc))
+            found.hold(_owner(relative, device_id=device_id, shown=uri, root=root), str(exc))
             continue
-        if meta.size == 0:
-            problems.append(f"{uri}: empty object (0 bytes)")
-            continue
-        entries.append(ManifestEntry(
+        found.entries.append(ManifestEntry(
             path=uri, device_id=device, recording=recording, relative_path=inner, size=meta.size,
             mtime_ns=None, modality=modality_of(relative[-1]), crc32c=meta.crc32c, source_etag=meta.etag,
         ))  # fmt: skip
-    return _scan_result(root, entries, ignored, problems)
+    return found.result(hold_back=hold_back)
 
 
 def _open_file(entry: ManifestEntry) -> BinaryIO:
@@ -217,5 +296,5 @@ def with_checksums(
     return result
 
 
-__all__ = ["MODALITIES", "ManifestEntry", "Scan", "modality_of", "scan_folder", "scan_objects", "scan_source",
+__all__ = ["MODALITIES", "HeldBack", "ManifestEntry", "Scan", "modality_of", "scan_folder", "scan_objects", "scan_source",
            "with_checksums"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel
 from prefect import get_run_logger, task
 
@@ -21,6 +23,12 @@ class BatchReport(BaseModel):
     parts_reused: int
 
 
+@dataclass(frozen=True)
+class BegunIngest:
+    transaction: TransactionInfo
+    held_back: list[str]  # one line per recording left out of it: "DEVICE/RECORDING: path: reason"
+
+
 @task(name="scan-and-begin")
 def begin_ingest(
     source: str,
@@ -30,19 +38,26 @@ def begin_ingest(
     origination: str,
     flow_run_id: str | None,
     transaction_id: str | None = None,
-) -> TransactionInfo:
-    """Scan the landing folder or bucket prefix, checksum dedup candidates, and begin the
-    transaction. Hidden files are left out and named in the log."""
+) -> BegunIngest:
+    """Check the destination exists, scan the landing folder or bucket prefix, checksum
+    dedup candidates, and begin the transaction. Hidden files are left out and named in
+    the log; recordings with a bad file are held back (named in the log and the result),
+    the others begun. Nothing is recorded when the destination or the source is refused."""
     dest = parse_uri(destination)
     settings = load_settings()
     catalog = open_default_catalog(settings)
-    scan = manifest.scan_source(source, device_id=device_id, settings=settings)
+    transactions.require_destination(dest, settings=settings)
+    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True)
+    logger = get_run_logger()
     if scan.ignored:
         shown = ", ".join(str(path) for path in scan.ignored[:5])
         more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
-        get_run_logger().info("left out %d hidden file(s): %s%s", len(scan.ignored), shown, more)
+        logger.info("left out %d hidden file(s): %s%s", len(scan.ignored), shown, more)
+    held_back = [str(held) for held in scan.held_back]
+    for line in held_back:
+        logger.warning("held back: %s", line)
     entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
-    return records.begin_transaction(
+    txn = records.begin_transaction(
         catalog,
         entries,
         destination=dest,
@@ -51,6 +66,7 @@ def begin_ingest(
         flow_run_id=flow_run_id,
         transaction_id=transaction_id,
     )
+    return BegunIngest(txn, held_back)
 
 
 @task(name="upload-items", **RETRY_POLICY)
@@ -86,4 +102,4 @@ def open_items(transaction_id: str) -> list[tuple[int, int]]:
     return [(item.id, item.size) for item in records.open_items(open_default_catalog(), transaction_id)]
 
 
-__all__ = ["BatchReport", "abort", "begin_ingest", "complete", "open_items", "upload_items"]
+__all__ = ["BatchReport", "BegunIngest", "abort", "begin_ingest", "complete", "open_items", "upload_items"]

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from ferry.cli.common import (
@@ -56,8 +57,9 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
 
 
 def _print_ingest(report: Any) -> None:
+    colour = "yellow" if report.held_back else "green"
     out.print(
-        f"[green]{report.status}[/]: transaction {report.transaction_id} → {report.destination}\n"
+        f"[{colour}]{report.outcome}[/]: transaction {report.transaction_id} → {report.destination}\n"
         f"  stored {report.files_stored} file(s), {size_text(report.bytes_stored)}"
         f" ({report.parts_sent} part(s) sent, {report.parts_reused} reused);"
         f" skipped {report.files_skipped} already stored; {report.seconds:.1f}s, {report.mb_per_s:.1f} MB/s"
@@ -66,6 +68,10 @@ def _print_ingest(report: Any) -> None:
         out.print(f"  summarized {report.summaries} MCAP/Parquet file(s), {report.summary_failures} could not be")
     for line in report.summary_errors:
         err.print(f"[yellow]not summarized:[/] {line} (stored all the same; `ferry summarize --missing` retries)")
+    for line in report.held_back:
+        err.print(f"[yellow]held back:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    if report.held_back:
+        err.print("the next ingest of this source retries the recordings held back (stored files are skipped)")
 
 
 @app.command()
@@ -76,7 +82,8 @@ def ingest(
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
-    """Upload a landing folder or bucket prefix into object storage, completely or not at all."""
+    """Upload a landing folder or bucket prefix into object storage, completely or not at all.
+    A recording with a bad file is held back (named, exit code 1) while the others are stored."""
     from flows.ingest import ingest as ingest_flow
     from storage_core.keys import parse_uri
 
@@ -94,6 +101,8 @@ def ingest(
         show=not as_json and sys.stderr.isatty(),
     )
     emit_json(report) if as_json else _print_ingest(report)
+    if report.held_back:
+        raise typer.Exit(1)
 
 
 def _transactions_table(items: list[Any]) -> Table:
@@ -184,6 +193,9 @@ def reconcile(
             f"resumed {len(report.resumed)}, aborted {len(report.aborted)} stale transaction(s); "
             f"aborted {len(report.orphans_aborted)} orphaned upload(s); {len(report.failed)} failure(s)"
         )
+        for line in report.gone:
+            err.print(f"[yellow]destination gone:[/] {escape(line)} (nothing of it left to reconcile)",
+                      highlight=False, soft_wrap=True)
         for line in report.failed:
             err.print(f"[red]failed:[/] {line}")
     if report.failed:

@@ -123,7 +123,8 @@ def select_for_summary(
     only_missing: bool = True,
     limit: int | None = None,
 ) -> list[SummaryTarget]:
-    """MCAP and Parquet objects matching every filter given, oldest first.
+    """MCAP and Parquet objects matching every filter given, oldest first (empty ones are
+    not summarized: there is nothing to summarize).
 
     The window `[since, until)` is matched against the recording's time: an object
     matches when its recording's `[started_at, ended_at]` overlaps the window. When the
@@ -138,7 +139,7 @@ def select_for_summary(
         select(StoredObject)
         .outerjoin(Recording, StoredObject.recording_id == Recording.id)
         .options(joinedload(StoredObject.recording))
-        .where(StoredObject.modality.in_(SUMMARIZABLE))
+        .where(StoredObject.modality.in_(SUMMARIZABLE), StoredObject.size > 0)  # an empty file has no summary
         .order_by(StoredObject.stored_at, StoredObject.id)
     )
     if device_id:

@@ -225,6 +225,20 @@ def transaction_store_uris(catalog: Catalog) -> set[str]:
         return set(session.scalars(select(distinct(TransactionItem.store_uri))))
 
 
+def store_uris_in_flight(catalog: Catalog, *, since: datetime) -> set[str]:
+    """The stores an upload may still be in flight in: those of open transactions, and of
+    transactions changed since `since` (an upload created just before its process died
+    is known to no item; it is found by listing the store)."""
+    with catalog.session() as session:
+        query = (
+            select(distinct(TransactionItem.store_uri))
+            .join(Transaction)
+            .where(Transaction.status.in_(OPEN_TRANSACTION_STATES)
+                   | (Transaction.updated_at >= as_utc(since)) | (TransactionItem.updated_at >= as_utc(since)))
+        )
+        return set(session.scalars(query))
+
+
 def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[str, int]:
     """{key: size} of the objects the catalog records as stored under `keys` (one query per
     500 keys, not one per key)."""
@@ -581,6 +595,7 @@ __all__ = [
     "recorded_upload_ids",
     "set_flow_run",
     "stale_transactions",
+    "store_uris_in_flight",
     "stored_sizes",
     "transaction_store_uris",
     "transaction_progress",

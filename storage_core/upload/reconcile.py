@@ -3,41 +3,55 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.transactions import recorded_upload_ids, transaction_store_uris
+from storage_core.catalog.transactions import recorded_upload_ids, store_uris_in_flight
 from storage_core.config import FerrySettings
-from storage_core.errors import FerryError, one_line
+from storage_core.errors import BucketNotFound, FerryError, one_line
 from storage_core.stores.registry import open_store
 
 log = logging.getLogger(__name__)
+
+# How long after its transaction last changed a store is still searched for orphans: an
+# upload the catalog never learned of (its process died right after creating it) becomes
+# an orphan `older_than` after it was created; the margin covers missed reconcile runs.
+ORPHAN_SEARCH_MARGIN = timedelta(days=7)
 
 
 @dataclass(frozen=True)
 class OrphanReport:
     aborted: list[str]  # "store/key (upload id)"
     failed: list[str]
+    gone: list[str] = field(default_factory=list)  # "store: reason": its bucket no longer exists
 
 
-def known_store_uris(catalog: Catalog, settings: FerrySettings) -> list[str]:
-    """Every store a transaction ever wrote to, plus the configured default."""
-    uris = transaction_store_uris(catalog)
+def stores_to_search(catalog: Catalog, settings: FerrySettings, *, older_than: timedelta) -> list[str]:
+    """The configured default store, and every store an upload may still be in flight in:
+    a store no transaction has touched for `older_than` plus the margin is skipped."""
+    since = datetime.now(timezone.utc) - older_than - ORPHAN_SEARCH_MARGIN
+    uris = store_uris_in_flight(catalog, since=since)
     uris.add(open_store(settings.store_uri, settings)[0].uri)
     return sorted(uris)
 
 
 def abort_orphaned_uploads(catalog: Catalog, settings: FerrySettings, *, older_than: timedelta) -> OrphanReport:
-    """Abort multipart uploads older than `older_than` that no open transaction records.
-    Failures are reported (and logged), not swallowed; the rest still proceed."""
+    """Abort multipart uploads older than `older_than` that no open transaction records,
+    in the stores `stores_to_search` names. A store whose bucket is gone is reported in
+    `gone` (nothing of it is left to abort); other failures are reported in `failed` (and
+    logged), not swallowed; the rest still proceed."""
     keep = recorded_upload_ids(catalog)
     cutoff = datetime.now(timezone.utc) - older_than
-    aborted, failed = [], []
-    for uri in known_store_uris(catalog, settings):
+    aborted, failed, gone = [], [], []
+    for uri in stores_to_search(catalog, settings, older_than=older_than):
         try:
             store, _ = open_store(uri, settings)
             pending = store.list_multipart_uploads()
+        except BucketNotFound as exc:
+            log.warning("store %s is gone: %s", uri, exc)
+            gone.append(f"{uri}: {one_line(exc)}")
+            continue
         except FerryError as exc:
             failed.append(f"{uri}: {one_line(exc)}")
             continue
@@ -51,7 +65,7 @@ def abort_orphaned_uploads(catalog: Catalog, settings: FerrySettings, *, older_t
             except FerryError as exc:
                 log.warning("could not abort orphaned upload %s: %s", label, exc)
                 failed.append(f"{label}: {one_line(exc)}")
-    return OrphanReport(aborted=aborted, failed=failed)
+    return OrphanReport(aborted=aborted, failed=failed, gone=gone)
 
 
-__all__ = ["OrphanReport", "abort_orphaned_uploads", "known_store_uris"]
+__all__ = ["ORPHAN_SEARCH_MARGIN", "OrphanReport", "abort_orphaned_uploads", "stores_to_search"]

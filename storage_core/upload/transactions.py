@@ -26,6 +26,8 @@ from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
+    AccessDenied,
+    BucketNotFound,
     FerryError,
     ObjectNotFound,
     PreconditionFailed,
@@ -45,6 +47,21 @@ from storage_core.upload.transfer import (
 )
 
 log = logging.getLogger(__name__)
+
+# listed to learn that a destination exists: a name no ingest writes, so the answer is one short page
+_PROBE_NAME = ".ferry-destination-probe"
+
+
+def require_destination(destination: StorageUri, *, settings: FerrySettings | None = None) -> None:
+    """Check that `destination`'s store exists before a transaction is begun: one listing
+    under its prefix. BucketNotFound names a bucket that does not exist (StorageUnavailable
+    as the store raises it); nothing is recorded. Credentials that may write but not list
+    pass: the upload itself is the test of what they may do."""
+    store, prefix = open_store(destination, settings)
+    try:
+        next(iter(store.list(f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME)), None)
+    except AccessDenied:
+        pass
 
 
 def prepare_manifest(
@@ -171,7 +188,8 @@ def abort_transactions(
     """Abort open transactions: abort their in-flight multipart uploads, mark items and
     transaction aborted with `reason`. Already-aborted ones are left as they are; completed
     ones are refused. If a storage abort fails, that transaction stays open (so a later
-    abort or reconcile retries it) and AbortFailed is raised after the others are done."""
+    abort or reconcile retries it) and AbortFailed is raised after the others are done; an
+    upload whose bucket no longer exists needs no abort."""
     settings = settings or load_settings()
     results, failures = [], []
     for transaction_id in transaction_ids:
@@ -181,6 +199,9 @@ def abort_transactions(
             try:
                 store, _ = open_store(upload.store_uri, settings)
                 store.abort_multipart(upload.key, upload.upload_id)
+            except BucketNotFound:
+                # the bucket was deleted: no upload of it can remain, so there is nothing to abort
+                log.warning("abort of upload %s: its bucket no longer exists", label)
             except FerryError as exc:
                 log.warning("abort of upload %s failed: %s", label, exc)
                 failed_here.append(f"{label}: {one_line(exc)}")
@@ -194,4 +215,4 @@ def abort_transactions(
     return results
 
 
-__all__ = ["ItemOutcome", "abort_transactions", "prepare_manifest", "upload_item"]
+__all__ = ["ItemOutcome", "abort_transactions", "prepare_manifest", "require_destination", "upload_item"]

@@ -130,7 +130,7 @@ def test_ingest_from_a_bucket_prefix(ferry_env, bucket, landing_bucket):
 
 @pytest.mark.parametrize(
     "case",
-    ["missing source", "empty folder", "zero-byte file", "unreadable file", "key with ..", "invalid URI", "wrong credentials", "no such bucket"],
+    ["missing source", "empty folder", "unreadable file", "key with ..", "invalid URI", "wrong credentials", "no such bucket"],
 )
 def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_path):
     env = dict(ferry_env)
@@ -139,12 +139,11 @@ def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_pa
     expected = {
         "missing source": "does not exist",
         "empty folder": "nothing to ingest",
-        "zero-byte file": "empty file",
         "unreadable file": "cannot be read",
         "key with ..": "'..'",
         "invalid URI": "invalid storage URI",
         "wrong credentials": "access denied",
-        "no such bucket": "does not exist",
+        "no such bucket": "bucket 'no-such-bucket-here' does not exist",
     }[case]
     args = ["ingest", str(source), "--to", to]
     if case == "missing source":
@@ -152,8 +151,6 @@ def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_pa
     elif case == "empty folder":
         (tmp_path / "empty").mkdir()
         args[1] = str(tmp_path / "empty")
-    elif case == "zero-byte file":
-        (source / "robot/rec/zero.bin").touch()
     elif case == "unreadable file":
         (source / "robot/rec/gone.bin").symlink_to(tmp_path / "deleted")
     elif case == "key with ..":
@@ -171,7 +168,54 @@ def test_bad_input_is_one_clear_line_and_nonzero(case, ferry_env, bucket, tmp_pa
     assert expected in lines[-1], lines[-1]
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
     assert no_open_transactions(env)
+    if case in ("missing source", "empty folder", "unreadable file", "no such bucket"):
+        assert list_transactions(Catalog(env["FERRY_DATABASE_URL"])) == []  # refused before one began
     assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
+
+
+def test_a_recording_with_a_bad_file_is_held_back_the_others_ingested_and_the_run_exits_1(ferry_env, bucket, tmp_path):
+    source = write_landing(tmp_path / "in", {"robot1/run1/a.bin": 1000, "robot2/run1/b.bin": 1000})
+    (source / "robot1/run1/done.marker").touch()  # an empty file is a file like any other
+    # root reads files whatever their mode, so a dangling link stands in for an unreadable file
+    (source / "robot2/run1/gone.bin").symlink_to(tmp_path / "deleted")
+    args = ["ingest", str(source), "--to", f"s3://{bucket.bucket}"]
+    human = run_ferry(args, ferry_env)
+    assert human.returncode == 1, human.stderr
+    assert "completed with 1 recording(s) held back" in human.stdout
+    held = [line for line in human.stderr.splitlines() if line.startswith("held back:")]
+    assert held == [f"held back: robot2/run1: {source}/robot2/run1/gone.bin: cannot be read (No such file or directory)"]
+    assert "Traceback" not in human.stderr
+    assert sorted((m.key, m.size) for m in bucket.list()) == [("robot1/run1/a.bin", 1000), ("robot1/run1/done.marker", 0)]
+
+    as_json = run_ferry([*args, "--json"], ferry_env)
+    assert as_json.returncode == 1, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["outcome"] == "completed with 1 recording(s) held back" and len(report["held_back"]) == 1
+    assert (report["files_stored"], report["files_skipped"]) == (0, 2)
+
+    (source / "robot2/run1/gone.bin").unlink()  # the operator fixes the device's folder: the next run retries it
+    fixed = run_ferry([*args, "--json"], ferry_env)
+    assert fixed.returncode == 0, fixed.stderr
+    report = json.loads(fixed.stdout)
+    assert (report["outcome"], report["held_back"], report["files_stored"], report["files_skipped"]) == (
+        "completed", [], 1, 2)
+    assert no_open_transactions(ferry_env)
+
+
+def test_reconcile_reports_a_destination_that_has_gone_and_exits_0(ferry_env, bucket, s3_env, tmp_path):
+    from tests.conftest import _delete_bucket, _fresh_bucket
+
+    doomed = next(_fresh_bucket(s3_env.endpoint))
+    source = write_landing(tmp_path / "in", {"robot/rec/a.bin": 1000})
+    assert run_ferry(["ingest", str(source), "--to", f"s3://{doomed.bucket}"], ferry_env).returncode == 0
+    _delete_bucket(doomed.client, doomed.bucket)
+    as_json = run_ferry(["reconcile", "--json"], ferry_env)
+    assert as_json.returncode == 0, as_json.stderr
+    report = json.loads(as_json.stdout)
+    assert report["failed"] == [] and report["gone"] == [f"s3://{doomed.bucket}: bucket {doomed.bucket!r} does not exist"]
+    human = run_ferry(["reconcile"], ferry_env)
+    assert human.returncode == 0, human.stderr
+    assert f"destination gone: s3://{doomed.bucket}" in human.stderr and "failed:" not in human.stderr
 
 
 def test_usage_errors_and_typer_exits_keep_their_non_zero_codes(ferry_env):

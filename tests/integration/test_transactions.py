@@ -152,7 +152,6 @@ def test_stale_transactions_are_found(sqlite_url, bucket, tmp_path):
     "files, message",
     [
         ({}, "nothing to ingest"),
-        ({"dev/rec/empty.bin": 0}, "empty file"),
         ({"dev/loose.bin": 5}, "not inside a recording folder"),
     ],
 )
