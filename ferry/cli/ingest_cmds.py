@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from ferry.cli.common import (
@@ -33,6 +32,8 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
     """Run `work` while a byte progress bar follows the transaction's durable progress."""
     if not show:
         return work()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     from storage_core.catalog.transactions import transaction_progress
 
     catalog = open_default_catalog()
