@@ -93,7 +93,8 @@ def read_state(home: Path) -> LocalServer | None:
     """The server recorded under `home`, or None (no state file, or one that does not parse)."""
     try:
         data = json.loads((home / STATE_FILE).read_text())
-        return LocalServer(home=home, pid=int(data["pid"]), port=int(data["port"]), started_at=str(data["started_at"]))
+        datetime.fromisoformat(data["started_at"])  # checked here, used when waiting for a start
+        return LocalServer(home=home, pid=int(data["pid"]), port=int(data["port"]), started_at=data["started_at"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

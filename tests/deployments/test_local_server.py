@@ -120,3 +120,19 @@ def test_ingest_starts_the_server_and_the_next_ingest_reuses_it(cli_env: dict[st
     with urllib.request.urlopen(request, timeout=30) as response:
         runs = json.loads(response.read())
     assert len([r for r in runs if r["state_type"] == "COMPLETED"]) >= 2
+
+
+def test_a_dead_or_recycled_pid_is_stale_and_stop_forgets_it(tmp_path: Path) -> None:
+    for pid in (dead_pid(), os.getpid()):  # gone, or alive but not a Prefect server (a recycled pid)
+        (tmp_path / STATE_FILE).write_text(json.dumps({"pid": pid, "port": 4321, "started_at": "2026-01-01T00:00:00+00:00"}))
+        assert not is_server_process(pid, 4321)
+        found = stop_local_server(tmp_path)
+        assert found.state == "stale" and not found.alive
+        assert not (tmp_path / STATE_FILE).exists()
+    assert os.getpid() > 0  # this process survived its own pid being "stopped"
+
+
+def test_a_state_file_that_does_not_parse_is_no_server(tmp_path: Path) -> None:
+    for text in ("{", '{"pid": 1}', '{"pid": 1, "port": 2, "started_at": "yesterday"}'):
+        (tmp_path / STATE_FILE).write_text(text)
+        assert read_state(tmp_path) is None
