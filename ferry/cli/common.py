@@ -2,7 +2,7 @@
 output, sizes, the catalog, the Prefect API flows report to, and quieting Prefect's
 console logs.
 
-Importing a command module must stay cheap (`ferry query` answers in about a second):
+Importing a command module must stay cheap (a quick command pays for nothing it does not use):
 Prefect, pyarrow, boto3, FastAPI, uvicorn and Alembic are imported inside the commands
 that use them, never at module level (tests/unit/test_cli_imports.py checks)."""
 
