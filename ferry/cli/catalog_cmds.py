@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
 from ferry.cli.common import JsonOpt, app, emit_json, err, open_default_catalog, out, parse_time, size_text
@@ -27,10 +26,12 @@ Limit = Annotated[Optional[int], typer.Option("--limit", min=1, help="At most th
 
 
 def _query(device, recording, since, until, modality, topic, limit):  # noqa: ANN001, ANN202 - the shared filters
-    from storage_core.retrieve import query
+    # storage_core.retrieve.query is this call; going straight to the catalog spares
+    # `ferry query` importing the download machinery behind retrieve
+    from storage_core.catalog.queries import find_recordings
 
-    return query(device_id=device, recording=recording, since=parse_time(since, "--since"), until=parse_time(until, "--until"),
-                 modality=modality, topic=topic, limit=limit, catalog=open_default_catalog())
+    return find_recordings(open_default_catalog(), device_id=device, recording=recording, since=parse_time(since, "--since"),
+                           until=parse_time(until, "--until"), modality=modality, topic=topic, limit=limit)
 
 
 def _time(value: datetime | None) -> str:
@@ -86,6 +87,8 @@ def download(
 ) -> None:
     """Restore the selected recordings to disk: planned first, verified, atomic per file."""
     import time
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     from storage_core.retrieve import download as restore
 

@@ -1,5 +1,10 @@
 """What every `ferry` command shares: the Typer app and its groups, the consoles, JSON
-output, sizes, the catalog, and quieting Prefect's console logs."""
+output, sizes, the catalog, the Prefect API flows report to, and quieting Prefect's
+console logs.
+
+Importing a command module must stay cheap (a quick command pays for nothing it does not use):
+Prefect, pyarrow, boto3, FastAPI, uvicorn and Alembic are imported inside the commands
+that use them, never at module level (tests/unit/test_cli_imports.py checks)."""
 
 from __future__ import annotations
 
@@ -18,8 +23,10 @@ from rich.console import Console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Move recorded data reliably and fast, and know what is where.")
 transactions_app = typer.Typer(no_args_is_help=True, help="Inspect, abort and resume upload transactions.")
 bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side benchmarks against the tools a user would pick instead.")
+server_app = typer.Typer(no_args_is_help=True, help="The local Prefect server flow commands use when PREFECT_API_URL is not set.")
 app.add_typer(transactions_app, name="transactions")
 app.add_typer(bench_app, name="bench")
+app.add_typer(server_app, name="server")
 
 out = Console()
 err = Console(stderr=True)
@@ -36,6 +43,26 @@ def set_process_defaults() -> None:
         prefect_home = Path.cwd() / ".ferry" / "prefect"
         prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
         os.environ["PREFECT_HOME"] = str(prefect_home)
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME (set_process_defaults makes it ./.ferry/prefect unless the user set it)."""
+    return Path(os.environ.get("PREFECT_HOME") or Path.cwd() / ".ferry" / "prefect")
+
+
+def use_prefect_api() -> str:
+    """The Prefect API the flows of this command report to: PREFECT_API_URL when set, else
+    the warm local server of PREFECT_HOME, started in the background on first use (one
+    progress line on stderr) and left running for later commands. Call it before Prefect
+    is imported: Prefect reads PREFECT_API_URL from the environment once, on import."""
+    url = os.environ.get("PREFECT_API_URL")
+    if url:
+        return url
+    from deployments.local_server import ensure_local_server
+
+    server = ensure_local_server(prefect_home(), on_start=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    os.environ["PREFECT_API_URL"] = server.api_url  # this CLI process only (set_process_defaults' kind)
+    return server.api_url
 
 
 def plain(value: Any) -> Any:

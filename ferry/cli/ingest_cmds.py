@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.markup import escape
 from rich.table import Table
 
@@ -26,6 +25,7 @@ from ferry.cli.common import (
     quiet_prefect_console,
     size_text,
     transactions_app,
+    use_prefect_api,
 )
 
 
@@ -33,6 +33,8 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
     """Run `work` while a byte progress bar follows the transaction's durable progress."""
     if not show:
         return work()
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
     from storage_core.catalog.transactions import transaction_progress
 
     catalog = open_default_catalog()
@@ -84,7 +86,6 @@ def ingest(
 ) -> None:
     """Upload a landing folder or bucket prefix into object storage, completely or not at all.
     A recording with a bad file is held back (named, exit code 1) while the others are stored."""
-    from flows.ingest import ingest as ingest_flow
     from storage_core.keys import parse_uri
 
     if to is not None:
@@ -93,6 +94,9 @@ def ingest(
         parse_uri(source)
     else:
         source = str(Path(source).expanduser().resolve())
+    use_prefect_api()
+    from flows.ingest import ingest as ingest_flow
+
     quiet_prefect_console(verbose)
     transaction_id = uuid.uuid4().hex
     report = _watch_transaction(
@@ -165,6 +169,7 @@ def transactions_resume(
     verbose: VerboseOpt = False,
 ) -> None:
     """Finish an interrupted transaction without resending parts already stored."""
+    use_prefect_api()
     from flows.ingest import resume
 
     quiet_prefect_console(verbose)
@@ -180,10 +185,11 @@ def reconcile(
     verbose: VerboseOpt = False,
 ) -> None:
     """Resume or abort transactions left by killed processes; abort orphaned multipart uploads."""
-    from flows.reconcile import reconcile as reconcile_flow
-
     if action not in ("abort", "resume"):
         raise typer.BadParameter("must be 'abort' or 'resume'", param_hint="--action")
+    use_prefect_api()
+    from flows.reconcile import reconcile as reconcile_flow
+
     quiet_prefect_console(verbose)
     report = reconcile_flow(older_than_minutes=older_than, action=action)
     if as_json:
@@ -208,9 +214,10 @@ def demo(
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate a small landing folder (3 devices, MCAP + video segments + Parquet) and ingest
-    it into the embedded default store (FERRY_STORE, SQLite catalog, Prefect's ephemeral API)."""
+    it into the embedded default store (FERRY_STORE, SQLite catalog, the local Prefect server)."""
     import tempfile
 
+    use_prefect_api()
     from ferry.cli.demo_data import make_landing
     from flows.ingest import ingest as ingest_flow
     from storage_core.catalog.queries import list_recordings
@@ -219,7 +226,7 @@ def demo(
     with tempfile.TemporaryDirectory(prefix="ferry-demo-") as tmp:
         landing = make_landing(Path(tmp) / "landing")
         if not as_json:
-            out.print(f"generated a landing folder at {landing}; ingesting it (Prefect starts a local API on first use)…")
+            out.print(f"generated a landing folder at {landing}; ingesting it…")
         report = ingest_flow(str(landing), origination="ferry demo")
     recordings = list_recordings(open_default_catalog())
     if as_json:

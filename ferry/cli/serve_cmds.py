@@ -10,13 +10,21 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ferry.cli.common import JsonOpt, app, emit_json, err, out
+from ferry.cli.common import JsonOpt, app, emit_json, err, out, prefect_home
 
 DEFAULT_PORT = 4200
 
 
 def _api_url(explicit: str | None) -> str:
-    return explicit or os.environ.get("PREFECT_API_URL") or f"http://127.0.0.1:{DEFAULT_PORT}/api"
+    """--api-url, else PREFECT_API_URL, else the local server flow commands started (when it
+    runs), else Prefect's default address."""
+    chosen = explicit or os.environ.get("PREFECT_API_URL")
+    if chosen:
+        return chosen
+    from deployments.local_server import check_local_server
+
+    local = check_local_server(prefect_home())
+    return local.server.api_url if local.running and local.server else f"http://127.0.0.1:{DEFAULT_PORT}/api"
 
 
 def _port_taken(port: int) -> bool:
@@ -75,7 +83,7 @@ def serve(
     device: Annotated[Optional[str], typer.Option("--device", help="Device id, when the --landing sources hold one device's recordings.")] = None,
     to: Annotated[Optional[str], typer.Option("--to", help="Destination URI for the --landing sources; default FERRY_STORE.")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with [[landing]] tables (folder|prefix, every|cron, device, to).")] = None,
-    api_url: Annotated[Optional[str], typer.Option("--api-url", help="Prefect API URL; default PREFECT_API_URL, else http://127.0.0.1:4200/api.")] = None,
+    api_url: Annotated[Optional[str], typer.Option("--api-url", help="Prefect API URL; default PREFECT_API_URL, else the local server `ferry server start` runs, else http://127.0.0.1:4200/api.")] = None,
     start_server: Annotated[bool, typer.Option("--start-server", help="Also start `prefect server start` on 127.0.0.1 (PostgreSQL when PREFECT_API_DATABASE_CONNECTION_URL is set).")] = False,
     port: Annotated[int, typer.Option("--port", help="Port for --start-server.")] = DEFAULT_PORT,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Most flow runs this process executes at once.")] = None,

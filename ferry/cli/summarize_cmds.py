@@ -10,7 +10,18 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from ferry.cli.common import JsonOpt, VerboseOpt, app, emit_json, err, out, parse_time, quiet_prefect_console, size_text
+from ferry.cli.common import (
+    JsonOpt,
+    VerboseOpt,
+    app,
+    emit_json,
+    err,
+    out,
+    parse_time,
+    quiet_prefect_console,
+    size_text,
+    use_prefect_api,
+)
 from storage_core.errors import ConfigError, FerryError, SummariesFailed
 
 # typer vendors its own click: its BadParameter escapes main()'s click handler and its Exit
@@ -105,10 +116,9 @@ def summarize(
         return
     if missing and force:
         raise ConfigError("--missing and --force are mutually exclusive")
-    params = _params(
-        device_id=device, since=parse_time(since, "--since"), until=parse_time(until, "--until"), transaction_id=transaction,
-        force=force or None,
-    )
+    since_at, until_at = parse_time(since, "--since"), parse_time(until, "--until")
+    use_prefect_api()  # before flows.summarize imports Prefect, which reads PREFECT_API_URL once
+    params = _params(device_id=device, since=since_at, until=until_at, transaction_id=transaction, force=force or None)
     from flows.summarize import summarize as summarize_flow
 
     quiet_prefect_console(verbose)

@@ -21,15 +21,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import math
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import sqlalchemy.exc
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +37,8 @@ from storage_core.errors import CatalogConflict, CatalogError, CatalogUnavailabl
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).with_name("migrations")
+VERSION_TABLE = "ferry_alembic_version"  # Alembic's version table (migrations/env.py), never Prefect's
+_REVISION_LINE = re.compile(r"^(down_revision|revision)\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()
 _MIGRATION_LOCK_KEY = 0x46455252  # "FERR": PostgreSQL advisory lock held while migrating
@@ -101,6 +102,20 @@ def translate_error(exc: sqlalchemy.exc.SQLAlchemyError, catalog: str) -> Catalo
     return CatalogError(f"catalog {catalog} failed: {reason}")
 
 
+def code_head_revision() -> str | None:
+    """The newest migration in migrations/versions (the one revision no other names as its
+    down_revision), read from the files' `revision = "..."` lines without importing Alembic;
+    None when that is not exactly one (a merge in progress: let Alembic judge)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        for name, value in _REVISION_LINE.findall(path.read_text()):
+            ids = set(re.findall(r"['\"]([^'\"]+)['\"]", value))
+            (revisions if name == "revision" else parents).update(ids)
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
 class Catalog:
     """A handle on Ferry's database. Thread-safe: each `session()` is its own unit of work."""
 
@@ -115,12 +130,20 @@ class Catalog:
 
     def migrate(self) -> None:
         """Bring the schema to the newest revision (idempotent, once per process per URL).
+        A database already there is recognised by one query, without importing Alembic
+        (a large share of a quick command's start-up); anything else goes through Alembic.
 
         Processes that open a new catalog at the same moment (two `ferry ingest` runs) take
         turns: an advisory lock on PostgreSQL, a lock file beside a SQLite database."""
         with _migrate_lock:
             if self.url in _migrated:
                 return
+            if self._at_head():
+                _migrated.add(self.url)
+                return
+            from alembic import command
+            from alembic.config import Config
+
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
             with self._across_processes(), self.translating(), self.engine.begin() as connection:
@@ -129,6 +152,19 @@ class Catalog:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
             _migrated.add(self.url)
+
+    def _at_head(self) -> bool:
+        """True when the database's version table already names the newest revision of
+        migrations/versions: the common case, answered by one query without Alembic. Any
+        doubt (no such table, several heads in the code) says False and Alembic decides."""
+        head = code_head_revision()
+        if head is None:
+            return False
+        with self.translating(), self.engine.connect() as connection:
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return False
+            versions = connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+        return versions == [head]
 
     @contextmanager
     def _across_processes(self) -> Iterator[None]:

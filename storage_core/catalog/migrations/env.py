@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
+from storage_core.catalog.db import VERSION_TABLE
 from storage_core.catalog.models import Base
 
 connection = context.config.attributes["connection"]
@@ -12,7 +13,7 @@ context.configure(
     connection=connection,
     target_metadata=Base.metadata,
     render_as_batch=True,
-    version_table="ferry_alembic_version",
+    version_table=VERSION_TABLE,
 )
 with context.begin_transaction():
     context.run_migrations()

@@ -1,0 +1,85 @@
+"""`ferry server start|status|stop`: the local Prefect server that flow commands start in
+the background and reuse when PREFECT_API_URL is not set (deployments/local_server.py)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ferry.cli.common import JsonOpt, emit_json, err, out, prefect_home, server_app
+
+
+def _describe(check: Any) -> dict[str, Any]:
+    server = check.server
+    return {
+        "state": check.state,
+        "running": check.running,
+        "prefect_home": str(prefect_home()),
+        "pid": server.pid if server else None,
+        "api_url": server.api_url if server else None,
+        "ui_url": server.ui_url if server else None,
+        "log": str(server.log_path) if server else None,
+        "started_at": server.started_at if server else None,
+        "reason": None if check.running else check.health,
+        "prefect_api_url_env": os.environ.get("PREFECT_API_URL") or None,
+    }
+
+
+def _note_env() -> None:
+    if os.environ.get("PREFECT_API_URL"):
+        err.print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flow commands use that API, not this server",
+                  highlight=False, soft_wrap=True)
+
+
+@server_app.command("start")
+def server_start(as_json: JsonOpt = False) -> None:
+    """Start the local Prefect server (or find it running) and leave it running."""
+    from deployments.local_server import check_local_server, ensure_local_server
+
+    server = ensure_local_server(prefect_home(), on_start=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    if as_json:
+        emit_json(_describe(check_local_server(prefect_home())))
+        return
+    out.print(f"local Prefect server running (pid {server.pid})\n  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}",
+              highlight=False, soft_wrap=True)
+    _note_env()
+
+
+@server_app.command("status")
+def server_status(as_json: JsonOpt = False) -> None:
+    """The local server's API URL and UI address, or that none runs."""
+    from deployments.local_server import check_local_server
+
+    check = check_local_server(prefect_home())
+    if as_json:
+        emit_json(_describe(check))
+        return
+    server = check.server
+    if check.running and server is not None:
+        out.print(f"local Prefect server running (pid {server.pid}, since {server.started_at})\n"
+                  f"  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}", highlight=False, soft_wrap=True)
+    elif check.state == "unhealthy" and server is not None:
+        out.print(f"local Prefect server (pid {server.pid}) runs but its API at {server.api_url} does not answer "
+                  f"({check.health}); see {server.log_path}", highlight=False, soft_wrap=True)
+    elif check.state == "stale" and server is not None:
+        out.print(f"no local Prefect server runs (the one recorded, pid {server.pid}, is gone); "
+                  "the next flow command or `ferry server start` starts one", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"no local Prefect server runs under {prefect_home()}; "
+                  "the next flow command or `ferry server start` starts one", highlight=False, soft_wrap=True)
+    _note_env()
+
+
+@server_app.command("stop")
+def server_stop(as_json: JsonOpt = False) -> None:
+    """Stop the local server and forget it (its database and log stay under PREFECT_HOME)."""
+    from deployments.local_server import stop_local_server
+
+    found = stop_local_server(prefect_home())
+    if as_json:
+        emit_json({**_describe(found), "stopped": found.alive})
+        return
+    if found.alive and found.server is not None:
+        out.print(f"stopped the local Prefect server (pid {found.server.pid}, {found.server.ui_url})", highlight=False, soft_wrap=True)
+    else:
+        out.print("no local Prefect server was running", highlight=False, soft_wrap=True)
