@@ -269,16 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     peer_reports: list[peers.JobReport] = []
     api_origin = ""
     try:
-        path = make_random_file(scratch / "random.bin", args.size)
-        with open(path, "rb") as handle:
-            crc, _ = crc32c_of_stream(handle)
+        path = scratch / "random.bin"
+        if args.only != "peers":  # the peers' jobs write files of their own
+            make_random_file(path, args.size)
+            with open(path, "rb") as handle:
+                crc, _ = crc32c_of_stream(handle)
         if args.only in (None, "s3"):
             s3, grid, verified = run_s3(path, args.size, crc, args.repeat, scratch, args.chunk_size,
                                         args.workers, args.tune)
         if args.only in (None, "local"):
             local = run_local(path, args.size, crc, args.repeat, scratch)
         if args.only in (None, "peers"):
-            path.unlink()  # the peers' bench writes its own files
+            path.unlink(missing_ok=True)  # free its disk for the peers' own files
             peer_reports, api_origin = peers.run_jobs(peers.jobs_for("download", args), repeat=args.repeat,
                                                       scratch=scratch, peers=peers.peers_from(args))
     except Exception as exc:

@@ -325,7 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     verified: bool | None = None
     load_before = os.getloadavg()[0]
     try:
-        path = make_random_file(scratch / "random.bin", args.size)
+        path = scratch / "random.bin"
+        if args.only != "peers":  # the peers' jobs write files of their own
+            make_random_file(path, args.size)
         if args.only in (None, "s3"):
             s3, s3_rounds, verified = run_s3(
                 path, args.size, args.repeat, args.part_size, args.concurrency, auth=args.auth
