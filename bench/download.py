@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only in (None, "peers"):
             path.unlink(missing_ok=True)  # free its disk for the peers' own files
             peer_reports, api_origin = peers.run_jobs(peers.jobs_for("download", args), repeat=args.repeat,
-                                                      scratch=scratch, peers=peers.peers_from(args))
+                                                      scratch=scratch, peers=args.peers)
     except Exception as exc:
         print(f"ferry bench download: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)

@@ -437,19 +437,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--files", type=int, default=1000, help="files of the many-files job (default 1000)")
     parser.add_argument("--file-size", type=_size_type, default=100 * 1024, help="their size (default 100KiB)")
-    parser.add_argument("--peers", default=",".join(PEERS), help=f"peers to run, comma-separated (default {','.join(PEERS)})")
+    parser.add_argument("--peers", type=_peer_list, default=list(PEERS),
+                        help=f"peers to run, comma-separated (default {','.join(PEERS)})")
+
+
+def _peer_list(text: str) -> list[str]:
+    chosen = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in chosen if p not in PEERS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+    return chosen
 
 
 def jobs_for(direction: str, args: argparse.Namespace) -> list[Job]:
     return [Job(direction, args.files, args.file_size), Job(direction, 1, args.size)]
-
-
-def peers_from(args: argparse.Namespace) -> list[str]:
-    chosen = [p.strip() for p in args.peers.split(",") if p.strip()]
-    unknown = [p for p in chosen if p not in PEERS]
-    if unknown:
-        raise ValueError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
-    return chosen
 
 
 def report_json(report: JobReport) -> dict[str, Any]:
@@ -468,5 +469,5 @@ def run_jobs(jobs: Sequence[Job], *, repeat: int, scratch: Path, auth: bool = Fa
 
 
 __all__ = ["INSTALL_HINTS", "PEERS", "Job", "JobReport", "PeerBench", "add_arguments", "find_binary", "format_job",
-           "ferry_argv", "ferry_env", "jobs_for", "peer_argv", "peer_env", "peers_from", "prefect_api", "report_json",
+           "ferry_argv", "ferry_env", "jobs_for", "peer_argv", "peer_env", "prefect_api", "report_json",
            "rotated", "run_jobs", "verdicts"]

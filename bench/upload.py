@@ -338,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             tune, _ = run_tune(path, args.size, args.repeat, auth=args.auth)
         if args.only in (None, "peers"):
             peer_reports, api_origin = peers.run_jobs(peers.jobs_for("upload", args), repeat=args.repeat,
-                                                      scratch=scratch, auth=args.auth, peers=peers.peers_from(args))
+                                                      scratch=scratch, auth=args.auth, peers=args.peers)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(f"ferry bench upload: {type(exc).__name__}: {first_line}", file=sys.stderr)

@@ -126,3 +126,13 @@ def test_report_with_every_peer_missing_still_prints_ferry() -> None:
     assert report.best_peer() is None
     assert all(f"{peer}: skipped" in format_job(report) for peer in PEERS)
     assert dict(verdicts([report]))["upload 1 GiB: ferry end to end / curl = 0.50 (target >= 0.9)"] is False
+
+
+def test_peers_option_is_checked_when_parsed(capsys) -> None:
+    from bench.upload import _parse
+
+    assert _parse(["--peers", "s5cmd, aws-cli"]).peers == ["s5cmd", "aws-cli"]
+    assert _parse([]).peers == list(PEERS)
+    with pytest.raises(SystemExit):
+        _parse(["--peers", "s3cmd"])
+    assert "unknown peer(s) s3cmd" in capsys.readouterr().err
