@@ -11,6 +11,11 @@ Local disk:
 - `cp`, `cp + sync` copy the stored file (`sync` makes it as durable as Ferry's fsync);
 - `ferry local`     `download` from a LocalStore (same checks as above).
 
+Peers (bench.peers): s5cmd, rclone and aws-cli beside `python -m ferry.cli download` end to end
+(SQLite catalog, a warm Prefect API), fetching `--files` × `--file-size` (default 1,000 ×
+100 KiB) and one `--size` object that `ferry ingest` stored first (untimed); each side's
+written bytes checked; a missing peer is skipped.
+
 Targets (printed as PASS/FAIL): ferry ≥ 1.3× boto3 defaults, ferry peak RSS ≤ 256 MiB,
 ferry local ≥ 0.7× cp. Before timing, the run checks that Ferry really refuses an object
 whose CRC32C differs from the expected one, so "verified" is a measured fact. `--tune` adds
@@ -38,6 +43,7 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 
+from bench import peers
 from bench.harness import (
     MiB,
     Result,
@@ -243,11 +249,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=1, help="runs per side, interleaved; the median is shown")
     parser.add_argument("--chunk-size", type=_size_type, default=None, help="Ferry's range size (default: its own)")
     parser.add_argument("--workers", type=int, default=None, help="Ferry's ranges in flight (default: its own)")
-    parser.add_argument("--only", choices=("s3", "local"), default=None, help="run one group only")
+    parser.add_argument("--only", choices=("s3", "local", "peers"), default=None,
+                        help="run one group only (peers: s5cmd, rclone, aws-cli and the ferry CLI end to end)")
     parser.add_argument("--tune", action="store_true", help="also sweep Ferry chunk sizes 8-32 MiB x workers 2/3/4/8")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for temp files (default: system temp)")
+    peers.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -258,15 +266,23 @@ def main(argv: list[str] | None = None) -> int:
     grid: list[Result] = []
     local: list[Result] = []
     verified: bool | None = None
+    peer_reports: list[peers.JobReport] = []
+    api_origin = ""
     try:
-        path = make_random_file(scratch / "random.bin", args.size)
-        with open(path, "rb") as handle:
-            crc, _ = crc32c_of_stream(handle)
+        path = scratch / "random.bin"
+        if args.only != "peers":  # the peers' jobs write files of their own
+            make_random_file(path, args.size)
+            with open(path, "rb") as handle:
+                crc, _ = crc32c_of_stream(handle)
         if args.only in (None, "s3"):
             s3, grid, verified = run_s3(path, args.size, crc, args.repeat, scratch, args.chunk_size,
                                         args.workers, args.tune)
         if args.only in (None, "local"):
             local = run_local(path, args.size, crc, args.repeat, scratch)
+        if args.only in (None, "peers"):
+            path.unlink(missing_ok=True)  # free its disk for the peers' own files
+            peer_reports, api_origin = peers.run_jobs(peers.jobs_for("download", args), repeat=args.repeat,
+                                                      scratch=scratch, peers=args.peers)
     except Exception as exc:
         print(f"ferry bench download: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
               file=sys.stderr)
@@ -274,13 +290,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    checks = verdicts(s3, local, verified)
+    checks = verdicts(s3, local, verified) + peers.verdicts(peer_reports)
     if args.json:
         print(json.dumps({
             "size": args.size,
             "s3": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in s3],
             "local": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in local],
             "tune": [asdict(r) | {"mb_per_s": r.mb_per_s} for r in grid],
+            "peers": [peers.report_json(r) for r in peer_reports],
             "checks": [{"check": text, "pass": ok} for text, ok in checks],
         }, indent=2, default=str))
     else:
@@ -297,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
             if within:
                 best = max(within, key=lambda r: r.mb_per_s)
                 print(f"fastest within {RSS_LIMIT // MiB} MiB RSS: {best.name} ({best.mb_per_s:.1f} MB/s)\n")
+        if peer_reports:
+            print(f"ferry runs as `python -m ferry.cli`, SQLite catalog, Prefect API: {api_origin}\n")
+            for report in peer_reports:
+                print(peers.format_job(report) + "\n")
         for text, ok in checks:
             print(f"[{'PASS' if ok else 'FAIL'}] {text}")
     return 1 if args.check and not all(ok for _, ok in checks) else 0

@@ -184,22 +184,31 @@ def run_command(
     *,
     nbytes: int,
     env: dict[str, str] | None = None,
+    whole_env: bool = False,
+    keep_stdout: bool = False,
     timeout: float | None = None,
 ) -> Result:
-    """Time an external command from spawn to exit; its stdout is discarded."""
-    child_env = {**os.environ, **(env or {})}
+    """Time an external command from spawn to exit. `env` is added to this process's
+    environment, or with `whole_env` is the command's whole environment (so a side sees no
+    variable it was not given). Its stdout is discarded, or with `keep_stdout` written to a
+    file and returned as `extra["stdout"]` (a pipe read after exit could fill and stall it)."""
+    child_env = dict(env or {}) if whole_env else {**os.environ, **(env or {})}
     with tempfile.TemporaryDirectory(prefix="ferry-bench-") as scratch:
         report = Path(scratch, "maxrss")
         timer = [GNU_TIME, "-q", "-o", str(report), "-f", "%M %U %S"] if os.access(GNU_TIME, os.X_OK) else []
+        out_path = Path(scratch, "stdout")
         started = time.perf_counter()
-        process = subprocess.Popen([*timer, *argv], env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        sampler = None if timer else _HwmSampler(process.pid)
-        stderr = _drain_stderr(process, timeout)
-        code = _wait(process)
+        with open(out_path, "wb") if keep_stdout else open(os.devnull, "wb") as out:
+            process = subprocess.Popen([*timer, *argv], env=child_env, stdout=out, stderr=subprocess.PIPE)
+            sampler = None if timer else _HwmSampler(process.pid)
+            stderr = _drain_stderr(process, timeout)
+            code = _wait(process)
         seconds = time.perf_counter() - started
         if code != 0:
             raise BenchmarkFailed(f"{name}: {' '.join(argv)} exited with {code}\n{stderr[-4000:]}")
         extra: dict[str, Any] = {"argv": list(argv)}
+        if keep_stdout:
+            extra["stdout"] = out_path.read_text(errors="replace")
         if sampler is not None:
             peak, extra["rss_from"] = sampler.stop(), "VmHWM sampled"
         else:

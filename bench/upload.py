@@ -15,6 +15,10 @@ Local disk:
 - `ferry local`     `upload_file` into a LocalStore (kernel copy, CRC32C of the copy, fsync,
                     atomic rename).
 
+Peers (bench.peers): s5cmd, rclone and aws-cli beside `python -m ferry.cli ingest` end to end
+(SQLite catalog, a warm Prefect API), uploading `--files` × `--file-size` (default 1,000 ×
+100 KiB) and one `--size` file, each side's stored bytes checked; a missing peer is skipped.
+
 Targets (printed as PASS/FAIL): ferry ≥ 1.5× boto3 defaults, ferry peak RSS ≤ 256 MiB,
 ferry local ≥ 0.7× cp and ≥ 0.7× cp + sync. `--tune` adds a grid of part sizes × concurrencies for Ferry.
 Before timing, the run checks that the server really rejects a part whose CRC32C is wrong,
@@ -50,6 +54,7 @@ from typing import Any
 import boto3
 from boto3.s3.transfer import TransferConfig
 
+from bench import peers
 from bench.harness import (
     MiB,
     Result,
@@ -290,12 +295,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--concurrency", type=int, default=None, help="Ferry's parts in flight (default: its own)")
     parser.add_argument("--auth", action="store_true",
                         help="run SeaweedFS with access keys, so it verifies signatures (curl uses a presigned URL)")
-    parser.add_argument("--only", choices=("s3", "local", "tune"), default=None,
-                        help="run one group only (tune: only the part size x concurrency grid)")
+    parser.add_argument("--only", choices=("s3", "local", "peers", "tune"), default=None,
+                        help="run one group only (peers: s5cmd, rclone, aws-cli and the ferry CLI end to end; "
+                             "tune: only the part size x concurrency grid)")
     parser.add_argument("--tune", action="store_true", help="also sweep Ferry part sizes 8-64 MiB x concurrency 2/4/8")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     parser.add_argument("--json", action="store_true", help="print results as JSON instead of tables")
     parser.add_argument("--tmp", type=Path, default=None, help="folder for the temp file (default: system temp)")
+    peers.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -312,11 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     local: list[Result] = []
     tune: list[Result] = []
     s3_rounds: list[dict[str, Result]] = []
+    peer_reports: list[peers.JobReport] = []
+    api_origin = ""
     local_rounds: list[dict[str, Result]] = []
     verified: bool | None = None
     load_before = os.getloadavg()[0]
     try:
-        path = make_random_file(scratch / "random.bin", args.size)
+        path = scratch / "random.bin"
+        if args.only != "peers":  # the peers' jobs write files of their own
+            make_random_file(path, args.size)
         if args.only in (None, "s3"):
             s3, s3_rounds, verified = run_s3(
                 path, args.size, args.repeat, args.part_size, args.concurrency, auth=args.auth
@@ -325,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             local, local_rounds = run_local(path, args.size, args.repeat, scratch)
         if args.tune or args.only == "tune":
             tune, _ = run_tune(path, args.size, args.repeat, auth=args.auth)
+        if args.only in (None, "peers"):
+            peer_reports, api_origin = peers.run_jobs(peers.jobs_for("upload", args), repeat=args.repeat,
+                                                      scratch=scratch, auth=args.auth, peers=args.peers)
     except Exception as exc:
         first_line = str(exc).splitlines()[0] if str(exc) else ""
         print(f"ferry bench upload: {type(exc).__name__}: {first_line}", file=sys.stderr)
@@ -332,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    checks = verdicts(s3_rounds, local_rounds, verified)
+    checks = verdicts(s3_rounds, local_rounds, verified) + peers.verdicts(peer_reports)
     if args.json:
         print(json.dumps({
             "size": args.size,
@@ -342,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
             "s3": [_as_json(r) for r in s3],
             "local": [_as_json(r) for r in local],
             "tune": [_as_json(r) for r in tune],
+            "peers": [peers.report_json(r) for r in peer_reports],
             "checks": [{"check": text, "pass": ok} for text, ok in checks],
         }, indent=2, default=str))
         return 1 if args.check and not all(ok for _, ok in checks) else 0
@@ -370,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         if over:
             print(f"over {RSS_LIMIT // MiB} MiB RSS: {', '.join(over)}")
         print()
+    if peer_reports:
+        print(f"ferry runs as `python -m ferry.cli`, SQLite catalog, Prefect API: {api_origin}\n")
+        for report in peer_reports:
+            print(peers.format_job(report) + "\n")
     for text, ok in checks:
         print(f"[{'PASS' if ok else 'FAIL'}] {text}")
     return 1 if args.check and not all(ok for _, ok in checks) else 0

@@ -20,9 +20,10 @@ SECRET_KEY = "ferry-test-secret"
 PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
-    data = tmp_path_factory.mktemp("seaweed")
+def start_test_seaweed(data: Path) -> SeaweedServer:
+    """The session's SeaweedFS, started: access keys ACCESS_KEY/SECRET_KEY (so wrong
+    credentials can be tested), no buckets created on write. It ignores the caller's AWS_*
+    variables (bench.seaweed.server_env), so a developer's own keys cannot lock the tests out."""
     identities = {
         "identities": [
             {
@@ -32,6 +33,7 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
             }
         ]
     }
+    data.mkdir(parents=True, exist_ok=True)
     config = data / "s3.json"
     config.write_text(json.dumps(identities))
     # like AWS, a PUT to a missing bucket must fail (weed mini creates buckets on write by default).
@@ -42,6 +44,12 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]
         data / "data", extra_args=[f"-s3.config={config}", "-s3.autoCreateBucket=false", "-volume.max=2000"]
     )
     server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    server = start_test_seaweed(tmp_path_factory.mktemp("seaweed"))
     try:
         yield server
     finally:

@@ -21,13 +21,13 @@ _PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 @bench_app.command("upload", add_help_option=False, context_settings=_PASS_THROUGH)
 def bench_upload(ctx: typer.Context) -> None:
-    """Ferry vs boto3 upload_file vs curl (SeaweedFS on loopback), and local store vs cp."""
+    """Ferry vs boto3 upload_file vs curl, s5cmd, rclone and aws-cli (SeaweedFS on loopback), and local store vs cp."""
     _bench("upload", ctx.args)
 
 
 @bench_app.command("download", add_help_option=False, context_settings=_PASS_THROUGH)
 def bench_download(ctx: typer.Context) -> None:
-    """Ferry's verified download vs boto3 download_file vs curl, and local store vs cp."""
+    """Ferry's verified download vs boto3 download_file vs curl, s5cmd, rclone and aws-cli, and local store vs cp."""
     _bench("download", ctx.args)
 
 

@@ -124,3 +124,13 @@ def test_format_table_extra_columns() -> None:
     assert "cpu_seconds" in table.splitlines()[2]
     assert _rows(table)["a"][-1] == "1.2"
     assert _rows(table)["b"] == ["1.0", "1.00", "1.00", "0"]  # blank cell for a missing value
+
+
+def test_run_command_whole_env_and_kept_stdout(monkeypatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-the-caller")
+    code = "import os, sys; sys.stdout.write(repr(sorted(k for k in os.environ if k.startswith(('AWS', 'ONLY')))))"
+    whole = run_command("env", [sys.executable, "-c", code], nbytes=1, env={"ONLY": "1"}, whole_env=True, keep_stdout=True)
+    assert whole.extra["stdout"] == "['ONLY']"  # nothing of the caller's environment
+    merged = run_command("env", [sys.executable, "-c", code], nbytes=1, env={"ONLY": "1"}, keep_stdout=True)
+    assert "'AWS_ACCESS_KEY_ID'" in merged.extra["stdout"] and "'ONLY'" in merged.extra["stdout"]
+    assert "stdout" not in run_command("env", [sys.executable, "-c", code], nbytes=1).extra
