@@ -17,10 +17,13 @@ accepted the event; tests also pass a recording or failing emitter.
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import httpx
 
 from storage_core.catalog.db import Catalog
 from storage_core.errors import EventsNotConfigured, one_line
@@ -59,27 +62,38 @@ class Emitter(Protocol):
 
 
 
+EMIT_TIMEOUT = 5.0  # seconds for one POST to Prefect: a hanging API costs the flusher this, nothing more
+
+
 class PrefectEmitter:
     """Send events to one Prefect API: `api_url`, else PREFECT_API_URL where the emitter
     is built (the gateway's threads do not see settings changed later in other threads).
 
-    Each call POSTs the event to `/events` and returns only once the API accepted it; it
-    raises otherwise. Not `prefect.events.emit_event`: its events worker sends in the
-    background, logs a failure and drops the event, so returning from it is no proof of
-    delivery and the outbox row would be marked emitted for an event Prefect never saw.
-    With no API configured it raises rather than fall back to Prefect's ephemeral API, a
-    throwaway server that no trigger listens to.
+    Each call makes one POST of the event to `/events` within `timeout` seconds (connect,
+    send and answer each bounded) and returns only once the API accepted it; it raises
+    otherwise, and the caller's next round sends it again. Plain httpx, not Prefect's
+    client: that one retries a timed-out request up to PREFECT_CLIENT_MAX_RETRIES times
+    with backoff, so a hanging API held one emit for minutes. Not `prefect.events.emit_event`
+    either: its events worker sends in the background, logs a failure and drops the event,
+    so returning from it is no proof of delivery. The API key (PREFECT_API_KEY) or basic
+    auth string (PREFECT_API_AUTH_STRING) is sent as Prefect's own client sends it. With no
+    API configured it raises rather than fall back to Prefect's ephemeral API, a throwaway
+    server that no trigger listens to.
     """
 
-    def __init__(self, api_url: str | None = None):
-        from prefect.settings import PREFECT_API_URL
+    def __init__(self, api_url: str | None = None, *, timeout: float = EMIT_TIMEOUT):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
         self.api_url = api_url or PREFECT_API_URL.value()
+        self.timeout = timeout
+        self.headers: dict[str, str] = {}
+        if auth := PREFECT_API_AUTH_STRING.value():
+            self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        elif key := PREFECT_API_KEY.value():
+            self.headers["Authorization"] = f"Bearer {key}"
 
     def __call__(self, event: CompletedEvent) -> None:
-        from prefect.client.orchestration import get_client
         from prefect.events import Event
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         if not self.api_url:
             raise EventsNotConfigured(
@@ -92,8 +106,10 @@ class PrefectEmitter:
             payload=event.payload,
             id=uuid.UUID(event.id),
         ).model_dump(mode="json")
-        with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
-            client.request("POST", "/events", json=[body]).raise_for_status()
+        response = httpx.post(
+            self.api_url.rstrip("/") + "/events", json=[body], headers=self.headers, timeout=self.timeout
+        )
+        response.raise_for_status()
 
 
 def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100) -> list[str]:
@@ -114,6 +130,7 @@ def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int
 
 
 __all__ = [
+    "EMIT_TIMEOUT",
     "CompletedEvent",
     "Emitter",
     "EventsNotConfigured",
