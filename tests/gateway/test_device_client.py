@@ -20,6 +20,7 @@ from storage_core.device.client import STATE_FILE, device_upload
 from storage_core.errors import GatewayError
 from storage_core.catalog.queries import list_objects
 from storage_core.errors import ConfigError
+from tests.gateway.test_gateway import wait_for_events
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def test_device_upload_stores_a_folder_and_a_rerun_sends_nothing(gateway, tmp_pa
     assert gateway.store.get_range("lake/cam-1/run-1/cam/front.mp4", 0, len(big)) == big
     assert gateway.store.get_range("lake/cam-1/run-1/meta.json", 0, len(small)) == small
     assert not (folder / STATE_FILE).exists() and gateway.store.list_multipart_uploads() == []
-    assert [e.id for e in gateway.emitter.events] == [report.event_id]
+    assert [e.id for e in wait_for_events(gateway.emitter, 1)] == [report.event_id]
     # identical bytes already stored: a new transaction that stores nothing
     again = device_upload(folder, gateway=gateway.url, token=gateway.token, part_size=5 * MiB)
     assert again.pieces_sent == 0 and again.files == 0
@@ -140,7 +141,7 @@ def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
     assert report["transaction_id"] == txn and report["status"] == "completed"
     assert report["pieces_reused"] == len(present) and report["pieces_sent"] == 5 - len(present)
     assert gateway.store.get_range("lake/cam-1/run-1/big.bin", 0, len(big)) == big
-    assert gateway.store.list_multipart_uploads() == [] and len(gateway.emitter.events) == 1
+    assert gateway.store.list_multipart_uploads() == [] and len(wait_for_events(gateway.emitter, 1)) == 1
 
 
 @pytest.mark.slow  # a dozen `ferry` subprocesses, each importing the CLI
