@@ -267,8 +267,9 @@ def create_app(
         except ValidationError as exc:
             raise RequestValidationError(validation_errors(exc)) from None
 
+    # async: answered on the event loop, not queued behind requests that fill the worker threads
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/me")
