@@ -10,8 +10,8 @@ The event contract (a DeploymentEventTrigger is built on it; do not change it li
     payload   {"transaction_id", "device_id", "files", "bytes", "store"}
 
 Emission reads the outbox and marks a row emitted only after the emitter returned, so
-an emitter that fails leaves the row for the next `emit_pending` (the gateway calls it
-after each complete and on a timer). `PrefectEmitter` returns once the Prefect API has
+an emitter that fails leaves the row for the next `emit_pending` (the gateway's flusher thread
+calls it when a complete wakes it and on a timer; request handlers never wait on it). `PrefectEmitter` returns once the Prefect API has
 accepted the event; tests also pass a recording or failing emitter.
 """
 
