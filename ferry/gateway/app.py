@@ -277,13 +277,14 @@ def create_app(
         return {"device_id": device_id}
 
     # begin and urls read their own body (not a FastAPI body parameter, which is read and
-    # parsed before the token is checked)
+    # parsed before the token is checked); their work and the encoding of their (possibly
+    # large) answer run in a worker thread, off the event loop
     @app.post("/v1/uploads", status_code=201, openapi_extra=_json_body_schema(ManifestIn))
-    async def begin(request: Request, device_id: DeviceId) -> dict[str, Any]:
+    async def begin(request: Request, device_id: DeviceId) -> JSONResponse:
         manifest: ManifestIn = await body(request, ManifestIn)
         return await run_in_threadpool(_begin, manifest, device_id)
 
-    def _begin(manifest: ManifestIn, device_id: str) -> dict[str, Any]:
+    def _begin(manifest: ManifestIn, device_id: str) -> JSONResponse:
         if manifest.transaction_id is not None:
             # another device's id gets the answer every route gives an id this device does not know
             taken = find_transaction(catalog, manifest.transaction_id)
@@ -297,21 +298,23 @@ def create_app(
             catalog, device_id, files, destination=destination, limits=limits, expires_in=expires_in,
             transaction_id=manifest.transaction_id, settings=settings,
         )
-        return asdict(state)
+        return JSONResponse(asdict(state), status_code=201)
 
     @app.get("/v1/uploads/{transaction_id}")
     def status(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         return asdict(device_upload_status(catalog, device_id, transaction_id, settings=settings))
 
     @app.post("/v1/uploads/{transaction_id}/urls", openapi_extra=_json_body_schema(UrlsIn))
-    async def urls(transaction_id: str, request: Request, device_id: DeviceId) -> dict[str, Any]:
+    async def urls(transaction_id: str, request: Request, device_id: DeviceId) -> JSONResponse:
         wanted: UrlsIn = await body(request, UrlsIn)
         crcs = {f.path: list(f.part_crc32c) for f in wanted.files}
-        state = await run_in_threadpool(
-            lambda: device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True,
+
+        def answer() -> JSONResponse:
+            state = device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True,
                                          expires_in=expires_in, settings=settings)
-        )
-        return asdict(state)
+            return JSONResponse(asdict(state))
+
+        return await run_in_threadpool(answer)
 
     @app.post("/v1/uploads/{transaction_id}/complete")
     def complete(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:

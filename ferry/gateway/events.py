@@ -115,12 +115,19 @@ class PrefectEmitter:
 def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100) -> list[str]:
     """Emit every recorded, unemitted upload event (oldest first) and mark each emitted.
     Returns the transaction ids emitted now. A failing emit is logged and left pending;
-    the rest are still tried. The default emitter is a `PrefectEmitter()`."""
+    the rest are still tried, unless the event system could not be reached or did not
+    answer in time (a connection error or timeout): then they wait for the next round
+    too, so a hanging API costs one timeout per round, not one per event. The default
+    emitter is a `PrefectEmitter()`."""
     emitter = emitter or PrefectEmitter()
     emitted = []
     for info in pending_upload_events(catalog, limit=limit):
         try:
             emitter(upload_completed_event(info))
+        except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
+            log.warning("emitting %s for transaction %s failed: %s; the other pending events wait for the next round",
+                        UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
+            break
         except Exception as exc:  # noqa: BLE001 - any emitter failure leaves the row pending
             log.warning("emitting %s for transaction %s failed: %s", UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
             continue
