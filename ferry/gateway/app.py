@@ -41,7 +41,6 @@ from starlette.concurrency import run_in_threadpool
 
 from ferry.gateway.events import Emitter, PrefectEmitter, emit_pending
 from ferry.gateway.guard import (
-    BodyRefused,
     CloseUnreadBodies,
     FailedTokenLimit,
     FailedTokens,
@@ -234,10 +233,6 @@ def create_app(
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers={**headers, **(exc.headers or {})})
-
-    @app.exception_handler(BodyRefused)
-    async def _body_refused(_request: Request, exc: BodyRefused) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     @app.exception_handler(FerryError)
     async def _ferry_error(_request: Request, exc: FerryError) -> JSONResponse:

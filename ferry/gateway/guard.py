@@ -25,32 +25,27 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from storage_core.errors import ManifestRefused
+
 M = TypeVar("M", bound=BaseModel)
 
 
-class BodyRefused(Exception):
-    """A request body over the limit (413) or with a malformed Content-Length (400)."""
-
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
-
-
 async def read_json_body(request: Request, model: type[M], *, limit: int) -> M:
-    """The request's JSON body as `model`, read chunk by chunk and refused (BodyRefused,
-    413) as soon as more than `limit` bytes have arrived. A body that does not parse or
+    """The request's JSON body as `model`, read chunk by chunk and refused (ManifestRefused
+    'too_large': a 413) as soon as more than `limit` bytes have arrived. A body that does not parse or
     validate raises pydantic's ValidationError (the app answers 422). Parsing runs in a
     worker thread: a large manifest does not stall the event loop."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
-            raise BodyRefused(400, "malformed Content-Length")
+            raise ManifestRefused(f"malformed request: Content-Length {declared!r}")
         if int(declared) > limit:
-            raise BodyRefused(413, f"request body over {limit} bytes")
+            raise ManifestRefused(f"request body over {limit} bytes", reason="too_large")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise BodyRefused(413, f"request body over {limit} bytes")
+            raise ManifestRefused(f"request body over {limit} bytes", reason="too_large")
         chunks.append(chunk)
     raw = b"".join(chunks)
     del chunks
@@ -140,4 +135,4 @@ class FailedTokens:
             self._seen[address] = times
 
 
-__all__ = ["BodyRefused", "CloseUnreadBodies", "FailedTokenLimit", "FailedTokens", "read_json_body", "validation_errors"]
+__all__ = ["CloseUnreadBodies", "FailedTokenLimit", "FailedTokens", "read_json_body", "validation_errors"]
