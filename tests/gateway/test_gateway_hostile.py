@@ -397,3 +397,39 @@ def test_a_hanging_prefect_delays_events_not_devices_and_each_is_delivered_once(
     for device, answer in answers.items():
         event = by_id[answer["event_id"]]
         assert event["event"] == "ferry.upload.completed" and event["resource"]["ferry.device.id"] == device
+
+
+def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
+    """The fast variant of the one above: the gateway in a thread, the real emitter with a
+    1 s timeout, Prefect hanging for one complete, then back."""
+    from ferry.gateway.events import PrefectEmitter
+
+    prefect = FakePrefect()
+    try:
+        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1), flush_interval=0.2)
+        token = add_device_token(catalog, "cam-1").token
+        data = os.urandom(1000)
+        with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
+            upload_all(state, {"cam-1/r/a.bin": data})
+            start = time.monotonic()
+            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
+            took = time.monotonic() - start
+            deadline = time.monotonic() + 10
+            while prefect.hung == 0:
+                assert time.monotonic() < deadline, "the flusher never sent to Prefect"
+                time.sleep(0.02)
+            start = time.monotonic()
+            assert http.get("/healthz").status_code == 200
+            assert http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()["event_emitted"] is False
+            replay_took = time.monotonic() - start
+            prefect.come_back()
+            deadline = time.monotonic() + 20
+            while pending_upload_events(catalog):
+                assert time.monotonic() < deadline, "the event was not delivered once Prefect came back"
+                time.sleep(0.05)
+            time.sleep(0.5)  # more flusher rounds: nothing is sent again
+    finally:
+        prefect.close()
+    assert done["status"] == "completed" and took < 5 and replay_took < 5
+    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
