@@ -31,10 +31,10 @@ M = TypeVar("M", bound=BaseModel)
 
 
 async def read_json_body(request: Request, model: type[M], *, limit: int) -> M:
-    """The request's JSON body as `model`, read chunk by chunk and refused (ManifestRefused
-    'too_large': a 413) as soon as more than `limit` bytes have arrived. A body that does not parse or
-    validate raises pydantic's ValidationError (the app answers 422). Parsing runs in a
-    worker thread: a large manifest does not stall the event loop."""
+    """The request's JSON body as `model`, read chunk by chunk and refused as soon as more
+    than `limit` bytes have arrived (ManifestRefused 'too_large': the app answers 413). A
+    body that does not parse or validate raises pydantic's ValidationError (422). Parsing
+    runs in a worker thread: a large manifest does not stall the event loop."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():

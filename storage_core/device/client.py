@@ -128,12 +128,14 @@ class GatewayClient:
         if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
             raise self._unexpected(path, "files is not a list of objects")
         for f in files:
-            needed = _FILE_KEYS + (_MULTIPART_KEYS if f.get("multipart") else ())
-            missing = [k for k in needed if k not in f] + [
-                k for u in (f["urls"] if isinstance(f.get("urls"), list) else []) for k in _URL_KEYS if k not in u
-            ]
-            if missing or not isinstance(f.get("urls"), list):
-                raise self._unexpected(path, f"file {f.get('path')!r} has no {', '.join(missing) or 'list of urls'}")
+            missing = [k for k in _FILE_KEYS + (_MULTIPART_KEYS if f.get("multipart") else ()) if k not in f]
+            if missing:
+                raise self._unexpected(path, f"file {f.get('path')!r} has no {', '.join(missing)}")
+            if not isinstance(f["urls"], list) or not all(isinstance(u, dict) for u in f["urls"]):
+                raise self._unexpected(path, f"file {f['path']!r}: urls is not a list of objects")
+            missing = sorted({k for u in f["urls"] for k in _URL_KEYS if k not in u})
+            if missing:
+                raise self._unexpected(path, f"file {f['path']!r}: a URL without {', '.join(missing)}")
             if declared is not None and f["path"] not in declared:
                 raise self._unexpected(path, f"a path this device did not declare: {f['path']!r}")
         return answer

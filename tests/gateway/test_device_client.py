@@ -227,6 +227,8 @@ def test_answers_that_are_not_the_gateways_are_one_line_errors(not_a_gateway, tm
         ((200, "application/json", b"[1, 2]"), lambda: client.status("t"), "not a JSON object"),
         ((200, "application/json", b'{"transaction_id": "t", "status": "x", "files": [{"path": "p"}]}'),
          lambda: client.status("t"), "file 'p' has no multipart, uploaded, urls"),
+        ((200, "application/json", json.dumps({**state, "files": [{**state["files"][0], "urls": [{"url": "u"}]}]}).encode()),
+         lambda: client.status("t"), "a URL without headers, part_number, size"),
         ((200, "application/json", json.dumps(state).encode()), lambda: client.begin(files, "t"),
          "a path this device did not declare: 'cam-1/r/other.bin'"),
         ((200, "application/json", b'{"status": "completed"}'), lambda: client.complete("t"), "no files, bytes"),
