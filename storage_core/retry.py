@@ -17,6 +17,9 @@ One retry layer per concern; this table is the one place the attempt budget is s
       complete), re-asking what is stored    backoff_delays
     a whole Prefect task, only when it     tasks.retry.RETRY_POLICY               1 + TASK_RETRIES (3) = 4
       failed with a retryable error
+    an upload event's POST to Prefect      ferry.gateway.events.PrefectEmitter    1 per flusher round (5 s
+                                             (no retry); the gateway's flusher      timeout); rounds every
+                                             sends it again next round              --flush-interval, unbounded
 
 A part that keeps failing retryably is sent exactly FERRY_PART_ATTEMPTS times by one task
 run, and at most 4 × FERRY_PART_ATTEMPTS times by an ingest flow (each task retry resumes

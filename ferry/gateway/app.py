@@ -9,28 +9,44 @@ a manifest of files in object storage, without storage credentials.
     GET  /v1/me                       the device the token belongs to                200
     GET  /healthz                                                                    200
 
-Every request carries `Authorization: Bearer <device token>`. Every refusal is a 4xx with
-one `detail` sentence: 401 bad or revoked token, 403 a path outside the device's prefix,
-404 an unknown (or another device's) transaction, 409 a state conflict (not all uploaded,
-already aborted, destination busy, a concurrent writer first), 413 a manifest over the
-limits, 422 a malformed manifest or bytes that do not match it. Storage trouble is 502/503,
-never a 500; a 503 (object store or catalog unavailable: locked, unreachable) carries
-`Retry-After`, and the device client retries it.
+Every request carries `Authorization: Bearer <device token>`, checked before its body is
+read. Every refusal is a 4xx with one `detail` sentence: 401 a bad token (unknown and
+revoked answer alike), 403 a path outside the device's prefix, 404 an unknown (or another
+device's) transaction, 409 a state conflict (not all uploaded, already aborted, destination
+busy, a concurrent writer first), 413 a manifest over the limits or a body over
+`max_body_bytes`, 422 a malformed manifest or bytes that do not match it, 429 (with
+`Retry-After`) too many refused tokens from one address. Storage trouble is 502/503, never
+a 500; a 503 (object store or catalog unavailable: locked, unreachable) carries
+`Retry-After`, and the device client retries it. A 5xx names what failed, never where it
+lives (the full error goes to the gateway's log).
+
+Complete answers once its commit is done. The event it records is sent by the background
+flusher (woken by each complete, and every `flush_interval` seconds to retry), never by a
+request handler: a slow or dead Prefect delays events, not devices.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from ferry.gateway.events import Emitter, PrefectEmitter, emit_pending
+from ferry.gateway.guard import (
+    CloseUnreadBodies,
+    FailedTokenLimit,
+    FailedTokens,
+    read_json_body,
+    validation_errors,
+)
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
@@ -57,9 +73,12 @@ from storage_core.upload.device import (
     device_upload_status,
 )
 from storage_core.catalog.outbox import get_upload_event
+from storage_core.catalog.transactions import find_transaction
 
 log = logging.getLogger(__name__)
-MAX_BODY_BYTES = 32 * 1024 * 1024
+# a 10,000-file manifest is about 1.5 MB; the limit bounds what one request can make the
+# gateway hold (the body, then its parse) whoever sends it
+MAX_BODY_BYTES = 16 * 1024 * 1024
 RETRY_AFTER_SECONDS = 5  # a 503's hint: about one catalog lock wait, or a store's brief outage
 
 
@@ -94,19 +113,42 @@ class UrlsIn(BaseModel):
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, detail: str) -> None:
-        self.status, self.detail = status, detail
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 def _device(request: Request, authorization: Annotated[str | None, Header()] = None) -> str:
-    """The device id of the request's bearer token (re-checked on every request)."""
+    """The device id of the request's bearer token (re-checked on every request). An
+    address with too many refused tokens lately is answered 429 before its token is
+    looked at, so guessing tokens costs a window per few tries."""
+    failed: FailedTokens = request.app.state.failed_tokens
+    address = request.client.host if request.client else ""
+    wait = failed.retry_after(address)
+    if wait is not None:
+        raise _Refused(429, f"too many refused device tokens from {address}; retry in {wait} s", {"Retry-After": str(wait)})
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise _Refused(401, "missing bearer token (Authorization: Bearer <device token>)")
-    return authenticate_device(request.app.state.catalog, token.strip())
+    try:
+        if scheme.lower() != "bearer" or not token.strip():
+            raise TokenRefused("missing bearer token (Authorization: Bearer <device token>)")
+        return authenticate_device(request.app.state.catalog, token.strip())
+    except TokenRefused:
+        failed.failed(address)
+        raise
 
 
 DeviceId = Annotated[str, Depends(_device)]
+
+
+def _public_detail(exc: FerryError, status: int) -> str:
+    """What a device is told: a refusal's own sentence; for a 5xx only what failed, since
+    the error names internal endpoints (catalog URL, object store address)."""
+    if status < 500:
+        return one_line(exc)
+    if isinstance(exc, CatalogError):
+        return "the catalog is unavailable; retry later" if status == 503 else "the catalog failed; see the gateway's log"
+    if status == 503:
+        return "the object store is unavailable; retry later"
+    return "the object store answered unexpectedly; see the gateway's log"
 
 
 def _status_of(exc: FerryError) -> int:
@@ -127,6 +169,11 @@ def _status_of(exc: FerryError) -> int:
     return 502  # the object store answered something unexpected
 
 
+def _json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads its body itself."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
 def create_app(
     catalog: Catalog,
     *,
@@ -134,50 +181,58 @@ def create_app(
     limits: UploadLimits = UploadLimits(),
     expires_in: int = 900,
     emitter: Emitter | None = None,
-    flush_interval: float = 0,
+    flush_interval: float = 30,
     settings: FerrySettings | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    failed_tokens: FailedTokenLimit = FailedTokenLimit(),
 ) -> FastAPI:
-    """The gateway app. `flush_interval` > 0 re-emits pending events on a timer (events
-    whose emit failed at complete time)."""
+    """The gateway app. Its flusher thread (running while the app is served) sends the
+    recorded events: at once after each complete, and every `flush_interval` seconds
+    those whose send failed. `app.state.flush()` runs one round in the caller's thread."""
+    if flush_interval <= 0:
+        raise ConfigError(f"flush_interval must be positive (got {flush_interval})")
     settings = settings or load_settings()
     emitter = emitter or PrefectEmitter()
-    emit_lock = threading.Lock()  # one emitter at a time in this process
-    stop = threading.Event()
+    emit_lock = threading.Lock()  # one round at a time; only the flusher (or a test) waits on it
+    stop, wake = threading.Event(), threading.Event()
 
     def flush() -> list[str]:
         with emit_lock:
             return emit_pending(catalog, emitter)
 
     def flusher() -> None:
-        while not stop.wait(flush_interval):
+        while not stop.is_set():
+            wake.wait(flush_interval)
+            wake.clear()
+            if stop.is_set():
+                return
             try:
                 flush()
-            except Exception as exc:  # noqa: BLE001 - the timer must survive a bad round
+            except Exception as exc:  # noqa: BLE001 - the thread must survive a bad round
                 log.warning("flushing upload events failed: %s", one_line(exc))
-
-    from contextlib import asynccontextmanager
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        thread = None
-        if flush_interval > 0:
-            thread = threading.Thread(target=flusher, name="ferry-event-flusher", daemon=True)
-            thread.start()
+        thread = threading.Thread(target=flusher, name="ferry-event-flusher", daemon=True)
+        thread.start()
+        wake.set()  # events left pending by an earlier run go out now
         try:
             yield
         finally:
             stop.set()
-            if thread:
-                thread.join(timeout=5)
+            wake.set()
+            thread.join(timeout=10)
 
     app = FastAPI(title="Ferry device gateway", lifespan=lifespan)
+    app.add_middleware(CloseUnreadBodies)
     app.state.flush = flush
     app.state.catalog = catalog
+    app.state.failed_tokens = FailedTokens(failed_tokens)
 
     @app.exception_handler(_Refused)
     async def _refused(_request: Request, exc: _Refused) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers={**headers, **(exc.headers or {})})
 
     @app.exception_handler(FerryError)
     async def _ferry_error(_request: Request, exc: FerryError) -> JSONResponse:
@@ -189,7 +244,7 @@ def create_app(
             headers["WWW-Authenticate"] = "Bearer"
         if status == 503:
             headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return JSONResponse({"detail": one_line(exc)}, status_code=status, headers=headers)
+        return JSONResponse({"detail": _public_detail(exc, status)}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _malformed(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -199,23 +254,37 @@ def create_app(
         detail = f"malformed request: {where}: {message}" if where else f"malformed request: {message}"
         return JSONResponse({"detail": detail}, status_code=422)
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await call_next(request)
+    async def body(request: Request, model: type[BaseModel]) -> Any:
+        """The JSON body as `model`, read only now (after the token was checked), within
+        `max_body_bytes`; malformed is a 422 like FastAPI's own."""
+        try:
+            return await read_json_body(request, model, limit=max_body_bytes)
+        except ValidationError as exc:
+            raise RequestValidationError(validation_errors(exc)) from None
 
+    # async: answered on the event loop, not queued behind requests that fill the worker threads
     @app.get("/healthz")
-    def healthz() -> dict[str, str]:
+    async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/me")
     def me(device_id: DeviceId) -> dict[str, str]:
         return {"device_id": device_id}
 
-    @app.post("/v1/uploads", status_code=201)
-    def begin(manifest: ManifestIn, device_id: DeviceId) -> dict[str, Any]:
+    # begin and urls read their own body (not a FastAPI body parameter, which is read and
+    # parsed before the token is checked); their work and the encoding of their (possibly
+    # large) answer run in a worker thread, off the event loop
+    @app.post("/v1/uploads", status_code=201, openapi_extra=_json_body_schema(ManifestIn))
+    async def begin(request: Request, device_id: DeviceId) -> JSONResponse:
+        manifest: ManifestIn = await body(request, ManifestIn)
+        return await run_in_threadpool(_begin, manifest, device_id)
+
+    def _begin(manifest: ManifestIn, device_id: str) -> JSONResponse:
+        if manifest.transaction_id is not None:
+            # another device's id gets the answer every route gives an id this device does not know
+            taken = find_transaction(catalog, manifest.transaction_id)
+            if taken is not None and taken.device_id != device_id:
+                raise UnknownUpload(f"no upload transaction {manifest.transaction_id!r} for device {device_id}")
         files = [
             DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None)
             for f in manifest.files
@@ -224,24 +293,28 @@ def create_app(
             catalog, device_id, files, destination=destination, limits=limits, expires_in=expires_in,
             transaction_id=manifest.transaction_id, settings=settings,
         )
-        return asdict(state)
+        return JSONResponse(asdict(state), status_code=201)
 
     @app.get("/v1/uploads/{transaction_id}")
     def status(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         return asdict(device_upload_status(catalog, device_id, transaction_id, settings=settings))
 
-    @app.post("/v1/uploads/{transaction_id}/urls")
-    def urls(transaction_id: str, body: UrlsIn, device_id: DeviceId) -> dict[str, Any]:
-        crcs = {f.path: list(f.part_crc32c) for f in body.files}
-        state = device_upload_status(
-            catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True, expires_in=expires_in, settings=settings
-        )
-        return asdict(state)
+    @app.post("/v1/uploads/{transaction_id}/urls", openapi_extra=_json_body_schema(UrlsIn))
+    async def urls(transaction_id: str, request: Request, device_id: DeviceId) -> JSONResponse:
+        wanted: UrlsIn = await body(request, UrlsIn)
+        crcs = {f.path: list(f.part_crc32c) for f in wanted.files}
+
+        def answer() -> JSONResponse:
+            state = device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True,
+                                         expires_in=expires_in, settings=settings)
+            return JSONResponse(asdict(state))
+
+        return await run_in_threadpool(answer)
 
     @app.post("/v1/uploads/{transaction_id}/complete")
     def complete(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
         done = complete_device_upload(catalog, device_id, transaction_id, settings=settings)
-        flush()  # a failed emit leaves the row pending: the next complete or the timer retries
+        wake.set()  # the flusher sends the event; this answer waits for nothing but the commit
         event = get_upload_event(catalog, transaction_id)
         return {
             "transaction_id": transaction_id,
@@ -260,4 +333,4 @@ def create_app(
     return app
 
 
-__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_SECONDS", "create_app"]
+__all__ = ["MAX_BODY_BYTES", "RETRY_AFTER_SECONDS", "FailedTokenLimit", "create_app"]

@@ -10,17 +10,20 @@ The event contract (a DeploymentEventTrigger is built on it; do not change it li
     payload   {"transaction_id", "device_id", "files", "bytes", "store"}
 
 Emission reads the outbox and marks a row emitted only after the emitter returned, so
-an emitter that fails leaves the row for the next `emit_pending` (the gateway calls it
-after each complete and on a timer). `PrefectEmitter` returns once the Prefect API has
+an emitter that fails leaves the row for the next `emit_pending` (the gateway's flusher thread
+calls it when a complete wakes it and on a timer; request handlers never wait on it). `PrefectEmitter` returns once the Prefect API has
 accepted the event; tests also pass a recording or failing emitter.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import httpx
 
 from storage_core.catalog.db import Catalog
 from storage_core.errors import EventsNotConfigured, one_line
@@ -59,27 +62,38 @@ class Emitter(Protocol):
 
 
 
+EMIT_TIMEOUT = 5.0  # seconds for one POST to Prefect: a hanging API costs the flusher this, nothing more
+
+
 class PrefectEmitter:
     """Send events to one Prefect API: `api_url`, else PREFECT_API_URL where the emitter
     is built (the gateway's threads do not see settings changed later in other threads).
 
-    Each call POSTs the event to `/events` and returns only once the API accepted it; it
-    raises otherwise. Not `prefect.events.emit_event`: its events worker sends in the
-    background, logs a failure and drops the event, so returning from it is no proof of
-    delivery and the outbox row would be marked emitted for an event Prefect never saw.
-    With no API configured it raises rather than fall back to Prefect's ephemeral API, a
-    throwaway server that no trigger listens to.
+    Each call makes one POST of the event to `/events` within `timeout` seconds (connect,
+    send and answer each bounded) and returns only once the API accepted it; it raises
+    otherwise, and the caller's next round sends it again. Plain httpx, not Prefect's
+    client: that one retries a timed-out request up to PREFECT_CLIENT_MAX_RETRIES times
+    with backoff, so a hanging API held one emit for minutes. Not `prefect.events.emit_event`
+    either: its events worker sends in the background, logs a failure and drops the event,
+    so returning from it is no proof of delivery. The API key (PREFECT_API_KEY) or basic
+    auth string (PREFECT_API_AUTH_STRING) is sent as Prefect's own client sends it. With no
+    API configured it raises rather than fall back to Prefect's ephemeral API, a throwaway
+    server that no trigger listens to.
     """
 
-    def __init__(self, api_url: str | None = None):
-        from prefect.settings import PREFECT_API_URL
+    def __init__(self, api_url: str | None = None, *, timeout: float = EMIT_TIMEOUT):
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
         self.api_url = api_url or PREFECT_API_URL.value()
+        self.timeout = timeout
+        self.headers: dict[str, str] = {}
+        if auth := PREFECT_API_AUTH_STRING.value():
+            self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+        elif key := PREFECT_API_KEY.value():
+            self.headers["Authorization"] = f"Bearer {key}"
 
     def __call__(self, event: CompletedEvent) -> None:
-        from prefect.client.orchestration import get_client
         from prefect.events import Event
-        from prefect.settings import PREFECT_API_URL, temporary_settings
 
         if not self.api_url:
             raise EventsNotConfigured(
@@ -92,19 +106,28 @@ class PrefectEmitter:
             payload=event.payload,
             id=uuid.UUID(event.id),
         ).model_dump(mode="json")
-        with temporary_settings({PREFECT_API_URL: self.api_url}), get_client(sync_client=True) as client:
-            client.request("POST", "/events", json=[body]).raise_for_status()
+        response = httpx.post(
+            self.api_url.rstrip("/") + "/events", json=[body], headers=self.headers, timeout=self.timeout
+        )
+        response.raise_for_status()
 
 
 def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100) -> list[str]:
     """Emit every recorded, unemitted upload event (oldest first) and mark each emitted.
     Returns the transaction ids emitted now. A failing emit is logged and left pending;
-    the rest are still tried. The default emitter is a `PrefectEmitter()`."""
+    the rest are still tried, unless the event system could not be reached or did not
+    answer in time (a connection error or timeout): then they wait for the next round
+    too, so a hanging API costs one timeout per round, not one per event. The default
+    emitter is a `PrefectEmitter()`."""
     emitter = emitter or PrefectEmitter()
     emitted = []
     for info in pending_upload_events(catalog, limit=limit):
         try:
             emitter(upload_completed_event(info))
+        except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
+            log.warning("emitting %s for transaction %s failed: %s; the other pending events wait for the next round",
+                        UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
+            break
         except Exception as exc:  # noqa: BLE001 - any emitter failure leaves the row pending
             log.warning("emitting %s for transaction %s failed: %s", UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
             continue
@@ -114,6 +137,7 @@ def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int
 
 
 __all__ = [
+    "EMIT_TIMEOUT",
     "CompletedEvent",
     "Emitter",
     "EventsNotConfigured",

@@ -98,18 +98,21 @@ def revoke_device_tokens(catalog: Catalog, device_id: str, *, token_id: int | No
         return [DeviceTokenInfo.of(row) for row in revoked]
 
 
+REFUSED = "invalid or revoked device token"
+
+
 def authenticate_device(catalog: Catalog, token: str) -> str:
-    """The device id a live token belongs to; TokenRefused otherwise. Records last use."""
+    """The device id a live token belongs to; TokenRefused otherwise. Records last use.
+    Malformed, unknown and revoked tokens get the same message: the answer must not tell
+    a token guesser which tokens once existed."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 256:
-        raise TokenRefused("invalid device token")
+        raise TokenRefused(REFUSED)
     digest = hash_token(token)
     with catalog.session() as session:
         row = session.scalar(select(DeviceToken).where(DeviceToken.token_hash == digest))
         # the lookup is by hash; this compare only guards against a collation-insensitive match
-        if row is None or not hmac.compare_digest(row.token_hash, digest):
-            raise TokenRefused("invalid device token")
-        if row.revoked_at is not None:
-            raise TokenRefused("device token has been revoked")
+        if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
+            raise TokenRefused(REFUSED)
         row.last_used_at = _now()
         return row.device_id
 

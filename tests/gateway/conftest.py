@@ -50,12 +50,12 @@ class Gateway:
 
 @pytest.fixture
 def gateway_factory(bucket, sqlite_url):
-    def make(*, catalog_url: str = sqlite_url, expires_in: int = 900):
+    def make(*, catalog_url: str = sqlite_url, expires_in: int = 900, **options):
         catalog = Catalog(catalog_url)
-        emitter = RecordingEmitter()
+        emitter = options.pop("emitter", None) or RecordingEmitter()
         app = create_app(
             catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=expires_in,
-            emitter=emitter, settings=load_settings(),
+            emitter=emitter, settings=load_settings(), **options,
         )
         return catalog, emitter, app
 

@@ -20,6 +20,7 @@ from storage_core.device.client import STATE_FILE, device_upload
 from storage_core.errors import GatewayError
 from storage_core.catalog.queries import list_objects
 from storage_core.errors import ConfigError
+from tests.gateway.test_gateway import wait_for_events
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +50,7 @@ def test_device_upload_stores_a_folder_and_a_rerun_sends_nothing(gateway, tmp_pa
     assert gateway.store.get_range("lake/cam-1/run-1/cam/front.mp4", 0, len(big)) == big
     assert gateway.store.get_range("lake/cam-1/run-1/meta.json", 0, len(small)) == small
     assert not (folder / STATE_FILE).exists() and gateway.store.list_multipart_uploads() == []
-    assert [e.id for e in gateway.emitter.events] == [report.event_id]
+    assert [e.id for e in wait_for_events(gateway.emitter, 1)] == [report.event_id]
     # identical bytes already stored: a new transaction that stores nothing
     again = device_upload(folder, gateway=gateway.url, token=gateway.token, part_size=5 * MiB)
     assert again.pieces_sent == 0 and again.files == 0
@@ -140,7 +141,7 @@ def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
     assert report["transaction_id"] == txn and report["status"] == "completed"
     assert report["pieces_reused"] == len(present) and report["pieces_sent"] == 5 - len(present)
     assert gateway.store.get_range("lake/cam-1/run-1/big.bin", 0, len(big)) == big
-    assert gateway.store.list_multipart_uploads() == [] and len(gateway.emitter.events) == 1
+    assert gateway.store.list_multipart_uploads() == [] and len(wait_for_events(gateway.emitter, 1)) == 1
 
 
 @pytest.mark.slow  # a dozen `ferry` subprocesses, each importing the CLI
@@ -168,3 +169,94 @@ def test_cli_devices_and_gateway_refusals(tmp_path, bucket):
                      env={**env, "FERRY_DEVICE_TOKEN": ""})
     _, err = no_token.communicate(timeout=60)
     assert no_token.returncode == 1 and "no device token" in err
+
+
+# --- the client against answers that are not the gateway's, and plain http ----------------------
+
+
+@pytest.fixture
+def not_a_gateway():
+    """A loopback HTTP server answering every request with `answer` = (status, content type, body)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = {"value": (200, "application/json", b"{}")}
+
+    class Handler(BaseHTTPRequestHandler):
+        def _reply(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, kind, body = answer["value"]
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _reply
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", answer
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def one_line_gateway_error(call) -> str:
+    with pytest.raises(GatewayError) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_answers_that_are_not_the_gateways_are_one_line_errors(not_a_gateway, tmp_path):
+    from storage_core.device.client import GatewayClient
+
+    url, answer = not_a_gateway
+    client = GatewayClient(url, "ferry_dt_x")
+    files = [{"path": "cam-1/r/a.bin", "size": 1, "crc32c": 0}]
+    state = {"transaction_id": "t", "status": "uploading", "files": [
+        {"path": "cam-1/r/other.bin", "multipart": False, "uploaded": False, "urls": []}]}
+    cases = [
+        ((200, "text/html", b"<html>\n<body>welcome</body>\n</html>"), client.me, "not a JSON object"),
+        ((200, "application/json", b'{"hello": 1}'), client.me, "no device_id"),
+        ((200, "application/json", b"[1, 2]"), lambda: client.status("t"), "not a JSON object"),
+        ((200, "application/json", b'{"transaction_id": "t", "status": "x", "files": [{"path": "p"}]}'),
+         lambda: client.status("t"), "file 'p' has no multipart, uploaded, urls"),
+        ((200, "application/json", json.dumps({**state, "files": [{**state["files"][0], "urls": [{"url": "u"}]}]}).encode()),
+         lambda: client.status("t"), "a URL without headers, part_number, size"),
+        ((200, "application/json", json.dumps(state).encode()), lambda: client.begin(files, "t"),
+         "a path this device did not declare: 'cam-1/r/other.bin'"),
+        ((200, "application/json", b'{"status": "completed"}'), lambda: client.complete("t"), "no files, bytes"),
+        ((404, "text/html", b"<html>\nNot here\n</html>"), client.me, "gateway refused (404): <html>"),
+        ((502, "application/json", b'{"detail": ["a", "list"]}'), client.me, "gateway refused (502)"),
+    ]
+    try:
+        for value, call, expected in cases:
+            answer["value"] = value
+            assert expected in one_line_gateway_error(call)
+    finally:
+        client.close()
+    # the whole command, pointed at something that is not a gateway
+    write(tmp_path / "landing" / "run-1" / "a.bin", 10)
+    answer["value"] = (200, "text/html", b"<html>a web page</html>")
+    assert "unexpected answer from the gateway" in one_line_gateway_error(
+        lambda: device_upload(tmp_path / "landing", gateway=url, token="ferry_dt_x")
+    )
+
+
+def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):
+    from storage_core.device.client import GatewayClient
+
+    with caplog.at_level("WARNING", logger="storage_core.device.client"):
+        for url in ("http://127.0.0.1:8470", "http://localhost:8470", "http://[::1]:8470", "https://gw.example:8470"):
+            GatewayClient(url, "ferry_dt_x").close()
+        assert caplog.records == []
+        for _ in range(3):
+            GatewayClient("http://192.0.2.7:8470", "ferry_dt_x").close()
+    [warning] = caplog.records
+    assert "plain http" in warning.getMessage() and "192.0.2.7" in warning.getMessage()
