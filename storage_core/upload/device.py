@@ -6,7 +6,15 @@ whole manifest under its own prefix, and the server side verifies before anythin
          │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
          └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
                                                                             completed, outbox row)
-    abort_device_upload: multipart uploads aborted, unverified objects deleted.
+    abort_device_upload: transaction aborted first, then multipart uploads aborted and
+                         unverified objects deleted.
+
+Begin records the transaction (items `pending`), creates the multipart uploads, then
+records every item `uploading` with its upload id in one database transaction: a crash
+leaves either items complete refuses (a repeated begin finishes them; uploads created
+meanwhile are recorded by no open transaction, and reconcile aborts them) or all of them
+accounted for. Complete and abort take the transaction's row lock and re-check its state
+before committing, so a race between them ends as one or the other, never a mix.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
 size and every part's CRC32C (they must combine to the file's CRC32C). Every URL is signed
@@ -257,8 +265,8 @@ def begin_device_upload(
     one database transaction: the transaction and its items `pending`, then every item
     `uploading` with its upload id (all or none). A crash between them leaves items a
     complete refuses and a repeated begin finishes. Nothing is recorded when the manifest
-    is refused; a destination another transaction is uploading
-    aborts this one (TransactionStateError). With the device's own `transaction_id`, a
+    is refused; a destination another transaction is uploading aborts this one
+    (TransactionStateError). With the device's own `transaction_id`, a
     repeated begin (the answer was lost) returns the same transaction with fresh URLs."""
     settings = settings or load_settings()
     entries = check_manifest(device_id, files, limits)
@@ -452,9 +460,10 @@ def complete_device_upload(
     """Verify every file against the store and complete the transaction, writing its
     outbox row in the same database transaction. Replayed: the same answer, nothing new.
     Any file not uploaded (a pending item included): UploadIncomplete naming how many and
-    one, nothing changed. Aborted meanwhile: TransactionStateError, and the objects this
-    call assembled deleted (complete and abort serialize on the transaction's lock). Wrong bytes: IntegrityError, the
-    transaction's unverified objects deleted, its uploads aborted, the transaction aborted."""
+    one, nothing changed. Wrong bytes: IntegrityError, the transaction's unverified objects
+    deleted, its uploads aborted, the transaction aborted. Aborted meanwhile (complete and
+    abort serialize on the transaction's lock): TransactionStateError, and the objects this
+    call assembled deleted."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:

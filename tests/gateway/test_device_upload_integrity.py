@@ -17,7 +17,7 @@ from sqlalchemy import update
 
 from storage_core.catalog import transactions as records
 from storage_core.catalog.devices import add_device_token
-from storage_core.catalog.models import TransactionItem
+from storage_core.catalog.models import SourceKind, TransactionItem
 from storage_core.catalog.outbox import get_upload_event
 from storage_core.checksums import crc32c
 from storage_core.config import load_settings
@@ -27,7 +27,6 @@ from storage_core.keys import parse_uri
 from storage_core.upload import device as device_module
 from storage_core.upload.device import ORIGINATION, DeviceFile, check_manifest
 from storage_core.upload.reconcile import abort_orphaned_uploads
-from storage_core.catalog.models import SourceKind
 from tests.gateway.test_gateway import multipart, single, upload_all
 from tests.support.gateway import running_gateway
 

@@ -161,10 +161,12 @@ def _killed_and_resumed(tmp_path: Path, bucket, sqlite_url: str, *, small_files:
 
 
 @pytest.mark.slow  # four `ferry gateway` starts and several `ferry device-upload` runs: minutes on a busy machine
+@pytest.mark.timeout(1200)
 def test_gateway_killed_at_random_points_of_a_300_file_upload_then_resumed(tmp_path, bucket, sqlite_url):
     _killed_and_resumed(tmp_path, bucket, sqlite_url, small_files=298, seed=random.randrange(2**32))
 
 
 @pytest.mark.slow  # the 3,000 files
+@pytest.mark.timeout(3600)
 def test_gateway_killed_at_random_points_of_a_3000_file_upload_then_resumed(tmp_path, bucket, sqlite_url):
     _killed_and_resumed(tmp_path, bucket, sqlite_url, small_files=2998, seed=random.randrange(2**32))
