@@ -47,10 +47,14 @@ class GatewayProcess:
         self.kills = 0
 
     def start(self) -> None:
-        self.process = _ferry("gateway", "--port", str(self.port), "--flush-interval", "3600", env=self.env, cwd=self.cwd)
-        deadline = time.monotonic() + 60
+        with open(self.cwd / "gateway.log", "a") as log:  # a file, not a pipe nobody reads while it runs
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "ferry.cli", "gateway", "--port", str(self.port), "--flush-interval", "3600"],
+                cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 300  # imports alone take a minute on a loaded machine
         while True:
-            assert self.process.poll() is None, self.process.communicate()
+            assert self.process.poll() is None, (self.cwd / "gateway.log").read_text()
             assert time.monotonic() < deadline, "the gateway did not start"
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
