@@ -74,13 +74,13 @@ class GatewayProcess:
             self.process.wait()
 
 
-def _wait_for(condition: Callable[[], bool], client: subprocess.Popen, timeout: float = 120) -> bool:
+def _wait_for(condition: Callable[[], bool], client: subprocess.Popen, timeout: float = 900) -> bool:
     """True once `condition` holds; False when the device upload ended first."""
     deadline = time.monotonic() + timeout
     while client.poll() is None:
         if condition():
             return True
-        assert time.monotonic() < deadline, "the upload never got there"
+        assert time.monotonic() < deadline, "the upload never got there (see the kill points logged so far)"
         time.sleep(0.01)
     return False
 
@@ -130,6 +130,7 @@ def _killed_and_resumed(tmp_path: Path, bucket, sqlite_url: str, *, small_files:
         points = iter(kill_points)
         name, condition = next(points)
         while True:
+            note(f"waiting to kill {name}")
             if _wait_for(condition, client):
                 if name == "around complete":
                     time.sleep(rng.uniform(0, 0.3))
