@@ -151,8 +151,8 @@ def _killed_and_resumed(tmp_path: Path, bucket, sqlite_url: str, *, small_files:
             client = _ferry(*upload_args, env=env, cwd=tmp_path)  # resume: the same command again
     finally:
         gateway.stop()
-    print(f"seed {seed}: {gateway.kills} kill(s), {len(runs)} run(s): {log}")
-    print(f"exit lines: {[r[1].strip().splitlines()[-1:] for r in runs]}")
+        print(f"seed {seed}: {gateway.kills} kill(s), {len(runs)} run(s): {log}")
+        print(f"exit lines: {[r[1].strip().splitlines()[-1:] for r in runs]}")
 
     assert not (folder / STATE_FILE).exists()
     for path, data in blobs.items():
