@@ -4,6 +4,10 @@
                  │            │
                  └────────────┴──> aborted
 
+Complete and abort serialize per transaction: each takes the transaction's row lock
+(`_locked`: PostgreSQL's SELECT ... FOR UPDATE, SQLite's database write lock) and re-checks
+the state under it, so one of them wins and the other sees what it did.
+
 An item is `pending → uploading → stored`, or `skipped` (with a `skip_reason`: identical
 bytes already stored, or the destination busy in another open transaction), `failed`
 (a non-retryable error) or `aborted`. Every state change is one function here, each its own
@@ -20,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy.exc
-from sqlalchemy import delete, distinct, select
+from sqlalchemy import delete, distinct, select, update
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -41,7 +45,7 @@ from storage_core.catalog.models import (
 )
 from storage_core.catalog.outbox import UploadEventInfo, record_upload_event
 from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
-from storage_core.errors import CatalogConflict, CatalogError, TransactionStateError
+from storage_core.errors import CatalogConflict, CatalogError, TransactionStateError, UploadIncomplete
 from storage_core.keys import StorageUri, join_key
 from storage_core.manifest import ManifestEntry
 
@@ -58,6 +62,22 @@ def _chunks(values: list[str], size: int = 500) -> Iterable[list[str]]:
 
 def _load(session, transaction_id: str) -> Transaction:
     txn = session.get(Transaction, transaction_id)
+    if txn is None:
+        raise CatalogError(f"no transaction {transaction_id!r}")
+    return txn
+
+
+def _locked(session, transaction_id: str) -> Transaction:
+    """The transaction, its row locked until the session ends; call it first in a session.
+    PostgreSQL: SELECT ... FOR UPDATE. SQLite has no row locks: a write takes the database
+    write lock (pysqlite begins the transaction at the first write, so no snapshot is read
+    before the lock is held), waiting up to the catalog's busy timeout like any writer."""
+    if session.get_bind().dialect.name == "sqlite":
+        session.execute(update(Transaction).where(Transaction.id == transaction_id).values(id=Transaction.id))
+    txn = session.scalars(
+        select(Transaction).where(Transaction.id == transaction_id).with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
     if txn is None:
         raise CatalogError(f"no transaction {transaction_id!r}")
     return txn
@@ -251,6 +271,12 @@ def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[
     return stored
 
 
+def stored_etag(catalog: Catalog, store_uri: str, key: str) -> str | None:
+    """The ETag of the object the catalog records as stored at `key`, if any."""
+    with catalog.session() as session:
+        return session.scalar(select(StoredObject.etag).where(StoredObject.store_uri == store_uri, StoredObject.key == key))
+
+
 def known_object_checksums(catalog: Catalog, uris: Iterable[str]) -> dict[ObjectVersion, int]:
     """{version: CRC32C} of the source objects earlier transactions read (and checksummed)."""
     known: dict[ObjectVersion, int] = {}
@@ -392,14 +418,39 @@ def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
         return ItemUpload(ItemInfo.of(item), parts)
 
 
-def mark_item_uploading(catalog: Catalog, item_id: int, *, upload_id: str | None, part_size: int | None) -> None:
-    """A device item whose bytes the device now sends: its multipart upload (or None for a
-    single PUT) recorded, item and transaction uploading."""
+@dataclass(frozen=True)
+class DeviceItemUpload:
+    """How the device sends one pending item: its multipart upload id and part size, or
+    None and None for a single PUT."""
+
+    item_id: int
+    upload_id: str | None
+    part_size: int | None
+
+
+def mark_items_uploading(catalog: Catalog, transaction_id: str, uploads: Iterable[DeviceItemUpload]) -> bool:
+    """In one database transaction, under the transaction's lock: every pending item of a
+    device transaction uploading with its multipart upload recorded (`uploads` must cover
+    each pending item), and the transaction uploading. False, with nothing changed, when
+    a concurrent begin recorded them first (no item is pending any more): the caller's
+    uploads are its own to abort. TransactionStateError: the transaction is no longer
+    open, or `uploads` leaves a pending item out."""
+    uploads = {u.item_id: u for u in uploads}
     with catalog.session() as session:
-        item = _load_item(session, item_id)
-        item.upload_id, item.part_size = upload_id, part_size
-        item.status = ItemStatus.UPLOADING.value
-        item.transaction.status = TransactionStatus.UPLOADING.value
+        txn = _locked(session, transaction_id)
+        if txn.status not in OPEN_TRANSACTION_STATES:
+            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be begun")
+        pending = [i for i in txn.items if i.status == ItemStatus.PENDING.value]
+        if not pending:
+            return False
+        missing = [i for i in pending if i.id not in uploads]
+        if missing:
+            raise TransactionStateError(f"transaction {txn.id}: no upload planned for {len(missing)} item(s), e.g. {missing[0].uri}")
+        for item in pending:
+            item.upload_id, item.part_size = uploads[item.id].upload_id, uploads[item.id].part_size
+            item.status = ItemStatus.UPLOADING.value
+        txn.status = TransactionStatus.UPLOADING.value
+        return True
 
 
 def record_upload_started(catalog: Catalog, item_id: int, upload_id: str, part_size: int) -> None:
@@ -494,18 +545,26 @@ def completed_upload(catalog: Catalog, transaction_id: str) -> CompletedUpload |
 
 
 def complete_verified_upload(catalog: Catalog, transaction_id: str, verified: Iterable[VerifiedItem]) -> CompletedUpload:
-    """In one database transaction: the verified items stored, the transaction completed
-    and its outbox row written. An already completed transaction is answered as it is; a
-    closed one is refused (TransactionStateError). CatalogConflict: a concurrent complete
+    """In one database transaction, under the transaction's lock: the verified items
+    stored, the transaction completed and its outbox row written. An already completed
+    transaction is answered as it is; an aborted one is refused (TransactionStateError);
+    so is one with an item neither verified here nor already done (UploadIncomplete). CatalogConflict: a concurrent complete
     committed first (nothing of this call was written; `completed_upload` has its answer)."""
+    verified = {v.item_id: v for v in verified}
     try:
         with catalog.session() as session:
-            txn = _load(session, transaction_id)
+            txn = _locked(session, transaction_id)  # an abort either committed first (seen here) or waits
             if txn.status == TransactionStatus.COMPLETED.value:
                 return _completed(session, txn)
             if txn.status not in OPEN_TRANSACTION_STATES:
                 raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
-            for v in verified:
+            unverified = [i for i in txn.items if i.status not in DONE_ITEM_STATES and i.id not in verified]
+            if unverified:
+                first = unverified[0]
+                raise UploadIncomplete(
+                    f"{len(unverified)} of {len(txn.items)} file(s) not verified yet, e.g. {first.source_path} ({first.status})"
+                )
+            for v in verified.values():
                 _store(session, _load_item(session, v.item_id), v.crc32c, v.etag)
             txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
             record_upload_event(session, txn)
@@ -532,15 +591,52 @@ def in_flight_uploads(catalog: Catalog, transaction_id: str) -> list[InFlightUpl
 
 def mark_aborted(catalog: Catalog, transaction_id: str, *, reason: str) -> TransactionInfo:
     """Transaction aborted with `reason`, its open items aborted (failed items keep their
-    status and reason). An aborted transaction is left as it is."""
+    status and reason), under the transaction's lock. An aborted transaction is left as it
+    is; a completed one is refused (TransactionStateError)."""
     with catalog.session() as session:
-        txn = _load(session, transaction_id)
+        txn = _locked(session, transaction_id)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            raise TransactionStateError(f"transaction {txn.id} is completed; it cannot be aborted")
         if txn.status != TransactionStatus.ABORTED.value:
             for item in txn.items:
                 if item.status in ACTIVE_ITEM_STATES:
                     item.status = ItemStatus.ABORTED.value
             txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
         return TransactionInfo.of(txn)
+
+
+@dataclass(frozen=True)
+class AbortedUpload:
+    """A device transaction just aborted, with what its open items may have left in the
+    store: the multipart uploads to abort and the unverified objects to delete (both empty
+    when it was aborted before)."""
+
+    transaction: TransactionInfo
+    uploads: tuple[InFlightUpload, ...]
+    objects: tuple[UnverifiedObject, ...]
+
+
+def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) -> AbortedUpload:
+    """Abort first, clean up second: under the transaction's lock, refuse a completed
+    transaction (TransactionStateError) and otherwise mark it and its open items aborted,
+    returning where they may have put bytes. Once this commits no complete can commit,
+    so the caller may delete those bytes; a concurrent complete that already assembled an
+    object finds the transaction aborted and deletes it too. A cleanup that fails leaves
+    uploads that no open transaction records, which reconcile aborts."""
+    with catalog.session() as session:
+        txn = _locked(session, transaction_id)
+        if txn.status == TransactionStatus.COMPLETED.value:
+            raise TransactionStateError(f"transaction {txn.id} is completed; it cannot be aborted")
+        if txn.status == TransactionStatus.ABORTED.value:
+            return AbortedUpload(TransactionInfo.of(txn), (), ())
+        open_ = [i for i in txn.items if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)]
+        uploads = tuple(InFlightUpload(i.id, i.store_uri, i.key, i.upload_id) for i in open_ if i.upload_id)
+        objects = tuple(_unverified(session, [(i.store_uri, i.key) for i in open_]))
+        for item in txn.items:
+            if item.status in ACTIVE_ITEM_STATES:
+                item.status = ItemStatus.ABORTED.value
+        txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
+        return AbortedUpload(TransactionInfo.of(txn), uploads, objects)
 
 
 def record_abort_incomplete(catalog: Catalog, transaction_id: str, problem: str) -> TransactionInfo:
@@ -558,15 +654,21 @@ def unverified_objects(catalog: Catalog, transaction_id: str) -> list[Unverified
     with catalog.session() as session:
         txn = _load(session, transaction_id)
         targets = [(i.store_uri, i.key) for i in txn.items if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)]
-        recorded: dict[tuple[str, str], str] = {}
-        for chunk in _chunks(sorted({key for _, key in targets})):
-            for obj in session.scalars(select(StoredObject).where(StoredObject.key.in_(chunk))):
-                recorded[(obj.store_uri, obj.key)] = obj.etag
-        return [UnverifiedObject(store_uri, key, recorded.get((store_uri, key))) for store_uri, key in targets]
+        return _unverified(session, targets)
+
+
+def _unverified(session, targets: list[tuple[str, str]]) -> list[UnverifiedObject]:
+    recorded: dict[tuple[str, str], str] = {}
+    for chunk in _chunks(sorted({key for _, key in targets})):
+        for obj in session.scalars(select(StoredObject).where(StoredObject.key.in_(chunk))):
+            recorded[(obj.store_uri, obj.key)] = obj.etag
+    return [UnverifiedObject(store_uri, key, recorded.get((store_uri, key))) for store_uri, key in targets]
 
 
 __all__ = [
+    "AbortedUpload",
     "CompletedUpload",
+    "DeviceItemUpload",
     "InFlightUpload",
     "ItemUpload",
     "ObjectVersion",
@@ -574,6 +676,7 @@ __all__ = [
     "TransferProgress",
     "UnverifiedObject",
     "VerifiedItem",
+    "abort_before_cleanup",
     "begin_transaction",
     "complete_transaction",
     "complete_verified_upload",
@@ -585,7 +688,7 @@ __all__ = [
     "known_object_checksums",
     "list_transactions",
     "mark_aborted",
-    "mark_item_uploading",
+    "mark_items_uploading",
     "open_items",
     "record_abort_incomplete",
     "record_item_failed",
@@ -596,7 +699,9 @@ __all__ = [
     "set_flow_run",
     "stale_transactions",
     "store_uris_in_flight",
+    "stored_etag",
     "stored_sizes",
     "transaction_store_uris",
     "transaction_progress",
+    "unverified_objects",
 ]

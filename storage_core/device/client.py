@@ -7,7 +7,8 @@ PUTs bytes straight to the presigned URLs it is given.
 
 The state file is written before the first request, so after a lost connection or a
 killed process the same command asks the gateway what the store already holds and sends
-only what is missing. It is removed once the transaction is completed.
+only what is missing. It is removed only once the gateway's account of the completed
+transaction lists every declared file, with its size, as stored.
 """
 
 from __future__ import annotations
@@ -312,6 +313,34 @@ def _offset(file: dict[str, Any], url: dict[str, Any]) -> int:
     return 0 if url["part_number"] is None else (url["part_number"] - 1) * file["part_size"]
 
 
+def _check_all_stored(state: dict[str, Any], files: list[dict[str, Any]]) -> None:
+    """Trust no count: the gateway's own account of the transaction must hold every file
+    this device declared, with its size, as stored (or skipped: identical bytes already
+    stored), and nothing else. GatewayError (one line, not retryable) otherwise."""
+    done = ("stored", "skipped")
+    reported = {f["path"]: f for f in state.get("files", [])}
+    wrong = []
+    for f in files:
+        got = reported.get(f["path"])
+        if got is None:
+            wrong.append(f"{f['path']} (not in the transaction)")
+        elif got.get("size") != f["size"]:
+            wrong.append(f"{f['path']} ({got.get('size')} bytes, not {f['size']})")
+        elif got.get("status") not in done:
+            wrong.append(f"{f['path']} ({got.get('status')})")
+    extra = sorted(set(reported) - {f["path"] for f in files})
+    wrong += [f"{p} (not in this device's manifest)" for p in extra]
+    txn = state.get("transaction_id")
+    if state.get("status") != "completed":
+        raise GatewayError(f"the gateway reports transaction {txn} {state.get('status')}, not completed; "
+                           f"the state file is kept: run again to resume", retryable=False)
+    if wrong:
+        raise GatewayError(
+            f"the gateway reports transaction {txn} completed, but {len(wrong)} of {len(files)} file(s) "
+            f"are not stored as this device declared them, e.g. {wrong[0]}; the state file is kept", retryable=False,
+        )
+
+
 # --- the command -------------------------------------------------------------------------------
 
 
@@ -372,6 +401,7 @@ def device_upload(
                     pieces = [(url, local[f["path"]], _offset(f, url)) for f in state["files"] for url in f["urls"]]
                     _put_all(storage, pieces, throttle, parallel, on_stored=stored)
                     done = client.complete(txn_id)
+                    _check_all_stored(client.status(txn_id), files)  # the state file stays unless all is stored
                     break
                 except GatewayError as exc:
                     if not exc.retryable or attempt == attempts:

@@ -6,7 +6,15 @@ whole manifest under its own prefix, and the server side verifies before anythin
          │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
          └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
                                                                             completed, outbox row)
-    abort_device_upload: multipart uploads aborted, unverified objects deleted.
+    abort_device_upload: transaction aborted first, then multipart uploads aborted and
+                         unverified objects deleted.
+
+Begin records the transaction (items `pending`), creates the multipart uploads, then
+records every item `uploading` with its upload id in one database transaction: a crash
+leaves either items complete refuses (a repeated begin finishes them; uploads created
+meanwhile are recorded by no open transaction, and reconcile aborts them) or all of them
+accounted for. Complete and abort take the transaction's row lock and re-check its state
+before committing, so a race between them ends as one or the other, never a mix.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
 size and every part's CRC32C (they must combine to the file's CRC32C). Every URL is signed
@@ -21,6 +29,7 @@ nothing unverified is ever recorded or left behind.
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -40,7 +49,9 @@ from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.checksums import combine_parts, crc32c_of_stream, to_header, to_hex
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
+    AbortFailed,
     CatalogConflict,
+    FerryError,
     IntegrityError,
     InvalidKey,
     ManifestRefused,
@@ -49,6 +60,7 @@ from storage_core.errors import (
     UnknownUpload,
     UploadIncomplete,
     UploadNotFound,
+    one_line,
 )
 from storage_core.keys import StorageUri, validate_key
 from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
@@ -57,6 +69,7 @@ from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
 from storage_core.upload.transactions import abort_transactions
 
+log = logging.getLogger(__name__)
 ORIGINATION = "device gateway"
 _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
 GiB = 1024**3
@@ -248,9 +261,12 @@ def begin_device_upload(
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
     """Check the manifest, begin the transaction, create the multipart uploads (each id
-    recorded before any URL exists) and return URLs for every file to send. Nothing is
-    recorded when the manifest is refused; a destination another transaction is uploading
-    aborts this one (TransactionStateError). With the device's own `transaction_id`, a
+    recorded before any URL exists) and return URLs for every file to send. Two steps, each
+    one database transaction: the transaction and its items `pending`, then every item
+    `uploading` with its upload id (all or none). A crash between them leaves items a
+    complete refuses and a repeated begin finishes. Nothing is recorded when the manifest
+    is refused; a destination another transaction is uploading aborts this one
+    (TransactionStateError). With the device's own `transaction_id`, a
     repeated begin (the answer was lost) returns the same transaction with fresh URLs."""
     settings = settings or load_settings()
     entries = check_manifest(device_id, files, limits)
@@ -265,6 +281,8 @@ def begin_device_upload(
                 raise TransactionStateError(f"transaction id {transaction_id} is taken")
             if sorted(i.source_path for i in existing.items) != sorted(declared):
                 raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
+            if existing.status in OPEN_TRANSACTION_STATES:  # a begin that died before its second step
+                _start_uploads(catalog, existing, declared, settings)
             return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs,
                                         with_urls=existing.status in OPEN_TRANSACTION_STATES,
                                         expires_in=expires_in, settings=settings)
@@ -278,19 +296,48 @@ def begin_device_upload(
     if busy:
         abort_transactions(catalog, [txn.id], reason=f"not started: {busy[0].uri} {busy[0].error}", settings=settings)
         raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
-    store, _ = open_store(destination, settings)
     try:
-        for info in txn.items:
-            if info.status != ItemStatus.PENDING.value:
-                continue
-            f = declared[info.source_path]
-            upload_id = store.create_multipart(info.key) if f.part_crc32c is not None else None
-            records.mark_item_uploading(catalog, info.id, upload_id=upload_id, part_size=f.part_size)
+        _start_uploads(catalog, txn, declared, settings)
         return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
                                     expires_in=expires_in, settings=settings)
     except BaseException:
         abort_transactions(catalog, [txn.id], reason="begin failed", settings=settings)
         raise
+
+
+def _start_uploads(catalog: Catalog, txn: TransactionInfo, declared: dict[str, DeviceFile],
+                   settings: FerrySettings) -> None:
+    """Begin's second step: create a multipart upload for each pending multipart item, then
+    record them all, with every pending item uploading, in one database transaction. Until
+    that commits the items stay `pending` (complete refuses them; a repeated begin runs this
+    step again), and the uploads created here are recorded by no open transaction, so a
+    crash leaves them to reconcile, which aborts such orphans. Uploads a failure or a
+    concurrent begin left unrecorded are aborted here."""
+    pending = [i for i in txn.items if i.status == ItemStatus.PENDING.value]
+    if not pending:
+        return
+    stores: dict[str, ObjectStore] = {}
+    planned: list[records.DeviceItemUpload] = []
+    recorded = False
+    try:
+        for info in pending:
+            f = declared[info.source_path]
+            upload_id = None
+            if f.part_crc32c is not None:
+                if info.store_uri not in stores:
+                    stores[info.store_uri], _ = open_store(info.store_uri, settings)
+                upload_id = stores[info.store_uri].create_multipart(info.key)
+            planned.append(records.DeviceItemUpload(info.id, upload_id, f.part_size))
+        recorded = records.mark_items_uploading(catalog, txn.id, planned)
+    finally:
+        if not recorded:
+            by_id = {i.id: i for i in pending}
+            for p in (p for p in planned if p.upload_id is not None):
+                item = by_id[p.item_id]
+                try:
+                    stores[item.store_uri].abort_multipart(item.key, p.upload_id)
+                except FerryError as exc:  # an orphan now: reconcile aborts it
+                    log.warning("could not abort unrecorded upload %s of %s: %s", p.upload_id, item.uri, one_line(exc))
 
 
 def device_upload_status(
@@ -412,8 +459,11 @@ def complete_device_upload(
 ) -> CompletedUpload:
     """Verify every file against the store and complete the transaction, writing its
     outbox row in the same database transaction. Replayed: the same answer, nothing new.
-    Missing bytes: UploadIncomplete, nothing changed. Wrong bytes: IntegrityError, the
-    transaction's unverified objects deleted, its uploads aborted, the transaction aborted."""
+    Any file not uploaded (a pending item included): UploadIncomplete naming how many and
+    one, nothing changed. Wrong bytes: IntegrityError, the transaction's unverified objects
+    deleted, its uploads aborted, the transaction aborted. Aborted meanwhile (complete and
+    abort serialize on the transaction's lock): TransactionStateError, and the objects this
+    call assembled deleted."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:
@@ -421,16 +471,21 @@ def complete_device_upload(
 
     # 1. everything present? (nothing changes when not)
     arrived: list[_Arrived] = []
-    for item in (i for i in txn.items if i.status == ItemStatus.UPLOADING.value):
+    missing: list[str] = []  # "path: what is missing", for every file not ready
+    for item in (i for i in txn.items if i.status not in DONE_ITEM_STATES):
         path, key = item.source_path, item.key
+        if item.status != ItemStatus.UPLOADING.value:  # pending: its begin has not finished
+            missing.append(f"{path} ({item.status})")
+            continue
         store, _ = open_store(item.store_uri, settings)
         if item.upload_id is not None:
             found = _present_parts(store, key, item.upload_id)
             if found is not None:
                 sizes = part_sizes(item.size, item.part_size)
-                missing = [n for n in range(1, len(sizes) + 1) if n not in found]
-                if missing:
-                    raise UploadIncomplete(f"{path}: {len(missing)} of {len(sizes)} part(s) not uploaded yet (e.g. part {missing[0]})")
+                absent = [n for n in range(1, len(sizes) + 1) if n not in found]
+                if absent:
+                    missing.append(f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})")
+                    continue
                 wrong = [n for n, p in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != p.size]
                 if wrong:
                     _fail(catalog, transaction_id, item.id,
@@ -439,11 +494,15 @@ def complete_device_upload(
                 continue
         head = _head(store, key)
         if head is None:
-            raise UploadIncomplete(f"{path}: nothing has been uploaded yet")
+            missing.append(f"{path}: nothing has been uploaded yet")
+            continue
         arrived.append(_Arrived(item, store, head=head))
+    if missing:
+        raise UploadIncomplete(f"{len(missing)} of {len(txn.items)} file(s) not uploaded yet, e.g. {missing[0]}")
 
     # 2. assemble (with the parts step 1 listed) and verify (against the HEAD step 1 got)
-    verified = []
+    verified: list[VerifiedItem] = []
+    assembled: list[tuple[ObjectStore, ObjectMeta]] = []
     for a in arrived:
         item = a.item
         try:
@@ -452,14 +511,17 @@ def complete_device_upload(
             else:
                 meta = a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts])
                 known = item.crc32c  # every part was verified by the store against a checksum combining to it
-        except ObjectNotFound:
+        except (ObjectNotFound, UploadNotFound):
+            _refuse_if_aborted(catalog, transaction_id)  # an abort aborted the upload under us
             raise UploadIncomplete(f"{item.source_path}: nothing has been uploaded yet") from None
+        assembled.append((a.store, meta))
         check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c, known=known)
         if check.problem:
             _fail(catalog, transaction_id, item.id, f"{item.source_path}: {check.problem}", settings)
         verified.append(VerifiedItem(item.id, check.crc32c, meta.etag))
 
-    # 3. one database transaction: items stored, transaction completed, outbox row
+    # 3. one database transaction, under the transaction's lock: items stored, transaction
+    # completed, outbox row (or refused: an abort committed first)
     try:
         return records.complete_verified_upload(catalog, transaction_id, verified)
     except CatalogConflict:  # a concurrent complete committed first: answer with it
@@ -467,6 +529,28 @@ def complete_device_upload(
         if done is None:
             raise
         return done
+    except TransactionStateError:
+        if records.get_transaction(catalog, transaction_id).status == TransactionStatus.ABORTED.value:
+            # the abort deleted what it found; what step 2 assembled after it looked is ours to delete
+            _delete_unrecorded(catalog, assembled)
+        raise
+
+
+def _refuse_if_aborted(catalog: Catalog, transaction_id: str) -> None:
+    status = records.get_transaction(catalog, transaction_id).status
+    if status == TransactionStatus.ABORTED.value:
+        raise TransactionStateError(f"transaction {transaction_id} is aborted; it cannot be completed")
+
+
+def _delete_unrecorded(catalog: Catalog, assembled: list[tuple[ObjectStore, ObjectMeta]]) -> None:
+    """Delete the objects complete checked (each still the version it checked) unless the
+    catalog records that version as stored."""
+    for store, meta in assembled:
+        now = _head(store, meta.key)
+        if now is None or now.etag != meta.etag:
+            continue
+        if records.stored_etag(catalog, store.uri, meta.key) != meta.etag:
+            store.delete(meta.key)
 
 
 def _discard_unverified(catalog: Catalog, transaction_id: str, settings: FerrySettings) -> None:
@@ -493,17 +577,37 @@ def abort_device_upload(
     catalog: Catalog, device_id: str, transaction_id: str, *, reason: str = "aborted by the device",
     settings: FerrySettings | None = None,
 ) -> TransactionInfo:
-    """Abort the device's open transaction: multipart uploads aborted, objects it put
-    deleted. An aborted one stays aborted; a completed one is refused."""
+    """Abort the device's open transaction, then clean up: objects it put deleted (unless
+    the catalog records that version as stored), multipart uploads aborted. The abort
+    commits first, under the transaction's lock, after re-checking that it is not
+    completed (TransactionStateError), so nothing of a completed upload is ever deleted.
+    An aborted one stays aborted. A failed cleanup raises AbortFailed."""
     settings = settings or load_settings()
-    txn = _own(catalog, device_id, transaction_id)
-    if txn.status == TransactionStatus.ABORTED.value:
-        return txn
-    if txn.status == TransactionStatus.COMPLETED.value:
-        raise TransactionStateError(f"transaction {transaction_id} is completed; it cannot be aborted")
-    _discard_unverified(catalog, transaction_id, settings)
-    [info] = abort_transactions(catalog, [transaction_id], reason=reason, settings=settings)
-    return info
+    _own(catalog, device_id, transaction_id)
+    aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
+    failures = []
+    for target in aborted.objects:
+        try:
+            store, _ = open_store(target.store_uri, settings)
+            meta = _head(store, target.key)
+            if meta is not None and meta.etag != target.recorded_etag:
+                store.delete(target.key)
+        except FerryError as exc:
+            failures.append(f"delete {target.store_uri}/{target.key}: {one_line(exc)}")
+    for upload in aborted.uploads:
+        try:
+            store, _ = open_store(upload.store_uri, settings)
+            store.abort_multipart(upload.key, upload.upload_id)
+        except UploadNotFound:
+            pass  # already gone (aborted before, or completed by a complete that lost the race)
+        except FerryError as exc:  # recorded by no open transaction now: reconcile aborts it
+            failures.append(f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}")
+    if failures:
+        log.warning("abort of %s left %d thing(s) behind, e.g. %s", transaction_id, len(failures), failures[0])
+        records.record_abort_incomplete(catalog, transaction_id, failures[0])
+        raise AbortFailed(f"transaction {transaction_id} is aborted, but {len(failures)} cleanup(s) failed, "
+                          f"e.g. {failures[0]}; `ferry reconcile` retries the uploads")
+    return aborted.transaction
 
 
 __all__ = [
