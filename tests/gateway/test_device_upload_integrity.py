@@ -207,6 +207,7 @@ def _race_trials(gw_url: str, catalog, store, token: str, trials: int) -> dict[s
     return outcomes
 
 
+@pytest.mark.slow  # 20 trials: about a minute
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_complete_racing_abort_ends_wholly_one_or_the_other(gateway_factory, backend, request):
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
@@ -217,7 +218,7 @@ def test_complete_racing_abort_ends_wholly_one_or_the_other(gateway_factory, bac
     print(f"{backend}: {outcomes}")
 
 
-@pytest.mark.slow  # the 50 trials, on both catalogs
+@pytest.mark.soak  # the 50 trials, on both catalogs (FERRY_SOAK=1 runs it)
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_complete_racing_abort_fifty_trials(gateway_factory, backend, request):
     url = request.getfixturevalue("sqlite_url" if backend == "sqlite" else "pg_url")
