@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from deployments.server import PrefectServer, api_health, free_port
+from deployments.server import PrefectServer, ServerAddresses, api_health, free_port
 from storage_core.errors import ConfigError
 
 STATE_FILE = "ferry-server.json"
@@ -44,25 +44,13 @@ STOP_TIMEOUT = 20.0
 
 
 @dataclass(frozen=True)
-class LocalServer:
+class LocalServer(ServerAddresses):
     """A server this PREFECT_HOME started (what its state file records)."""
 
     home: Path
     pid: int
     port: int
     started_at: str  # ISO 8601, UTC
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    @property
-    def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.home / "server.log"
 
 
 @dataclass(frozen=True)

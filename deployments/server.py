@@ -88,20 +88,11 @@ def last_error_line(log: str) -> str:
     return (errors or lines or ["(empty log)"])[-1]
 
 
-@dataclass
-class PrefectServer:
-    """`prefect server start` as a child process on 127.0.0.1, with its own PREFECT_HOME.
-
-    `env` is added to this process's environment for the child (e.g. a throwaway
-    `PREFECT_API_DATABASE_CONNECTION_URL`, faster scheduler loops in tests). The process
-    group is terminated by `stop`, also when `start` fails."""
+class ServerAddresses:
+    """Where a local server on `port` with state under `home` answers and logs."""
 
     home: Path
-    port: int = 0
-    env: Mapping[str, str] = field(default_factory=dict)
-    ui: bool = True
-    process: subprocess.Popen[bytes] | None = None
-    _log_start: int = field(default=0, init=False, repr=False)
+    port: int
 
     @property
     def api_url(self) -> str:
@@ -114,6 +105,22 @@ class PrefectServer:
     @property
     def log_path(self) -> Path:
         return self.home / "server.log"
+
+
+@dataclass
+class PrefectServer(ServerAddresses):
+    """`prefect server start` as a child process on 127.0.0.1, with its own PREFECT_HOME.
+
+    `env` is added to this process's environment for the child (e.g. a throwaway
+    `PREFECT_API_DATABASE_CONNECTION_URL`, faster scheduler loops in tests). The process
+    group is terminated by `stop`, also when `start` fails."""
+
+    home: Path
+    port: int = 0
+    env: Mapping[str, str] = field(default_factory=dict)
+    ui: bool = True
+    process: subprocess.Popen[bytes] | None = None
+    _log_start: int = field(default=0, init=False, repr=False)
 
     def child_env(self) -> dict[str, str]:
         env = {**os.environ, **QUIET_ENV, "PREFECT_HOME": str(self.home), **self.env}
@@ -180,4 +187,5 @@ class PrefectServer:
         self.process = None
 
 
-__all__ = ["PrefectServer", "api_health", "database_url_problem", "free_port", "last_error_line", "require_api"]
+__all__ = [
+    "PrefectServer", "ServerAddresses", "api_health", "database_url_problem", "free_port", "last_error_line", "require_api"]
