@@ -25,6 +25,11 @@ def _describe(check: Any) -> dict[str, Any]:
     }
 
 
+def _print_running(server: Any) -> None:
+    out.print(f"local Prefect server running (pid {server.pid}, since {server.started_at})\n"
+              f"  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}", highlight=False, soft_wrap=True)
+
+
 def _note_env() -> None:
     if os.environ.get("PREFECT_API_URL"):
         err.print(f"note: PREFECT_API_URL is set ({os.environ['PREFECT_API_URL']}): flow commands use that API, not this server",
@@ -40,8 +45,7 @@ def server_start(as_json: JsonOpt = False) -> None:
     if as_json:
         emit_json(_describe(check_local_server(prefect_home())))
         return
-    out.print(f"local Prefect server running (pid {server.pid})\n  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}",
-              highlight=False, soft_wrap=True)
+    _print_running(server)
     _note_env()
 
 
@@ -56,8 +60,7 @@ def server_status(as_json: JsonOpt = False) -> None:
         return
     server = check.server
     if check.running and server is not None:
-        out.print(f"local Prefect server running (pid {server.pid}, since {server.started_at})\n"
-                  f"  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}", highlight=False, soft_wrap=True)
+        _print_running(server)
     elif check.state == "unhealthy" and server is not None:
         out.print(f"local Prefect server (pid {server.pid}) runs but its API at {server.api_url} does not answer "
                   f"({check.health}); see {server.log_path}", highlight=False, soft_wrap=True)
