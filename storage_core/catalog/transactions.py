@@ -317,7 +317,8 @@ def transaction_statuses(catalog: Catalog, transaction_ids: Iterable[str]) -> di
     statuses: dict[str, str] = {}
     with catalog.session() as session:
         for chunk in _chunks(sorted(set(transaction_ids))):
-            statuses.update(session.execute(select(Transaction.id, Transaction.status).where(Transaction.id.in_(chunk))))
+            query = select(Transaction.id, Transaction.status).where(Transaction.id.in_(chunk))
+            statuses.update((txn_id, status) for txn_id, status in session.execute(query))
     return statuses
 
 
