@@ -17,14 +17,25 @@ accounted for. Complete and abort take the transaction's row lock and re-check i
 before committing, so a race between them ends as one or the other, never a mix.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
-size and every part's CRC32C (they must combine to the file's CRC32C). Every URL is signed
-with the checksum it must carry, so the store itself refuses other bytes; a part URL is
-only issued for a part list that combines to the file's recorded CRC32C, which is why
-completion can trust the parts' checksums once ListParts shows the planned sizes.
+size and every part's CRC32C (they must combine to the file's CRC32C; begin records them).
+Every URL is signed with the checksum and the Content-Length it must carry, so the store
+itself refuses other bytes and other sizes; part URLs only ever carry the recorded part
+checksums, which is why completion can trust the parts once ListParts shows the planned
+sizes. No URL can write a final key: a single file goes to its staging key
+(storage_core.upload.staging; its URL also signs `Content-Type: application/octet-stream`
+and `If-None-Match: *`, so it writes once), a part to its multipart upload, which dies at
+complete or abort. Complete puts verified bytes in place itself.
+
+One replacement rule for single and multipart files: a path the catalog records as stored
+with other bytes is refused at begin (409 naming it, nothing recorded) unless the device
+declares `replace`; a replacement is put in place only over the recorded version, after its
+new bytes are verified, and the catalog records the new version. Identical bytes are
+skipped.
 
 On a verification failure at complete, every object of the transaction that is not
 recorded as stored is deleted, its multipart uploads aborted, and the transaction aborted:
-nothing unverified is ever recorded or left behind.
+nothing unverified is ever recorded or left behind. A URL used after its transaction
+closed can only put bytes in a dead staging key, which reconcile deletes.
 """
 
 from __future__ import annotations
