@@ -85,14 +85,21 @@ def devices_revoke(
     token_id: Annotated[Optional[int], typer.Option("--token-id", help="Revoke just this token (default: all of the device's).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Revoke a device's tokens: the gateway refuses them from the next request on."""
-    from storage_core.catalog.devices import revoke_device_tokens
+    """Revoke a device's tokens: the gateway refuses them from the next request on. A device
+    left with no live token has its open uploads aborted (multipart uploads aborted, what
+    its URLs put deleted)."""
+    from storage_core.catalog.devices import list_device_tokens, revoke_device_tokens
+    from storage_core.upload.device import abort_device_uploads
 
-    revoked = revoke_device_tokens(open_default_catalog(), device, token_id=token_id)
+    catalog = open_default_catalog()
+    revoked = revoke_device_tokens(catalog, device, token_id=token_id)
+    aborted: list[str] = []
+    if all(t.revoked_at is not None for t in list_device_tokens(catalog, device_id=device)):
+        aborted = abort_device_uploads(catalog, device, reason=f"device {device} revoked")
     if as_json:
-        emit_json({"device_id": device, "revoked": [t.id for t in revoked]})
+        emit_json({"device_id": device, "revoked": [t.id for t in revoked], "aborted": aborted})
         return
-    out.print(f"revoked {len(revoked)} token(s) of device {device}", highlight=False)
+    out.print(f"revoked {len(revoked)} token(s) of device {device}; aborted {len(aborted)} open upload(s)", highlight=False)
 
 
 @devices_app.command("list")
@@ -120,6 +127,7 @@ def device_upload_cmd(
     part_size: Annotated[int, typer.Option("--part-size", help="Bytes per part; larger files go multipart.")] = 16 * 1024 * 1024,
     limit_rate: Annotated[Optional[int], typer.Option("--limit-rate", help="Upload at most this many bytes per second.")] = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Files and parts PUT at once.")] = 4,
+    replace: Annotated[bool, typer.Option("--replace", help="Store files whose path is stored with other bytes in place of that version (refused otherwise).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a folder through the gateway, as a device does; rerun to resume."""
@@ -129,7 +137,7 @@ def device_upload_cmd(
     if not token:
         raise ConfigError("no device token: pass --token or set FERRY_DEVICE_TOKEN")
     report = device_upload(folder, gateway=gateway_url, token=token, device=device, part_size=part_size,
-                           limit_rate=limit_rate, parallel=parallel)
+                           limit_rate=limit_rate, parallel=parallel, replace=replace)
     if as_json:
         emit_json(report)
         return

@@ -90,6 +90,7 @@ class FileIn(BaseModel):
     crc32c: StrictInt
     part_size: StrictInt | None = None
     part_crc32c: list[StrictInt] | None = None
+    replace: bool = Field(default=False, description="store these bytes in place of a stored version of the path")
 
 
 class ManifestIn(BaseModel):
@@ -97,6 +98,7 @@ class ManifestIn(BaseModel):
 
     files: list[FileIn]
     transaction_id: str | None = Field(default=None, max_length=64, description="the device's own id: begin becomes repeatable")
+    replace: bool = Field(default=False, description="every file may replace a stored version of its path")
 
 
 class PartChecksumsIn(BaseModel):
@@ -286,7 +288,8 @@ def create_app(
             if taken is not None and taken.device_id != device_id:
                 raise UnknownUpload(f"no upload transaction {manifest.transaction_id!r} for device {device_id}")
         files = [
-            DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None)
+            DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None,
+                       replace=f.replace or manifest.replace)
             for f in manifest.files
         ]
         state = begin_device_upload(

@@ -61,6 +61,8 @@ def validate_device_id(device_id: str) -> str:
         raise ConfigError(f"invalid device id {device_id!r}: {exc.reason}") from exc
     if "/" in device_id or len(device_id) > MAX_DEVICE_ID:
         raise ConfigError(f"invalid device id {device_id!r}: one path segment of at most {MAX_DEVICE_ID} characters")
+    if device_id.startswith("."):  # hidden names are the gateway's (its .ferry-staging folder)
+        raise ConfigError(f"invalid device id {device_id!r}: it may not start with a dot")
     return device_id
 
 

@@ -206,6 +206,10 @@ class TransactionItem(Base):
     etag: Mapped[str | None] = mapped_column(String(256))
     error: Mapped[str | None] = mapped_column(Text)
     skip_reason: Mapped[str | None] = mapped_column(String(16))  # a SkipReason, set with status skipped
+    # a device's item: the ETag of the stored version it replaces (None: a new path), and
+    # its declared part CRC32Cs (JSON list; multipart only)
+    replaces_etag: Mapped[str | None] = mapped_column(String(256))
+    part_crc32c: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     transaction: Mapped[Transaction] = relationship(back_populates="items")

@@ -18,8 +18,9 @@ server answered, the item once its bytes are verified).
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -271,6 +272,56 @@ def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[
     return stored
 
 
+@dataclass(frozen=True)
+class StoredVersion:
+    """The version of an object the catalog records as stored."""
+
+    size: int
+    crc32c: int
+    etag: str
+
+
+def stored_versions(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[str, StoredVersion]:
+    """{key: version} of the objects the catalog records as stored under `keys`."""
+    stored: dict[str, StoredVersion] = {}
+    with catalog.session() as session:
+        for chunk in _chunks(sorted(set(keys))):
+            query = select(StoredObject.key, StoredObject.size, StoredObject.crc32c, StoredObject.etag).where(
+                StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
+            stored.update((key, StoredVersion(size, value, etag)) for key, size, value, etag in session.execute(query))
+    return stored
+
+
+def open_transactions_of_device(catalog: Catalog, device_id: str, *, origination: str) -> list[str]:
+    """The ids of the device's open transactions of `origination`, oldest first."""
+    with catalog.session() as session:
+        query = select(Transaction.id).where(
+            Transaction.device_id == device_id, Transaction.origination == origination,
+            Transaction.status.in_(OPEN_TRANSACTION_STATES),
+        ).order_by(Transaction.created_at)
+        return list(session.scalars(query))
+
+
+def destinations_of(catalog: Catalog, *, origination: str, since: datetime) -> set[str]:
+    """The destinations (URIs) of transactions of `origination` open or changed since `since`."""
+    with catalog.session() as session:
+        query = select(distinct(Transaction.destination)).where(
+            Transaction.origination == origination,
+            Transaction.status.in_(OPEN_TRANSACTION_STATES) | (Transaction.updated_at >= as_utc(since)),
+        )
+        return set(session.scalars(query))
+
+
+def transaction_statuses(catalog: Catalog, transaction_ids: Iterable[str]) -> dict[str, str]:
+    """{id: status} of the transactions that exist among `transaction_ids`."""
+    statuses: dict[str, str] = {}
+    with catalog.session() as session:
+        for chunk in _chunks(sorted(set(transaction_ids))):
+            query = select(Transaction.id, Transaction.status).where(Transaction.id.in_(chunk))
+            statuses.update((txn_id, status) for txn_id, status in session.execute(query))
+    return statuses
+
+
 def stored_etag(catalog: Catalog, store_uri: str, key: str) -> str | None:
     """The ETag of the object the catalog records as stored at `key`, if any."""
     with catalog.session() as session:
@@ -420,12 +471,15 @@ def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
 
 @dataclass(frozen=True)
 class DeviceItemUpload:
-    """How the device sends one pending item: its multipart upload id and part size, or
-    None and None for a single PUT."""
+    """How the device sends one pending item: its multipart upload id, part size and part
+    CRC32Cs, or None for a single PUT; and the ETag of the stored version it replaces
+    (None: the path is new)."""
 
     item_id: int
     upload_id: str | None
     part_size: int | None
+    part_crc32c: tuple[int, ...] | None = None
+    replaces_etag: str | None = None
 
 
 def mark_items_uploading(catalog: Catalog, transaction_id: str, uploads: Iterable[DeviceItemUpload]) -> bool:
@@ -447,7 +501,10 @@ def mark_items_uploading(catalog: Catalog, transaction_id: str, uploads: Iterabl
         if missing:
             raise TransactionStateError(f"transaction {txn.id}: no upload planned for {len(missing)} item(s), e.g. {missing[0].uri}")
         for item in pending:
-            item.upload_id, item.part_size = uploads[item.id].upload_id, uploads[item.id].part_size
+            planned = uploads[item.id]
+            item.upload_id, item.part_size = planned.upload_id, planned.part_size
+            item.part_crc32c = json.dumps(list(planned.part_crc32c)) if planned.part_crc32c is not None else None
+            item.replaces_etag = planned.replaces_etag
             item.status = ItemStatus.UPLOADING.value
         txn.status = TransactionStatus.UPLOADING.value
         return True
@@ -544,13 +601,27 @@ def completed_upload(catalog: Catalog, transaction_id: str) -> CompletedUpload |
         return _completed(session, txn) if txn.status == TransactionStatus.COMPLETED.value else None
 
 
-def complete_verified_upload(catalog: Catalog, transaction_id: str, verified: Iterable[VerifiedItem]) -> CompletedUpload:
+def complete_verified_upload(
+    catalog: Catalog,
+    transaction_id: str,
+    verified: Iterable[VerifiedItem],
+    *,
+    replacing: Collection[int] = (),
+    replace: Callable[[], Iterable[VerifiedItem]] | None = None,
+) -> CompletedUpload:
     """In one database transaction, under the transaction's lock: the verified items
     stored, the transaction completed and its outbox row written. An already completed
     transaction is answered as it is; an aborted one is refused (TransactionStateError);
-    so is one with an item neither verified here nor already done (UploadIncomplete). CatalogConflict: a concurrent complete
-    committed first (nothing of this call was written; `completed_upload` has its answer)."""
+    so is one with an item neither verified here nor already done (UploadIncomplete).
+    CatalogConflict: a concurrent complete committed first (nothing of this call was
+    written; `completed_upload` has its answer).
+
+    The items `replacing` replace a stored version: once everything else is checked, and
+    still under the lock (so no abort can commit between the store's change and the
+    catalog's), `replace()` puts their new bytes in place and returns them verified. Each
+    must still be the version its item was begun to replace (TransactionStateError)."""
     verified = {v.item_id: v for v in verified}
+    replacing = set(replacing)
     try:
         with catalog.session() as session:
             txn = _locked(session, transaction_id)  # an abort either committed first (seen here) or waits
@@ -558,12 +629,21 @@ def complete_verified_upload(catalog: Catalog, transaction_id: str, verified: It
                 return _completed(session, txn)
             if txn.status not in OPEN_TRANSACTION_STATES:
                 raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it cannot be completed")
-            unverified = [i for i in txn.items if i.status not in DONE_ITEM_STATES and i.id not in verified]
+            unverified = [i for i in txn.items
+                          if i.status not in DONE_ITEM_STATES and i.id not in verified and i.id not in replacing]
             if unverified:
                 first = unverified[0]
                 raise UploadIncomplete(
                     f"{len(unverified)} of {len(txn.items)} file(s) not verified yet, e.g. {first.source_path} ({first.status})"
                 )
+            if replacing:
+                for item in (i for i in txn.items if i.id in replacing):
+                    now = session.scalar(select(StoredObject.etag).where(
+                        StoredObject.store_uri == item.store_uri, StoredObject.key == item.key))
+                    if now != item.replaces_etag:
+                        raise TransactionStateError(
+                            f"{item.source_path}: the stored version changed since this upload began; it was not replaced")
+                verified.update((v.item_id, v) for v in replace())
             for v in verified.values():
                 _store(session, _load_item(session, v.item_id), v.crc32c, v.etag)
             txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
@@ -631,7 +711,9 @@ def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) 
             return AbortedUpload(TransactionInfo.of(txn), (), ())
         open_ = [i for i in txn.items if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)]
         uploads = tuple(InFlightUpload(i.id, i.store_uri, i.key, i.upload_id) for i in open_ if i.upload_id)
-        objects = tuple(_unverified(session, [(i.store_uri, i.key) for i in open_]))
+        # a replacement's final key holds a version the catalog records (or, after a commit
+        # that failed, its verified successor): never deleted here
+        objects = tuple(_unverified(session, [(i.store_uri, i.key) for i in open_ if i.replaces_etag is None]))
         for item in txn.items:
             if item.status in ACTIVE_ITEM_STATES:
                 item.status = ItemStatus.ABORTED.value
@@ -653,7 +735,8 @@ def unverified_objects(catalog: Catalog, transaction_id: str) -> list[Unverified
     the ETag the catalog records as stored at each place, if any."""
     with catalog.session() as session:
         txn = _load(session, transaction_id)
-        targets = [(i.store_uri, i.key) for i in txn.items if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)]
+        targets = [(i.store_uri, i.key) for i in txn.items
+                   if i.status in (*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value) and i.replaces_etag is None]
         return _unverified(session, targets)
 
 
@@ -675,6 +758,7 @@ __all__ = [
     "RecordedPart",
     "TransferProgress",
     "UnverifiedObject",
+    "StoredVersion",
     "VerifiedItem",
     "abort_before_cleanup",
     "begin_transaction",
@@ -682,6 +766,7 @@ __all__ = [
     "complete_verified_upload",
     "completed_upload",
     "destination_key",
+    "destinations_of",
     "find_transaction",
     "get_transaction",
     "in_flight_uploads",
@@ -690,6 +775,7 @@ __all__ = [
     "mark_aborted",
     "mark_items_uploading",
     "open_items",
+    "open_transactions_of_device",
     "record_abort_incomplete",
     "record_item_failed",
     "record_item_stored",
@@ -701,7 +787,9 @@ __all__ = [
     "store_uris_in_flight",
     "stored_etag",
     "stored_sizes",
+    "stored_versions",
     "transaction_store_uris",
     "transaction_progress",
+    "transaction_statuses",
     "unverified_objects",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -49,6 +50,8 @@ class ItemInfo:
     skip_reason: SkipReason | None = None  # set when status is skipped
     mtime_ns: int | None = None  # a file source's identity, with size
     source_etag: str | None = None  # an object source's identity, with size
+    replaces_etag: str | None = None  # a device's item: the stored version it replaces
+    part_crc32c: tuple[int, ...] | None = None  # a device's multipart item: its declared part checksums
 
     @classmethod
     def of(cls, item: TransactionItem) -> ItemInfo:
@@ -73,6 +76,8 @@ class ItemInfo:
             skip_reason=SkipReason(item.skip_reason) if item.skip_reason else None,
             mtime_ns=item.mtime_ns,
             source_etag=item.source_etag,
+            replaces_etag=item.replaces_etag,
+            part_crc32c=tuple(json.loads(item.part_crc32c)) if item.part_crc32c else None,
         )
 
     @property

@@ -144,8 +144,11 @@ class GatewayClient:
     def me(self) -> str:
         return self._call("GET", "/v1/me", keys=("device_id",))["device_id"]
 
-    def begin(self, files: list[dict[str, Any]], transaction_id: str) -> dict[str, Any]:
-        answer = self._call("POST", "/v1/uploads", {"files": files, "transaction_id": transaction_id}, keys=_STATE_KEYS)
+    def begin(self, files: list[dict[str, Any]], transaction_id: str, *, replace: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {"files": files, "transaction_id": transaction_id}
+        if replace:
+            body["replace"] = True
+        answer = self._call("POST", "/v1/uploads", body, keys=_STATE_KEYS)
         return self._state("/v1/uploads", answer, {f["path"] for f in files})
 
     def status(self, transaction_id: str) -> dict[str, Any]:
@@ -294,7 +297,14 @@ def _put_all(http: httpx.Client, pieces: list[tuple[dict[str, Any], Path, int]],
 
 def _put(http: httpx.Client, url: dict[str, Any], path: Path, start: int, throttle: _Throttle,
          stop: threading.Event) -> None:
-    headers = {**url["headers"], "Content-Length": str(url["size"])}
+    """Stream the URL's bytes with exactly the headers the gateway signed into it (the store
+    refuses a request whose length, type or condition differs from the signed ones)."""
+    headers = dict(url["headers"])
+    signed_length = next((v for k, v in headers.items() if k.lower() == "content-length"), None)
+    if signed_length is None:
+        headers["Content-Length"] = str(url["size"])  # a gateway that does not sign it
+    elif signed_length != str(url["size"]):
+        raise GatewayError(f"unexpected answer from the gateway: a URL for {url['size']} bytes signed for {signed_length}")
     try:
         response = http.put(url["url"], content=_stream(path, start, url["size"], throttle, stop), headers=headers)
     except httpx.TransportError as exc:
@@ -355,6 +365,7 @@ def device_upload(
     parallel: int = DEFAULT_PARALLEL,
     attempts: int = 5,
     on_bytes: Callable[[int], None] | None = None,
+    replace: bool = False,
 ) -> DeviceUploadReport:
     """Upload FOLDER/RECORDING/files through the gateway, resuming a previous run of the
     same folder. A file larger than `part_size` goes in parts of `part_size` bytes, raised
@@ -362,7 +373,8 @@ def device_upload(
     storage_core.parts). `parallel` files and parts are PUT at once (memory: one READ_CHUNK each);
     `limit_rate` caps them together. Retryable failures (connection lost, 5xx, an expired
     URL) re-ask the gateway what is stored and go on, up to `attempts` times; a refusal
-    raises GatewayError."""
+    raises GatewayError (a path already stored with other bytes among them, unless
+    `replace` asks to store the new version in its place)."""
     if parallel < 1:
         raise ConfigError(f"parallel must be at least 1 (got {parallel})")
     root = Path(folder)
@@ -391,11 +403,11 @@ def device_upload(
         with httpx.Client(timeout=300) as storage:
             for attempt in range(1, attempts + 1):
                 try:
-                    state = client.begin(wire, txn_id)  # repeatable: the same transaction, fresh URLs
+                    state = client.begin(wire, txn_id, replace=replace)  # repeatable: the same transaction, fresh URLs
                     if state["status"] == "aborted":  # aborted meanwhile (by the device or an operator): start anew
                         txn_id = uuid.uuid4().hex
                         _write_state(root, {"gateway": gateway, "device": device, "transaction_id": txn_id, "files": files})
-                        state = client.begin(wire, txn_id)
+                        state = client.begin(wire, txn_id, replace=replace)
                     if reused is None:
                         reused = sum(len(f["parts_present"]) if f["multipart"] else int(f["uploaded"]) for f in state["files"])
                     pieces = [(url, local[f["path"]], _offset(f, url)) for f in state["files"] for url in f["urls"]]

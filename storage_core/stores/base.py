@@ -9,7 +9,7 @@ asks for it with `isinstance(store, Presign)` (every capability is `runtime_chec
 never with `isinstance` of a store class, so a wrapper store works like the store it wraps.
 
 `ObjectStore` is what every store has (`open_store` returns one). Beyond it, `Presign`
-(an S3Store: URLs a device uses without credentials) and `CopyFile` / `CopyRange` (a
+and `Copy` (an S3Store: URLs a device uses without credentials, server-side copies) and `CopyFile` / `CopyRange` (a
 LocalStore: its objects are local files, so the kernel copies them) are optional.
 """
 
@@ -125,8 +125,11 @@ class Multipart(Protocol):
 
     def list_parts(self, key: str, upload_id: str) -> list[StoredPart]: ...
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> ObjectMeta:
-        """Assemble parts given as (part_number, etag), in order."""
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
+                           if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Assemble parts given as (part_number, etag), in order; with `if_match` only over
+        the object of that ETag, with `if_none_match` only where no object is
+        (PreconditionFailed otherwise, the upload left as it was)."""
         ...
 
     def abort_multipart(self, key: str, upload_id: str) -> None: ...
@@ -138,13 +141,26 @@ class Multipart(Protocol):
 class Presign(Protocol):
     """URLs that let a holder without credentials read or write one key until they expire."""
 
-    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None) -> str: ...
+    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None, size: int | None = None,
+                    content_type: str | None = None, if_none_match: bool = False) -> str:
+        """Each option given is signed: a request with another checksum, length or type, or
+        without `If-None-Match: *`, is refused by the store."""
+        ...
 
     def presign_get(self, key: str, *, expires_in: int) -> str: ...
 
     def presign_upload_part(
-        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
+        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None,
+        size: int | None = None,
     ) -> str: ...
+
+
+@runtime_checkable
+class Copy(Protocol):
+    def copy(self, source_key: str, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Copy an object within the store, server-side, on the condition given (as for
+        `complete_multipart`); the copy keeps the source's checksum."""
+        ...
 
 
 @runtime_checkable
@@ -190,6 +206,7 @@ class ObjectStore(Head, GetRange, GetTail, GetRangeInto, OpenRead, List, Put, De
 
 
 __all__ = [
+    "Copy",
     "CopyFile",
     "CopyRange",
     "Delete",

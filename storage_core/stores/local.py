@@ -314,8 +314,18 @@ class LocalStore:
             parts.append(StoredPart(int(number), path.stat().st_size, f'"{crc_hex}"'))
         return parts
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> ObjectMeta:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
+                           if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
         folder = self._existing_upload(key, upload_id)
+        if if_match is not None or if_none_match:
+            # checked before the install, not atomically with it: no Ferry path asks a
+            # local store for a conditional write (device uploads need Presign)
+            try:
+                now = self.head(key).etag
+            except ObjectNotFound:
+                now = None
+            if (if_none_match and now is not None) or (if_match is not None and now != if_match):
+                raise PreconditionFailed(f"complete multipart upload of {key}: the object exists or changed", key=key)
         stored = {p.part_number: p for p in self.list_parts(key, upload_id)}
         temp = self._temp_path()
         try:

@@ -73,7 +73,9 @@ def _translated(bucket: str, key: str | None, action: str):
         if code in _DENIED or status == 403:
             raise AccessDenied(f"access denied to {where} ({code}): check credentials and permissions", key=key) from exc
         if code == "PreconditionFailed" or status == 412:
-            raise PreconditionFailed(f"{where} changed while it was being read", key=key) from exc
+            if action == "read":
+                raise PreconditionFailed(f"{where} changed while it was being read", key=key) from exc
+            raise PreconditionFailed(f"{action} {where}: refused, the object exists or changed meanwhile", key=key) from exc
         if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"):
             raise IntegrityError(f"{action} {where}: the server received bytes that fail their CRC32C", key=key, retryable=True) from exc
         if code == "NoSuchUpload":
@@ -294,13 +296,16 @@ class S3Store:
                 parts.extend(StoredPart(p["PartNumber"], int(p["Size"]), p["ETag"]) for p in page.get("Parts", []))
         return parts
 
-    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]]) -> ObjectMeta:
+    def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
+                           if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        params: dict[str, Any] = _conditions(if_match, if_none_match)
         with self._where(key, "complete multipart upload of"):
             self.client.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]},
+                **params,
             )
         return self.head(key)
 
@@ -322,11 +327,32 @@ class S3Store:
                 )
         return uploads
 
+    def copy(self, source_key: str, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Server-side copy of `source_key` to `key` (content type and checksum kept), on
+        the condition given: `if_match` the ETag `key` must have now, `if_none_match` that
+        `key` must not exist (PreconditionFailed otherwise, and nothing changes)."""
+        validate_key(source_key)
+        params = _conditions(if_match, if_none_match)
+        with self._where(key, "copy to"):
+            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **params)
+        return self.head(key)
+
     # --- presign ---------------------------------------------------------------------
-    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None) -> str:
+    def presign_put(self, key: str, *, expires_in: int, crc32c: int | None = None, size: int | None = None,
+                    content_type: str | None = None, if_none_match: bool = False) -> str:
+        """A URL for one PUT of `key`. What is given is signed, so the store refuses a
+        request that differs: its CRC32C, its Content-Length (`size`), its Content-Type,
+        and `If-None-Match: *` (the URL creates `key`, never replaces it). The holder must
+        send exactly those headers."""
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if crc32c is not None:
             params["ChecksumCRC32C"] = to_header(crc32c)
+        if size is not None:
+            params["ContentLength"] = size
+        if content_type is not None:
+            params["ContentType"] = content_type
+        if if_none_match:
+            params["IfNoneMatch"] = "*"
         with self._where(key, "presign"):
             return self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=expires_in)
 
@@ -337,11 +363,14 @@ class S3Store:
             )
 
     def presign_upload_part(
-        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None
+        self, key: str, upload_id: str, part_number: int, *, expires_in: int, crc32c: int | None = None,
+        size: int | None = None,
     ) -> str:
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id, "PartNumber": part_number}
         if crc32c is not None:
             params["ChecksumCRC32C"] = to_header(crc32c)  # signed: the store refuses other bytes
+        if size is not None:
+            params["ContentLength"] = size  # signed: the store refuses another length
         with self._where(key, "presign"):
             return self.client.generate_presigned_url("upload_part", Params=params, ExpiresIn=expires_in)
 
@@ -349,6 +378,13 @@ class S3Store:
     def create_bucket(self) -> None:
         with self._where(None, "create bucket"):
             self.unlooped_client.create_bucket(Bucket=self.bucket)
+
+
+def _conditions(if_match: str | None, if_none_match: bool) -> dict[str, Any]:
+    """The conditional-write parameters of a request (S3 refuses both at once)."""
+    if if_match is not None and if_none_match:
+        raise ValueError("if_match and if_none_match exclude each other")
+    return {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"} if if_none_match else {}
 
 
 def _fill(body: Any, view: memoryview) -> int:

@@ -17,14 +17,25 @@ accounted for. Complete and abort take the transaction's row lock and re-check i
 before committing, so a race between them ends as one or the other, never a mix.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
-size and every part's CRC32C (they must combine to the file's CRC32C). Every URL is signed
-with the checksum it must carry, so the store itself refuses other bytes; a part URL is
-only issued for a part list that combines to the file's recorded CRC32C, which is why
-completion can trust the parts' checksums once ListParts shows the planned sizes.
+size and every part's CRC32C (they must combine to the file's CRC32C; begin records them).
+Every URL is signed with the checksum and the Content-Length it must carry, so the store
+itself refuses other bytes and other sizes; part URLs only ever carry the recorded part
+checksums, which is why completion can trust the parts once ListParts shows the planned
+sizes. No URL can write a final key: a single file goes to its staging key
+(storage_core.upload.staging; its URL also signs `Content-Type: application/octet-stream`
+and `If-None-Match: *`, so it writes once), a part to its multipart upload, which dies at
+complete or abort. Complete puts verified bytes in place itself.
+
+One replacement rule for single and multipart files: a path the catalog records as stored
+with other bytes is refused at begin (409 naming it, nothing recorded) unless the device
+declares `replace`; a replacement is put in place only over the recorded version, after its
+new bytes are verified, and the catalog records the new version. Identical bytes are
+skipped.
 
 On a verification failure at complete, every object of the transaction that is not
 recorded as stored is deleted, its multipart uploads aborted, and the transaction aborted:
-nothing unverified is ever recorded or left behind.
+nothing unverified is ever recorded or left behind. A URL used after its transaction
+closed can only put bytes in a dead staging key, which reconcile deletes.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import NoReturn
 
 from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
@@ -56,21 +68,25 @@ from storage_core.errors import (
     InvalidKey,
     ManifestRefused,
     ObjectNotFound,
+    PreconditionFailed,
     TransactionStateError,
     UnknownUpload,
     UploadIncomplete,
     UploadNotFound,
     one_line,
 )
-from storage_core.keys import StorageUri, validate_key
+from storage_core.keys import StorageUri, parse_uri, validate_key
 from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
-from storage_core.upload.transactions import abort_transactions
+from storage_core.upload.staging import delete_staged, staging_key
 
 log = logging.getLogger(__name__)
 ORIGINATION = "device gateway"
+# the one content type of a device's objects: signed into every single-PUT URL (a device
+# cannot make the store serve its bytes as, say, text/html)
+CONTENT_TYPE = "application/octet-stream"
 _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
 GiB = 1024**3
 
@@ -93,6 +109,7 @@ class DeviceFile:
     crc32c: int
     part_size: int | None = None  # set (with part_crc32c) for a multipart upload
     part_crc32c: tuple[int, ...] | None = None
+    replace: bool = False  # may replace a stored version of the path with other bytes
 
 
 @dataclass(frozen=True)
@@ -226,16 +243,34 @@ def require_presign(destination: StorageUri, settings: FerrySettings | None = No
         raise Unsupported(f"{destination.store_uri} cannot presign URLs; use an S3 store")
 
 
-def _presign_part(store: ObjectStore, key: str, upload_id: str, number: int, crc: int, expires_in: int) -> str:
-    return store.presign_upload_part(key, upload_id, number, expires_in=expires_in, crc32c=crc)
-
-
 def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, StoredPart] | None:
     """{part number: part} the store holds, or None when the upload no longer exists."""
     try:
         return {p.part_number: p for p in store.list_parts(key, upload_id)}  # a repeated part: the last wins
     except (ObjectNotFound, UploadNotFound):
         return None
+
+
+def _replaced_versions(catalog: Catalog, store_uri: str, files: list[tuple[str, str, int, int]],
+                       declared: dict[str, DeviceFile]) -> dict[str, str]:
+    """{key: ETag of the stored version} for the (path, key, size, CRC32C) `files` whose path
+    is stored with other bytes: the one replacement rule, for single and multipart files
+    alike. Such a file is refused (TransactionStateError naming its path) unless the
+    device declared `replace`; identical bytes are not a replacement (begin skips them)."""
+    stored = records.stored_versions(catalog, store_uri, [key for _, key, _, _ in files])
+    replaced, refused = {}, []
+    for path, key, size, crc in files:
+        version = stored.get(key)
+        if version is None or (version.size, version.crc32c) == (size, crc):
+            continue
+        if not declared[path].replace:
+            refused.append(path)
+        replaced[key] = version.etag
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise TransactionStateError(f"{refused[0]} is already stored with other bytes{more}; "
+                                    f"declare replace to store the new version in its place")
+    return replaced
 
 
 def _own(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
@@ -286,6 +321,9 @@ def begin_device_upload(
             return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs,
                                         with_urls=existing.status in OPEN_TRANSACTION_STATES,
                                         expires_in=expires_in, settings=settings)
+    _replaced_versions(catalog, destination.store_uri,  # refused before anything is recorded
+                       [(f.path, records.destination_key(destination, e), f.size, f.crc32c)
+                        for f, e in zip(files, entries)], declared)
     try:
         txn = records.begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
                                         source_kind=SourceKind.DEVICE, device_id=device_id,
@@ -294,14 +332,15 @@ def begin_device_upload(
         raise TransactionStateError(f"transaction {transaction_id} is being begun; retry") from None
     busy = [i for i in txn.items if i.skip_reason == SkipReason.BUSY]
     if busy:
-        abort_transactions(catalog, [txn.id], reason=f"not started: {busy[0].uri} {busy[0].error}", settings=settings)
+        abort_device_upload(catalog, device_id, txn.id, reason=f"not started: {busy[0].uri} {busy[0].error}",
+                            settings=settings)
         raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
     try:
         _start_uploads(catalog, txn, declared, settings)
         return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
                                     expires_in=expires_in, settings=settings)
     except BaseException:
-        abort_transactions(catalog, [txn.id], reason="begin failed", settings=settings)
+        abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
         raise
 
 
@@ -316,6 +355,8 @@ def _start_uploads(catalog: Catalog, txn: TransactionInfo, declared: dict[str, D
     pending = [i for i in txn.items if i.status == ItemStatus.PENDING.value]
     if not pending:
         return
+    replaced = _replaced_versions(catalog, pending[0].store_uri,
+                                  [(i.source_path, i.key, i.size, i.crc32c) for i in pending], declared)
     stores: dict[str, ObjectStore] = {}
     planned: list[records.DeviceItemUpload] = []
     recorded = False
@@ -327,7 +368,8 @@ def _start_uploads(catalog: Catalog, txn: TransactionInfo, declared: dict[str, D
                 if info.store_uri not in stores:
                     stores[info.store_uri], _ = open_store(info.store_uri, settings)
                 upload_id = stores[info.store_uri].create_multipart(info.key)
-            planned.append(records.DeviceItemUpload(info.id, upload_id, f.part_size))
+            planned.append(records.DeviceItemUpload(info.id, upload_id, f.part_size, f.part_crc32c,
+                                                    replaced.get(info.key)))
         recorded = records.mark_items_uploading(catalog, txn.id, planned)
     finally:
         if not recorded:
@@ -350,14 +392,19 @@ def device_upload_status(
     expires_in: int = 900,
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
-    """What the store holds for each file, from the store itself (HEAD, ListParts). With
-    `with_urls`, fresh URLs for what is missing: a single file needs nothing more, a
-    multipart file needs its part checksums in `part_crc32c` (checked against the
-    recorded file CRC32C, so every URL ever issued for a part carries a consistent one)."""
+    """What the store holds for each file, from the store itself (HEAD of a single file's
+    staging key, ListParts). With `with_urls`, fresh URLs for what is missing, each signed
+    with everything its request must carry (UploadUrl.headers, sent exactly): a single
+    file's PUT goes to its staging key with its CRC32C, Content-Length, Content-Type and
+    `If-None-Match: *` (written once, never replaced); a part's PUT carries the part
+    CRC32C recorded at begin and its Content-Length. (A transaction begun before part
+    checksums were recorded takes them from `part_crc32c`, checked against the file's
+    CRC32C.)"""
     settings = settings or load_settings()
     part_crc32c = part_crc32c or {}
     txn = _own(catalog, device_id, transaction_id)
     is_open = txn.status in OPEN_TRANSACTION_STATES
+    prefix = parse_uri(txn.destination).prefix
     files = []
     for item in txn.items:
         path, key, size, crc = item.source_path, item.key, item.size, item.crc32c
@@ -376,24 +423,41 @@ def device_upload_status(
                     present = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
                     uploaded = len(present) == len(sizes)
                     if with_urls and not uploaded:
-                        if path not in part_crc32c:
-                            raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
-                        check_part_checksums(path, size, crc, item.part_size, part_crc32c[path])
-                        for n, part_crc in enumerate(part_crc32c[path], 1):
+                        for n, part_crc in enumerate(_part_checksums(item, part_crc32c), 1):
                             if n not in present:
-                                url = _presign_part(store, key, item.upload_id, n, part_crc, expires_in)
-                                headers = {"x-amz-checksum-crc32c": to_header(part_crc)}
+                                url = store.presign_upload_part(key, item.upload_id, n, expires_in=expires_in,
+                                                                crc32c=part_crc, size=sizes[n - 1])
+                                headers = {"x-amz-checksum-crc32c": to_header(part_crc), "Content-Length": str(sizes[n - 1])}
                                 urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
             else:
-                uploaded = _exists(store, key)
+                staged = staging_key(prefix, transaction_id, item.id)
+                uploaded = _exists(store, staged)
                 if with_urls and not uploaded:
-                    url = store.presign_put(key, expires_in=expires_in, crc32c=crc)
-                    urls.append(UploadUrl(url, "PUT", {"x-amz-checksum-crc32c": to_header(crc)}, None, size))
+                    url = store.presign_put(staged, expires_in=expires_in, crc32c=crc, size=size,
+                                            content_type=CONTENT_TYPE, if_none_match=True)
+                    headers = {"x-amz-checksum-crc32c": to_header(crc), "Content-Length": str(size),
+                               "Content-Type": CONTENT_TYPE, "If-None-Match": "*"}
+                    urls.append(UploadUrl(url, "PUT", headers, None, size))
         files.append(
             FileState(path, item.uri, size, item.status, multipart, item.part_size,
                       tuple(sorted(present)), uploaded, tuple(urls))
         )
     return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files))
+
+
+def _part_checksums(item: ItemInfo, given: dict[str, list[int]]) -> tuple[int, ...]:
+    """The part CRC32Cs a multipart item's URLs are signed with: those recorded at begin
+    (a device asking with others is refused), else, for a transaction begun before they
+    were recorded, the device's own, checked against the file's CRC32C."""
+    path = item.source_path
+    if item.part_crc32c is not None:
+        if path in given and tuple(given[path]) != item.part_crc32c:
+            raise ManifestRefused(f"{path}: part checksums other than those declared at begin")
+        return item.part_crc32c
+    if path not in given:
+        raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
+    check_part_checksums(path, item.size, item.crc32c, item.part_size, given[path])
+    return tuple(given[path])
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
@@ -412,13 +476,16 @@ def _head(store: ObjectStore, key: str) -> ObjectMeta | None:
 
 @dataclass(frozen=True)
 class _Arrived:
-    """What step 1 of complete found for one item: the parts of its multipart upload
-    (`parts`), or the single object's HEAD (`head`) — exactly one of them."""
+    """What step 1 of complete found for one item, exactly one of: the parts of its
+    multipart upload (`parts`), its staged single object (`staged`, a HEAD of its staging
+    key), or its final object (`final`: put in place by an earlier complete that did not
+    commit)."""
 
     item: ItemInfo
     store: ObjectStore
     parts: tuple[StoredPart, ...] | None = None
-    head: ObjectMeta | None = None
+    staged: ObjectMeta | None = None
+    final: ObjectMeta | None = None
 
 
 @dataclass(frozen=True)
@@ -454,76 +521,113 @@ def _completable(catalog: Catalog, device_id: str, transaction_id: str) -> Trans
     return txn
 
 
+def _arrivals(txn: TransactionInfo, settings: FerrySettings) -> tuple[list[_Arrived], list[str]]:
+    """Step 1 of complete: what the store holds for each item not done yet, and "path: what
+    is missing" for every item not ready. Reads only."""
+    prefix = parse_uri(txn.destination).prefix
+    arrived: list[_Arrived] = []
+    missing: list[str] = []
+    stores: dict[str, ObjectStore] = {}
+    for item in (i for i in txn.items if i.status not in DONE_ITEM_STATES):
+        path, key = item.source_path, item.key
+        if item.status != ItemStatus.UPLOADING.value:  # pending: its begin has not finished
+            missing.append(f"{path} ({item.status})")
+            continue
+        if item.store_uri not in stores:
+            stores[item.store_uri], _ = open_store(item.store_uri, settings)
+        store = stores[item.store_uri]
+        if item.upload_id is None:
+            staged = _head(store, staging_key(prefix, txn.id, item.id))
+            if staged is None:
+                missing.append(f"{path}: nothing has been uploaded yet")
+            else:
+                arrived.append(_Arrived(item, store, staged=staged))
+            continue
+        found = _present_parts(store, key, item.upload_id)
+        if found is None:  # completed by an earlier complete that did not commit, or aborted
+            final = _head(store, key)
+            if final is None or (item.replaces_etag is not None and final.etag == item.replaces_etag):
+                missing.append(f"{path}: nothing has been uploaded yet")
+            else:
+                arrived.append(_Arrived(item, store, final=final))
+            continue
+        sizes = part_sizes(item.size, item.part_size)
+        absent = [n for n in range(1, len(sizes) + 1) if n not in found]
+        if absent:
+            missing.append(f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})")
+            continue
+        arrived.append(_Arrived(item, store, parts=tuple(p for _, p in sorted(found.items()))))
+    return arrived, missing
+
+
 def complete_device_upload(
     catalog: Catalog, device_id: str, transaction_id: str, *, settings: FerrySettings | None = None
 ) -> CompletedUpload:
-    """Verify every file against the store and complete the transaction, writing its
-    outbox row in the same database transaction. Replayed: the same answer, nothing new.
-    Any file not uploaded (a pending item included): UploadIncomplete naming how many and
-    one, nothing changed. Wrong bytes: IntegrityError, the transaction's unverified objects
-    deleted, its uploads aborted, the transaction aborted. Aborted meanwhile (complete and
-    abort serialize on the transaction's lock): TransactionStateError, and the objects this
-    call assembled deleted."""
+    """Verify every file against the store, put it in place and complete the transaction,
+    writing its outbox row in the same database transaction. Replayed: the same answer,
+    nothing new. Any file not uploaded (a pending item included): UploadIncomplete naming
+    how many and one, nothing changed. Wrong bytes: IntegrityError, the transaction
+    aborted and everything it put in the store deleted.
+
+    In place means: a single file's verified staged object copied server-side to its
+    final key, a multipart upload completed there; for a new path only where no object
+    is (an object that appeared meanwhile is an IntegrityError), for a replacement (see
+    `begin_device_upload`) only over the version it was begun to replace, and under the
+    transaction's lock, in the database transaction that records the new version (an
+    abort cannot come between them). New paths are put in place before the lock: an abort
+    that commits first makes this call delete what it put. The staging objects go last."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:
         return records.completed_upload(catalog, transaction_id)
 
     # 1. everything present? (nothing changes when not)
-    arrived: list[_Arrived] = []
-    missing: list[str] = []  # "path: what is missing", for every file not ready
-    for item in (i for i in txn.items if i.status not in DONE_ITEM_STATES):
-        path, key = item.source_path, item.key
-        if item.status != ItemStatus.UPLOADING.value:  # pending: its begin has not finished
-            missing.append(f"{path} ({item.status})")
-            continue
-        store, _ = open_store(item.store_uri, settings)
-        if item.upload_id is not None:
-            found = _present_parts(store, key, item.upload_id)
-            if found is not None:
-                sizes = part_sizes(item.size, item.part_size)
-                absent = [n for n in range(1, len(sizes) + 1) if n not in found]
-                if absent:
-                    missing.append(f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})")
-                    continue
-                wrong = [n for n, p in sorted(found.items()) if n > len(sizes) or sizes[n - 1] != p.size]
-                if wrong:
-                    _fail(catalog, transaction_id, item.id,
-                          f"{path}: part {wrong[0]} has {found[wrong[0]].size} bytes, not as planned", settings)
-                arrived.append(_Arrived(item, store, parts=tuple(p for _, p in sorted(found.items()))))
-                continue
-        head = _head(store, key)
-        if head is None:
-            missing.append(f"{path}: nothing has been uploaded yet")
-            continue
-        arrived.append(_Arrived(item, store, head=head))
+    arrived, missing = _arrivals(txn, settings)
     if missing:
+        done = records.completed_upload(catalog, transaction_id)  # a concurrent complete got there first
+        if done is not None:
+            return done
         raise UploadIncomplete(f"{len(missing)} of {len(txn.items)} file(s) not uploaded yet, e.g. {missing[0]}")
 
-    # 2. assemble (with the parts step 1 listed) and verify (against the HEAD step 1 got)
+    # 2. verify; put new paths in place
     verified: list[VerifiedItem] = []
-    assembled: list[tuple[ObjectStore, ObjectMeta]] = []
+    assembled: list[tuple[ObjectStore, ObjectMeta]] = []  # what this call put at a final key
+    replacing: list[tuple[_Arrived, int]] = []  # (arrival, its verified CRC32C): step 3 puts them in place
     for a in arrived:
         item = a.item
-        try:
-            if a.parts is None:
-                meta, known = a.head, None
-            else:
-                meta = a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts])
-                known = item.crc32c  # every part was verified by the store against a checksum combining to it
-        except (ObjectNotFound, UploadNotFound):
-            _refuse_if_aborted(catalog, transaction_id)  # an abort aborted the upload under us
-            raise UploadIncomplete(f"{item.source_path}: nothing has been uploaded yet") from None
-        assembled.append((a.store, meta))
-        check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c, known=known)
+        if a.parts is not None:
+            sizes = part_sizes(item.size, item.part_size)
+            wrong = [p for p in a.parts if p.part_number > len(sizes) or sizes[p.part_number - 1] != p.size]
+            if wrong:
+                _fail(catalog, txn, item.id, f"{item.source_path}: part {wrong[0].part_number} has {wrong[0].size} bytes, not as planned", settings)
+            # every part URL was signed with a part CRC32C (those recorded at begin), and
+            # they combine to the file's: the store verified the bytes part by part
+            if item.replaces_etag is not None:
+                replacing.append((a, item.crc32c))
+                continue
+            meta = _put_in_place(catalog, txn, a, settings)
+            assembled.append((a.store, meta))
+            check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c, known=item.crc32c)
+        else:
+            meta = a.staged or a.final
+            check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c)
+            if check.problem is None and a.staged is not None:
+                if item.replaces_etag is not None:
+                    replacing.append((a, check.crc32c))
+                    continue
+                meta = _put_in_place(catalog, txn, a, settings, crc32c=check.crc32c)
+                assembled.append((a.store, meta))
         if check.problem:
-            _fail(catalog, transaction_id, item.id, f"{item.source_path}: {check.problem}", settings)
+            _fail(catalog, txn, item.id, f"{item.source_path}: {check.problem}", settings)
         verified.append(VerifiedItem(item.id, check.crc32c, meta.etag))
 
-    # 3. one database transaction, under the transaction's lock: items stored, transaction
-    # completed, outbox row (or refused: an abort committed first)
+    # 3. one database transaction, under the transaction's lock: replacements put in place,
+    # items stored, transaction completed, outbox row (or refused: an abort committed first)
     try:
-        return records.complete_verified_upload(catalog, transaction_id, verified)
+        done = records.complete_verified_upload(
+            catalog, transaction_id, verified, replacing=[a.item.id for a, _ in replacing],
+            replace=lambda: _replace(txn, replacing),
+        )
     except CatalogConflict:  # a concurrent complete committed first: answer with it
         done = records.completed_upload(catalog, transaction_id)
         if done is None:
@@ -531,9 +635,69 @@ def complete_device_upload(
         return done
     except TransactionStateError:
         if records.get_transaction(catalog, transaction_id).status == TransactionStatus.ABORTED.value:
-            # the abort deleted what it found; what step 2 assembled after it looked is ours to delete
+            # the abort deleted what it found; what step 2 put in place after it looked is ours to delete
             _delete_unrecorded(catalog, assembled)
         raise
+    _clean_staging(txn, settings)
+    return done
+
+
+def _put_in_place(catalog: Catalog, txn: TransactionInfo, a: _Arrived, settings: FerrySettings, *,
+                  crc32c: int | None = None) -> ObjectMeta:
+    """A new path's verified bytes at its final key, only where no object is: its multipart
+    upload completed, or its staged object copied (`crc32c`: the staged object's). An
+    object there already is an IntegrityError (the transaction discarded), unless it is
+    this file's own bytes, put there by an earlier complete that did not commit."""
+    item, path = a.item, a.item.source_path
+    try:
+        if a.parts is not None:
+            return a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts],
+                                              if_none_match=True)
+        return a.store.copy(a.staged.key, item.key, if_none_match=True)
+    except (ObjectNotFound, UploadNotFound):
+        _refuse_if_aborted(catalog, txn.id)  # an abort aborted the upload, or deleted the staged copy, under us
+        raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
+    except PreconditionFailed:
+        there = _head(a.store, item.key)
+        if there is not None and a.staged is not None and (there.size, there.crc32c) == (item.size, crc32c):
+            return there
+        _fail(catalog, txn, item.id, f"{path}: another object appeared at its destination meanwhile", settings)
+
+
+def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> list[VerifiedItem]:
+    """Step 3's replacements, run under the transaction's lock: every stored version first
+    checked to be the one replaced (so none is replaced when one has changed), then each
+    put in place on that condition. TransactionStateError when one has changed."""
+    for a, _ in replacing:
+        now = _head(a.store, a.item.key)
+        if now is None or now.etag != a.item.replaces_etag:
+            raise TransactionStateError(f"{a.item.source_path}: the stored version changed in the store since "
+                                        f"this upload began; nothing was replaced")
+    verified = []
+    for a, crc in replacing:
+        item = a.item
+        try:
+            if a.parts is not None:
+                meta = a.store.complete_multipart(item.key, item.upload_id,
+                                                  [(p.part_number, p.etag) for p in a.parts], if_match=item.replaces_etag)
+            else:
+                meta = a.store.copy(a.staged.key, item.key, if_match=item.replaces_etag)
+        except PreconditionFailed:
+            raise TransactionStateError(f"{item.source_path}: the stored version changed in the store meanwhile; "
+                                        f"it was not replaced") from None
+        verified.append(VerifiedItem(item.id, crc, meta.etag))
+    return verified
+
+
+def _clean_staging(txn: TransactionInfo, settings: FerrySettings) -> list[str]:
+    """Delete the transaction's staging objects; what could not be deleted is returned
+    (and logged), and left to reconcile."""
+    destination = parse_uri(txn.destination)
+    try:
+        store, _ = open_store(destination.store_uri, settings)
+    except FerryError as exc:
+        return [f"{destination}: {one_line(exc)}"]
+    return delete_staged(store, destination.prefix, txn.id).failed
 
 
 def _refuse_if_aborted(catalog: Catalog, transaction_id: str) -> None:
@@ -543,7 +707,7 @@ def _refuse_if_aborted(catalog: Catalog, transaction_id: str) -> None:
 
 
 def _delete_unrecorded(catalog: Catalog, assembled: list[tuple[ObjectStore, ObjectMeta]]) -> None:
-    """Delete the objects complete checked (each still the version it checked) unless the
+    """Delete the objects complete put in place (each still the version it put) unless the
     catalog records that version as stored."""
     for store, meta in assembled:
         now = _head(store, meta.key)
@@ -553,23 +717,14 @@ def _delete_unrecorded(catalog: Catalog, assembled: list[tuple[ObjectStore, Obje
             store.delete(meta.key)
 
 
-def _discard_unverified(catalog: Catalog, transaction_id: str, settings: FerrySettings) -> None:
-    """Delete objects a device put for this transaction's open items, unless the catalog
-    records that exact object as stored (an older version someone relies on)."""
-    for target in records.unverified_objects(catalog, transaction_id):
-        store, _ = open_store(target.store_uri, settings)
-        try:
-            meta = store.head(target.key)
-        except ObjectNotFound:
-            continue
-        if target.recorded_etag != meta.etag:
-            store.delete(target.key)
-
-
-def _fail(catalog: Catalog, transaction_id: str, item_id: int, problem: str, settings: FerrySettings) -> None:
-    _discard_unverified(catalog, transaction_id, settings)
+def _fail(catalog: Catalog, txn: TransactionInfo, item_id: int, problem: str, settings: FerrySettings) -> NoReturn:
+    """The item failed verification: recorded, the transaction aborted (everything it put
+    in the store deleted), IntegrityError raised."""
     records.record_item_failed(catalog, item_id, problem, final=True)
-    abort_transactions(catalog, [transaction_id], reason=f"verification failed: {problem}", settings=settings)
+    try:
+        abort_device_upload(catalog, txn.device_id, txn.id, reason=f"verification failed: {problem}", settings=settings)
+    except AbortFailed as exc:  # aborted; what is left behind is reconcile's
+        log.warning("%s", one_line(exc))
     raise IntegrityError(f"{problem}; the upload was discarded")
 
 
@@ -577,15 +732,16 @@ def abort_device_upload(
     catalog: Catalog, device_id: str, transaction_id: str, *, reason: str = "aborted by the device",
     settings: FerrySettings | None = None,
 ) -> TransactionInfo:
-    """Abort the device's open transaction, then clean up: objects it put deleted (unless
-    the catalog records that version as stored), multipart uploads aborted. The abort
-    commits first, under the transaction's lock, after re-checking that it is not
-    completed (TransactionStateError), so nothing of a completed upload is ever deleted.
-    An aborted one stays aborted. A failed cleanup raises AbortFailed."""
+    """Abort the device's open transaction, then clean up: its staging objects deleted,
+    objects a complete put at new paths deleted (unless the catalog records that version
+    as stored), multipart uploads aborted. The abort commits first, under the
+    transaction's lock, after re-checking that it is not completed (TransactionStateError),
+    so nothing of a completed upload is ever deleted. An aborted one stays aborted, and
+    aborting it again deletes what its URLs put since. A failed cleanup raises AbortFailed."""
     settings = settings or load_settings()
     _own(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
-    failures = []
+    failures = _clean_staging(aborted.transaction, settings)
     for target in aborted.objects:
         try:
             store, _ = open_store(target.store_uri, settings)
@@ -610,7 +766,27 @@ def abort_device_upload(
     return aborted.transaction
 
 
+def abort_device_uploads(catalog: Catalog, device_id: str, *, reason: str,
+                         settings: FerrySettings | None = None) -> list[str]:
+    """Abort every open upload of the device (when it is revoked), each as
+    `abort_device_upload` does. Returns their ids; AbortFailed after trying them all when
+    a cleanup failed."""
+    ids = records.open_transactions_of_device(catalog, device_id, origination=ORIGINATION)
+    failed = []
+    for transaction_id in ids:
+        try:
+            abort_device_upload(catalog, device_id, transaction_id, reason=reason, settings=settings)
+        except TransactionStateError:
+            pass  # completed meanwhile: nothing to abort
+        except AbortFailed as exc:
+            failed.append(one_line(exc))
+    if failed:
+        raise AbortFailed(f"{len(failed)} of {len(ids)} upload(s) of {device_id} left something behind, e.g. {failed[0]}")
+    return ids
+
+
 __all__ = [
+    "CONTENT_TYPE",
     "ORIGINATION",
     "CompletedUpload",
     "DeviceFile",
@@ -620,6 +796,7 @@ __all__ = [
     "UploadLimits",
     "UploadUrl",
     "abort_device_upload",
+    "abort_device_uploads",
     "begin_device_upload",
     "check_manifest",
     "check_part_checksums",

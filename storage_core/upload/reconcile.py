@@ -1,4 +1,6 @@
-"""Find and abort multipart uploads no open transaction can resume (orphans)."""
+"""Find and clean up what no open transaction can use any more (orphans): multipart
+uploads none records, and objects device URLs put in the staging folder of a transaction
+that has closed (storage_core.upload.staging)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.transactions import recorded_upload_ids, store_uris_in_flight
+from storage_core.catalog.models import OPEN_TRANSACTION_STATES
+from storage_core.catalog.transactions import (
+    destinations_of,
+    recorded_upload_ids,
+    store_uris_in_flight,
+    transaction_statuses,
+)
 from storage_core.config import FerrySettings
 from storage_core.errors import BucketNotFound, FerryError, one_line
+from storage_core.keys import parse_uri
 from storage_core.stores.registry import open_store
+from storage_core.upload.device import ORIGINATION as DEVICE_ORIGINATION
+from storage_core.upload.staging import staging_prefix, transaction_of
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +33,7 @@ ORPHAN_SEARCH_MARGIN = timedelta(days=7)
 
 @dataclass(frozen=True)
 class OrphanReport:
-    aborted: list[str]  # "store/key (upload id)"
+    aborted: list[str]  # "store/key (upload id)", and "store/key (staged)" for staged objects deleted
     failed: list[str]
     gone: list[str] = field(default_factory=list)  # "store: reason": its bucket no longer exists
 
@@ -65,7 +76,41 @@ def abort_orphaned_uploads(catalog: Catalog, settings: FerrySettings, *, older_t
             except FerryError as exc:
                 log.warning("could not abort orphaned upload %s: %s", label, exc)
                 failed.append(f"{label}: {one_line(exc)}")
-    return OrphanReport(aborted=aborted, failed=failed, gone=gone)
+    staged = delete_stale_staging(catalog, settings, older_than=older_than)
+    return OrphanReport(aborted=aborted + staged.aborted, failed=failed + staged.failed, gone=gone)
 
 
-__all__ = ["ORPHAN_SEARCH_MARGIN", "OrphanReport", "abort_orphaned_uploads", "stores_to_search"]
+def delete_stale_staging(catalog: Catalog, settings: FerrySettings, *, older_than: timedelta) -> OrphanReport:
+    """Delete staged objects older than `older_than` whose transaction is not open (or
+    unknown): bytes a device URL put after its upload completed or was aborted, or a
+    cleanup that failed. Searched under the destinations of device uploads open or changed
+    within `older_than` plus the margin."""
+    since = datetime.now(timezone.utc) - older_than - ORPHAN_SEARCH_MARGIN
+    cutoff = datetime.now(timezone.utc) - older_than
+    deleted, failed = [], []
+    for uri in sorted(destinations_of(catalog, origination=DEVICE_ORIGINATION, since=since)):
+        destination = parse_uri(uri)
+        try:
+            store, _ = open_store(destination.store_uri, settings)
+            found = [m for m in store.list(staging_prefix(destination.prefix))
+                     if m.last_modified is None or m.last_modified < cutoff]
+        except BucketNotFound:
+            continue  # reported as gone by the orphan search
+        except FerryError as exc:
+            failed.append(f"{uri}: {one_line(exc)}")
+            continue
+        owners = {m.key: transaction_of(m.key, destination.prefix) for m in found}
+        statuses = transaction_statuses(catalog, {t for t in owners.values() if t})
+        for meta in found:
+            if statuses.get(owners[meta.key]) in OPEN_TRANSACTION_STATES:
+                continue
+            label = f"{destination.store_uri}/{meta.key} (staged)"
+            try:
+                store.delete(meta.key)
+                deleted.append(label)
+            except FerryError as exc:
+                failed.append(f"{label}: {one_line(exc)}")
+    return OrphanReport(aborted=deleted, failed=failed)
+
+
+__all__ = ["ORPHAN_SEARCH_MARGIN", "OrphanReport", "abort_orphaned_uploads", "delete_stale_staging", "stores_to_search"]

@@ -189,10 +189,21 @@ def abort_transactions(
     transaction aborted with `reason`. Already-aborted ones are left as they are; completed
     ones are refused. If a storage abort fails, that transaction stays open (so a later
     abort or reconcile retries it) and AbortFailed is raised after the others are done; an
-    upload whose bucket no longer exists needs no abort."""
+    upload whose bucket no longer exists needs no abort. A device's upload is aborted as
+    the gateway aborts it (storage_core.upload.device): its staged and unverified objects
+    deleted too."""
+    from storage_core.upload.device import ORIGINATION as DEVICE_ORIGINATION, abort_device_upload  # imports this module
+
     settings = settings or load_settings()
     results, failures = [], []
     for transaction_id in transaction_ids:
+        txn = records.get_transaction(catalog, transaction_id)
+        if txn.origination == DEVICE_ORIGINATION and txn.device_id is not None:
+            try:
+                results.append(abort_device_upload(catalog, txn.device_id, transaction_id, reason=reason, settings=settings))
+            except AbortFailed as exc:
+                failures.append(one_line(exc))
+            continue
         failed_here = []
         for upload in records.in_flight_uploads(catalog, transaction_id):
             label = f"{upload.store_uri}/{upload.key} (upload {upload.upload_id})"

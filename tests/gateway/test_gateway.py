@@ -255,8 +255,15 @@ def test_size_mismatch_at_complete_discards_everything(gateway):
     files = [single("cam-1/r/good.bin", good), {**single("cam-1/r/bad.bin", bad), "size": 1001}]
     with gateway.http() as http:
         state = http.post("/v1/uploads", json={"files": files}).json()
-        upload_all(state, {"cam-1/r/good.bin": good, "cam-1/r/bad.bin": bad})
+        good_url, bad_url = (f["urls"][0] for f in state["files"])
+        assert put(good_url, good) == 200
+        # the URL signs Content-Length: 1000 bytes cannot go through a URL for 1001
+        assert put({**bad_url, "headers": {**bad_url["headers"], "Content-Length": "1000"}}, bad) == 403
         txn = state["transaction_id"]
+        refused(http.post(f"/v1/uploads/{txn}/complete"), 409, "nothing has been uploaded yet")
+        # put at its staging key around the gateway (with storage credentials)
+        staged = next(o.key for o in gateway.store.list("lake/.ferry-staging/") if o.size == 2000)
+        gateway.store.put(staged.rsplit("/", 1)[0] + f"/{int(staged.rsplit('/', 1)[1]) + 1}", bad, size=1000)
         refused(http.post(f"/v1/uploads/{txn}/complete"), 422, "size 1000 does not match the declared 1001")
         refused(http.post(f"/v1/uploads/{txn}/complete"), 409, "aborted")
     assert_nothing_stored(gateway)
