@@ -394,7 +394,6 @@ class ArchiveWriter:
     def _fail(self, exc: OSError, archive: _OpenArchive | None) -> ArchiveError:
         path = archive.open_path if archive is not None else self.folder
         self._failed = _describe(exc, "write archive", path)
-        log.error("%s; records written before stay in %s", self._failed, self.folder)
         return self._failed
 
     # --- the threads -------------------------------------------------------------------------
@@ -482,8 +481,11 @@ class ArchiveWriter:
         if archive is not None:
             if self._failed is None:
                 self._closing.put(archive)
-            else:
-                archive.file.close()  # broken mid-write: left .open for recovery
+            else:  # broken mid-write: left .open for recovery
+                try:
+                    archive.file.close()
+                except OSError:
+                    pass  # the same failure again, already raised by write()
         self._closing.put(None)
         self._threads[0].join()
         self._events.put(None)
