@@ -191,6 +191,7 @@ class ArchiveWriter:
         self._next_archive, self._next_record = next_archive, next_record
         self._first_written: int | None = None
         self._chunk_bytes = self._disk_bytes = 0  # for the expected size of the open chunk
+        self._ratio = 1.0
         self._archives = 0
         self._current: _OpenArchive | None = None
         self._lock = threading.Lock()
@@ -275,10 +276,10 @@ class ArchiveWriter:
                 raise ArchiveError("the archive writer is closed", path=str(self.folder))
             archive = self._current
             try:
-                if archive is not None and self._due(archive, len(data)):
-                    archive = self._roll_locked(open_next=True)
-                elif archive is None:
+                if archive is None:
                     archive = self._current = self._open_next()
+                elif (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
+                    archive = self._roll_locked(open_next=True)
                 channel = archive.channels.get(topic)
                 if channel is None:
                     channel = self._add_channel(archive, topic)
@@ -319,20 +320,18 @@ class ArchiveWriter:
     def _due(self, archive: _OpenArchive, size: int) -> bool:
         if not archive.records:
             return False
-        if self.roll_size is not None and archive.written + (archive.pending + size + RECORD_OVERHEAD) * self._ratio() > self.roll_size:
+        if self.roll_size is not None and archive.written + (archive.pending + size + RECORD_OVERHEAD) * self._ratio > self.roll_size:
             return True
         return self.roll_every is not None and time.monotonic() - archive.opened >= self.roll_every
-
-    def _ratio(self) -> float:
-        """Bytes on disk per byte put into chunks so far (compression and framing): what the
-        open chunk is expected to take once written."""
-        return self._disk_bytes / self._chunk_bytes if self._chunk_bytes else 1.0
 
     def _write_chunk(self, archive: _OpenArchive) -> None:
         archive.writer.flush()  # finishes the chunk and hands it to the OS
         written = archive.file.tell()
         self._chunk_bytes += archive.pending
         self._disk_bytes += written - archive.written
+        # bytes on disk per byte put into chunks (compression, framing): what the open chunk
+        # is expected to take once written
+        self._ratio = self._disk_bytes / self._chunk_bytes if self._chunk_bytes else 1.0
         archive.written, archive.pending = written, 0
 
     def _add_channel(self, archive: _OpenArchive, topic: str) -> int:
