@@ -32,6 +32,7 @@
     │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
     ├── TokenRefused                 a device token that is unknown, malformed or revoked
     ├── GatewayError                 the device gateway refused (4xx) or could not be reached
+    ├── ArchiveError                 a device's rolling archives cannot be written (disk full, read-only, in use)
     ├── IngestFailed                 an ingest run's failure, in one line
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
@@ -217,6 +218,15 @@ class GatewayError(FerryError):
         self.status = status
 
 
+class ArchiveError(FerryError):
+    """A device's rolling archive cannot be written or its folder cannot be used (disk full,
+    read-only, another writer holds it). Records written before it stay in the folder."""
+
+    def __init__(self, message: str, *, path: str | None = None, retryable: bool | None = None) -> None:
+        super().__init__(message, retryable=retryable)
+        self.path = path
+
+
 class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
@@ -238,6 +248,7 @@ def one_line(exc: BaseException) -> str:
 __all__ = [
     "AbortFailed",
     "AccessDenied",
+    "ArchiveError",
     "BenchmarkFailed",
     "BucketNotFound",
     "CatalogConflict",

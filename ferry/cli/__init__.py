@@ -11,6 +11,7 @@ import sys
 import typer
 
 from ferry.cli import (  # noqa: F401 - each module registers its commands on `app`
+    archive_cmds,
     bench_cmds,
     catalog_cmds,
     gateway_cmds,

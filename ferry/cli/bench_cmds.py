@@ -1,4 +1,4 @@
-"""`ferry bench upload|download|summary`: pass-through to the benchmarks in `bench/`."""
+"""`ferry bench upload|download|summary|archive`: pass-through to the benchmarks in `bench/`."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def bench_download(ctx: typer.Context) -> None:
 def bench_summary(ctx: typer.Context) -> None:
     """Ferry's range-read MCAP summary vs a full download + mcap vs mcap's SeekingReader."""
     _bench("summary", ctx.args)
+
+
+@bench_app.command("archive", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_archive(ctx: typer.Context) -> None:
+    """Ferry's rolling archive (durability group and close) vs the mcap Python writer: records/s, MB/s, overhead per record."""
+    _bench("archive", ctx.args)

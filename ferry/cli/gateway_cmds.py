@@ -128,6 +128,10 @@ def device_upload_cmd(
     limit_rate: Annotated[Optional[int], typer.Option("--limit-rate", help="Upload at most this many bytes per second.")] = None,
     parallel: Annotated[int, typer.Option("--parallel", min=1, help="Files and parts PUT at once.")] = 4,
     replace: Annotated[bool, typer.Option("--replace", help="Store files whose path is stored with other bytes in place of that version (refused otherwise).")] = False,
+    archives: Annotated[bool, typer.Option("--archives", help="FOLDER holds rolling archives: hand each closed one over exactly once.")] = False,
+    keep_uploaded: Annotated[bool, typer.Option("--keep-uploaded", help="--archives: move uploaded archives under uploaded/ instead of deleting them.")] = False,
+    keep_bytes: Annotated[Optional[int], typer.Option("--keep-bytes", help="--archives: drop the oldest uploaded archives beyond this many bytes.")] = None,
+    keep_archives: Annotated[Optional[int], typer.Option("--keep-archives", help="--archives: drop the oldest uploaded archives beyond this many.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Upload a folder through the gateway, as a device does; rerun to resume."""
@@ -136,6 +140,18 @@ def device_upload_cmd(
     token = token or os.environ.get("FERRY_DEVICE_TOKEN")
     if not token:
         raise ConfigError("no device token: pass --token or set FERRY_DEVICE_TOKEN")
+    if archives:
+        from storage_core.device.archive.handoff import hand_off
+
+        handed = hand_off(folder, gateway=gateway_url, token=token, device=device, keep_uploaded=keep_uploaded,
+                          keep_bytes=keep_bytes, keep_archives=keep_archives)
+        if as_json:
+            emit_json(handed)
+        else:
+            out.print(f"{len(handed.uploaded)} archive(s) uploaded, {len(handed.removed)} removed locally,"
+                      f" {len(handed.pending)} pending" + (" (back-pressure: over the retention budget)" if handed.back_pressure else ""),
+                      highlight=False)
+        return
     report = device_upload(folder, gateway=gateway_url, token=token, device=device, part_size=part_size,
                            limit_rate=limit_rate, parallel=parallel, replace=replace)
     if as_json:

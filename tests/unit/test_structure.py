@@ -37,11 +37,12 @@ def _run(code: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_the_device_client_loads_nothing_of_the_server(tmp_path: Path) -> None:
+def test_the_device_side_loads_nothing_of_the_server(tmp_path: Path) -> None:
     code = (
         "import json, sys\n"
         "import storage_core.device\n"
         "from storage_core.device.client import device_upload\n"
+        "import storage_core.device.archive\n"
         f"print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}} & set({list(SERVER_SIDE)!r}))))\n"
     )
     done = _run(code, tmp_path)

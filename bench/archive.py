@@ -1,0 +1,102 @@
+"""Benchmark: recording records into MCAP, Ferry's rolling archive vs the `mcap` Python writer.
+
+Sides, each in its own process (bench.harness), writing the same records (topic, log time,
+metadata {"i": N}, payload) framed the same way (storage_core.device.archive.format):
+- mcap:         `mcap.writer.Writer` (zstd, 1 MiB chunks, chunk and data CRCs), one file,
+                flushed and fsynced at the end;
+- ferry-group:  `ArchiveWriter`, durability `group` (a chunk written and fsynced every 100 ms),
+                no roll;
+- ferry-close:  `ArchiveWriter`, durability `close`.
+Throughput counts payload bytes; overhead per record is (file bytes - payload bytes) / records.
+Rounds alternate the sides (the machine is shared); the median round of each side is shown.
+
+Usage: python -m bench.archive [--records-256 200000] [--records-64k 2000] [--rounds 3]
+       (or `ferry bench archive`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mcap.writer import CompressionType, Writer
+
+from storage_core.device.archive import ArchiveWriter
+from storage_core.device.archive.format import RECORD_ENCODING, encode_record
+
+
+
+def _payloads(count: int, size: int):
+    """Random payloads (incompressible, so file bytes minus payload bytes is the format's overhead)."""
+    for i in range(count):
+        yield i, os.urandom(size)
+
+
+def mcap_side(folder: str, count: int, size: int) -> dict[str, Any]:
+    path = Path(folder, "mcap.mcap")
+    records = list(_payloads(count, size))
+    started = time.perf_counter()
+    with open(path, "wb") as handle:
+        writer = Writer(handle, chunk_size=1024 * 1024, compression=CompressionType.ZSTD, enable_crcs=True, enable_data_crcs=True)
+        writer.start()
+        channel = writer.register_channel("/bench", RECORD_ENCODING, 0)
+        for i, payload in records:
+            now = time.time_ns()
+            writer.add_message(channel, now, encode_record({"i": str(i)}, payload), now, i)
+        writer.finish()
+        handle.flush()
+        os.fsync(handle.fileno())
+    return {"op_seconds": time.perf_counter() - started, "file_bytes": path.stat().st_size}
+
+
+def ferry_side(folder: str, count: int, size: int, durability: str) -> dict[str, Any]:
+    target = Path(folder, f"ferry-{durability}")
+    records = list(_payloads(count, size))
+    started = time.perf_counter()
+    with ArchiveWriter(target, durability=durability) as writer:
+        for i, payload in records:
+            writer.write(payload, topic="/bench", metadata={"i": str(i)})
+    seconds = time.perf_counter() - started
+    return {"op_seconds": seconds, "file_bytes": sum(p.stat().st_size for p in target.glob("*.mcap"))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.harness import run_python
+
+    parser = argparse.ArgumentParser(prog="ferry bench archive", description=__doc__.splitlines()[0])
+    parser.add_argument("--records-256", type=int, default=200_000, help="records of 256 B (default 200000)")
+    parser.add_argument("--records-64k", type=int, default=2_000, help="records of 64 KiB (default 2000)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    sides = [("mcap", mcap_side, ()), ("ferry-group", ferry_side, ("group",)), ("ferry-close", ferry_side, ("close",))]
+    for size, count in ((256, args.records_256), (64 * 1024, args.records_64k)):
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
+        for _ in range(args.rounds):
+            for name, func, extra in sides:
+                with tempfile.TemporaryDirectory(prefix="ferry-bench-archive-") as scratch:
+                    result = run_python(name, func, scratch, count, size, *extra, nbytes=count * size)
+                    runs[name].append(result.extra)
+        payload_bytes = count * size
+        print(f"\n{count:,} records of {size:,} B payload (+ metadata {{'i': N}}), zstd; median of {args.rounds} rounds")
+        print(f"{'side':<13} {'records/s':>11} {'MB/s':>8} {'x mcap':>7} {'file bytes':>13} {'overhead B/record':>18} {'vs mcap':>8}")
+        base = statistics.median(r["op_seconds"] for r in runs["mcap"])
+        base_overhead = None
+        for name, _, _ in sides:
+            seconds = statistics.median(r["op_seconds"] for r in runs[name])
+            file_bytes = int(statistics.median(r["file_bytes"] for r in runs[name]))
+            overhead = (file_bytes - payload_bytes) / count
+            base_overhead = overhead if base_overhead is None else base_overhead
+            print(f"{name:<13} {count / seconds:>11,.0f} {payload_bytes / 1e6 / seconds:>8.1f} {base / seconds:>7.2f}"
+                  f" {file_bytes:>13,} {overhead:>18.1f} {(file_bytes / (payload_bytes + base_overhead * count) - 1) * 100:>7.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

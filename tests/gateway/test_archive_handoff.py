@@ -1,0 +1,108 @@
+"""Closed archives handed to a real gateway (SeaweedFS, SQLite catalog) exactly once:
+stored byte-exact, removed locally only afterwards, a killed `ferry device-upload --archives`
+rerun without a second upload; retention drops uploaded archives first, never the rest."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from storage_core.catalog.queries import list_objects
+from storage_core.device.archive import ArchiveWriter
+from storage_core.device.archive.handoff import LEDGER, hand_off
+from storage_core.errors import GatewayError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def record(folder: Path, count: int, *, roll_size: int = 64 * 1024) -> dict[str, bytes]:
+    with ArchiveWriter(folder, roll_size=roll_size, compression="none") as writer:
+        for i in range(count):
+            writer.write(os.urandom(200), metadata={"i": str(i)})
+    return {p.name: p.read_bytes() for p in folder.glob("*.mcap")}
+
+
+def stored(gateway, recording: str, name: str, size: int) -> bytes | None:
+    try:
+        return gateway.store.get_range(f"lake/cam-1/{recording}/{name}", 0, size)
+    except Exception:  # noqa: BLE001 - not stored (yet)
+        return None
+
+
+def test_archives_are_stored_once_then_removed_and_a_rerun_sends_nothing(gateway, tmp_path: Path) -> None:
+    folder = tmp_path / "rec"
+    archives = record(folder, 1_000)
+    assert len(archives) >= 3
+    report = hand_off(folder, gateway=gateway.url, token=gateway.token)
+    assert sorted(report.uploaded) == sorted(archives) == sorted(report.removed)
+    for name, data in archives.items():
+        assert stored(gateway, "rec", name, len(data)) == data
+    assert not list(folder.glob("*.mcap")) and not (folder / ".handoff").exists()
+    again = hand_off(folder, gateway=gateway.url, token=gateway.token)
+    assert again.uploaded == [] and again.pending == []
+    assert len(list_objects(gateway.catalog)) == len(archives)
+
+
+@pytest.mark.slow
+def test_killed_hand_offs_never_upload_twice_nor_lose_an_archive(gateway, tmp_path: Path) -> None:
+    folder = tmp_path / "rec"
+    archives = record(folder, 3_000)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "ferry.cli", "device-upload", str(folder), "--archives", "--gateway", gateway.url,
+               "--token", gateway.token]  # fmt: skip
+    rng = random.Random(15)
+    kills = 0
+    for trial in range(40):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            # imports take ~1 s; the first runs are cut early, so kills land before, during and between uploads
+            process.wait(timeout=rng.uniform(0.8, 2.5) if trial < 5 else 60)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+        for name, data in archives.items():  # removed locally only once stored, byte-exact
+            if not (folder / name).exists():
+                assert stored(gateway, "rec", name, len(data)) == data, (trial, name)
+        if process.returncode == 0:
+            break
+    else:
+        pytest.fail("device-upload --archives never finished")
+    print(f"{kills} kill(s) before the run that finished")
+    assert kills >= 1 and not list(folder.glob("*.mcap"))
+    for name, data in archives.items():
+        assert stored(gateway, "rec", name, len(data)) == data
+    assert len(list_objects(gateway.catalog)) == len(archives)  # one object each: nothing stored twice
+
+
+def test_retention_drops_uploaded_archives_first_and_pushes_back_otherwise(tmp_path: Path) -> None:
+    folder = tmp_path / "rec"
+    archives = sorted(record(folder, 1_000, roll_size=32 * 1024))
+    assert len(archives) >= 6
+    sent: list[str] = []
+
+    def upload(stage: Path, **_: object) -> None:
+        sent.extend(p.name for p in stage.rglob("*.mcap"))
+
+    report = hand_off(folder, gateway="http://unused", token="t", upload=upload, keep_uploaded=True, keep_archives=3)
+    assert sent == archives and report.removed == archives
+    assert sorted(p.name for p in (folder / "uploaded").iterdir()) == archives[-3:]  # the oldest dropped
+    assert report.dropped == archives[:-3] and not report.back_pressure
+
+    more = sorted(set(record(folder, 1_000, roll_size=32 * 1024)))
+
+    def failing(stage: Path, **_: object) -> None:
+        raise GatewayError("gateway down", retryable=True)
+
+    with pytest.raises(GatewayError):
+        hand_off(folder, gateway="http://unused", token="t", upload=failing, keep_uploaded=True, keep_archives=3)
+    assert sorted(p.name for p in folder.glob("*.mcap")) == more  # nothing not yet uploaded is ever dropped
+    report = hand_off(folder, gateway="http://unused", token="t", upload=upload, keep_uploaded=True, keep_archives=100)
+    assert report.uploaded == more and (folder / LEDGER).exists()

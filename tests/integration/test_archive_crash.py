@@ -1,0 +1,171 @@
+"""Rolling archives under real crashes: a writer SIGKILLed while records stream in (each
+durability mode keeps what it promises), a full disk and a read-only folder (one line,
+nothing already written lost)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcap.reader import make_reader
+
+from storage_core.device.archive import read_archives, recover_folder, scan_archive
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = """
+import sys
+from storage_core.device.archive import ArchiveWriter
+writer = ArchiveWriter(sys.argv[1], durability=sys.argv[2], roll_size=64 * 1024, group_ms=20, chunk_size=16 * 1024)
+for line in sys.stdin:
+    i = int(line)
+    writer.write((f"record {i} " * (1 + i % 5)).encode(), metadata={"i": str(i)})
+    sys.stdout.write(f"{i}\\n")
+    sys.stdout.flush()
+"""
+
+
+def payload(i: int) -> bytes:
+    return (f"record {i} " * (1 + i % 5)).encode()
+
+
+def env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}, "PYTHONPATH": str(ROOT)}
+
+
+class Recorder:
+    """A writer process fed numbers on stdin that acknowledges each record once `write` returned."""
+
+    def __init__(self, folder: Path, durability: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), durability], stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, env=env(), text=True, bufsize=1)  # fmt: skip
+        self.acked = -1
+
+    def send(self, start: int, stop: int) -> None:
+        for i in range(start, stop):
+            self.process.stdin.write(f"{i}\n")
+        self.process.stdin.flush()
+
+    def stream(self, start: int) -> threading.Thread:
+        def feed() -> None:
+            try:
+                self.send(start, start + 1_000_000)
+            except (BrokenPipeError, OSError, ValueError):
+                pass  # killed
+
+        thread = threading.Thread(target=feed, daemon=True)
+        thread.start()
+        return thread
+
+    def wait_acks(self, upto: int) -> None:
+        while self.acked < upto:
+            line = self.process.stdout.readline()
+            assert line, "the writer exited"
+            self.acked = int(line)
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=60)
+        self.process.stdout.close()
+
+
+def check_prefix(folder: Path, at_least: int) -> int:
+    """Recover the folder; its records must be 0..k-1 exactly (k >= at_least), undamaged,
+    and every file must read with the `mcap` library."""
+    recover_folder(folder)
+    assert not list(folder.glob("*.open"))
+    records = list(read_archives([folder]))
+    assert [r.sequence for r in records] == list(range(len(records)))
+    assert len(records) >= at_least
+    assert all(r.payload == payload(r.sequence) and r.metadata == {"i": str(r.sequence)} for r in records)
+    for path in folder.glob("*.mcap"):
+        with open(path, "rb") as handle:
+            assert sum(1 for _ in make_reader(handle, validate_crcs=True).iter_messages()) == scan_archive(path).records
+    return len(records)
+
+
+def wait_until(condition, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_sigkill_with_durability_record_loses_no_acknowledged_record(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, "record")
+    recorder.stream(0)
+    recorder.wait_acks(300)
+    recorder.kill()
+    check_prefix(tmp_path, at_least=recorder.acked + 1)
+
+
+def test_sigkill_with_durability_group_loses_at_most_the_last_group(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, "group")
+    recorder.send(0, 2_000)
+    recorder.wait_acks(1_999)
+    # idle now: within group-ms (20 ms) the flusher writes the open chunk without any new record
+    wait_until(lambda: sum(1 for _ in read_archives([tmp_path])) == 2_000, "the group flush")
+    recorder.stream(2_000)
+    recorder.wait_acks(4_000)
+    recorder.kill()
+    check_prefix(tmp_path, at_least=2_000)
+
+
+# --- a full disk, a read-only folder ------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only; skipped elsewhere)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def ferry(*args: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "ferry.cli", *args], input=stdin, env=env(), capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+
+
+def lines(count: int, size: int) -> str:
+    return "".join(
+        f'{{"metadata": {{"i": "{i}"}}, "payload_b64": "{base64.b64encode(os.urandom(size)).decode()}"}}\n' for i in range(count)
+    )
+
+
+def test_a_full_disk_stops_with_one_line_and_keeps_what_was_written(small_disk: Path) -> None:
+    folder = small_disk / "a"
+    done = ferry("archive", "record", str(folder), "--roll-size", "256KiB", "--chunk-size", "32KiB", stdin=lines(400, 8_000))
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("error: cannot ") and "No space left on device" in line, done.stderr
+    readable = list(read_archives([folder]))  # closed archives and the .open one, to their last intact record
+    assert readable and [r.sequence for r in readable] == list(range(len(readable)))
+    subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
+    recover_folder(folder)
+    assert [r.sequence for r in read_archives([folder])] == [r.sequence for r in readable]
+
+
+def test_a_read_only_folder_is_one_line_and_touches_nothing(small_disk: Path) -> None:
+    folder = small_disk / "a"
+    done = ferry("archive", "record", str(folder), stdin='{"payload": "kept"}\n')
+    assert done.returncode == 0, done.stderr
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    refused = ferry("archive", "record", str(folder), stdin='{"payload": "refused"}\n')
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [f"error: cannot use the archive folder {folder}: Read-only file system"]
+    assert [r.payload for r in read_archives([folder])] == [b"kept"]
