@@ -96,6 +96,9 @@ def archive_record(
         durability=durability, group_ms=group_ms, compression=compression,
         chunk_size=parse_size(chunk_size, "--chunk-size"), name_template=name,
     )
+    for recovered in writer.recovered:
+        for lost in recovered.possibly_lost:
+            err.print(f"recovered {recovered.output}: sequences {lost.text()} in a crash", highlight=False, soft_wrap=True)
     try:
         for number, line in enumerate(sys.stdin, start=1):
             if not line.strip():
@@ -114,6 +117,10 @@ def _range_json(d) -> dict:
     return {"start": d.start, "end": d.end, "reason": d.reason, "lost_from": d.lost_from, "lost_to": d.lost_to, "lost": d.lost}
 
 
+def _lost_json(lost) -> dict:
+    return {"first": lost.first, "last": lost.last, "count": lost.count}
+
+
 def _lost_text(d) -> str:
     if d.lost_from is None and d.lost_to is None:
         return "sequences lost: unknown"
@@ -129,17 +136,21 @@ def archive_verify(
     paths: Annotated[list[str], typer.Argument(help="Archives, folders or glob patterns.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every chunk of each archive: records, sequence and time ranges, and every
-    damaged byte range with the sequences lost. Exits 3 when anything is damaged."""
-    from storage_core.device.archive import archive_paths, scan_archive
+    """Check every chunk of each archive: records, sequence and time ranges, every damaged
+    byte range with the sequences lost, and the sequences possibly lost in a crash (named
+    by recovery, or skipped between two consecutive archives). Exits 3 when anything is
+    damaged or possibly lost."""
+    from storage_core.device.archive import archive_paths, scan_archive, sequence_gaps
 
     scans = [scan_archive(p) for p in archive_paths(paths)]
+    gaps = sequence_gaps(scans)
     if as_json:
         emit_json([
             {"path": str(s.path), "size": s.size, "closed": s.closed, "intact": s.intact, "records": s.records,
              "archive_sequence": s.archive_sequence, "first_sequence": s.first_sequence, "last_sequence": s.last_sequence,
              "start_time_ns": s.start_time, "end_time_ns": s.end_time, "topics": s.topics,
-             "damaged": [_range_json(d) for d in s.damaged], "problems": s.problems}
+             "damaged": [_range_json(d) for d in s.damaged], "problems": s.problems,
+             "possibly_lost": [_lost_json(lost) for lost in [*s.possibly_lost, *gaps.get(s.path, [])]]}
             for s in scans
         ])
     else:
@@ -151,7 +162,11 @@ def archive_verify(
                 out.print(f"  damaged bytes [{d.start}, {d.end}): {d.reason}; {_lost_text(d)}", highlight=False, soft_wrap=True)
             for problem in s.problems:
                 out.print(f"  {problem}", highlight=False, soft_wrap=True)
-    if any(not s.intact for s in scans):
+            for lost in s.possibly_lost:
+                out.print(f"  sequences {lost.text()} in a crash, after this archive", highlight=False, soft_wrap=True)
+            for lost in gaps.get(s.path, []):
+                out.print(f"  sequences {lost.text()} in a crash, before this archive", highlight=False, soft_wrap=True)
+    if any(not s.intact or s.possibly_lost for s in scans) or gaps:
         raise typer.Exit(EXIT_LOST)
 
 
@@ -170,13 +185,15 @@ def archive_recover(
         emit_json({"source": str(report.source), "output": str(report.output) if report.output else None,
                    "records": report.records, "first_sequence": report.first_sequence, "last_sequence": report.last_sequence,
                    "closed": report.closed, "lost": report.lost, "damaged": [_range_json(d) for d in report.damaged],
-                   "problems": report.problems})
+                   "problems": report.problems, "possibly_lost": [_lost_json(lost) for lost in report.possibly_lost]})
     else:
         out.print(f"{report.records} record(s) into {report.output}", highlight=False, soft_wrap=True)
         for d in report.damaged:
             out.print(f"  damaged bytes [{d.start}, {d.end}): {d.reason}; {_lost_text(d)}", highlight=False, soft_wrap=True)
         for problem in report.problems:
             out.print(f"  {problem}", highlight=False, soft_wrap=True)
+        for lost in report.possibly_lost:
+            out.print(f"  sequences {lost.text()} in an earlier crash (kept in the output)", highlight=False, soft_wrap=True)
     if report.lost:
         err.print(f"lost: {len(report.damaged)} damaged range(s) in {path}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_LOST)

@@ -16,10 +16,19 @@ A process killed (SIGKILL) loses only what was not yet written to the file; an f
 matters for power loss. Either way the `.open` file holds every intact record, and
 reopening the folder (`ArchiveWriter`, `recover_folder`) turns it into a valid archive.
 
-Sequence numbers: records are numbered across archives (never reused within a folder),
-archives too, so a gap means loss. Names come from a template with strftime fields (UTC)
-and `{seq}`; an existing name is never reused (the sequence moves on). One writer per
-folder (an flock on `.ferry-archive.lock`).
+Sequence numbers: records are numbered across archives, archives too, and a number is
+never used twice in a folder, even across a crash, so a gap means (possible) loss. Record
+numbers are reserved in blocks (hi-lo): `.ferry-archive.json` says `next_record`, the
+first number no record may have yet, and it is written and fsynced before any number below
+it is handed out. The flusher reserves the next block ahead of need; a writer that runs
+out reserves on its own thread and doubles the block (1,024 up to 1,048,576). A clean
+close gives the unused numbers back (`next_record` becomes the next number). After a
+crash the next writer starts at the reserved end, so every number the dead writer may have
+handed out but no archive holds is skipped: recovery names them `possibly lost N..M`
+(`RecoveryReport.possibly_lost`, a `ferry.possibly_lost` record in the recovered archive,
+the quarantine note, `ferry archive verify`). Names come from a template with strftime
+fields (UTC) and `{seq}`; an existing name is never reused (the sequence moves on). One
+writer per folder (an flock on `.ferry-archive.lock`).
 
 Callbacks (`on_open`, `on_close`, each taking an `ArchiveInfo`) run on their own thread:
 one that raises is logged and changes nothing else; a slow one delays only later callbacks.
@@ -53,6 +62,7 @@ from storage_core.device.archive.format import (
     check_template,
     encode_record,
 )
+from storage_core.device.archive.recover import RecoveryReport, recover_folder
 from storage_core.errors import ArchiveError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -63,6 +73,7 @@ DEFAULT_CHUNK_SIZE = 1 * MiB
 DEFAULT_GROUP_MS = 100
 LOCK_FILE = ".ferry-archive.lock"
 STATE_FILE = ".ferry-archive.json"
+RESERVE_MIN, RESERVE_MAX = 1024, 1 << 20  # record numbers reserved at a time (see the module docstring)
 # a Message record's head (opcode, length, channel, sequence, two times) and its MessageIndex
 # entry: what a record costs beyond its data, counted in the open chunk's size
 RECORD_OVERHEAD = 9 + 22 + 16
@@ -175,12 +186,12 @@ class ArchiveWriter:
         self.on_open, self.on_close = on_open, on_close
 
         self._lock_fd = self._take_folder()
+        self.recovered: list[RecoveryReport] = []  # what reopening the folder recovered
         try:
             next_archive, next_record = self._read_state()
             if recover:
-                from storage_core.device.archive.recover import recover_folder
-
-                for recovered in recover_folder(self.folder):
+                self.recovered = recover_folder(self.folder, reserved_end=next_record)
+                for recovered in self.recovered:
                     if recovered.archive_sequence is not None:
                         next_archive = max(next_archive, recovered.archive_sequence + 1)
                     if recovered.last_record is not None:
@@ -189,6 +200,9 @@ class ArchiveWriter:
             os.close(self._lock_fd)
             raise
         self._next_archive, self._next_record = next_archive, next_record
+        self._reserved = next_record  # numbers below this are ours to hand out (durable in the state file)
+        self._block = RESERVE_MIN
+        self._state_lock = threading.RLock()  # one state file write at a time (writer, flusher)
         self._first_written: int | None = None
         self._chunk_bytes = self._disk_bytes = 0  # for the expected size of the open chunk
         self._ratio = 1.0
@@ -250,14 +264,25 @@ class ArchiveWriter:
         last = scan_archive(newest[1]).last_sequence
         return next_archive, newest[0] if last is None else last + 1
 
-    def _write_state(self) -> None:
-        """The counters, durable before the archive that uses them exists."""
-        tmp = self.folder / (STATE_FILE + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump({"next_archive": self._next_archive, "next_record": self._next_record}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / STATE_FILE)
+    def _write_state(self, *, next_record: int | None = None) -> None:
+        """The counters (`next_record`: the reserved end unless given), durable before the
+        archive or the record numbers they cover are used."""
+        with self._state_lock:
+            tmp = self.folder / (STATE_FILE + ".tmp")
+            with open(tmp, "w") as handle:
+                value = self._reserved if next_record is None else next_record
+                json.dump({"next_archive": self._next_archive, "next_record": value}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.folder / STATE_FILE)
+            fsync_folder(self.folder)
+
+    def _reserve(self, end: int) -> None:
+        """Make record numbers below `end` ours (durably) unless they are already."""
+        with self._state_lock:  # re-entered by _write_state: one reservation at a time
+            if end > self._reserved:
+                self._write_state(next_record=end)
+                self._reserved = end
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -284,6 +309,9 @@ class ArchiveWriter:
                 if channel is None:
                     channel = self._add_channel(archive, topic)
                 sequence = self._next_record
+                if sequence >= self._reserved:  # the flusher did not keep ahead: a bigger block
+                    self._block = min(self._block * 2, RESERVE_MAX)
+                    self._reserve(sequence + self._block)
                 archive.writer.add_message(channel, when, data, when, sequence & 0xFFFFFFFF)
                 archive.records += 1
                 archive.pending += len(data) + RECORD_OVERHEAD
@@ -416,6 +444,13 @@ class ArchiveWriter:
                 except OSError as exc:
                     self._fail(exc, archive)
                     continue
+                # keep half a block of numbers ahead, so write() rarely waits for the state file
+                reserve = self._next_record + self._block if self._reserved - self._next_record < self._block // 2 else None
+            if reserve is not None:
+                try:
+                    self._reserve(reserve)
+                except OSError as exc:
+                    log.error("cannot reserve record numbers in %s: %s", self.folder / STATE_FILE, exc)
             if to_sync is not None:
                 with to_sync.sync_lock:  # outside the writer's lock: records keep flowing meanwhile
                     if not to_sync.closed:
@@ -473,10 +508,13 @@ class ArchiveWriter:
                 return self._report()
             self._closed = True
             archive, self._current = self._current, None
-            if self._failed is None:
-                self._write_state()
         self._stop.set()
         self._threads[2].join()
+        if self._failed is None:  # the unused reserved numbers go back: no gap after a clean close
+            try:
+                self._write_state(next_record=self._next_record)
+            except OSError as exc:
+                self._failed = _describe(exc, "write the state of", self.folder)
         if archive is not None:
             if self._failed is None:
                 self._closing.put(archive)
