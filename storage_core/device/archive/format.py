@@ -74,14 +74,16 @@ def encode_record(metadata: dict[str, str] | None, payload: bytes) -> bytes:
     """Message data for (metadata, payload)."""
     if not metadata:
         return b"\0\0\0\0" + payload
-    parts = []
+    parts = [b""]
+    pack = _U32.pack
     for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
+        if type(key) is not str or type(value) is not str:  # noqa: E721 - str subclasses could encode otherwise
             raise ConfigError(f"record metadata must map str to str, not {type(key).__name__} to {type(value).__name__}")
         k, v = key.encode(), value.encode()
-        parts += [_U32.pack(len(k)), k, _U32.pack(len(v)), v]
-    body = b"".join(parts)
-    return _U32.pack(len(body)) + body + payload
+        parts += (pack(len(k)), k, pack(len(v)), v)
+    parts[0] = pack(sum(map(len, parts)))
+    parts.append(payload)
+    return b"".join(parts)
 
 
 def decode_record(data: bytes | memoryview) -> tuple[dict[str, str], bytes]:

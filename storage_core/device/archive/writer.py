@@ -49,8 +49,6 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from mcap.writer import CompressionType, Writer
-
 from storage_core.device.archive.format import (
     ARCHIVE_METADATA,
     CHANNEL_METADATA,
@@ -62,6 +60,7 @@ from storage_core.device.archive.format import (
     check_template,
     encode_record,
 )
+from storage_core.device.archive.mcap_file import COMPRESSIONS, McapFile
 from storage_core.device.archive.recover import RecoveryReport, recover_folder
 from storage_core.errors import ArchiveError, ConfigError
 
@@ -74,14 +73,11 @@ DEFAULT_GROUP_MS = 100
 LOCK_FILE = ".ferry-archive.lock"
 STATE_FILE = ".ferry-archive.json"
 RESERVE_MIN, RESERVE_MAX = 1024, 1 << 20  # record numbers reserved at a time (see the module docstring)
-# a Message record's head (opcode, length, channel, sequence, two times) and its MessageIndex
-# entry: what a record costs beyond its data, counted in the open chunk's size
-RECORD_OVERHEAD = 9 + 22 + 16
+# a Message record's head (opcode, length, channel, sequence, two times): what a record adds
+# to the open chunk beyond its data
+RECORD_OVERHEAD = 9 + 22
 # archives waiting for the closer thread; past this many, a roll waits (bounded memory)
 MAX_CLOSING = 4
-_NEVER = 2**62  # the mcap Writer's own chunk size: Ferry decides when a chunk is written
-
-_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
 
 
 class Durability(str, Enum):
@@ -112,7 +108,7 @@ class WriterReport:
 class _OpenArchive:
     """One archive being written: its file, its mcap Writer and what has gone into it."""
 
-    def __init__(self, open_path: Path, final_path: Path, sequence: int, first_record: int, file, writer: Writer) -> None:
+    def __init__(self, open_path: Path, final_path: Path, sequence: int, first_record: int, file, writer: McapFile) -> None:
         self.open_path, self.final_path = open_path, final_path
         self.sequence, self.first_record = sequence, first_record
         self.file, self.writer = file, writer
@@ -121,9 +117,13 @@ class _OpenArchive:
         self.channels: dict[str, int] = {}
         self.records = 0
         self.written = 0  # bytes handed to the file so far
-        self.pending = 0  # bytes in the open chunk (uncompressed, with per-record overhead)
         self.sync_lock = threading.Lock()  # a flusher's fsync vs the closer's close
         self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes in the open chunk (uncompressed)."""
+        return self.writer.pending
 
     def info(self, path: Path | None = None) -> ArchiveInfo:
         return ArchiveInfo(path or self.open_path, self.sequence, self.first_record, self.records, self.written + self.pending)
@@ -168,8 +168,8 @@ class ArchiveWriter:
         on_close: Callable[[ArchiveInfo], object] | None = None,
         recover: bool = True,
     ) -> None:
-        if compression not in _COMPRESSION:
-            raise ConfigError(f"compression must be one of {', '.join(_COMPRESSION)}, not {compression!r}")
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
         if roll_size is not None and roll_size <= 0 or roll_every is not None and roll_every <= 0:
             raise ConfigError("roll size and roll interval must be positive")
         if group_ms <= 0 or chunk_size <= 0:
@@ -182,7 +182,7 @@ class ArchiveWriter:
         self.template = check_template(name_template)
         self.roll_size, self.roll_every = roll_size, roll_every
         self.group_s, self.chunk_size = group_ms / 1000, chunk_size
-        self.compression = _COMPRESSION[compression]
+        self.compression = compression
         self.on_open, self.on_close = on_open, on_close
 
         self._lock_fd = self._take_folder()
@@ -312,16 +312,16 @@ class ArchiveWriter:
                 if sequence >= self._reserved:  # the flusher did not keep ahead: a bigger block
                     self._block = min(self._block * 2, RESERVE_MAX)
                     self._reserve(sequence + self._block)
-                archive.writer.add_message(channel, when, data, when, sequence & 0xFFFFFFFF)
+                mcap = archive.writer
+                mcap.add_message(channel, when, data, sequence & 0xFFFFFFFF)
                 archive.records += 1
-                archive.pending += len(data) + RECORD_OVERHEAD
                 self._next_record = sequence + 1
                 if self._first_written is None:
                     self._first_written = sequence
-                if archive.pending >= self.chunk_size or self.durability is Durability.RECORD:
+                if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
                     self._write_chunk(archive)
                 if self.durability is Durability.RECORD:
-                    os.fsync(archive.fd)
+                    os.fdatasync(archive.fd)  # the data and the size: what recovery reads
             except OSError as exc:
                 raise self._fail(exc, archive) from exc
         return sequence
@@ -353,17 +353,17 @@ class ArchiveWriter:
         return self.roll_every is not None and time.monotonic() - archive.opened >= self.roll_every
 
     def _write_chunk(self, archive: _OpenArchive) -> None:
-        archive.writer.flush()  # finishes the chunk and hands it to the OS
-        written = archive.file.tell()
         self._chunk_bytes += archive.pending
+        archive.writer.write_chunk()  # and hands it to the OS
+        written = archive.writer.position
         self._disk_bytes += written - archive.written
         # bytes on disk per byte put into chunks (compression, framing): what the open chunk
         # is expected to take once written
         self._ratio = self._disk_bytes / self._chunk_bytes if self._chunk_bytes else 1.0
-        archive.written, archive.pending = written, 0
+        archive.written = written
 
     def _add_channel(self, archive: _OpenArchive, topic: str) -> int:
-        channel = archive.writer.register_channel(topic, RECORD_ENCODING, 0)
+        channel = archive.writer.register_channel(topic, RECORD_ENCODING)
         # outside the chunks too, so recovery can name records after a damaged chunk
         archive.writer.add_metadata(CHANNEL_METADATA, {"id": str(channel), "topic": topic})
         archive.channels[topic] = channel
@@ -386,8 +386,7 @@ class ArchiveWriter:
         self._next_archive = sequence + 1
         try:
             self._write_state()
-            writer = Writer(file, chunk_size=_NEVER, compression=self.compression, enable_crcs=True, enable_data_crcs=True)
-            writer.start(profile=PROFILE, library="ferry")
+            writer = McapFile(file, compression=self.compression, profile=PROFILE, library="ferry")
             writer.add_metadata(
                 ARCHIVE_METADATA,
                 {"archive_sequence": str(sequence), "first_record_sequence": str(self._next_record), "opened": now.isoformat()},
@@ -399,7 +398,7 @@ class ArchiveWriter:
             file.close()
             raise
         archive = _OpenArchive(open_path, final, sequence, self._next_record, file, writer)
-        archive.written = file.tell()
+        archive.written = writer.position
         self._archives += 1
         self._notify(self.on_open, archive.info())
         return archive
@@ -455,7 +454,7 @@ class ArchiveWriter:
                 with to_sync.sync_lock:  # outside the writer's lock: records keep flowing meanwhile
                     if not to_sync.closed:
                         try:
-                            os.fsync(to_sync.fd)
+                            os.fdatasync(to_sync.fd)
                         except OSError as exc:
                             log.error("fsync of %s failed: %s", to_sync.open_path, exc)
 
@@ -477,7 +476,7 @@ class ArchiveWriter:
                 archive.writer.finish()
                 archive.file.flush()
                 os.fsync(archive.fd)
-                archive.written, archive.pending = archive.file.tell(), 0
+                archive.written = archive.writer.position
             finally:
                 archive.closed = True
                 archive.file.close()
