@@ -80,6 +80,9 @@ def archive_record(
     chunk_size: Annotated[str, typer.Option("--chunk-size", help="Bytes of records per MCAP chunk.")] = "1MiB",
     name: Annotated[str, typer.Option("--name", help="Archive name template: strftime fields (UTC) and {seq}.")] = "%Y%m%dT%H%M%SZ-{seq:06d}",
     topic: Annotated[str, typer.Option("--topic", help="Topic of lines that name none.")] = "/records",
+    keep_bytes: Annotated[Optional[str], typer.Option("--keep-bytes", help="Budget of archives not yet uploaded (e.g. 10GiB).")] = None,
+    keep_archives: Annotated[Optional[int], typer.Option("--keep-archives", min=1, help="Budget of archives not yet uploaded, in archives.")] = None,
+    when_full: Annotated[str, typer.Option("--when-full", help="Over budget: block (wait for the hand-off) or refuse (exit 1).")] = "block",
     as_json: JsonOpt = False,
 ) -> None:
     """Record JSON lines from stdin into rolling MCAP archives in FOLDER.
@@ -95,6 +98,8 @@ def archive_record(
         roll_every=parse_duration(roll_every, "--roll-every") if roll_every else None,
         durability=durability, group_ms=group_ms, compression=compression,
         chunk_size=parse_size(chunk_size, "--chunk-size"), name_template=name,
+        keep_bytes=parse_size(keep_bytes, "--keep-bytes") if keep_bytes else None, keep_archives=keep_archives,
+        when_full=when_full,
     )
     for recovered in writer.recovered:
         for lost in recovered.possibly_lost:

@@ -5,7 +5,7 @@ from storage_core.device.archive.format import ArchiveRecord, PossiblyLost, arch
 from storage_core.device.archive.reader import archive_paths, read_archives, sequence_gaps
 from storage_core.device.archive.recover import RecoveryReport, quarantine_archive, recover_file, recover_folder
 from storage_core.device.archive.scan import ArchiveReader, ArchiveScan, DamagedRange, scan_archive
-from storage_core.device.archive.writer import ArchiveInfo, ArchiveWriter, Durability, WriterReport
+from storage_core.device.archive.writer import ArchiveInfo, ArchiveWriter, Durability, WhenFull, WriterReport
 
 __all__ = [
     "ArchiveInfo",
@@ -17,6 +17,7 @@ __all__ = [
     "Durability",
     "PossiblyLost",
     "RecoveryReport",
+    "WhenFull",
     "WriterReport",
     "archive_name",
     "archive_paths",

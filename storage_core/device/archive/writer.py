@@ -32,6 +32,14 @@ writer per folder (an flock on `.ferry-archive.lock`).
 
 Callbacks (`on_open`, `on_close`, each taking an `ArchiveInfo`) run on their own thread:
 one that raises is logged and changes nothing else; a slow one delays only later callbacks.
+
+Back-pressure (`keep_bytes`, `keep_archives`: the folder's retention budget, see
+retention.py): the writer opens a new archive only while the archives not yet uploaded fit
+the budget. When they do not, `when_full="block"` (the default) makes `write` wait until
+the hand-off has uploaded (and removed) enough; `"refuse"` makes it raise
+ArchiveFolderFull for that record (nothing written, the writer stays usable). Either way no
+archive is ever deleted to make room, and the archive that filled the folder is closed (so
+the hand-off can upload it).
 """
 
 from __future__ import annotations
@@ -62,7 +70,8 @@ from storage_core.device.archive.format import (
 )
 from storage_core.device.archive.mcap_file import COMPRESSIONS, McapFile
 from storage_core.device.archive.recover import RecoveryReport, recover_folder
-from storage_core.errors import ArchiveError, ConfigError
+from storage_core.device.archive.retention import Budget, not_uploaded
+from storage_core.errors import ArchiveError, ArchiveFolderFull, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +87,16 @@ RESERVE_MIN, RESERVE_MAX = 1024, 1 << 20  # record numbers reserved at a time (s
 RECORD_OVERHEAD = 9 + 22
 # archives waiting for the closer thread; past this many, a roll waits (bounded memory)
 MAX_CLOSING = 4
+
+
+class WhenFull(str, Enum):
+    """What `write` does while the folder is over its retention budget."""
+
+    BLOCK = "block"
+    REFUSE = "refuse"
+
+
+FULL_POLL_S = 0.5  # how often a blocked writer looks again
 
 
 class Durability(str, Enum):
@@ -166,6 +185,9 @@ class ArchiveWriter:
         name_template: str = DEFAULT_NAME_TEMPLATE,
         on_open: Callable[[ArchiveInfo], object] | None = None,
         on_close: Callable[[ArchiveInfo], object] | None = None,
+        keep_bytes: int | None = None,
+        keep_archives: int | None = None,
+        when_full: WhenFull | str = WhenFull.BLOCK,
         recover: bool = True,
     ) -> None:
         if compression not in COMPRESSIONS:
@@ -178,6 +200,13 @@ class ArchiveWriter:
             self.durability = Durability(durability)
         except ValueError:
             raise ConfigError(f"durability must be record, group or close, not {durability!r}") from None
+        try:
+            self.when_full = WhenFull(when_full)
+        except ValueError:
+            raise ConfigError(f"when-full must be block or refuse, not {when_full!r}") from None
+        if keep_bytes is not None and keep_bytes <= 0 or keep_archives is not None and keep_archives <= 0:
+            raise ConfigError("the retention budget (keep bytes, keep archives) must be positive")
+        self.budget = Budget(keep_bytes, keep_archives)
         self.folder = Path(folder)
         self.template = check_template(name_template)
         self.roll_size, self.roll_every = roll_size, roll_every
@@ -215,6 +244,7 @@ class ArchiveWriter:
         self._events: queue.Queue[tuple[Callable[[ArchiveInfo], object], ArchiveInfo] | None] = queue.Queue()
         self._stop = threading.Event()
         self._closed = False
+        self._blocked = False  # waiting for room (logged once per wait)
         self._threads = [
             threading.Thread(target=self._closer, name="ferry-archive-closer", daemon=True),
             threading.Thread(target=self._callbacks, name="ferry-archive-callbacks", daemon=True),
@@ -291,39 +321,69 @@ class ArchiveWriter:
     ) -> int:
         """Add one record; returns its sequence number. With durability `record` the record
         is on disk when this returns. ArchiveError when the folder cannot take it (the
-        writer then refuses further records; what was written before stays recoverable)."""
+        writer then refuses further records; what was written before stays recoverable);
+        ArchiveFolderFull (`when_full="refuse"`) when the folder is over its retention
+        budget: that record is not written, later ones may be."""
         data = encode_record(metadata, payload)
         when = time.time_ns() if log_time is None else log_time
-        with self._lock:
-            if self._failed is not None:
-                raise self._failed
-            if self._closed:
-                raise ArchiveError("the archive writer is closed", path=str(self.folder))
-            archive = self._current
-            try:
-                if archive is None:
-                    archive = self._current = self._open_next()
-                elif (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
-                    archive = self._roll_locked(open_next=True)
-                channel = archive.channels.get(topic)
-                if channel is None:
-                    channel = self._add_channel(archive, topic)
-                sequence = self._next_record
-                if sequence >= self._reserved:  # the flusher did not keep ahead: a bigger block
-                    self._block = min(self._block * 2, RESERVE_MAX)
-                    self._reserve(sequence + self._block)
-                mcap = archive.writer
-                mcap.add_message(channel, when, data, sequence & 0xFFFFFFFF)
-                archive.records += 1
-                self._next_record = sequence + 1
-                if self._first_written is None:
-                    self._first_written = sequence
-                if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
-                    self._write_chunk(archive)
-                if self.durability is Durability.RECORD:
-                    os.fdatasync(archive.fd)  # the data and the size: what recovery reads
-            except OSError as exc:
-                raise self._fail(exc, archive) from exc
+        while True:
+            with self._lock:
+                if self._failed is not None:
+                    raise self._failed
+                if self._closed:
+                    raise ArchiveError("the archive writer is closed", path=str(self.folder))
+                archive = self._current
+                try:
+                    if archive is None or (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
+                        archive = self._next_archive_for_write()
+                    if archive is not None:
+                        return self._append(archive, topic, when, data)
+                except OSError as exc:
+                    raise self._fail(exc, self._current) from exc
+            self._wait_for_room()
+
+    def _next_archive_for_write(self) -> _OpenArchive | None:
+        """The archive the next record goes to, rolling the current one; None while the
+        folder is over its budget (the current archive then goes to the closer)."""
+        full = self.budget.limited and self.budget.exceeded(not_uploaded(self.folder), adding=1)
+        if self._current is None:
+            if not full:
+                self._current = self._open_next()
+            return self._current
+        return self._roll_locked(open_next=not full)
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: raise (refuse) or wait a moment (block) outside the writer's lock."""
+        if self.when_full is WhenFull.REFUSE:
+            raise ArchiveFolderFull(
+                f"{self.folder}: the archives not yet uploaded fill its budget ({self.budget.text()}): record refused",
+                path=str(self.folder),
+            )
+        if not self._blocked:
+            log.warning("%s: the archives not yet uploaded fill its budget (%s): waiting for the hand-off",
+                        self.folder, self.budget.text())  # fmt: skip
+        self._blocked = True
+        self._stop.wait(FULL_POLL_S)
+
+    def _append(self, archive: _OpenArchive, topic: str, when: int, data: bytes) -> int:
+        self._blocked = False
+        channel = archive.channels.get(topic)
+        if channel is None:
+            channel = self._add_channel(archive, topic)
+        sequence = self._next_record
+        if sequence >= self._reserved:  # the flusher did not keep ahead: a bigger block
+            self._block = min(self._block * 2, RESERVE_MAX)
+            self._reserve(sequence + self._block)
+        mcap = archive.writer
+        mcap.add_message(channel, when, data, sequence & 0xFFFFFFFF)
+        archive.records += 1
+        self._next_record = sequence + 1
+        if self._first_written is None:
+            self._first_written = sequence
+        if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
+            self._write_chunk(archive)
+        if self.durability is Durability.RECORD:
+            os.fdatasync(archive.fd)  # the data and the size: what recovery reads
         return sequence
 
     def roll(self) -> None:
@@ -550,6 +610,7 @@ __all__ = [
     "ArchiveInfo",
     "ArchiveWriter",
     "Durability",
+    "WhenFull",
     "WriterReport",
     "fsync_folder",
 ]
