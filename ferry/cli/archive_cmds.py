@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,34 +11,27 @@ from typing import Annotated, Optional
 import typer
 
 from ferry.cli.common import JsonOpt, app, emit_json, err, out, size_text
+from storage_core import units
 from storage_core.errors import ConfigError
 
 archive_app = typer.Typer(no_args_is_help=True, help="Rolling MCAP archives: record, verify, recover, read.")
 app.add_typer(archive_app, name="archive")
 
 EXIT_LOST = 3  # verify / recover: something was damaged (0: nothing was)
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*", re.IGNORECASE)
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 
 
 def parse_size(text: str, option: str) -> int:
-    """`1MiB`, `64M` (binary, as dd), `1MB` (decimal), `1000000` -> bytes."""
-    match = _SIZE.fullmatch(text)
-    if not match or (match.group(3) and not match.group(2)):
-        raise ConfigError(f"{option}: not a size: {text!r} (try 1MiB, 256MiB or a number of bytes)")
-    number, unit, binary, suffix_b = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    base = 1000 if (suffix_b and not binary) else 1024
-    return int(float(number) * base**power)
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def parse_duration(text: str, option: str) -> float:
-    """`90`, `90s`, `10m`, `1h`, `500ms` -> seconds."""
-    match = _DURATION.fullmatch(text)
-    if not match:
-        raise ConfigError(f"{option}: not a duration: {text!r} (try 30s, 10m, 1h)")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[(match.group(2) or "s").lower()]
-    return float(match.group(1)) * scale
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def _record_from_line(line: str, number: int, default_topic: str) -> tuple[str, dict[str, str], bytes, int | None]:
