@@ -61,7 +61,6 @@ import argparse
 import importlib
 import os
 import pickle
-import re
 import resource
 import shutil
 import subprocess
@@ -78,6 +77,7 @@ from pathlib import Path
 from typing import Any
 
 from storage_core.errors import BenchmarkFailed
+from storage_core.units import parse_size  # re-exported: the benchmarks take sizes from it
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -346,21 +346,6 @@ def ratio(results: Sequence[Result], numerator: str, denominator: str) -> float:
 
 
 # --- setup helpers -------------------------------------------------------------------------
-
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """`1GiB`, `256MiB`, `64M` (binary), `1GB` (decimal), `1000000` -> bytes."""
-    match = _SIZE.fullmatch(text)
-    if not match or (match.group(3) and not match.group(2)):
-        raise ValueError(f"not a size: {text!r} (try 1GiB, 256MiB or a number of bytes)")
-    number, unit, binary, suffix_b = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    # a bare unit letter (64M) means binary, as in dd and most CLIs; "MB" is decimal
-    base = 1000 if (suffix_b and not binary) else 1024
-    return int(float(number) * base**power)
-
 
 def add_size_argument(parser: argparse.ArgumentParser, *, default: str = "1GiB", name: str = "--size") -> None:
     parser.add_argument(name, type=_size_type, default=parse_size(default), help=f"bytes, e.g. 1GiB, 256MiB (default {default})")

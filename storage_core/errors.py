@@ -33,6 +33,7 @@
     ├── TokenRefused                 a device token that is unknown, malformed or revoked
     ├── GatewayError                 the device gateway refused (4xx) or could not be reached
     ├── ArchiveError                 a device's rolling archives cannot be written (disk full, read-only, in use)
+    │   └── ArchiveFolderFull        the folder is over its retention budget of archives not yet uploaded
     ├── IngestFailed                 an ingest run's failure, in one line
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
@@ -227,6 +228,14 @@ class ArchiveError(FerryError):
         self.path = path
 
 
+class ArchiveFolderFull(ArchiveError):
+    """A record refused because the folder holds more archives not yet uploaded than its
+    retention budget allows (the writer's `when_full="refuse"`); retry once the hand-off
+    has uploaded some. Nothing was written; the writer stays usable."""
+
+    retryable = True
+
+
 class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
@@ -249,6 +258,7 @@ __all__ = [
     "AbortFailed",
     "AccessDenied",
     "ArchiveError",
+    "ArchiveFolderFull",
     "BenchmarkFailed",
     "BucketNotFound",
     "CatalogConflict",

@@ -2,8 +2,9 @@
 
 A landing source is a local folder or a bucket prefix (`s3://bucket/prefix`), laid out as
 `SOURCE/DEVICE/RECORDING/...files` or, with a device given, `SOURCE/RECORDING/...files`.
-Every file belongs to a recording; hidden files (`.name`) are listed as ignored, never
-skipped silently. Zero-byte files are files like any other (stored as empty objects).
+Every file belongs to a recording; hidden files (`.name`) and rolling archives still being
+written (`NAME.mcap.open`, `NAME.mcap.recovering`: they become NAME.mcap, and are ingested,
+once closed) are listed as ignored, never skipped silently. Zero-byte files are files like any other (stored as empty objects).
 
 Problems are files that cannot be ingested (unreadable, not a regular file, a name that is
 not a safe key, outside any recording folder). By default any problem refuses the scan
@@ -31,6 +32,9 @@ from storage_core.stores.base import List
 
 if TYPE_CHECKING:
     from storage_core.config import FerrySettings
+
+# rolling archives still being written (storage_core/device/archive): never ingested half-done
+UNFINISHED_SUFFIXES = (".mcap.open", ".mcap.recovering")
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,7 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None,
         for name in sorted(filenames):
             path = here / name
             relative = path.relative_to(root).parts
-            if any(part.startswith(".") for part in relative):
+            if any(part.startswith(".") for part in relative) or name.endswith(UNFINISHED_SUFFIXES):
                 found.ignored.append(path)
                 continue
             owner = _owner(relative, device_id=device_id, shown=str(path), root=str(root))

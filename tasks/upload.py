@@ -52,7 +52,7 @@ def begin_ingest(
     if scan.ignored:
         shown = ", ".join(str(path) for path in scan.ignored[:5])
         more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
-        logger.info("left out %d hidden file(s): %s%s", len(scan.ignored), shown, more)
+        logger.info("left out %d hidden or unfinished file(s): %s%s", len(scan.ignored), shown, more)
     held_back = [str(held) for held in scan.held_back]
     for line in held_back:
         logger.warning("held back: %s", line)

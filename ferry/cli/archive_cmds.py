@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,34 +11,27 @@ from typing import Annotated, Optional
 import typer
 
 from ferry.cli.common import JsonOpt, app, emit_json, err, out, size_text
+from storage_core import units
 from storage_core.errors import ConfigError
 
 archive_app = typer.Typer(no_args_is_help=True, help="Rolling MCAP archives: record, verify, recover, read.")
 app.add_typer(archive_app, name="archive")
 
 EXIT_LOST = 3  # verify / recover: something was damaged (0: nothing was)
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*", re.IGNORECASE)
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*", re.IGNORECASE)
 
 
 def parse_size(text: str, option: str) -> int:
-    """`1MiB`, `64M` (binary, as dd), `1MB` (decimal), `1000000` -> bytes."""
-    match = _SIZE.fullmatch(text)
-    if not match or (match.group(3) and not match.group(2)):
-        raise ConfigError(f"{option}: not a size: {text!r} (try 1MiB, 256MiB or a number of bytes)")
-    number, unit, binary, suffix_b = match.groups()
-    power = "kmgt".find(unit.lower()) + 1 if unit else 0
-    base = 1000 if (suffix_b and not binary) else 1024
-    return int(float(number) * base**power)
+    try:
+        return units.parse_size(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def parse_duration(text: str, option: str) -> float:
-    """`90`, `90s`, `10m`, `1h`, `500ms` -> seconds."""
-    match = _DURATION.fullmatch(text)
-    if not match:
-        raise ConfigError(f"{option}: not a duration: {text!r} (try 30s, 10m, 1h)")
-    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}[(match.group(2) or "s").lower()]
-    return float(match.group(1)) * scale
+    try:
+        return units.parse_duration(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 def _record_from_line(line: str, number: int, default_topic: str) -> tuple[str, dict[str, str], bytes, int | None]:
@@ -80,6 +72,9 @@ def archive_record(
     chunk_size: Annotated[str, typer.Option("--chunk-size", help="Bytes of records per MCAP chunk.")] = "1MiB",
     name: Annotated[str, typer.Option("--name", help="Archive name template: strftime fields (UTC) and {seq}.")] = "%Y%m%dT%H%M%SZ-{seq:06d}",
     topic: Annotated[str, typer.Option("--topic", help="Topic of lines that name none.")] = "/records",
+    keep_bytes: Annotated[Optional[str], typer.Option("--keep-bytes", help="Budget of archives not yet uploaded (e.g. 10GiB).")] = None,
+    keep_archives: Annotated[Optional[int], typer.Option("--keep-archives", min=1, help="Budget of archives not yet uploaded, in archives.")] = None,
+    when_full: Annotated[str, typer.Option("--when-full", help="Over budget: block (wait for the hand-off) or refuse (exit 1).")] = "block",
     as_json: JsonOpt = False,
 ) -> None:
     """Record JSON lines from stdin into rolling MCAP archives in FOLDER.
@@ -95,7 +90,12 @@ def archive_record(
         roll_every=parse_duration(roll_every, "--roll-every") if roll_every else None,
         durability=durability, group_ms=group_ms, compression=compression,
         chunk_size=parse_size(chunk_size, "--chunk-size"), name_template=name,
+        keep_bytes=parse_size(keep_bytes, "--keep-bytes") if keep_bytes else None, keep_archives=keep_archives,
+        when_full=when_full,
     )
+    for recovered in writer.recovered:
+        for lost in recovered.possibly_lost:
+            err.print(f"recovered {recovered.output}: sequences {lost.text()} in a crash", highlight=False, soft_wrap=True)
     try:
         for number, line in enumerate(sys.stdin, start=1):
             if not line.strip():
@@ -114,6 +114,10 @@ def _range_json(d) -> dict:
     return {"start": d.start, "end": d.end, "reason": d.reason, "lost_from": d.lost_from, "lost_to": d.lost_to, "lost": d.lost}
 
 
+def _lost_json(lost) -> dict:
+    return {"first": lost.first, "last": lost.last, "count": lost.count}
+
+
 def _lost_text(d) -> str:
     if d.lost_from is None and d.lost_to is None:
         return "sequences lost: unknown"
@@ -129,17 +133,21 @@ def archive_verify(
     paths: Annotated[list[str], typer.Argument(help="Archives, folders or glob patterns.")],
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every chunk of each archive: records, sequence and time ranges, and every
-    damaged byte range with the sequences lost. Exits 3 when anything is damaged."""
-    from storage_core.device.archive import archive_paths, scan_archive
+    """Check every chunk of each archive: records, sequence and time ranges, every damaged
+    byte range with the sequences lost, and the sequences possibly lost in a crash (named
+    by recovery, or skipped between two consecutive archives). Exits 3 when anything is
+    damaged or possibly lost."""
+    from storage_core.device.archive import archive_paths, scan_archive, sequence_gaps
 
     scans = [scan_archive(p) for p in archive_paths(paths)]
+    gaps = sequence_gaps(scans)
     if as_json:
         emit_json([
             {"path": str(s.path), "size": s.size, "closed": s.closed, "intact": s.intact, "records": s.records,
              "archive_sequence": s.archive_sequence, "first_sequence": s.first_sequence, "last_sequence": s.last_sequence,
              "start_time_ns": s.start_time, "end_time_ns": s.end_time, "topics": s.topics,
-             "damaged": [_range_json(d) for d in s.damaged], "problems": s.problems}
+             "damaged": [_range_json(d) for d in s.damaged], "problems": s.problems,
+             "possibly_lost": [_lost_json(lost) for lost in [*s.possibly_lost, *gaps.get(s.path, [])]]}
             for s in scans
         ])
     else:
@@ -151,7 +159,11 @@ def archive_verify(
                 out.print(f"  damaged bytes [{d.start}, {d.end}): {d.reason}; {_lost_text(d)}", highlight=False, soft_wrap=True)
             for problem in s.problems:
                 out.print(f"  {problem}", highlight=False, soft_wrap=True)
-    if any(not s.intact for s in scans):
+            for lost in s.possibly_lost:
+                out.print(f"  sequences {lost.text()} in a crash, after this archive", highlight=False, soft_wrap=True)
+            for lost in gaps.get(s.path, []):
+                out.print(f"  sequences {lost.text()} in a crash, before this archive", highlight=False, soft_wrap=True)
+    if any(not s.intact or s.possibly_lost for s in scans) or gaps:
         raise typer.Exit(EXIT_LOST)
 
 
@@ -170,13 +182,15 @@ def archive_recover(
         emit_json({"source": str(report.source), "output": str(report.output) if report.output else None,
                    "records": report.records, "first_sequence": report.first_sequence, "last_sequence": report.last_sequence,
                    "closed": report.closed, "lost": report.lost, "damaged": [_range_json(d) for d in report.damaged],
-                   "problems": report.problems})
+                   "problems": report.problems, "possibly_lost": [_lost_json(lost) for lost in report.possibly_lost]})
     else:
         out.print(f"{report.records} record(s) into {report.output}", highlight=False, soft_wrap=True)
         for d in report.damaged:
             out.print(f"  damaged bytes [{d.start}, {d.end}): {d.reason}; {_lost_text(d)}", highlight=False, soft_wrap=True)
         for problem in report.problems:
             out.print(f"  {problem}", highlight=False, soft_wrap=True)
+        for lost in report.possibly_lost:
+            out.print(f"  sequences {lost.text()} in an earlier crash (kept in the output)", highlight=False, soft_wrap=True)
     if report.lost:
         err.print(f"lost: {len(report.damaged)} damaged range(s) in {path}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_LOST)

@@ -4,20 +4,24 @@ rerun without a second upload; retention drops uploaded archives first, never th
 
 from __future__ import annotations
 
+import logging
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from storage_core.catalog.queries import list_objects
-from storage_core.device.archive import ArchiveWriter
-from storage_core.device.archive.handoff import LEDGER, hand_off
-from storage_core.errors import GatewayError
+from storage_core.device.archive import ArchiveWriter, read_archives
+from storage_core.device.archive.handoff import LEDGER, UploadedArchive, hand_off
+from storage_core.device.archive.retention import not_uploaded
+from storage_core.errors import ArchiveFolderFull, GatewayError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -106,3 +110,65 @@ def test_retention_drops_uploaded_archives_first_and_pushes_back_otherwise(tmp_p
     assert sorted(p.name for p in folder.glob("*.mcap")) == more  # nothing not yet uploaded is ever dropped
     report = hand_off(folder, gateway="http://unused", token="t", upload=upload, keep_uploaded=True, keep_archives=100)
     assert report.uploaded == more and (folder / LEDGER).exists()
+
+
+def copying_upload(remote: Path):
+    """An upload that copies the staged archive to `remote` (the gateway's part is tested above)."""
+
+    def upload(stage: Path, **_: object) -> None:
+        for path in stage.rglob("*.mcap"):
+            shutil.copy(path, remote / path.name)
+
+    return upload
+
+
+def test_a_writer_over_its_budget_blocks_until_the_hand_off_uploads(tmp_path: Path) -> None:
+    folder, remote = tmp_path / "rec", tmp_path / "remote"
+    remote.mkdir()
+    writer = ArchiveWriter(folder, roll_size=16 * 1024, compression="none", keep_archives=3)
+    done = threading.Event()
+
+    def produce() -> None:
+        for i in range(1_000):
+            writer.write(os.urandom(200), metadata={"i": str(i)})
+        done.set()
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not writer._blocked:  # three archives (the open one too) and the writer waits
+        assert time.monotonic() < deadline and not done.is_set(), "the writer never blocked"
+        time.sleep(0.02)
+    assert len(not_uploaded(folder)) == 3
+    uploaded: list[UploadedArchive] = []
+    while not done.is_set():
+        hand_off(folder, gateway="http://unused", token="t", upload=copying_upload(remote), on_uploaded=uploaded.append)
+        assert time.monotonic() < deadline, "the writer never got going again"
+        time.sleep(0.05)
+    thread.join()
+    writer.close()
+    hand_off(folder, gateway="http://unused", token="t", upload=copying_upload(remote), on_uploaded=uploaded.append)
+    assert [r.sequence for r in read_archives([remote])] == list(range(1_000))  # every record uploaded once
+    assert sorted(u.path.name for u in uploaded) == sorted(p.name for p in remote.iterdir())
+    assert all(u.bytes == (remote / u.path.name).stat().st_size for u in uploaded)
+
+
+def test_a_writer_over_its_budget_can_refuse_records_instead(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder, remote = tmp_path / "rec", tmp_path / "remote"
+    remote.mkdir()
+    with ArchiveWriter(folder, roll_size=16 * 1024, compression="none", keep_archives=3, when_full="refuse") as writer:
+        written = 0
+        with pytest.raises(ArchiveFolderFull, match=r"fill its budget \(3 archive\(s\)\)"):
+            for i in range(1_000):
+                writer.write(os.urandom(200))
+                written += 1
+        assert written < 1_000 and len(not_uploaded(folder)) == 3
+
+        def broken(_: UploadedArchive) -> None:
+            raise RuntimeError("callback bug")
+
+        with caplog.at_level(logging.ERROR):
+            report = hand_off(folder, gateway="http://unused", token="t", upload=copying_upload(remote), on_uploaded=broken)
+        assert len(report.uploaded) >= 2 and "callback bug" in caplog.text  # logged; the hand-off went on
+        assert writer.write(b"room again") == written
+    assert [r.sequence for r in read_archives([remote, folder])] == list(range(written + 1))

@@ -270,3 +270,15 @@ def test_a_file_that_is_not_an_archive_is_quarantined_not_retried(tmp_path: Path
 def test_recover_refuses_missing_input(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         recover_file(tmp_path / "nope.mcap", tmp_path / "out.mcap")
+
+
+def test_numbers_a_dead_writer_reserved_show_as_a_gap_between_archives(tmp_path: Path) -> None:
+    with ArchiveWriter(tmp_path) as writer:
+        writer.write(b"before")
+    state = tmp_path / ".ferry-archive.json"  # as a writer killed with no archive open leaves it
+    state.write_text(json.dumps({**json.loads(state.read_text()), "next_record": 1_024}))
+    with ArchiveWriter(tmp_path) as writer:
+        assert writer.write(b"after") == 1_024
+    verify = ferry("archive", "verify", str(tmp_path), "--json")
+    assert verify.returncode == 3
+    assert [v["possibly_lost"] for v in json.loads(verify.stdout)] == [[], [{"first": 1, "last": 1_023, "count": 1_023}]]

@@ -5,6 +5,7 @@ nothing already written lost)."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 from mcap.reader import make_reader
 
-from storage_core.device.archive import read_archives, recover_folder, scan_archive
+from storage_core.device.archive import ArchiveWriter, PossiblyLost, read_archives, recover_folder, scan_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,6 +118,33 @@ def test_sigkill_with_durability_group_loses_at_most_the_last_group(tmp_path: Pa
     recorder.wait_acks(4_000)
     recorder.kill()
     check_prefix(tmp_path, at_least=2_000)
+
+
+def test_after_sigkill_no_number_is_reused_and_the_skipped_ones_are_reported(tmp_path: Path) -> None:
+    recorder = Recorder(tmp_path, "close")  # the open chunk (up to 16 KiB of records) dies with the process
+    recorder.stream(0)
+    recorder.wait_acks(3_000)
+    recorder.kill()
+
+    with ArchiveWriter(tmp_path) as writer:
+        after = writer.write(b"after the crash")
+    kept = [r.sequence for r in read_archives([tmp_path]) if r.payload != b"after the crash"]
+    assert kept == list(range(len(kept)))
+    assert after > recorder.acked  # every number the dead writer handed out stays unused
+    assert after > len(kept)  # so the gap is visible ...
+    lost = PossiblyLost(len(kept), after - 1)
+    assert [r.possibly_lost for r in writer.recovered if r.possibly_lost] == [[lost]]  # ... and named
+    done = subprocess.run([sys.executable, "-m", "ferry.cli", "archive", "verify", str(tmp_path)], env=env(),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"sequences possibly lost {lost.first}..{lost.last} ({lost.count}) in a crash, after this archive" in done.stdout
+    assert "before this archive" not in done.stdout  # named once, by the recovered archive
+    notes = list((tmp_path / "quarantine").glob("*.json"))
+    for note in notes:  # a torn tail, when the kill cut a chunk
+        assert json.loads(note.read_text())["possibly_lost"] == {"first": lost.first, "last": lost.last}
+
+    with ArchiveWriter(tmp_path) as writer:  # a clean close gives unused numbers back: no gap
+        assert writer.write(b"next") == after + 1
 
 
 # --- a full disk, a read-only folder ------------------------------------------------------

@@ -12,6 +12,11 @@ record (`ferry.archive`) carries with the archive's own sequence number; an arch
 fewer than 2**32 records, so the rebuild is exact. Each channel is also announced in a
 `ferry.channel` Metadata record outside the chunks, so records after a damaged chunk that
 held their Channel record can still be given their topic.
+
+Sequence numbers a writer may have handed out but no archive holds (a crash between
+reserving them and writing them, see writer.py) are named by a `ferry.possibly_lost`
+Metadata record (`first`, `last`) in the archive recovered from the writer's last open
+archive, so `verify` reports them with that one file.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from storage_core.errors import ConfigError
 RECORD_ENCODING = "ferry.record/1"
 ARCHIVE_METADATA = "ferry.archive"
 CHANNEL_METADATA = "ferry.channel"
+POSSIBLY_LOST_METADATA = "ferry.possibly_lost"
 PROFILE = "ferry.archive/1"
 OPEN_SUFFIX = ".open"
 ARCHIVE_SUFFIX = ".mcap"
@@ -48,18 +54,36 @@ class ArchiveRecord:
     archive: str = ""
 
 
+@dataclass(frozen=True)
+class PossiblyLost:
+    """Sequences `first`..`last` (inclusive) were reserved by a writer that died, and are in
+    no archive: each was either lost in the crash or never used."""
+
+    first: int
+    last: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+    def text(self) -> str:
+        return f"possibly lost {self.first}..{self.last} ({self.count})"
+
+
 def encode_record(metadata: dict[str, str] | None, payload: bytes) -> bytes:
     """Message data for (metadata, payload)."""
     if not metadata:
         return b"\0\0\0\0" + payload
-    parts = []
+    parts = [b""]
+    pack = _U32.pack
     for key, value in metadata.items():
-        if not isinstance(key, str) or not isinstance(value, str):
+        if type(key) is not str or type(value) is not str:  # noqa: E721 - str subclasses could encode otherwise
             raise ConfigError(f"record metadata must map str to str, not {type(key).__name__} to {type(value).__name__}")
         k, v = key.encode(), value.encode()
-        parts += [_U32.pack(len(k)), k, _U32.pack(len(v)), v]
-    body = b"".join(parts)
-    return _U32.pack(len(body)) + body + payload
+        parts += (pack(len(k)), k, pack(len(v)), v)
+    parts[0] = pack(sum(map(len, parts)))
+    parts.append(payload)
+    return b"".join(parts)
 
 
 def decode_record(data: bytes | memoryview) -> tuple[dict[str, str], bytes]:
@@ -135,9 +159,11 @@ __all__ = [
     "CHANNEL_METADATA",
     "DEFAULT_NAME_TEMPLATE",
     "OPEN_SUFFIX",
+    "POSSIBLY_LOST_METADATA",
     "PROFILE",
     "RECORD_ENCODING",
     "ArchiveRecord",
+    "PossiblyLost",
     "archive_name",
     "check_template",
     "decode_record",

@@ -13,22 +13,32 @@ The ledger is stdlib sqlite3 (a device loads no SQLAlchemy).
 
 Retention (`keep_bytes`, `keep_archives`) counts the archives in the folder and under
 uploaded/; it deletes the oldest uploaded ones first and never an archive not yet
-uploaded: when those alone exceed the budget, the report says `back_pressure`.
+uploaded: when those alone exceed the budget, the report says `back_pressure` (and a
+writer given the same budget waits or refuses records, see retention.py).
+
+`on_uploaded(UploadedArchive)` is called for each archive once the gateway stored it and
+the ledger says so, on a thread of its own: one that raises is logged and changes nothing
+else; the hand-off waits for the callbacks before it returns.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from storage_core.device.archive.format import ARCHIVE_SUFFIX
 from storage_core.device.archive.reader import archive_identity
+from storage_core.device.archive.retention import Budget, not_uploaded
 from storage_core.device.archive.writer import fsync_folder
+
+log = logging.getLogger(__name__)
 
 LEDGER = ".ferry-archive-ledger.sqlite"
 STAGING = ".handoff"
@@ -54,6 +64,23 @@ class HandOffReport:
     missing: list[str] = field(default_factory=list)  # gone from the folder before they were stored
     dropped: list[str] = field(default_factory=list)  # uploaded archives deleted by retention
     back_pressure: bool = False  # archives not yet uploaded alone exceed the retention budget
+
+
+@dataclass(frozen=True)
+class UploadedArchive:
+    """An archive the gateway stored (what `on_uploaded` gets): `path` is where it was."""
+
+    path: Path
+    sequence: int | None
+    bytes: int
+    transaction_id: str | None
+
+
+def _isolated(callback: Callable[[UploadedArchive], object], archive: UploadedArchive) -> None:
+    try:
+        callback(archive)
+    except Exception:  # noqa: BLE001 - a callback's failure is its own, never the hand-off's
+        log.exception("on_uploaded callback %s failed for %s", getattr(callback, "__name__", callback), archive.path)
 
 
 class Ledger:
@@ -107,6 +134,7 @@ def hand_off(
     keep_bytes: int | None = None,
     keep_archives: int | None = None,
     upload: Callable[..., object] | None = None,
+    on_uploaded: Callable[[UploadedArchive], object] | None = None,
 ) -> HandOffReport:
     """Upload every closed archive of `folder` not yet stored, oldest first, each as its own
     gateway transaction at DEVICE/RECORDING/NAME (RECORDING: the folder's name by default);
@@ -119,6 +147,7 @@ def hand_off(
     recording = recording or root.resolve().name
     ledger = Ledger(root)
     report = HandOffReport()
+    callbacks = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ferry-handoff-callbacks") if on_uploaded else None
     try:
         rows = ledger.rows()
         present = {p.name: p for p in _closed_archives(root)}
@@ -142,8 +171,12 @@ def hand_off(
                 if not staged.exists():
                     os.link(path, staged)
                 done = upload(stage, gateway=gateway, token=token, device=device)
-                ledger.set(name, "stored", getattr(done, "transaction_id", None))
+                transaction_id = getattr(done, "transaction_id", None)
+                ledger.set(name, "stored", transaction_id)
                 report.uploaded.append(name)
+                if callbacks is not None:
+                    uploaded = UploadedArchive(path, rows[name][0], rows[name][1], transaction_id)
+                    callbacks.submit(_isolated, on_uploaded, uploaded)
                 state = "stored"
                 shutil.rmtree(stage, ignore_errors=True)
             if state == "stored":
@@ -159,28 +192,26 @@ def hand_off(
             return HandOffReport(report.uploaded, report.removed, report.pending, report.missing, report.dropped, pressure)
         return report
     finally:
+        if callbacks is not None:
+            callbacks.shutdown(wait=True)
         ledger.close()
 
 
 def _retain(root: Path, keep_bytes: int | None, keep_archives: int | None) -> tuple[list[str], bool]:
     """Delete the oldest uploaded archives (under uploaded/) until the folder fits the budget;
     back-pressure when the archives not yet uploaded alone do not fit."""
-    waiting = _closed_archives(root) + [p for p in root.glob("*.open") if p.is_file()]
+    budget = Budget(keep_bytes, keep_archives)
+    waiting = not_uploaded(root)
     uploaded_dir = root / UPLOADED
     uploaded = sorted(_closed_archives(uploaded_dir), key=lambda p: (archive_identity(p) or (2**63, 0))[0]) if uploaded_dir.is_dir() else []
-
-    def over(paths: list[Path]) -> bool:
-        total = sum(p.stat().st_size for p in paths)
-        return (keep_bytes is not None and total > keep_bytes) or (keep_archives is not None and len(paths) > keep_archives)
-
     dropped = []
-    while uploaded and over(waiting + uploaded):
+    while uploaded and budget.exceeded(waiting + uploaded):
         oldest = uploaded.pop(0)
         oldest.unlink()
         dropped.append(oldest.name)
     if dropped:
         fsync_folder(uploaded_dir)
-    return dropped, over(waiting)
+    return dropped, budget.exceeded(waiting)
 
 
-__all__ = ["LEDGER", "UPLOADED", "HandOffReport", "Ledger", "hand_off"]
+__all__ = ["LEDGER", "UPLOADED", "HandOffReport", "Ledger", "UploadedArchive", "hand_off"]

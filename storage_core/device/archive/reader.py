@@ -8,8 +8,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from storage_core.device.archive.format import ARCHIVE_METADATA, ARCHIVE_SUFFIX, OPEN_SUFFIX, ArchiveRecord
-from storage_core.device.archive.scan import HEAD, MAGIC, ArchiveReader, _Bad, _parse_metadata, mapped
+from storage_core.device.archive.format import ARCHIVE_METADATA, ARCHIVE_SUFFIX, OPEN_SUFFIX, ArchiveRecord, PossiblyLost
+from storage_core.device.archive.scan import HEAD, MAGIC, ArchiveReader, ArchiveScan, _Bad, _parse_metadata, mapped
 from storage_core.errors import ConfigError
 
 _IDENTITY_WINDOW = 64 * 1024  # the ferry.archive record comes right after the header
@@ -73,4 +73,23 @@ def read_archives(patterns: Iterable[str | os.PathLike[str]]) -> Iterator[Archiv
         yield from ArchiveReader(path).records()
 
 
-__all__ = ["archive_identity", "archive_paths", "read_archives"]
+def sequence_gaps(scans: list[ArchiveScan]) -> dict[Path, list[PossiblyLost]]:
+    """Record numbers skipped between two consecutive archives (archive sequences N and
+    N+1, in the order given): a writer that crashed, whose numbers the next one skipped
+    (see writer.py), and that no `ferry.possibly_lost` record already names. Keyed by the
+    later archive."""
+    gaps: dict[Path, list[PossiblyLost]] = {}
+    for before, after in zip(scans, scans[1:]):
+        if before.archive_sequence is None or after.archive_sequence != before.archive_sequence + 1:
+            continue  # archives in between are elsewhere (uploaded) or of another writer
+        if after.first_record_sequence is None or before.first_record_sequence is None:
+            continue
+        expected = max([before.first_record_sequence]
+                       + ([before.last_sequence + 1] if before.last_sequence is not None else [])
+                       + [lost.last + 1 for lost in before.possibly_lost])  # fmt: skip
+        if after.first_record_sequence > expected:
+            gaps.setdefault(after.path, []).append(PossiblyLost(expected, after.first_record_sequence - 1))
+    return gaps
+
+
+__all__ = ["archive_identity", "archive_paths", "read_archives", "sequence_gaps"]

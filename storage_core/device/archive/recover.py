@@ -8,6 +8,11 @@ A crash at any step leaves either the `.open` file (recovered again next time) o
 finished NAME.mcap next to it (the `.open` is then removed). A file with no intact record
 at all is moved to quarantine/ with a JSON file saying why; an empty one (a crash before
 anything reached the disk) is removed. Nothing is ever overwritten.
+
+Given the folder's reserved end (`reserved_end`: no sequence below it may be used again,
+see writer.py), the newest open archive's recovered copy names the sequences after its
+last intact record up to that end in a `ferry.possibly_lost` record: the writer may have
+handed them out before the crash, and they are never used again.
 """
 
 from __future__ import annotations
@@ -26,8 +31,11 @@ from storage_core.device.archive.format import (
     ARCHIVE_SUFFIX,
     CHANNEL_METADATA,
     OPEN_SUFFIX,
+    POSSIBLY_LOST_METADATA,
     PROFILE,
+    PossiblyLost,
 )
+from storage_core.device.archive.reader import archive_identity
 from storage_core.device.archive.scan import ArchiveReader, ArchiveScan, DamagedRange, Message, mapped, scan_archive
 from storage_core.errors import ArchiveError, ConfigError
 
@@ -50,6 +58,7 @@ class RecoveryReport:
     damaged: list[DamagedRange] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     quarantined: list[Path] = field(default_factory=list)
+    possibly_lost: list[PossiblyLost] = field(default_factory=list)
 
     @property
     def lost(self) -> bool:
@@ -91,8 +100,10 @@ class _Output:
             self.writer.add_metadata(CHANNEL_METADATA, {"id": str(channel), "topic": message.topic})
         self.writer.add_message(channel, message.log_time, message.data, message.log_time, message.wrapped)
 
-    def finish(self) -> None:
+    def finish(self, possibly_lost: list[PossiblyLost]) -> None:
         self._start()
+        for lost in possibly_lost:
+            self.writer.add_metadata(POSSIBLY_LOST_METADATA, {"first": str(lost.first), "last": str(lost.last)})
         self.writer.finish()
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -111,10 +122,11 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def _write_recovered(source: Path, output: Path) -> tuple[ArchiveScan, bool]:
+def _write_recovered(source: Path, output: Path, lost: PossiblyLost | None = None) -> tuple[ArchiveScan, bool]:
     """Every intact message of `source` into `output` (through a .recovering file, fsynced
-    and renamed; refused when `output` exists). Returns the scan and whether the source
-    held anything to write (else nothing is written)."""
+    and renamed; refused when `output` exists), with the source's possibly-lost ranges and
+    `lost`. Returns the scan and whether the source held anything to write (else nothing
+    is written)."""
     scan = ArchiveScan(source, 0)
     temp = output.with_name(output.name + RECOVERING_SUFFIX)
     temp.unlink(missing_ok=True)  # a crashed earlier recovery's leftover
@@ -125,7 +137,9 @@ def _write_recovered(source: Path, output: Path) -> tuple[ArchiveScan, bool]:
         if scan.archive_sequence is None and scan.records == 0:
             out.discard()
             return scan, False
-        out.finish()
+        if lost is not None:
+            scan.possibly_lost.append(lost)
+        out.finish(scan.possibly_lost)
     except BaseException:
         out.discard()
         raise
@@ -142,6 +156,7 @@ def _report(source: Path, output: Path | None, scan: ArchiveScan, quarantined: l
         source=source, output=output, records=scan.records, archive_sequence=scan.archive_sequence,
         first_sequence=scan.first_sequence, last_sequence=scan.last_sequence, closed=scan.closed,
         damaged=list(scan.damaged), problems=list(scan.problems), quarantined=quarantined,
+        possibly_lost=list(scan.possibly_lost),
     )
 
 
@@ -199,23 +214,37 @@ def quarantine_archive(folder: Path, path: Path, reason: str) -> Path:
     return destination
 
 
-def recover_folder(folder: str | os.PathLike[str]) -> list[RecoveryReport]:
+def recover_folder(folder: str | os.PathLike[str], *, reserved_end: int | None = None) -> list[RecoveryReport]:
     """Turn every NAME.mcap.open in `folder` into NAME.mcap holding its intact records (the
-    damaged bytes, a torn tail included, copied to quarantine/ first). Run by ArchiveWriter
-    when it opens the folder; safe to run again after a crash in the middle."""
+    damaged bytes, a torn tail included, copied to quarantine/ first). With `reserved_end`
+    (the folder's state, as ArchiveWriter passes it), the newest one also names the
+    sequences possibly lost after it. Run by ArchiveWriter when it opens the folder; safe
+    to run again after a crash in the middle."""
     folder = Path(folder)
     reports = []
     for stale in folder.glob(f"*{ARCHIVE_SUFFIX}{RECOVERING_SUFFIX}"):
         stale.unlink()
-    for source in sorted(folder.glob(f"*{ARCHIVE_SUFFIX}{OPEN_SUFFIX}")):
+    sources = sorted(folder.glob(f"*{ARCHIVE_SUFFIX}{OPEN_SUFFIX}"))
+    identities = {source: archive_identity(source) for source in sources}
+    known = [source for source in sources if identities[source] is not None]
+    newest = max(known, key=lambda source: identities[source]) if known else None
+    for source in sources:
         try:
-            reports.append(_recover_open(folder, source))
+            reports.append(_recover_open(folder, source, reserved_end if source == newest else None))
         except OSError as exc:
             raise ArchiveError(f"cannot recover {source}: {exc.strerror or exc}", path=str(source)) from exc
     return reports
 
 
-def _recover_open(folder: Path, source: Path) -> RecoveryReport:
+def _possibly_lost(scan: ArchiveScan, reserved_end: int | None) -> PossiblyLost | None:
+    """The sequences after the archive's last intact record up to the reserved end."""
+    start = scan.first_record_sequence if scan.last_sequence is None else scan.last_sequence + 1
+    if reserved_end is None or start is None or start >= reserved_end:
+        return None
+    return PossiblyLost(start, reserved_end - 1)
+
+
+def _recover_open(folder: Path, source: Path, reserved_end: int | None) -> RecoveryReport:
     final = source.with_name(source.name[: -len(OPEN_SUFFIX)])
     if final.exists():  # an earlier recovery renamed its output and died before the unlink
         scan = scan_archive(final)
@@ -234,17 +263,22 @@ def _recover_open(folder: Path, source: Path) -> RecoveryReport:
         moved = quarantine_archive(folder, source, "no intact record and no archive header: "
                                    + "; ".join(d.reason for d in preview.damaged[:3]))
         return _report(source, None, preview, [moved])
+    lost = _possibly_lost(preview, reserved_end)
     quarantined = []
     if preview.damaged:
         reason = {"reason": "damaged bytes of an unfinished archive",
                   "damaged": [{"start": d.start, "end": d.end, "why": d.reason, "lost_from": d.lost_from,
                                "lost_to": d.lost_to} for d in preview.damaged]}
+        if lost is not None:
+            reason["possibly_lost"] = {"first": lost.first, "last": lost.last}
         quarantined = _quarantine(folder, source, [(d.start, d.end) for d in preview.damaged], reason)
-    scan, _ = _write_recovered(source, final)
+    scan, _ = _write_recovered(source, final, lost)
     source.unlink()
     _fsync_folder(folder)
     if scan.damaged:
         log.warning("recovered %s: %d records; damaged bytes saved in %s", final, scan.records, folder / QUARANTINE)
+    if lost is not None:
+        log.warning("recovered %s: sequences %s", final, lost.text())
     return _report(source, final, scan, quarantined)
 
 

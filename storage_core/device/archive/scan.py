@@ -34,8 +34,10 @@ import zstandard
 from storage_core.device.archive.format import (
     ARCHIVE_METADATA,
     CHANNEL_METADATA,
+    POSSIBLY_LOST_METADATA,
     RECORD_ENCODING,
     ArchiveRecord,
+    PossiblyLost,
     decode_record,
     full_sequence,
 )
@@ -94,6 +96,7 @@ class ArchiveScan:
     damaged: list[DamagedRange] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # damage outside records (CRCs of sections)
     topics: dict[str, int] = field(default_factory=dict)  # records per topic
+    possibly_lost: list[PossiblyLost] = field(default_factory=list)  # named by a ferry.possibly_lost record
 
     @property
     def intact(self) -> bool:
@@ -417,6 +420,11 @@ class ArchiveReader:
                         try:
                             scan.archive_sequence = int(item.values["archive_sequence"])
                             first = scan.first_record_sequence = int(item.values["first_record_sequence"])
+                        except (KeyError, ValueError):
+                            pass
+                    elif item.name == POSSIBLY_LOST_METADATA:
+                        try:
+                            scan.possibly_lost.append(PossiblyLost(int(item.values["first"]), int(item.values["last"])))
                         except (KeyError, ValueError):
                             pass
                     elif item.name == CHANNEL_METADATA:

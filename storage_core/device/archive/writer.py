@@ -16,13 +16,30 @@ A process killed (SIGKILL) loses only what was not yet written to the file; an f
 matters for power loss. Either way the `.open` file holds every intact record, and
 reopening the folder (`ArchiveWriter`, `recover_folder`) turns it into a valid archive.
 
-Sequence numbers: records are numbered across archives (never reused within a folder),
-archives too, so a gap means loss. Names come from a template with strftime fields (UTC)
-and `{seq}`; an existing name is never reused (the sequence moves on). One writer per
-folder (an flock on `.ferry-archive.lock`).
+Sequence numbers: records are numbered across archives, archives too, and a number is
+never used twice in a folder, even across a crash, so a gap means (possible) loss. Record
+numbers are reserved in blocks (hi-lo): `.ferry-archive.json` says `next_record`, the
+first number no record may have yet, and it is written and fsynced before any number below
+it is handed out. The flusher reserves the next block ahead of need; a writer that runs
+out reserves on its own thread and doubles the block (1,024 up to 1,048,576). A clean
+close gives the unused numbers back (`next_record` becomes the next number). After a
+crash the next writer starts at the reserved end, so every number the dead writer may have
+handed out but no archive holds is skipped: recovery names them `possibly lost N..M`
+(`RecoveryReport.possibly_lost`, a `ferry.possibly_lost` record in the recovered archive,
+the quarantine note, `ferry archive verify`). Names come from a template with strftime
+fields (UTC) and `{seq}`; an existing name is never reused (the sequence moves on). One
+writer per folder (an flock on `.ferry-archive.lock`).
 
 Callbacks (`on_open`, `on_close`, each taking an `ArchiveInfo`) run on their own thread:
 one that raises is logged and changes nothing else; a slow one delays only later callbacks.
+
+Back-pressure (`keep_bytes`, `keep_archives`: the folder's retention budget, see
+retention.py): the writer opens a new archive only while the archives not yet uploaded fit
+the budget. When they do not, `when_full="block"` (the default) makes `write` wait until
+the hand-off has uploaded (and removed) enough; `"refuse"` makes it raise
+ArchiveFolderFull for that record (nothing written, the writer stays usable). Either way no
+archive is ever deleted to make room, and the archive that filled the folder is closed (so
+the hand-off can upload it).
 """
 
 from __future__ import annotations
@@ -40,8 +57,6 @@ from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
-from mcap.writer import CompressionType, Writer
-
 from storage_core.device.archive.format import (
     ARCHIVE_METADATA,
     CHANNEL_METADATA,
@@ -53,7 +68,10 @@ from storage_core.device.archive.format import (
     check_template,
     encode_record,
 )
-from storage_core.errors import ArchiveError, ConfigError
+from storage_core.device.archive.mcap_file import COMPRESSIONS, McapFile
+from storage_core.device.archive.recover import RecoveryReport, recover_folder
+from storage_core.device.archive.retention import Budget, not_uploaded
+from storage_core.errors import ArchiveError, ArchiveFolderFull, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +81,22 @@ DEFAULT_CHUNK_SIZE = 1 * MiB
 DEFAULT_GROUP_MS = 100
 LOCK_FILE = ".ferry-archive.lock"
 STATE_FILE = ".ferry-archive.json"
-# a Message record's head (opcode, length, channel, sequence, two times) and its MessageIndex
-# entry: what a record costs beyond its data, counted in the open chunk's size
-RECORD_OVERHEAD = 9 + 22 + 16
+RESERVE_MIN, RESERVE_MAX = 1024, 1 << 20  # record numbers reserved at a time (see the module docstring)
+# a Message record's head (opcode, length, channel, sequence, two times): what a record adds
+# to the open chunk beyond its data
+RECORD_OVERHEAD = 9 + 22
 # archives waiting for the closer thread; past this many, a roll waits (bounded memory)
 MAX_CLOSING = 4
-_NEVER = 2**62  # the mcap Writer's own chunk size: Ferry decides when a chunk is written
 
-_COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
+
+class WhenFull(str, Enum):
+    """What `write` does while the folder is over its retention budget."""
+
+    BLOCK = "block"
+    REFUSE = "refuse"
+
+
+FULL_POLL_S = 0.5  # how often a blocked writer looks again
 
 
 class Durability(str, Enum):
@@ -101,7 +127,7 @@ class WriterReport:
 class _OpenArchive:
     """One archive being written: its file, its mcap Writer and what has gone into it."""
 
-    def __init__(self, open_path: Path, final_path: Path, sequence: int, first_record: int, file, writer: Writer) -> None:
+    def __init__(self, open_path: Path, final_path: Path, sequence: int, first_record: int, file, writer: McapFile) -> None:
         self.open_path, self.final_path = open_path, final_path
         self.sequence, self.first_record = sequence, first_record
         self.file, self.writer = file, writer
@@ -110,9 +136,13 @@ class _OpenArchive:
         self.channels: dict[str, int] = {}
         self.records = 0
         self.written = 0  # bytes handed to the file so far
-        self.pending = 0  # bytes in the open chunk (uncompressed, with per-record overhead)
         self.sync_lock = threading.Lock()  # a flusher's fsync vs the closer's close
         self.closed = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes in the open chunk (uncompressed)."""
+        return self.writer.pending
 
     def info(self, path: Path | None = None) -> ArchiveInfo:
         return ArchiveInfo(path or self.open_path, self.sequence, self.first_record, self.records, self.written + self.pending)
@@ -155,10 +185,13 @@ class ArchiveWriter:
         name_template: str = DEFAULT_NAME_TEMPLATE,
         on_open: Callable[[ArchiveInfo], object] | None = None,
         on_close: Callable[[ArchiveInfo], object] | None = None,
+        keep_bytes: int | None = None,
+        keep_archives: int | None = None,
+        when_full: WhenFull | str = WhenFull.BLOCK,
         recover: bool = True,
     ) -> None:
-        if compression not in _COMPRESSION:
-            raise ConfigError(f"compression must be one of {', '.join(_COMPRESSION)}, not {compression!r}")
+        if compression not in COMPRESSIONS:
+            raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)}, not {compression!r}")
         if roll_size is not None and roll_size <= 0 or roll_every is not None and roll_every <= 0:
             raise ConfigError("roll size and roll interval must be positive")
         if group_ms <= 0 or chunk_size <= 0:
@@ -167,20 +200,27 @@ class ArchiveWriter:
             self.durability = Durability(durability)
         except ValueError:
             raise ConfigError(f"durability must be record, group or close, not {durability!r}") from None
+        try:
+            self.when_full = WhenFull(when_full)
+        except ValueError:
+            raise ConfigError(f"when-full must be block or refuse, not {when_full!r}") from None
+        if keep_bytes is not None and keep_bytes <= 0 or keep_archives is not None and keep_archives <= 0:
+            raise ConfigError("the retention budget (keep bytes, keep archives) must be positive")
+        self.budget = Budget(keep_bytes, keep_archives)
         self.folder = Path(folder)
         self.template = check_template(name_template)
         self.roll_size, self.roll_every = roll_size, roll_every
         self.group_s, self.chunk_size = group_ms / 1000, chunk_size
-        self.compression = _COMPRESSION[compression]
+        self.compression = compression
         self.on_open, self.on_close = on_open, on_close
 
         self._lock_fd = self._take_folder()
+        self.recovered: list[RecoveryReport] = []  # what reopening the folder recovered
         try:
             next_archive, next_record = self._read_state()
             if recover:
-                from storage_core.device.archive.recover import recover_folder
-
-                for recovered in recover_folder(self.folder):
+                self.recovered = recover_folder(self.folder, reserved_end=next_record)
+                for recovered in self.recovered:
                     if recovered.archive_sequence is not None:
                         next_archive = max(next_archive, recovered.archive_sequence + 1)
                     if recovered.last_record is not None:
@@ -189,6 +229,9 @@ class ArchiveWriter:
             os.close(self._lock_fd)
             raise
         self._next_archive, self._next_record = next_archive, next_record
+        self._reserved = next_record  # numbers below this are ours to hand out (durable in the state file)
+        self._block = RESERVE_MIN
+        self._state_lock = threading.RLock()  # one state file write at a time (writer, flusher)
         self._first_written: int | None = None
         self._chunk_bytes = self._disk_bytes = 0  # for the expected size of the open chunk
         self._ratio = 1.0
@@ -201,6 +244,7 @@ class ArchiveWriter:
         self._events: queue.Queue[tuple[Callable[[ArchiveInfo], object], ArchiveInfo] | None] = queue.Queue()
         self._stop = threading.Event()
         self._closed = False
+        self._blocked = False  # waiting for room (logged once per wait)
         self._threads = [
             threading.Thread(target=self._closer, name="ferry-archive-closer", daemon=True),
             threading.Thread(target=self._callbacks, name="ferry-archive-callbacks", daemon=True),
@@ -250,14 +294,25 @@ class ArchiveWriter:
         last = scan_archive(newest[1]).last_sequence
         return next_archive, newest[0] if last is None else last + 1
 
-    def _write_state(self) -> None:
-        """The counters, durable before the archive that uses them exists."""
-        tmp = self.folder / (STATE_FILE + ".tmp")
-        with open(tmp, "w") as handle:
-            json.dump({"next_archive": self._next_archive, "next_record": self._next_record}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.folder / STATE_FILE)
+    def _write_state(self, *, next_record: int | None = None) -> None:
+        """The counters (`next_record`: the reserved end unless given), durable before the
+        archive or the record numbers they cover are used."""
+        with self._state_lock:
+            tmp = self.folder / (STATE_FILE + ".tmp")
+            with open(tmp, "w") as handle:
+                value = self._reserved if next_record is None else next_record
+                json.dump({"next_archive": self._next_archive, "next_record": value}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.folder / STATE_FILE)
+            fsync_folder(self.folder)
+
+    def _reserve(self, end: int) -> None:
+        """Make record numbers below `end` ours (durably) unless they are already."""
+        with self._state_lock:  # re-entered by _write_state: one reservation at a time
+            if end > self._reserved:
+                self._write_state(next_record=end)
+                self._reserved = end
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -266,36 +321,69 @@ class ArchiveWriter:
     ) -> int:
         """Add one record; returns its sequence number. With durability `record` the record
         is on disk when this returns. ArchiveError when the folder cannot take it (the
-        writer then refuses further records; what was written before stays recoverable)."""
+        writer then refuses further records; what was written before stays recoverable);
+        ArchiveFolderFull (`when_full="refuse"`) when the folder is over its retention
+        budget: that record is not written, later ones may be."""
         data = encode_record(metadata, payload)
         when = time.time_ns() if log_time is None else log_time
-        with self._lock:
-            if self._failed is not None:
-                raise self._failed
-            if self._closed:
-                raise ArchiveError("the archive writer is closed", path=str(self.folder))
-            archive = self._current
-            try:
-                if archive is None:
-                    archive = self._current = self._open_next()
-                elif (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
-                    archive = self._roll_locked(open_next=True)
-                channel = archive.channels.get(topic)
-                if channel is None:
-                    channel = self._add_channel(archive, topic)
-                sequence = self._next_record
-                archive.writer.add_message(channel, when, data, when, sequence & 0xFFFFFFFF)
-                archive.records += 1
-                archive.pending += len(data) + RECORD_OVERHEAD
-                self._next_record = sequence + 1
-                if self._first_written is None:
-                    self._first_written = sequence
-                if archive.pending >= self.chunk_size or self.durability is Durability.RECORD:
-                    self._write_chunk(archive)
-                if self.durability is Durability.RECORD:
-                    os.fsync(archive.fd)
-            except OSError as exc:
-                raise self._fail(exc, archive) from exc
+        while True:
+            with self._lock:
+                if self._failed is not None:
+                    raise self._failed
+                if self._closed:
+                    raise ArchiveError("the archive writer is closed", path=str(self.folder))
+                archive = self._current
+                try:
+                    if archive is None or (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
+                        archive = self._next_archive_for_write()
+                    if archive is not None:
+                        return self._append(archive, topic, when, data)
+                except OSError as exc:
+                    raise self._fail(exc, self._current) from exc
+            self._wait_for_room()
+
+    def _next_archive_for_write(self) -> _OpenArchive | None:
+        """The archive the next record goes to, rolling the current one; None while the
+        folder is over its budget (the current archive then goes to the closer)."""
+        full = self.budget.limited and self.budget.exceeded(not_uploaded(self.folder), adding=1)
+        if self._current is None:
+            if not full:
+                self._current = self._open_next()
+            return self._current
+        return self._roll_locked(open_next=not full)
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure: raise (refuse) or wait a moment (block) outside the writer's lock."""
+        if self.when_full is WhenFull.REFUSE:
+            raise ArchiveFolderFull(
+                f"{self.folder}: the archives not yet uploaded fill its budget ({self.budget.text()}): record refused",
+                path=str(self.folder),
+            )
+        if not self._blocked:
+            log.warning("%s: the archives not yet uploaded fill its budget (%s): waiting for the hand-off",
+                        self.folder, self.budget.text())  # fmt: skip
+        self._blocked = True
+        self._stop.wait(FULL_POLL_S)
+
+    def _append(self, archive: _OpenArchive, topic: str, when: int, data: bytes) -> int:
+        self._blocked = False
+        channel = archive.channels.get(topic)
+        if channel is None:
+            channel = self._add_channel(archive, topic)
+        sequence = self._next_record
+        if sequence >= self._reserved:  # the flusher did not keep ahead: a bigger block
+            self._block = min(self._block * 2, RESERVE_MAX)
+            self._reserve(sequence + self._block)
+        mcap = archive.writer
+        mcap.add_message(channel, when, data, sequence & 0xFFFFFFFF)
+        archive.records += 1
+        self._next_record = sequence + 1
+        if self._first_written is None:
+            self._first_written = sequence
+        if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
+            self._write_chunk(archive)
+        if self.durability is Durability.RECORD:
+            os.fdatasync(archive.fd)  # the data and the size: what recovery reads
         return sequence
 
     def roll(self) -> None:
@@ -325,17 +413,17 @@ class ArchiveWriter:
         return self.roll_every is not None and time.monotonic() - archive.opened >= self.roll_every
 
     def _write_chunk(self, archive: _OpenArchive) -> None:
-        archive.writer.flush()  # finishes the chunk and hands it to the OS
-        written = archive.file.tell()
         self._chunk_bytes += archive.pending
+        archive.writer.write_chunk()  # and hands it to the OS
+        written = archive.writer.position
         self._disk_bytes += written - archive.written
         # bytes on disk per byte put into chunks (compression, framing): what the open chunk
         # is expected to take once written
         self._ratio = self._disk_bytes / self._chunk_bytes if self._chunk_bytes else 1.0
-        archive.written, archive.pending = written, 0
+        archive.written = written
 
     def _add_channel(self, archive: _OpenArchive, topic: str) -> int:
-        channel = archive.writer.register_channel(topic, RECORD_ENCODING, 0)
+        channel = archive.writer.register_channel(topic, RECORD_ENCODING)
         # outside the chunks too, so recovery can name records after a damaged chunk
         archive.writer.add_metadata(CHANNEL_METADATA, {"id": str(channel), "topic": topic})
         archive.channels[topic] = channel
@@ -358,8 +446,7 @@ class ArchiveWriter:
         self._next_archive = sequence + 1
         try:
             self._write_state()
-            writer = Writer(file, chunk_size=_NEVER, compression=self.compression, enable_crcs=True, enable_data_crcs=True)
-            writer.start(profile=PROFILE, library="ferry")
+            writer = McapFile(file, compression=self.compression, profile=PROFILE, library="ferry")
             writer.add_metadata(
                 ARCHIVE_METADATA,
                 {"archive_sequence": str(sequence), "first_record_sequence": str(self._next_record), "opened": now.isoformat()},
@@ -371,7 +458,7 @@ class ArchiveWriter:
             file.close()
             raise
         archive = _OpenArchive(open_path, final, sequence, self._next_record, file, writer)
-        archive.written = file.tell()
+        archive.written = writer.position
         self._archives += 1
         self._notify(self.on_open, archive.info())
         return archive
@@ -416,11 +503,18 @@ class ArchiveWriter:
                 except OSError as exc:
                     self._fail(exc, archive)
                     continue
+                # keep half a block of numbers ahead, so write() rarely waits for the state file
+                reserve = self._next_record + self._block if self._reserved - self._next_record < self._block // 2 else None
+            if reserve is not None:
+                try:
+                    self._reserve(reserve)
+                except OSError as exc:
+                    log.error("cannot reserve record numbers in %s: %s", self.folder / STATE_FILE, exc)
             if to_sync is not None:
                 with to_sync.sync_lock:  # outside the writer's lock: records keep flowing meanwhile
                     if not to_sync.closed:
                         try:
-                            os.fsync(to_sync.fd)
+                            os.fdatasync(to_sync.fd)
                         except OSError as exc:
                             log.error("fsync of %s failed: %s", to_sync.open_path, exc)
 
@@ -442,7 +536,7 @@ class ArchiveWriter:
                 archive.writer.finish()
                 archive.file.flush()
                 os.fsync(archive.fd)
-                archive.written, archive.pending = archive.file.tell(), 0
+                archive.written = archive.writer.position
             finally:
                 archive.closed = True
                 archive.file.close()
@@ -473,10 +567,13 @@ class ArchiveWriter:
                 return self._report()
             self._closed = True
             archive, self._current = self._current, None
-            if self._failed is None:
-                self._write_state()
         self._stop.set()
         self._threads[2].join()
+        if self._failed is None:  # the unused reserved numbers go back: no gap after a clean close
+            try:
+                self._write_state(next_record=self._next_record)
+            except OSError as exc:
+                self._failed = _describe(exc, "write the state of", self.folder)
         if archive is not None:
             if self._failed is None:
                 self._closing.put(archive)
@@ -513,6 +610,7 @@ __all__ = [
     "ArchiveInfo",
     "ArchiveWriter",
     "Durability",
+    "WhenFull",
     "WriterReport",
     "fsync_folder",
 ]
