@@ -193,3 +193,68 @@ def test_gc_removes_products_no_recording_reaches(env, catalog) -> None:
     report = collect_garbage(catalog, older_than=timedelta(0))
     assert report.products == [first.key] and not list(env.list(prefix + "/"))
     assert catalog_products.find_product(catalog, first.key) is None
+
+
+def test_two_derives_of_one_key_at_once_compute_it_once(env, catalog) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    two_recordings(catalog, env)
+    [item] = plan_derive(catalog, "topics", recording="r1")
+    with ThreadPoolExecutor(2) as pool:
+        outcomes = list(pool.map(lambda _: derive_one(catalog, item, options={"chunk_rows": 64}), range(2)))
+    assert sorted(o.outcome for o in outcomes) == ["computed", "reused"]
+    info = catalog_products.get_product(catalog, item.key)
+    assert [a.state for a in info.attempts] == ["committed"]
+
+
+CHILD = """
+import sys
+from datetime import timedelta
+from storage_core.catalog import Catalog
+from storage_core.products import derive_one, plan_derive
+catalog = Catalog(sys.argv[1])
+[item] = plan_derive(catalog, "topics", recording="big")
+derive_one(catalog, item, options={"chunk_rows": 50}, lease=timedelta(seconds=float(sys.argv[2])))
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_derive_leaves_it_broken_and_the_next_run_recomputes(env, sqlite_url, tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    catalog = Catalog(sqlite_url)
+    data = mcap_with_topics({"/imu": 30_000, "/log": 10_000}, seed=3)
+    store_recording(catalog, env, "data/dev/big/x.mcap", data, device="dev", recording="big")
+    [item] = plan_derive(catalog, "topics", recording="big")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, sqlite_url, "3"], env=os.environ.copy(),
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # kill it once it has written files under its attempt
+            info = catalog_products.find_product(catalog, item.key)
+            running = info.running if info else None
+            if running is not None and len(list(env.list(running.prefix + "/"))) >= 3:
+                break
+            assert child.poll() is None and time.monotonic() < deadline, "the child ended before it could be killed"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    info = catalog_products.get_product(catalog, item.key)
+    assert info.committed is None  # never visible as committed
+    deadline = time.monotonic() + 30
+    while (planned := plan_derive(catalog, "topics", recording="big")[0]).action == "busy":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert planned.action == "broken" and "lease expired" in planned.reason
+    outcome = derive_one(catalog, planned)
+    assert outcome.outcome == "computed" and outcome.rows == 40_000
+    states = sorted(a.state for a in catalog_products.get_product(catalog, item.key).attempts)
+    assert states == ["committed", "failed"]
+    catalog.dispose()
