@@ -10,6 +10,7 @@ prefect.yaml lists the same ones for work pools (a test keeps the two in step).
 | `summarize/resummarize` | from the UI: SummarizeParams | 2, more wait |
 | `summarize/summarize-on-upload` | event `ferry.upload.completed` → its transaction | 4, more wait |
 | `download/restore-to-disk` | from the UI: DownloadParams | 2, more wait |
+| `derive/backfill` | from the UI: DeriveParams (product, filters, options, mode) | 1, more wait |
 
 Overlap is safe by construction, not only by the limits: ingest's planning skips bytes
 already stored and claims destinations, so two overlapping ingests store each file once.
@@ -107,6 +108,7 @@ INGEST = "flows/ingest.py:ingest"
 RECONCILE = "flows/reconcile.py:reconcile"
 SUMMARIZE = "flows/summarize.py:summarize"
 DOWNLOAD = "flows/download.py:download"
+DERIVE = "flows/derive.py:derive"
 
 STANDING: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
@@ -146,6 +148,14 @@ STANDING: tuple[DeploymentSpec, ...] = (
         entrypoint=DOWNLOAD,
         description="Restore catalogued objects to a folder on disk: planned first, verified, atomic per file.",
         concurrency=Concurrency(2),
+        tags=("ferry", "backfill"),
+    ),
+    DeploymentSpec(
+        name="backfill",
+        entrypoint=DERIVE,
+        description="Derive a product (topics: MCAP → per-topic Parquet) for recordings; only what changed "
+        "(code, options, inputs) is computed, each product published atomically.",
+        concurrency=Concurrency(1),  # two backfills would only wait on each other's keys
         tags=("ferry", "backfill"),
     ),
 )

@@ -34,6 +34,10 @@
     ├── GatewayError                 the device gateway refused (4xx) or could not be reached
     ├── ArchiveError                 a device's rolling archives cannot be written (disk full, read-only, in use)
     │   └── ArchiveFolderFull        the folder is over its retention budget of archives not yet uploaded
+    ├── ProductError                 a derived product (storage_core/products)
+    │   ├── ProductNotFound          no product or committed attempt under that key
+    │   ├── ProductBusy              another live attempt is computing the key (retryable)
+    │   └── AttemptLost              the attempt's lease expired or another commit won; nothing published
     ├── IngestFailed                 an ingest run's failure, in one line
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
@@ -236,6 +240,25 @@ class ArchiveFolderFull(ArchiveError):
     retryable = True
 
 
+class ProductError(FerryError):
+    """A derived product cannot be planned, computed, published or read."""
+
+
+class ProductNotFound(ProductError):
+    """No product (or no committed attempt of it) under the key asked for."""
+
+
+class ProductBusy(ProductError):
+    """Another attempt holds a live lease on the key; it computes it, this one does not."""
+
+    retryable = True
+
+
+class AttemptLost(ProductError):
+    """The attempt may not commit: its lease expired (another may have taken over) or the
+    product's committed attempt changed under it. Its files stay unpublished (gc removes them)."""
+
+
 class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
@@ -258,6 +281,7 @@ __all__ = [
     "AbortFailed",
     "AccessDenied",
     "ArchiveError",
+    "AttemptLost",
     "ArchiveFolderFull",
     "BenchmarkFailed",
     "BucketNotFound",
@@ -278,6 +302,9 @@ __all__ = [
     "ObjectNotFound",
     "PartUploadFailed",
     "PreconditionFailed",
+    "ProductBusy",
+    "ProductError",
+    "ProductNotFound",
     "RangeNotHonoured",
     "SourceChanged",
     "StorageError",

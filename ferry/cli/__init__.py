@@ -16,6 +16,7 @@ from ferry.cli import (  # noqa: F401 - each module registers its commands on `a
     catalog_cmds,
     gateway_cmds,
     ingest_cmds,
+    products_cmds,
     serve_cmds,
     server_cmds,
     summarize_cmds,

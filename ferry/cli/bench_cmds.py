@@ -1,4 +1,4 @@
-"""`ferry bench upload|download|summary|archive`: pass-through to the benchmarks in `bench/`."""
+"""`ferry bench upload|download|summary|archive|derive`: pass-through to the benchmarks in `bench/`."""
 
 from __future__ import annotations
 
@@ -41,3 +41,9 @@ def bench_summary(ctx: typer.Context) -> None:
 def bench_archive(ctx: typer.Context) -> None:
     """Ferry's rolling archive (durability group and close) vs the mcap Python writer: records/s, MB/s, overhead per record."""
     _bench("archive", ctx.args)
+
+
+@bench_app.command("derive", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_derive(ctx: typer.Context) -> None:
+    """Ferry's topics product (MCAP → per-topic Parquet, streamed, published) vs a plain mcap + pyarrow script: MB/s."""
+    _bench("derive", ctx.args)

@@ -4,6 +4,7 @@
     devices ─< device_tokens
     transactions ─< transaction_items ─< multipart_parts
     transactions ─ upload_events (at most one per transaction: the durable "completed" event)
+    recordings ─< products ─< product_attempts   (derived data keyed by lineage: storage_core/products)
 
 A transaction item claims its destination while it is in flight: a partial unique index
 on (store_uri, key) over the active states makes two concurrent ingests of the same file
@@ -231,8 +232,67 @@ class MultipartPart(Base):
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class AttemptState(str, enum.Enum):
+    """A product attempt's life: running (holds a lease) → committed (the product's files) →
+    superseded (a later attempt of the same key committed; still readable until gc), or
+    running → failed. A running attempt past its lease is broken: it never commits."""
+
+    RUNNING = "running"
+    COMMITTED = "committed"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+
+
+class Product(Base):
+    """One lineage key: what was derived, from what, by which code and options. Its data is
+    the attempt `committed_attempt_id` names (None: nothing committed yet); changing that
+    pointer is the publish, a compare-and-set."""
+
+    __tablename__ = "products"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the canonical lineage
+    product: Mapped[str] = mapped_column(String(64), index=True)
+    recording_id: Mapped[int | None] = mapped_column(ForeignKey("recordings.id"), index=True)
+    lineage: Mapped[str] = mapped_column(Text)  # the canonical JSON the key hashes
+    committed_attempt_id: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    committed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ProductAttempt(Base):
+    """One try at writing a product's files under its own prefix. At most one attempt of a
+    key runs at a time (a partial unique index), so two derives of one key compute it once."""
+
+    __tablename__ = "product_attempts"
+    __table_args__ = (
+        Index(
+            "uq_attempt_running_key",
+            "product_key",
+            unique=True,
+            sqlite_where=text("state = 'running'"),
+            postgresql_where=text("state = 'running'"),
+        ),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    product_key: Mapped[str] = mapped_column(ForeignKey("products.key", ondelete="CASCADE"), index=True)
+    store_uri: Mapped[str] = mapped_column(String(1024))
+    prefix: Mapped[str] = mapped_column(String(1024))  # every file of the attempt, and its manifest.json, is under it
+    state: Mapped[str] = mapped_column(String(16), default=AttemptState.RUNNING.value)
+    owner: Mapped[str | None] = mapped_column(String(256))  # host:pid, for people
+    settings: Mapped[str | None] = mapped_column(Text)  # JSON: the untracked options it was written with
+    lease_expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+    files: Mapped[int | None] = mapped_column(Integer)
+    rows: Mapped[int | None] = mapped_column(BigInteger)
+    bytes: Mapped[int | None] = mapped_column(BigInteger)
+
+
 __all__ = [
     "ACTIVE_ITEM_STATES",
+    "AttemptState",
     "DONE_ITEM_STATES",
     "OPEN_TRANSACTION_STATES",
     "Base",
@@ -241,6 +301,8 @@ __all__ = [
     "ItemStatus",
     "MultipartPart",
     "ObjectTopic",
+    "Product",
+    "ProductAttempt",
     "Recording",
     "SkipReason",
     "SourceKind",
