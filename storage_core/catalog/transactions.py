@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 import sqlalchemy.exc
 from sqlalchemy import delete, distinct, select, update
+from sqlalchemy.orm import selectinload
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -398,24 +399,44 @@ def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
     recorded so far. An item already done is returned unchanged. Refused
     (TransactionStateError): a closed item or transaction, and a device's item (only the
     device has its bytes)."""
+    [started] = start_items_upload(catalog, [item_id])
+    return started
+
+
+def start_items_upload(catalog: Catalog, item_ids: Iterable[int]) -> list[ItemUpload]:
+    """`start_item_upload` for a batch of items, in one database transaction (one commit
+    for a batch of small files, not one each), in the order given. Nothing changes when
+    one of them is refused."""
+    ids = list(item_ids)
     with catalog.session() as session:
-        item = _load_item(session, item_id)
-        if item.status in DONE_ITEM_STATES:
-            return ItemUpload(ItemInfo.of(item), ())
-        if item.status not in ACTIVE_ITEM_STATES:
-            raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
-        txn = item.transaction
-        if txn.status not in OPEN_TRANSACTION_STATES:
-            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
-        if item.source_kind == SourceKind.DEVICE.value:
-            raise TransactionStateError(
-                f"transaction {txn.id} is a device upload: only the device can send its bytes "
-                f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
-            )
-        item.status = ItemStatus.UPLOADING.value
-        txn.status = TransactionStatus.UPLOADING.value
-        parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
-        return ItemUpload(ItemInfo.of(item), parts)
+        loaded: dict[int, TransactionItem] = {}
+        for chunk in _chunks(ids):
+            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
+                selectinload(TransactionItem.parts), selectinload(TransactionItem.transaction))
+            loaded.update((item.id, item) for item in session.scalars(query))
+        missing = [i for i in ids if i not in loaded]
+        if missing:
+            raise CatalogError(f"no transaction item {missing[0]}")
+        return [_start_upload(loaded[i]) for i in ids]
+
+
+def _start_upload(item: TransactionItem) -> ItemUpload:
+    if item.status in DONE_ITEM_STATES:
+        return ItemUpload(ItemInfo.of(item), ())
+    if item.status not in ACTIVE_ITEM_STATES:
+        raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
+    txn = item.transaction
+    if txn.status not in OPEN_TRANSACTION_STATES:
+        raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
+    if item.source_kind == SourceKind.DEVICE.value:
+        raise TransactionStateError(
+            f"transaction {txn.id} is a device upload: only the device can send its bytes "
+            f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
+        )
+    item.status = ItemStatus.UPLOADING.value
+    txn.status = TransactionStatus.UPLOADING.value
+    parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
+    return ItemUpload(ItemInfo.of(item), parts)
 
 
 @dataclass(frozen=True)
@@ -489,27 +510,63 @@ def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str
         return ItemInfo.of(item)
 
 
+def record_items_stored(catalog: Catalog, verified: Iterable[VerifiedItem]) -> None:
+    """`record_item_stored` for a group of items, in one database transaction: a batch of
+    small files costs one commit, not one per file."""
+    verified = list(verified)
+    with catalog.session() as session:
+        items: dict[int, TransactionItem] = {}
+        for chunk in _chunks([v.item_id for v in verified]):
+            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
+                selectinload(TransactionItem.transaction))
+            items.update((item.id, item) for item in session.scalars(query))
+        missing = [v.item_id for v in verified if v.item_id not in items]
+        if missing:
+            raise CatalogError(f"no transaction item {missing[0]}")
+        _store_all(session, [(items[v.item_id], v.crc32c, v.etag) for v in verified])
+
+
 def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
-    item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
-    if session.get(Device, item.device_id) is None:
-        session.add(Device(id=item.device_id))
-        session.flush()
-    recording = session.scalar(
-        select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
-    )
-    if recording is None:
-        recording = Recording(device_id=item.device_id, name=item.recording)
-        session.add(recording)
-        session.flush()
-    stored = session.scalar(select(StoredObject).where(StoredObject.store_uri == item.store_uri, StoredObject.key == item.key))
-    if stored is None:
-        stored = StoredObject(store_uri=item.store_uri, key=item.key)
-        session.add(stored)
-    stored.recording_id = recording.id
-    stored.relative_path, stored.modality = item.relative_path, item.modality
-    stored.size, stored.crc32c, stored.etag = item.size, crc32c, etag
-    stored.transaction_id, stored.flow_run_id = item.transaction_id, item.transaction.flow_run_id
-    stored.stored_at = _now()
+    _store_all(session, [(item, crc32c, etag)])
+
+
+def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> None:
+    """Items stored, their devices, recordings and stored objects upserted (each looked up
+    once for the group, not once per item)."""
+    now = _now()
+    devices: set[str] = set()
+    recordings: dict[tuple[str, str], Recording] = {}
+    for item, _, _ in verified:
+        if item.device_id not in devices and session.get(Device, item.device_id) is None:
+            session.add(Device(id=item.device_id))
+            session.flush()
+        devices.add(item.device_id)
+        where = (item.device_id, item.recording)
+        if where not in recordings:
+            recording = session.scalar(
+                select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording))
+            if recording is None:
+                recording = Recording(device_id=item.device_id, name=item.recording)
+                session.add(recording)
+                session.flush()
+            recordings[where] = recording
+    stored: dict[tuple[str, str], StoredObject] = {}
+    for store_uri in {item.store_uri for item, _, _ in verified}:
+        keys = [item.key for item, _, _ in verified if item.store_uri == store_uri]
+        for chunk in _chunks(sorted(set(keys))):
+            query = select(StoredObject).where(StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
+            stored.update(((obj.store_uri, obj.key), obj) for obj in session.scalars(query))
+    for item, crc32c, etag in verified:
+        item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
+        obj = stored.get((item.store_uri, item.key))
+        if obj is None:
+            obj = stored[(item.store_uri, item.key)] = StoredObject(store_uri=item.store_uri, key=item.key)
+            session.add(obj)
+        obj.recording_id = recordings[(item.device_id, item.recording)].id
+        obj.relative_path, obj.modality = item.relative_path, item.modality
+        obj.size, obj.crc32c, obj.etag = item.size, crc32c, etag
+        obj.transaction_id, obj.flow_run_id = item.transaction_id, item.transaction.flow_run_id
+        obj.stored_at = now
 
 
 # --- complete / abort ------------------------------------------------------------------------
@@ -693,11 +750,13 @@ __all__ = [
     "record_abort_incomplete",
     "record_item_failed",
     "record_item_stored",
+    "record_items_stored",
     "record_part_stored",
     "record_upload_started",
     "recorded_upload_ids",
     "set_flow_run",
     "stale_transactions",
+    "start_items_upload",
     "store_uris_in_flight",
     "stored_etag",
     "stored_sizes",
