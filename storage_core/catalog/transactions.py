@@ -173,7 +173,7 @@ class CompletedUpload:
 def get_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """The transaction, or CatalogError when there is none."""
     with catalog.session() as session:
-        return TransactionInfo.of(_load(session, transaction_id))
+        return TransactionInfo.of(_whole(session, transaction_id))
 
 
 def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo | None:
@@ -342,6 +342,7 @@ def begin_transaction(
             )
             session.add(txn)
             session.flush()
+            claims = []
             for entry in entries:
                 key = destination_key(destination, entry)
                 kind = source_kind or (SourceKind.OBJECT if entry.is_object else SourceKind.FILE)
@@ -361,29 +362,60 @@ def begin_transaction(
                     crc32c=entry.crc32c,
                 )
                 if entry.crc32c is not None and stored_now.get(key) == (entry.size, entry.crc32c):
-                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
-                                                skip_reason=SkipReason.IDENTICAL.value,
-                                                error="identical bytes already stored"))
-                    continue
-                try:
-                    with session.begin_nested():
-                        session.add(TransactionItem(**fields, status=ItemStatus.PENDING.value))
-                except sqlalchemy.exc.IntegrityError:  # the partial unique index: in flight elsewhere
-                    holder = session.scalar(
-                        select(TransactionItem.transaction_id).where(
-                            TransactionItem.store_uri == destination.store_uri,
-                            TransactionItem.key == key,
-                            TransactionItem.status.in_(ACTIVE_ITEM_STATES),
-                        )
-                    )
-                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
-                                                skip_reason=SkipReason.BUSY.value,
-                                                error=f"being uploaded by transaction {holder}"))
+                    fields.update(status=ItemStatus.SKIPPED.value, skip_reason=SkipReason.IDENTICAL.value,
+                                  error="identical bytes already stored")
+                claims.append(fields)
+            _claim(session, claims)
             session.flush()
-            session.refresh(txn)
-            return TransactionInfo.of(txn)
+            return TransactionInfo.of(_whole(session, txn_id))
     except CatalogConflict as exc:  # the transaction id itself (session() translated the unique violation)
         raise CatalogConflict(f"transaction {txn_id} is being begun by another caller") from exc
+
+
+def _claim(session, rows: list[dict]) -> None:
+    """Items for `rows`, in order: those without a status pending, each claiming its
+    destination; one whose destination an open transaction holds (the partial unique index
+    refuses it) is skipped as busy. All are tried in one savepoint first (the common case:
+    nothing is busy), then, after a refusal, one savepoint per claim."""
+    def item(fields: dict) -> TransactionItem:
+        return TransactionItem(**{"status": ItemStatus.PENDING.value, **fields})
+
+    try:
+        with session.begin_nested():
+            session.add_all([item(fields) for fields in rows])
+        return
+    except sqlalchemy.exc.IntegrityError:
+        pass  # the savepoint took every row of it back: claim one by one
+    for fields in rows:
+        if "status" in fields:
+            session.add(item(fields))
+            continue
+        try:
+            with session.begin_nested():
+                session.add(item(fields))
+        except sqlalchemy.exc.IntegrityError:  # the partial unique index: in flight elsewhere
+            holder = session.scalar(
+                select(TransactionItem.transaction_id).where(
+                    TransactionItem.store_uri == fields["store_uri"],
+                    TransactionItem.key == fields["key"],
+                    TransactionItem.status.in_(ACTIVE_ITEM_STATES),
+                )
+            )
+            session.add(item({**fields, "status": ItemStatus.SKIPPED.value, "skip_reason": SkipReason.BUSY.value,
+                              "error": f"being uploaded by transaction {holder}"}))
+
+
+def _whole(session, transaction_id: str) -> Transaction:
+    """The transaction with its items and their parts, loaded in three queries (not one per
+    item: a batch of small files is thousands of items)."""
+    txn = session.scalars(
+        select(Transaction).where(Transaction.id == transaction_id)
+        .options(selectinload(Transaction.items).selectinload(TransactionItem.parts))
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if txn is None:
+        raise CatalogError(f"no transaction {transaction_id!r}")
+    return txn
 
 
 def set_flow_run(catalog: Catalog, transaction_id: str, flow_run_id: str | None) -> None:
@@ -526,6 +558,17 @@ def record_items_stored(catalog: Catalog, verified: Iterable[VerifiedItem]) -> N
         _store_all(session, [(items[v.item_id], v.crc32c, v.etag) for v in verified])
 
 
+def _insert_unless_there(session, row) -> bool:
+    """Insert `row`; False when a concurrent writer inserted the same key first (two
+    batches of one ingest store a new device's first files at once)."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        return False
+
+
 def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
     _store_all(session, [(item, crc32c, etag)])
 
@@ -538,17 +581,15 @@ def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> Non
     recordings: dict[tuple[str, str], Recording] = {}
     for item, _, _ in verified:
         if item.device_id not in devices and session.get(Device, item.device_id) is None:
-            session.add(Device(id=item.device_id))
-            session.flush()
+            _insert_unless_there(session, Device(id=item.device_id))
         devices.add(item.device_id)
         where = (item.device_id, item.recording)
         if where not in recordings:
-            recording = session.scalar(
-                select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording))
-            if recording is None:
-                recording = Recording(device_id=item.device_id, name=item.recording)
-                session.add(recording)
-                session.flush()
+            find = select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
+            recording = session.scalar(find)
+            if recording is None and not _insert_unless_there(
+                    session, recording := Recording(device_id=item.device_id, name=item.recording)):
+                recording = session.scalar(find)
             recordings[where] = recording
     stored: dict[tuple[str, str], StoredObject] = {}
     for store_uri in {item.store_uri for item, _, _ in verified}:
@@ -575,7 +616,7 @@ def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> Non
 def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """Mark a transaction completed once every item is stored or skipped."""
     with catalog.session() as session:
-        txn = _load(session, transaction_id)
+        txn = _whole(session, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
             return TransactionInfo.of(txn)
         if txn.status not in OPEN_TRANSACTION_STATES:

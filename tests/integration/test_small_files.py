@@ -224,3 +224,33 @@ def test_small_cataloged_objects_download_without_a_head_and_a_grown_object_is_r
     with pytest.raises(IntegrityError, match="holds more"):
         retrieve.download(found, tmp_path / "out2")
     catalog.dispose()
+
+
+def test_two_batches_storing_a_new_devices_first_files_at_once_both_succeed(catalog_url, tmp_path):
+    catalog = Catalog(catalog_url)
+    for round_ in range(4):  # a fresh device and recording each round: both batches create them
+        source = tmp_path / f"landing{round_}"
+        for n in range(2):
+            (source / f"dev{round_}" / "rec").mkdir(parents=True, exist_ok=True)
+            (source / f"dev{round_}" / "rec" / f"{n}.bin").write_bytes(b"x" * (n + 1))
+        dest = parse_uri(f"file://{tmp_path / 'store'}")
+        txn = records.begin_transaction(catalog, scan_source(source).entries, destination=dest, origination="race")
+        started = records.start_items_upload(catalog, [i.id for i in txn.items])
+        barrier = threading.Barrier(2)
+        errors: list[BaseException] = []
+
+        def store(item_id: int) -> None:
+            barrier.wait()
+            try:
+                records.record_items_stored(catalog, [records.VerifiedItem(item_id, 1, "etag")])
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+                errors.append(exc)
+
+        threads = [threading.Thread(target=store, args=(s.item.id,)) for s in started]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert errors == []
+        assert records.complete_transaction(catalog, txn.id).count("stored") == 2
+    catalog.dispose()
