@@ -50,5 +50,17 @@ class TransferBudget:
         with self._changed:
             return self._requests, self._bytes
 
+    @classmethod
+    def shared(cls, *, requests: int, nbytes: int) -> TransferBudget:
+        """The process's one budget of this size: concurrent batches (a flow's tasks run
+        two at a time in one process) share it, so together they stay within it, and
+        within the connection pool of the store client they share (stores.registry)."""
+        with _shared_lock:
+            return _shared.setdefault((requests, nbytes), cls(requests=requests, nbytes=nbytes))
+
+
+_shared: dict[tuple[int, int], TransferBudget] = {}
+_shared_lock = threading.Lock()
+
 
 __all__ = ["TransferBudget"]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -193,7 +193,8 @@ def upload_items(
 ) -> BatchOutcome:
     """Upload a batch of transaction items, several at once: up to `settings.max_in_flight`
     requests (small files' PUTs and large files' parts alike) holding at most
-    `max_concurrency x part_size` bytes together (one TransferBudget). The items are
+    `max_concurrency x part_size` bytes together (the process's TransferBudget: batches
+    running at once share it). The items are
     started in one commit and recorded stored in groups (one commit per group of files);
     each local file is read once, checksummed as it is sent, and its checksum remembered
     in the stat memo so that the next scan need not read it.
@@ -205,10 +206,11 @@ def upload_items(
     settings = settings or load_settings()
     batch = records.start_items_upload(catalog, item_ids)
     started = [s for s in batch if not s.item.done]
-    budget = TransferBudget(requests=settings.max_in_flight, nbytes=settings.max_concurrency * settings.part_size)
+    budget = TransferBudget.shared(requests=settings.max_in_flight, nbytes=settings.max_concurrency * settings.part_size)
     memo = StatMemo.in_home(settings.home)
     group = _StoredGroup(catalog, memo)
     failures: list[tuple[int, FerryError]] = []
+    unexpected: BaseException | None = None  # a bug or an interrupt: recorded nowhere, raised
     sent = reused = 0
     if started:
         with ThreadPoolExecutor(min(settings.max_in_flight, len(started)), thread_name_prefix="ferry-file") as pool:
@@ -216,22 +218,28 @@ def upload_items(
                        for s in started}
             try:
                 for future in as_completed(futures):
-                    item = futures[future]
+                    if future.cancelled():
+                        continue
                     try:
                         result = future.result()
-                    except FerryError as exc:
-                        failures.append((item.id, exc))
+                    except BaseException as exc:
+                        if isinstance(exc, FerryError):
+                            failures.append((futures[future].id, exc))
+                        else:
+                            unexpected = unexpected or exc
                         for other in futures:
                             other.cancel()  # start nothing more; the running ones finish
                         continue
-                    except CancelledError:
-                        continue
                     sent, reused = sent + result.parts_sent, reused + result.parts_reused
-                    group.add(item, result)
+                    group.add(futures[future], result)
             finally:
+                for other in futures:  # an interrupt of this thread: start nothing more either
+                    other.cancel()
                 group.flush()  # what was stored is recorded, whatever happens next
     for item_id, exc in failures:
         _record_failure(catalog, item_id, exc)
+    if unexpected is not None:
+        raise unexpected
     if failures:
         raise failures[0][1]
     return BatchOutcome(items=len(batch), bytes=sum(s.item.size for s in batch), parts_sent=sent, parts_reused=reused)

@@ -57,3 +57,9 @@ def test_a_failing_holder_gives_its_share_back():
 def test_an_empty_budget_is_refused():
     with pytest.raises(ValueError):
         TransferBudget(requests=0, nbytes=1)
+
+
+def test_batches_of_one_process_share_one_budget_of_a_size():
+    one = TransferBudget.shared(requests=3, nbytes=7)
+    assert TransferBudget.shared(requests=3, nbytes=7) is one
+    assert TransferBudget.shared(requests=4, nbytes=7) is not one
