@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -31,7 +32,7 @@ from storage_core.checksums import crc32c_of_stream
 from storage_core.errors import ConfigError, InvalidKey
 from storage_core.keys import parse_uri, validate_key
 from storage_core.modalities import MODALITIES, modality_of  # re-exported: the scan records each file's modality
-from storage_core.statmemo import FileStamp, StatMemo
+from storage_core.statmemo import FileRead, FileStamp, StatMemo
 from storage_core.stores.base import List
 
 if TYPE_CHECKING:
@@ -312,11 +313,12 @@ def with_checksums(
     result, read = [], []
     for entry in entries:
         if entry.crc32c is None and needs_checksum(entry):
+            started_ns = time.time_ns()
             with open_source(entry) as stream:
-                before = None if entry.is_object else os.fstat(stream.fileno())
+                before = None if entry.is_object else FileStamp.of(os.fstat(stream.fileno()))
                 value, _ = crc32c_of_stream(stream)
-                if before is not None and FileStamp.of(os.fstat(stream.fileno())) == FileStamp.of(before):
-                    read.append((str(entry.path), FileStamp.of(before), value))
+                if before is not None and FileStamp.of(os.fstat(stream.fileno())) == before:
+                    read.append((str(entry.path), FileRead(before, started_ns), value))
             entry = replace(entry, crc32c=value)
         result.append(entry)
     if memo is not None:

@@ -1,12 +1,14 @@
 """A persisted stat memo: the CRC32C of a local file, remembered by its stat, as git's index
 remembers a file's hash, so a scan of an unchanged landing folder reads no file again.
 
-An entry is (path, st_dev, st_ino, size, mtime_ns, ctime_ns) -> CRC32C, with the time it
-was written. It answers only for a file whose stat is still exactly that, and only once
-the file's times are older than the entry's write time by more than the file system's
-timestamp granularity: a file changed within the same clock tick as the memo's write
-could otherwise keep its stat (git's racy-timestamp rule); such an entry is read again
-next time and then rewritten, settled. ctime counts like mtime: it cannot be set from
+An entry is (path, st_dev, st_ino, size, mtime_ns, ctime_ns) -> CRC32C, with the time the
+read of those bytes began (no later than the entry's write). It answers only for a file
+whose stat is still exactly that, and only when the file's times are older than that
+read by more than the file system's timestamp granularity: a file changed within the
+same clock tick as the read could otherwise keep its stat (git's racy-timestamp rule,
+taken from the start of the read rather than the memo's write, so a long read cannot
+hide a change made while it ran); such an entry is read again next time and then
+rewritten, settled. ctime counts like mtime: it cannot be set from
 user space and moves with every write, so restoring an mtime (`touch -d`) does not hide a
 rewrite.
 
@@ -25,7 +27,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ CREATE TABLE IF NOT EXISTS stat_memo (
     mtime_ns INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
     crc32c INTEGER NOT NULL,
-    written_ns INTEGER NOT NULL
+    read_ns INTEGER NOT NULL
 )
 """
 
@@ -68,14 +69,22 @@ class FileStamp:
 
 
 @dataclass(frozen=True)
+class FileRead:
+    """A local file read whole: its stamp when opened, and when the read began (wall clock)."""
+
+    stamp: FileStamp
+    started_ns: int
+
+
+@dataclass(frozen=True)
 class MemoEntry:
     stamp: FileStamp
     crc32c: int
-    written_ns: int
+    read_ns: int  # when the read that computed `crc32c` began
 
     def answers(self, stamp: FileStamp, granularity_ns: int) -> bool:
-        """The file still has this stamp and its times were settled when the entry was written."""
-        return stamp == self.stamp and max(stamp.mtime_ns, stamp.ctime_ns) < self.written_ns - granularity_ns
+        """The file still has this stamp, and its times were settled when it was read."""
+        return stamp == self.stamp and max(stamp.mtime_ns, stamp.ctime_ns) < self.read_ns - granularity_ns
 
 
 class StatMemo:
@@ -101,7 +110,7 @@ class StatMemo:
     def entries_under(self, root: str | os.PathLike[str]) -> dict[str, MemoEntry]:
         """Every entry for a file below the folder `root` (absolute), by path."""
         base = os.fspath(root).rstrip("/") + "/"
-        query = ("SELECT path, dev, ino, size, mtime_ns, ctime_ns, crc32c, written_ns FROM stat_memo "
+        query = ("SELECT path, dev, ino, size, mtime_ns, ctime_ns, crc32c, read_ns FROM stat_memo "
                  "WHERE path >= ? AND path < ?")
         if not self.path.exists():
             return {}
@@ -111,18 +120,18 @@ class StatMemo:
         except sqlite3.Error as exc:
             log.warning("stat memo %s unreadable (%s); files are read again", self.path, exc)
             return {}
-        return {path: MemoEntry(FileStamp(dev, ino, size, mtime, ctime), crc, written)
-                for path, dev, ino, size, mtime, ctime, crc, written in rows}
+        return {path: MemoEntry(FileStamp(dev, ino, size, mtime, ctime), crc, read)
+                for path, dev, ino, size, mtime, ctime, crc, read in rows}
 
     def lookup(self, known: dict[str, MemoEntry], path: str, stamp: FileStamp) -> int | None:
         """The CRC32C `known` (from `entries_under`) holds for `path` with this stamp, if it answers."""
         entry = known.get(path)
         return entry.crc32c if entry is not None and entry.answers(stamp, self.granularity_ns) else None
 
-    def record(self, files: Iterable[tuple[str, FileStamp, int]]) -> None:
-        """Remember (path, stamp, CRC32C) of files just read whole, stamped with the time now."""
-        now = time.time_ns()
-        rows = [(path, s.dev, s.ino, s.size, s.mtime_ns, s.ctime_ns, value, now) for path, s, value in files]
+    def record(self, files: Iterable[tuple[str, FileRead, int]]) -> None:
+        """Remember (path, read, CRC32C) of files read whole."""
+        rows = [(path, r.stamp.dev, r.stamp.ino, r.stamp.size, r.stamp.mtime_ns, r.stamp.ctime_ns, value, r.started_ns)
+                for path, r, value in files]
         if not rows:
             return
         try:
@@ -143,4 +152,4 @@ class StatMemo:
             log.warning("stat memo %s not pruned (%s)", self.path, exc)
 
 
-__all__ = ["FILE_NAME", "GRANULARITY_NS", "FileStamp", "MemoEntry", "StatMemo"]
+__all__ = ["FILE_NAME", "GRANULARITY_NS", "FileRead", "FileStamp", "MemoEntry", "StatMemo"]

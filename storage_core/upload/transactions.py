@@ -269,8 +269,8 @@ class _StoredGroup:
 
 def _remember(memo: StatMemo, uploaded: list[tuple[ItemInfo, UploadResult]]) -> None:
     """Put the checksums of the local files just read whole into the stat memo."""
-    memo.record((item.source_path, result.source_stamp, result.crc32c)
-                for item, result in uploaded if result.source_stamp is not None)
+    memo.record((item.source_path, result.source_read, result.crc32c)
+                for item, result in uploaded if result.source_read is not None)
 
 
 def _transfer(catalog: Catalog, started: records.ItemUpload, settings: FerrySettings, *,

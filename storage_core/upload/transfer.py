@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
@@ -42,7 +43,7 @@ from storage_core.errors import (
 )
 from storage_core.parts import DEFAULT_PART_SIZE, Part, choose_part_size, plan_parts
 from storage_core.retry import call_with_retries
-from storage_core.statmemo import FileStamp
+from storage_core.statmemo import FileRead, FileStamp
 from storage_core.stores.base import CopyFile, GetRange, Multipart, ObjectMeta, Put
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,7 @@ class UploadResult:
     upload_id: str | None  # None for a single PUT
     parts_sent: int
     parts_reused: int
-    source_stamp: FileStamp | None = None  # a local file's stat when it was opened (for the stat memo)
+    source_read: FileRead | None = None  # a local file's stat when opened, and when (for the stat memo)
 
 
 def _holding(budget: TransferBudget | None, nbytes: int):
@@ -218,6 +219,7 @@ def upload_file(
     except PermissionError as exc:
         raise SourceChanged(f"{path} is not readable: permission denied", key=str(path)) from exc
     with handle:
+        started_ns = time.time_ns()  # before the stat: a change from here on is a later tick, or racy
         opened = os.fstat(handle.fileno())
         current = FileIdentity.of(opened)
         identity = identity or current
@@ -235,7 +237,7 @@ def upload_file(
             result = _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
                              on_progress=on_progress, journal=journal, resume=resume,
                              keep_resumable=keep_resumable, part_attempts=part_attempts, budget=budget)
-        return replace(result, source_stamp=FileStamp.of(opened))
+        return replace(result, source_read=FileRead(FileStamp.of(opened), started_ns))
 
 
 def upload_object(
