@@ -6,6 +6,10 @@ Every file belongs to a recording; hidden files (`.name`) and rolling archives s
 written (`NAME.mcap.open`, `NAME.mcap.recovering`: they become NAME.mcap, and are ingested,
 once closed) are listed as ignored, never skipped silently. Zero-byte files are files like any other (stored as empty objects).
 
+With a stat memo (storage_core.statmemo), a folder scan fills in the CRC32C of every file
+whose stat the memo vouches for, so a scan of an unchanged landing folder reads no file;
+`with_checksums` remembers what it reads there.
+
 Problems are files that cannot be ingested (unreadable, not a regular file, a name that is
 not a safe key, outside any recording folder). By default any problem refuses the scan
 with one ConfigError before anything moves (a device's upload is one whole). With
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -28,6 +33,7 @@ from storage_core.checksums import crc32c_of_stream
 from storage_core.errors import ConfigError, InvalidKey
 from storage_core.keys import parse_uri, validate_key
 from storage_core.modalities import MODALITIES, modality_of  # re-exported: the scan records each file's modality
+from storage_core.statmemo import FileRead, FileStamp, StatMemo
 from storage_core.stores.base import List
 
 if TYPE_CHECKING:
@@ -100,14 +106,16 @@ def scan_source(
     device_id: str | None = None,
     settings: FerrySettings | None = None,
     hold_back: bool = False,
+    memo: StatMemo | None = None,
 ) -> Scan:
-    """Scan a landing folder or, for an `s3://bucket/prefix` source, a bucket prefix."""
+    """Scan a landing folder or, for an `s3://bucket/prefix` source, a bucket prefix (whose
+    objects are known by their ETag: the memo is for folders)."""
     text = os.fspath(source)
     if "://" not in text:
-        return scan_folder(text, device_id=device_id, hold_back=hold_back)
+        return scan_folder(text, device_id=device_id, hold_back=hold_back, memo=memo)
     location = parse_uri(text)
     if location.scheme == "file":  # a folder spelled as a URI
-        return scan_folder(location.root, device_id=device_id, hold_back=hold_back)
+        return scan_folder(location.root, device_id=device_id, hold_back=hold_back, memo=memo)
     from storage_core.stores.registry import open_store  # the registry builds S3 clients: import late
 
     store, prefix = open_store(location, settings)
@@ -195,8 +203,13 @@ class _Findings:
         return Scan(entries=entries, ignored=self.ignored, held_back=held)
 
 
-def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None, hold_back: bool = False) -> Scan:
-    """Read a landing folder into manifest entries, sorted by path. See module docstring."""
+def scan_folder(
+    source: str | os.PathLike[str], *, device_id: str | None = None, hold_back: bool = False,
+    memo: StatMemo | None = None,
+) -> Scan:
+    """Read a landing folder into manifest entries, sorted by path. See module docstring.
+    With `memo`, each entry carries the CRC32C the memo holds for its stat (if it answers),
+    and the memo forgets the files under the folder that are gone."""
     root = Path(source)
     if not root.exists():
         raise ConfigError(f"source folder {root} does not exist")
@@ -205,6 +218,9 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None,
     _check_device_id(device_id)
 
     found = _Findings(str(root))
+    real_root = root.resolve()  # os.walk does not descend into linked folders: only a file may be a link
+    known = memo.entries_under(real_root) if memo is not None else {}
+    seen: set[str] = set()
 
     def walk_error(exc: OSError) -> None:
         problem = f"{exc.filename}: cannot be read ({exc.strerror})"
@@ -228,7 +244,9 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None,
             owner = _owner(relative, device_id=device_id, shown=str(path), root=str(root))
             try:
                 device, recording, inner = _place(relative, device_id=device_id, shown=str(path), root=str(root))
-                info = path.stat()
+                real, info = real_root.joinpath(*relative), os.lstat(path)
+                if stat.S_ISLNK(info.st_mode):
+                    real, info = path.resolve(), path.stat()
             except _Unplaced as exc:
                 found.hold(owner, str(exc))
                 continue
@@ -240,10 +258,14 @@ def scan_folder(source: str | os.PathLike[str], *, device_id: str | None = None,
             elif not os.access(path, os.R_OK):
                 found.hold(owner, f"{path}: cannot be read (permission denied)")
             else:
+                seen.add(str(real))
+                value = memo.lookup(known, str(real), FileStamp.of(info)) if memo is not None else None
                 found.entries.append(ManifestEntry(
-                    path=path.resolve(), device_id=device, recording=recording, relative_path=inner,
-                    size=info.st_size, mtime_ns=info.st_mtime_ns, modality=modality_of(name),
+                    path=real, device_id=device, recording=recording, relative_path=inner,
+                    size=info.st_size, mtime_ns=info.st_mtime_ns, modality=modality_of(name), crc32c=value,
                 ))  # fmt: skip
+    if memo is not None:
+        memo.forget(set(known) - seen)
     return found.result(hold_back=hold_back)
 
 
@@ -285,18 +307,26 @@ def with_checksums(
     needs_checksum: Callable[[ManifestEntry], bool],
     *,
     open_source: Callable[[ManifestEntry], BinaryIO] = _open_file,
+    memo: StatMemo | None = None,
 ) -> list[ManifestEntry]:
     """Fill in the CRC32C of the entries that need one (candidates for dedup: an object of
     the same size already stored at their destination). Others are left for the upload to
     compute, so new files are read once. `open_source` opens an entry's bytes (a local
-    file by default; a pinned object reader for a bucket-prefix source)."""
-    result = []
+    file by default; a pinned object reader for a bucket-prefix source). With `memo`, the
+    checksums of local files read whole (and unchanged meanwhile) are remembered."""
+    result, read = [], []
     for entry in entries:
         if entry.crc32c is None and needs_checksum(entry):
+            started_ns = time.time_ns()
             with open_source(entry) as stream:
+                before = None if entry.is_object else FileStamp.of(os.fstat(stream.fileno()))
                 value, _ = crc32c_of_stream(stream)
+                if before is not None and FileStamp.of(os.fstat(stream.fileno())) == before:
+                    read.append((str(entry.path), FileRead(before, started_ns), value))
             entry = replace(entry, crc32c=value)
         result.append(entry)
+    if memo is not None:
+        memo.record(read)
     return result
 
 

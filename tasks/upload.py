@@ -12,6 +12,7 @@ from storage_core.catalog import transactions as records
 from storage_core.config import load_settings
 from storage_core.keys import parse_uri
 from storage_core import manifest
+from storage_core.statmemo import StatMemo
 from storage_core.upload import transactions
 from tasks.retry import RETRY_POLICY
 
@@ -47,7 +48,8 @@ def begin_ingest(
     settings = load_settings()
     catalog = open_default_catalog(settings)
     transactions.require_destination(dest, settings=settings)
-    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True)
+    memo = StatMemo.in_home(settings.home)  # a re-scan of unchanged files reads none of them
+    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True, memo=memo)
     logger = get_run_logger()
     if scan.ignored:
         shown = ", ".join(str(path) for path in scan.ignored[:5])
@@ -71,18 +73,12 @@ def begin_ingest(
 
 @task(name="upload-items", **RETRY_POLICY)
 def upload_items(item_ids: list[int]) -> BatchReport:
-    """Upload a batch of items (one large file, or several small ones), resuming recorded
-    uploads. A retry picks up where the failed attempt stopped."""
+    """Upload a batch of items (one large file, or many small ones in flight at once),
+    resuming recorded uploads. A retry picks up where the failed attempt stopped."""
     settings = load_settings()
-    catalog = open_default_catalog(settings)
-    report = BatchReport(items=0, bytes=0, parts_sent=0, parts_reused=0)
-    for item_id in item_ids:
-        outcome = transactions.upload_item(catalog, item_id, settings=settings)
-        report.items += 1
-        report.bytes += outcome.item.size
-        report.parts_sent += outcome.parts_sent
-        report.parts_reused += outcome.parts_reused
-    return report
+    outcome = transactions.upload_items(open_default_catalog(settings), item_ids, settings=settings)
+    return BatchReport(items=outcome.items, bytes=outcome.bytes, parts_sent=outcome.parts_sent,
+                       parts_reused=outcome.parts_reused)
 
 
 @task(name="complete-transaction")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy.exc
-from sqlalchemy import delete, distinct, select, update
+from sqlalchemy import delete, distinct, insert, select, update
+from sqlalchemy.orm import selectinload
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -173,7 +174,7 @@ class CompletedUpload:
 def get_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """The transaction, or CatalogError when there is none."""
     with catalog.session() as session:
-        return TransactionInfo.of(_load(session, transaction_id))
+        return TransactionInfo.of(_whole(session, transaction_id))
 
 
 def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo | None:
@@ -392,6 +393,7 @@ def begin_transaction(
             )
             session.add(txn)
             session.flush()
+            claims = []
             for entry in entries:
                 key = destination_key(destination, entry)
                 kind = source_kind or (SourceKind.OBJECT if entry.is_object else SourceKind.FILE)
@@ -411,29 +413,63 @@ def begin_transaction(
                     crc32c=entry.crc32c,
                 )
                 if entry.crc32c is not None and stored_now.get(key) == (entry.size, entry.crc32c):
-                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
-                                                skip_reason=SkipReason.IDENTICAL.value,
-                                                error="identical bytes already stored"))
-                    continue
-                try:
-                    with session.begin_nested():
-                        session.add(TransactionItem(**fields, status=ItemStatus.PENDING.value))
-                except sqlalchemy.exc.IntegrityError:  # the partial unique index: in flight elsewhere
-                    holder = session.scalar(
-                        select(TransactionItem.transaction_id).where(
-                            TransactionItem.store_uri == destination.store_uri,
-                            TransactionItem.key == key,
-                            TransactionItem.status.in_(ACTIVE_ITEM_STATES),
-                        )
-                    )
-                    session.add(TransactionItem(**fields, status=ItemStatus.SKIPPED.value,
-                                                skip_reason=SkipReason.BUSY.value,
-                                                error=f"being uploaded by transaction {holder}"))
+                    fields.update(status=ItemStatus.SKIPPED.value, skip_reason=SkipReason.IDENTICAL.value,
+                                  error="identical bytes already stored")
+                claims.append(fields)
+            _claim(session, claims)
             session.flush()
-            session.refresh(txn)
-            return TransactionInfo.of(txn)
+            return TransactionInfo.of(_whole(session, txn_id))
     except CatalogConflict as exc:  # the transaction id itself (session() translated the unique violation)
         raise CatalogConflict(f"transaction {txn_id} is being begun by another caller") from exc
+
+
+def _claim(session, rows: list[dict]) -> None:
+    """Items for `rows`, in order: those without a status pending, each claiming its
+    destination; one whose destination an open transaction holds (the partial unique index
+    refuses it) is skipped as busy. All are tried in one savepoint first (the common case:
+    nothing is busy), then, after a refusal, one savepoint per claim."""
+    def item(fields: dict) -> TransactionItem:
+        return TransactionItem(**{"status": ItemStatus.PENDING.value, **fields})
+
+    if not rows:
+        return
+    try:
+        with session.begin_nested():  # rows, not objects: thousands of small files begin in one statement
+            session.execute(insert(TransactionItem), [
+                {"status": ItemStatus.PENDING.value, "skip_reason": None, "error": None, **fields} for fields in rows])
+        return
+    except sqlalchemy.exc.IntegrityError:
+        pass  # the savepoint took every row of it back: claim one by one
+    for fields in rows:
+        if "status" in fields:
+            session.add(item(fields))
+            continue
+        try:
+            with session.begin_nested():
+                session.add(item(fields))
+        except sqlalchemy.exc.IntegrityError:  # the partial unique index: in flight elsewhere
+            holder = session.scalar(
+                select(TransactionItem.transaction_id).where(
+                    TransactionItem.store_uri == fields["store_uri"],
+                    TransactionItem.key == fields["key"],
+                    TransactionItem.status.in_(ACTIVE_ITEM_STATES),
+                )
+            )
+            session.add(item({**fields, "status": ItemStatus.SKIPPED.value, "skip_reason": SkipReason.BUSY.value,
+                              "error": f"being uploaded by transaction {holder}"}))
+
+
+def _whole(session, transaction_id: str) -> Transaction:
+    """The transaction with its items and their parts, loaded in three queries (not one per
+    item: a batch of small files is thousands of items)."""
+    txn = session.scalars(
+        select(Transaction).where(Transaction.id == transaction_id)
+        .options(selectinload(Transaction.items).selectinload(TransactionItem.parts))
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if txn is None:
+        raise CatalogError(f"no transaction {transaction_id!r}")
+    return txn
 
 
 def set_flow_run(catalog: Catalog, transaction_id: str, flow_run_id: str | None) -> None:
@@ -449,24 +485,44 @@ def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
     recorded so far. An item already done is returned unchanged. Refused
     (TransactionStateError): a closed item or transaction, and a device's item (only the
     device has its bytes)."""
+    [started] = start_items_upload(catalog, [item_id])
+    return started
+
+
+def start_items_upload(catalog: Catalog, item_ids: Iterable[int]) -> list[ItemUpload]:
+    """`start_item_upload` for a batch of items, in one database transaction (one commit
+    for a batch of small files, not one each), in the order given. Nothing changes when
+    one of them is refused."""
+    ids = list(item_ids)
     with catalog.session() as session:
-        item = _load_item(session, item_id)
-        if item.status in DONE_ITEM_STATES:
-            return ItemUpload(ItemInfo.of(item), ())
-        if item.status not in ACTIVE_ITEM_STATES:
-            raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
-        txn = item.transaction
-        if txn.status not in OPEN_TRANSACTION_STATES:
-            raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
-        if item.source_kind == SourceKind.DEVICE.value:
-            raise TransactionStateError(
-                f"transaction {txn.id} is a device upload: only the device can send its bytes "
-                f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
-            )
-        item.status = ItemStatus.UPLOADING.value
-        txn.status = TransactionStatus.UPLOADING.value
-        parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
-        return ItemUpload(ItemInfo.of(item), parts)
+        loaded: dict[int, TransactionItem] = {}
+        for chunk in _chunks(ids):
+            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
+                selectinload(TransactionItem.parts), selectinload(TransactionItem.transaction))
+            loaded.update((item.id, item) for item in session.scalars(query))
+        missing = [i for i in ids if i not in loaded]
+        if missing:
+            raise CatalogError(f"no transaction item {missing[0]}")
+        return [_start_upload(loaded[i]) for i in ids]
+
+
+def _start_upload(item: TransactionItem) -> ItemUpload:
+    if item.status in DONE_ITEM_STATES:
+        return ItemUpload(ItemInfo.of(item), ())
+    if item.status not in ACTIVE_ITEM_STATES:
+        raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
+    txn = item.transaction
+    if txn.status not in OPEN_TRANSACTION_STATES:
+        raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
+    if item.source_kind == SourceKind.DEVICE.value:
+        raise TransactionStateError(
+            f"transaction {txn.id} is a device upload: only the device can send its bytes "
+            f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
+        )
+    item.status = ItemStatus.UPLOADING.value
+    txn.status = TransactionStatus.UPLOADING.value
+    parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
+    return ItemUpload(ItemInfo.of(item), parts)
 
 
 @dataclass(frozen=True)
@@ -546,27 +602,72 @@ def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str
         return ItemInfo.of(item)
 
 
+def record_items_stored(catalog: Catalog, verified: Iterable[VerifiedItem]) -> None:
+    """`record_item_stored` for a group of items, in one database transaction: a batch of
+    small files costs one commit, not one per file."""
+    verified = list(verified)
+    with catalog.session() as session:
+        items: dict[int, TransactionItem] = {}
+        for chunk in _chunks([v.item_id for v in verified]):
+            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
+                selectinload(TransactionItem.transaction))
+            items.update((item.id, item) for item in session.scalars(query))
+        missing = [v.item_id for v in verified if v.item_id not in items]
+        if missing:
+            raise CatalogError(f"no transaction item {missing[0]}")
+        _store_all(session, [(items[v.item_id], v.crc32c, v.etag) for v in verified])
+
+
+def _insert_unless_there(session, row) -> bool:
+    """Insert `row`; False when a concurrent writer inserted the same key first (two
+    batches of one ingest store a new device's first files at once)."""
+    try:
+        with session.begin_nested():
+            session.add(row)
+        return True
+    except sqlalchemy.exc.IntegrityError:
+        return False
+
+
 def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
-    item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
-    if session.get(Device, item.device_id) is None:
-        session.add(Device(id=item.device_id))
-        session.flush()
-    recording = session.scalar(
-        select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
-    )
-    if recording is None:
-        recording = Recording(device_id=item.device_id, name=item.recording)
-        session.add(recording)
-        session.flush()
-    stored = session.scalar(select(StoredObject).where(StoredObject.store_uri == item.store_uri, StoredObject.key == item.key))
-    if stored is None:
-        stored = StoredObject(store_uri=item.store_uri, key=item.key)
-        session.add(stored)
-    stored.recording_id = recording.id
-    stored.relative_path, stored.modality = item.relative_path, item.modality
-    stored.size, stored.crc32c, stored.etag = item.size, crc32c, etag
-    stored.transaction_id, stored.flow_run_id = item.transaction_id, item.transaction.flow_run_id
-    stored.stored_at = _now()
+    _store_all(session, [(item, crc32c, etag)])
+
+
+def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> None:
+    """Items stored, their devices, recordings and stored objects upserted (each looked up
+    once for the group, not once per item)."""
+    now = _now()
+    devices: set[str] = set()
+    recordings: dict[tuple[str, str], Recording] = {}
+    for item, _, _ in verified:
+        if item.device_id not in devices and session.get(Device, item.device_id) is None:
+            _insert_unless_there(session, Device(id=item.device_id))
+        devices.add(item.device_id)
+        where = (item.device_id, item.recording)
+        if where not in recordings:
+            find = select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
+            recording = session.scalar(find)
+            if recording is None and not _insert_unless_there(
+                    session, recording := Recording(device_id=item.device_id, name=item.recording)):
+                recording = session.scalar(find)
+            recordings[where] = recording
+    stored: dict[tuple[str, str], StoredObject] = {}
+    for store_uri in {item.store_uri for item, _, _ in verified}:
+        keys = [item.key for item, _, _ in verified if item.store_uri == store_uri]
+        for chunk in _chunks(sorted(set(keys))):
+            query = select(StoredObject).where(StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
+            stored.update(((obj.store_uri, obj.key), obj) for obj in session.scalars(query))
+    for item, crc32c, etag in verified:
+        item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
+        obj = stored.get((item.store_uri, item.key))
+        if obj is None:
+            obj = stored[(item.store_uri, item.key)] = StoredObject(store_uri=item.store_uri, key=item.key)
+            session.add(obj)
+        obj.recording_id = recordings[(item.device_id, item.recording)].id
+        obj.relative_path, obj.modality = item.relative_path, item.modality
+        obj.size, obj.crc32c, obj.etag = item.size, crc32c, etag
+        obj.transaction_id, obj.flow_run_id = item.transaction_id, item.transaction.flow_run_id
+        obj.stored_at = now
 
 
 # --- complete / abort ------------------------------------------------------------------------
@@ -575,7 +676,7 @@ def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
 def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """Mark a transaction completed once every item is stored or skipped."""
     with catalog.session() as session:
-        txn = _load(session, transaction_id)
+        txn = _whole(session, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
             return TransactionInfo.of(txn)
         if txn.status not in OPEN_TRANSACTION_STATES:
@@ -779,11 +880,13 @@ __all__ = [
     "record_abort_incomplete",
     "record_item_failed",
     "record_item_stored",
+    "record_items_stored",
     "record_part_stored",
     "record_upload_started",
     "recorded_upload_ids",
     "set_flow_run",
     "stale_transactions",
+    "start_items_upload",
     "store_uris_in_flight",
     "stored_etag",
     "stored_sizes",

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
+from storage_core.budget import TransferBudget
 from storage_core.config import FerrySettings
 from storage_core.download.plan import Layout, PlannedWrite, plan_writes
 from storage_core.download.targets import Target, sources_of
@@ -25,7 +26,7 @@ from storage_core.download.transfer import (
 )
 from storage_core.errors import ConfigError
 
-DEFAULT_MAX_FILES = 4  # files in flight at once: hides HEAD and fsync latency for many small segments
+DEFAULT_MAX_FILES = 16  # files in flight at once: small files cost latency (a GET, an fsync), not bandwidth
 
 
 def download(
@@ -63,8 +64,10 @@ def download(
 
     Before any write, the whole plan is checked and every problem raised together as a
     WritePlanError (nothing written). During I/O, memory stays below about
-    `max_workers × chunk_size` whatever the object sizes; each object is fetched in
-    `chunk_size` ranges pinned to the ETag of its HEAD, verified (size, CRC32C) and renamed
+    `2 × max_workers × chunk_size` whatever the object sizes (the range workers' buffers,
+    and the bytes of the GETs in flight, which one TransferBudget bounds); each object is
+    fetched in `chunk_size` ranges pinned to the ETag of its HEAD (one GET, no HEAD, for an
+    object of one range whose size and CRC32C the catalog recorded), verified (size, CRC32C) and renamed
     into place only when complete. The first failure stops the call and is raised: files
     already completed stay (each is whole and verified), the failing and unfinished ones
     leave nothing at their final paths and no `.part` files. PreconditionFailed (an object
@@ -81,11 +84,12 @@ def download(
         return [write.dest for write in plan]
     progress = _serialized(on_progress)
     stop = threading.Event()
+    budget = TransferBudget(requests=max_files, nbytes=max_workers * chunk_size)
     with ThreadPoolExecutor(max_workers, thread_name_prefix="ferry-range") as ranges_pool, \
             ThreadPoolExecutor(min(max_files, len(missing)), thread_name_prefix="ferry-file") as files_pool:
         futures: list[Future[Path]] = [
             files_pool.submit(download_object, write, ranges_pool=ranges_pool, chunk_size=chunk_size,
-                              overwrite=overwrite, retry=retry, on_progress=progress, stop=stop)
+                              overwrite=overwrite, retry=retry, on_progress=progress, stop=stop, budget=budget)
             for write in missing
         ]
         try:

@@ -15,7 +15,7 @@ _lock = threading.Lock()
 
 def _s3_client(settings: FerrySettings, *, attempts: int = 1) -> object:
     # boto3 clients are thread-safe and costly to build: share one per endpoint and budget
-    pool = settings.max_concurrency * 2 + 4
+    pool = max(settings.max_concurrency * 2, settings.max_in_flight) + 4
     cache_key = (settings.endpoint_url, settings.region, pool, attempts)
     from storage_core.stores.s3 import make_client  # boto3 loads only for an s3:// store
 

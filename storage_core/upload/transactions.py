@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -21,7 +23,8 @@ from typing import Any, BinaryIO
 from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import SourceKind
-from storage_core.catalog.transactions import ObjectVersion, RecordedPart, destination_key
+from storage_core.budget import TransferBudget
+from storage_core.catalog.transactions import ObjectVersion, RecordedPart, VerifiedItem, destination_key
 from storage_core.catalog.views import ItemInfo, TransactionInfo
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
@@ -36,12 +39,14 @@ from storage_core.errors import (
 )
 from storage_core.keys import StorageUri
 from storage_core.manifest import ManifestEntry, with_checksums
+from storage_core.statmemo import StatMemo
 from storage_core.stores.registry import open_store, split_object_uri
 from storage_core.upload.transfer import (
     CompletedPart,
     FileIdentity,
     OnProgress,
     ResumeState,
+    UploadResult,
     upload_file,
     upload_object,
 )
@@ -73,7 +78,8 @@ def prepare_manifest(
     An object source (bucket prefix) is identified by size and ETag: when an earlier
     transaction already read the same version, its CRC32C is reused instead of fetching the
     object again, so a scheduled run over an unchanged prefix moves no bytes. Local files
-    are re-read: a rewrite can keep size and mtime, so they are no proof of identical bytes.
+    are read again unless the stat memo under `settings.home` vouches for their checksum
+    (their whole stat unchanged since it was read, and settled then: storage_core.statmemo).
     """
     sizes = records.stored_sizes(catalog, destination.store_uri, [destination_key(destination, e) for e in entries])
     known = records.known_object_checksums(catalog, [str(e.path) for e in entries if e.is_object])
@@ -86,6 +92,7 @@ def prepare_manifest(
         entries,
         lambda e: sizes.get(destination_key(destination, e)) == e.size,
         open_source=_SourceOpener(settings),
+        memo=StatMemo.in_home((settings or load_settings()).home),
     )
 
 
@@ -137,6 +144,21 @@ class ItemOutcome:
     parts_reused: int
 
 
+@dataclass(frozen=True)
+class BatchOutcome:
+    """What a batch upload did: items done (stored now or before), their bytes, parts."""
+
+    items: int
+    bytes: int
+    parts_sent: int
+    parts_reused: int
+
+
+# stored items are recorded in groups: one commit per this many files, or this often
+RECORD_GROUP_FILES = 100
+RECORD_GROUP_SECONDS = 0.5
+
+
 def upload_item(
     catalog: Catalog,
     item_id: int,
@@ -150,36 +172,136 @@ def upload_item(
     multipart upload already aborted) and re-raises."""
     settings = settings or load_settings()
     started = records.start_item_upload(catalog, item_id)
+    if started.item.done:
+        return ItemOutcome(started.item, 0, 0)
+    try:
+        result = _transfer(catalog, started, settings, on_progress=on_progress, budget=None)
+    except FerryError as exc:
+        _record_failure(catalog, item_id, exc)
+        raise
+    stored = records.record_item_stored(catalog, item_id, crc32c=result.crc32c, etag=result.etag)
+    _remember(StatMemo.in_home(settings.home), [(started.item, result)])
+    return ItemOutcome(stored, result.parts_sent, result.parts_reused)
+
+
+def upload_items(
+    catalog: Catalog,
+    item_ids: list[int],
+    *,
+    settings: FerrySettings | None = None,
+    on_progress: OnProgress | None = None,
+) -> BatchOutcome:
+    """Upload a batch of transaction items, several at once: up to `settings.max_in_flight`
+    requests (small files' PUTs and large files' parts alike) holding at most
+    `max_concurrency x part_size` bytes together (the process's TransferBudget: batches
+    running at once share it). The items are
+    started in one commit and recorded stored in groups (one commit per group of files);
+    each local file is read once, checksummed as it is sent, and its checksum remembered
+    in the stat memo so that the next scan need not read it.
+
+    On the first failure no further item is started, the running ones finish, and
+    everything stored is recorded before the failure is raised (as `upload_item` records
+    it: retryable leaves the item resumable, anything else marks it failed). A retry of
+    the batch skips the stored items."""
+    settings = settings or load_settings()
+    batch = records.start_items_upload(catalog, item_ids)
+    started = [s for s in batch if not s.item.done]
+    budget = TransferBudget.shared(requests=settings.max_in_flight, nbytes=settings.max_concurrency * settings.part_size)
+    memo = StatMemo.in_home(settings.home)
+    group = _StoredGroup(catalog, memo)
+    failures: list[tuple[int, FerryError]] = []
+    unexpected: BaseException | None = None  # a bug or an interrupt: recorded nowhere, raised
+    sent = reused = 0
+    if started:
+        with ThreadPoolExecutor(min(settings.max_in_flight, len(started)), thread_name_prefix="ferry-file") as pool:
+            futures = {pool.submit(_transfer, catalog, s, settings, on_progress=on_progress, budget=budget): s.item
+                       for s in started}
+            try:
+                for future in as_completed(futures):
+                    if future.cancelled():
+                        continue
+                    try:
+                        result = future.result()
+                    except BaseException as exc:
+                        if isinstance(exc, FerryError):
+                            failures.append((futures[future].id, exc))
+                        else:
+                            unexpected = unexpected or exc
+                        for other in futures:
+                            other.cancel()  # start nothing more; the running ones finish
+                        continue
+                    sent, reused = sent + result.parts_sent, reused + result.parts_reused
+                    group.add(futures[future], result)
+            finally:
+                for other in futures:  # an interrupt of this thread: start nothing more either
+                    other.cancel()
+                group.flush()  # what was stored is recorded, whatever happens next
+    for item_id, exc in failures:
+        _record_failure(catalog, item_id, exc)
+    if unexpected is not None:
+        raise unexpected
+    if failures:
+        raise failures[0][1]
+    return BatchOutcome(items=len(batch), bytes=sum(s.item.size for s in batch), parts_sent=sent, parts_reused=reused)
+
+
+class _StoredGroup:
+    """Items whose bytes are verified, recorded stored in groups (one commit each) and
+    remembered in the stat memo."""
+
+    def __init__(self, catalog: Catalog, memo: StatMemo) -> None:
+        self.catalog, self.memo = catalog, memo
+        self.pending: list[tuple[ItemInfo, UploadResult]] = []
+        self.since = time.monotonic()
+
+    def add(self, item: ItemInfo, result: UploadResult) -> None:
+        self.pending.append((item, result))
+        if len(self.pending) >= RECORD_GROUP_FILES or time.monotonic() - self.since >= RECORD_GROUP_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        pending, self.pending, self.since = self.pending, [], time.monotonic()
+        if pending:
+            records.record_items_stored(
+                self.catalog, [VerifiedItem(item.id, result.crc32c, result.etag) for item, result in pending])
+            _remember(self.memo, pending)
+
+
+def _remember(memo: StatMemo, uploaded: list[tuple[ItemInfo, UploadResult]]) -> None:
+    """Put the checksums of the local files just read whole into the stat memo."""
+    memo.record((item.source_path, result.source_read, result.crc32c)
+                for item, result in uploaded if result.source_read is not None)
+
+
+def _transfer(catalog: Catalog, started: records.ItemUpload, settings: FerrySettings, *,
+              on_progress: OnProgress | None, budget: TransferBudget | None) -> UploadResult:
+    """Move one started item's bytes (nothing recorded but its multipart progress)."""
     item = started.item
-    if item.done:
-        return ItemOutcome(item, 0, 0)
     store, _ = open_store(item.store_uri, settings)
     options = dict(
         part_size=settings.part_size,
         max_concurrency=settings.max_concurrency,
         on_progress=on_progress,
-        journal=_CatalogJournal(catalog, item_id),
+        journal=_CatalogJournal(catalog, item.id),
         resume=_resume_state(item, started.parts),
         keep_resumable=True,
         part_attempts=settings.part_attempts,
+        budget=budget,
     )
-    try:
-        if item.source_kind == SourceKind.OBJECT:  # an object under a landing bucket prefix
-            source_store_uri, source_key = split_object_uri(item.source_path)
-            source_store, _ = open_store(source_store_uri, settings)
-            result = upload_object(store, source_store, source_key, item.key, source_uri=item.source_path,
-                                   size=item.size, etag=item.source_etag, **options)
-        else:
-            identity = FileIdentity(item.size, item.mtime_ns) if item.mtime_ns is not None else None
-            result = upload_file(store, Path(item.source_path), item.key, identity=identity, **options)
-    except FerryError as exc:
-        # after a failed abort the upload may still exist: keep the item open so that
-        # abort or reconcile retries it
-        final = not exc.retryable and not isinstance(exc, AbortFailed)
-        records.record_item_failed(catalog, item_id, one_line(exc), final=final)
-        raise
-    stored = records.record_item_stored(catalog, item_id, crc32c=result.crc32c, etag=result.etag)
-    return ItemOutcome(stored, result.parts_sent, result.parts_reused)
+    if item.source_kind == SourceKind.OBJECT:  # an object under a landing bucket prefix
+        source_store_uri, source_key = split_object_uri(item.source_path)
+        source_store, _ = open_store(source_store_uri, settings)
+        return upload_object(store, source_store, source_key, item.key, source_uri=item.source_path,
+                             size=item.size, etag=item.source_etag, **options)
+    identity = FileIdentity(item.size, item.mtime_ns) if item.mtime_ns is not None else None
+    return upload_file(store, Path(item.source_path), item.key, identity=identity, **options)
+
+
+def _record_failure(catalog: Catalog, item_id: int, exc: FerryError) -> None:
+    # after a failed abort the upload may still exist: keep the item open so that
+    # abort or reconcile retries it
+    final = not exc.retryable and not isinstance(exc, AbortFailed)
+    records.record_item_failed(catalog, item_id, one_line(exc), final=final)
 
 
 def abort_transactions(
@@ -226,4 +348,5 @@ def abort_transactions(
     return results
 
 
-__all__ = ["ItemOutcome", "abort_transactions", "prepare_manifest", "require_destination", "upload_item"]
+__all__ = ["BatchOutcome", "ItemOutcome", "abort_transactions", "prepare_manifest", "require_destination", "upload_item",
+           "upload_items"]

@@ -3,7 +3,9 @@ a parallel multipart upload. A file into a store that can copy local files (`Cop
 local folder) is one kernel copy, whatever its size.
 
 Guarantees:
-- memory stays bounded: at most `max_concurrency` parts are read and in flight at once;
+- memory stays bounded: at most `max_concurrency` parts are read and in flight at once, and
+  with a shared `budget` (storage_core.budget) the whole batch of files and parts holds at
+  most its bytes; a small file is read once, checksummed in memory and sent in one PUT;
 - every part carries a CRC32C the store verifies; the whole-object CRC32C is combined
   from the part checksums (no second read of the file);
 - the source is checked against its identity (size and mtime of a file, the ETag of an
@@ -18,12 +20,16 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from contextlib import nullcontext
+
+from storage_core.budget import TransferBudget
 from storage_core.checksums import combine_parts, crc32c
 from storage_core.errors import (
     AbortFailed,
@@ -37,6 +43,7 @@ from storage_core.errors import (
 )
 from storage_core.parts import DEFAULT_PART_SIZE, Part, choose_part_size, plan_parts
 from storage_core.retry import call_with_retries
+from storage_core.statmemo import FileRead, FileStamp
 from storage_core.stores.base import CopyFile, GetRange, Multipart, ObjectMeta, Put
 
 log = logging.getLogger(__name__)
@@ -91,6 +98,11 @@ class UploadResult:
     upload_id: str | None  # None for a single PUT
     parts_sent: int
     parts_reused: int
+    source_read: FileRead | None = None  # a local file's stat when opened, and when (for the stat memo)
+
+
+def _holding(budget: TransferBudget | None, nbytes: int):
+    return budget.hold(nbytes) if budget is not None else nullcontext()
 
 
 def _check_identity(path: Path, expected: FileIdentity, handle: BinaryIO | None = None) -> None:
@@ -195,8 +207,10 @@ def upload_file(
     resume: ResumeState | None = None,
     keep_resumable: bool = False,
     part_attempts: int = 6,
+    budget: TransferBudget | None = None,
 ) -> UploadResult:
-    """Upload `path` to `key`. See the module docstring for what holds on failure."""
+    """Upload `path` to `key`. See the module docstring for what holds on failure. With
+    `budget`, each request (the PUT, or each part) holds its bytes in it while in flight."""
     path = Path(path)
     try:
         handle = open(path, "rb")
@@ -205,19 +219,25 @@ def upload_file(
     except PermissionError as exc:
         raise SourceChanged(f"{path} is not readable: permission denied", key=str(path)) from exc
     with handle:
-        current = FileIdentity.of(os.fstat(handle.fileno()))
+        started_ns = time.time_ns()  # before the stat: a change from here on is a later tick, or racy
+        opened = os.fstat(handle.fileno())
+        current = FileIdentity.of(opened)
         identity = identity or current
         if current != identity:
             _check_identity(path, identity, handle)
         source = _LocalFile(handle, path, identity)
-        if resume is None and source.size <= store.multipart_threshold:
-            if isinstance(store, CopyFile):
-                return _copied_put(store, source, key, on_progress)
-            if source.size > SMALL_READ_LIMIT:  # a store with a huge multipart threshold
-                return _streamed_put(store, source, key, on_progress)
-        return _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
-                       on_progress=on_progress, journal=journal, resume=resume, keep_resumable=keep_resumable,
-                       part_attempts=part_attempts)
+        if resume is None and source.size <= store.multipart_threshold and (
+                isinstance(store, CopyFile) or source.size > SMALL_READ_LIMIT):
+            with _holding(budget, 0):  # a kernel copy or a stream: no buffer to count
+                if isinstance(store, CopyFile):
+                    result = _copied_put(store, source, key, on_progress)
+                else:  # a store with a huge multipart threshold
+                    result = _streamed_put(store, source, key, on_progress)
+        else:
+            result = _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
+                             on_progress=on_progress, journal=journal, resume=resume,
+                             keep_resumable=keep_resumable, part_attempts=part_attempts, budget=budget)
+        return replace(result, source_read=FileRead(FileStamp.of(opened), started_ns))
 
 
 def upload_object(
@@ -236,6 +256,7 @@ def upload_object(
     resume: ResumeState | None = None,
     keep_resumable: bool = False,
     part_attempts: int = 6,
+    budget: TransferBudget | None = None,
 ) -> UploadResult:
     """Copy the object `source_key` of `source_store` (size `size`, ETag `etag`) to `key`,
     through this process: ranged GETs of part size, each checksummed and sent as a part
@@ -244,20 +265,22 @@ def upload_object(
     source = _StoredObject(source_store, source_key, uri=source_uri, size=size, etag=etag, attempts=part_attempts)
     return _upload(store, source, key, part_size=part_size, max_concurrency=max_concurrency,
                    on_progress=on_progress, journal=journal, resume=resume, keep_resumable=keep_resumable,
-                   part_attempts=part_attempts)
+                   part_attempts=part_attempts, budget=budget)
 
 
 def _upload(store: Put | Multipart, source: _Source, key: str, *, resume: ResumeState | None,
-            on_progress: OnProgress | None, part_attempts: int, **multipart: Any) -> UploadResult:
+            on_progress: OnProgress | None, part_attempts: int, budget: TransferBudget | None,
+            **multipart: Any) -> UploadResult:
     """One PUT for a small source (read whole: at most SMALL_READ_LIMIT bytes), else multipart."""
     if resume is None and source.size <= min(store.multipart_threshold, SMALL_READ_LIMIT):
-        return _single_put(store, source, key, on_progress, part_attempts)
+        with _holding(budget, source.size):
+            return _single_put(store, source, key, on_progress, part_attempts)
     return _multipart(store, source, key, resume=resume, on_progress=on_progress, part_attempts=part_attempts,
-                      **multipart)
+                      budget=budget, **multipart)
 
 
 def _single_put(store: Put, source: _Source, key: str, on_progress: OnProgress | None, attempts: int) -> UploadResult:
-    data = source.read(0, source.size)
+    data = source.read(0, source.size)  # the one read of the file: checksummed here, sent from memory
     value = crc32c(data)
     meta = call_with_retries(
         lambda: store.put(key, data, size=source.size, crc32c=value), attempts=attempts, what=f"put {key}"
@@ -334,6 +357,7 @@ def _multipart(
     resume: ResumeState | None,
     keep_resumable: bool,
     part_attempts: int,
+    budget: TransferBudget | None,
 ) -> UploadResult:
     upload_id, chosen, done = _start_or_resume(store, key, source.size, part_size, journal, resume, part_attempts)
     plan = plan_parts(source.size, part_size=chosen)
@@ -344,22 +368,23 @@ def _multipart(
         todo = [part for part in plan if part.number not in done]
 
         def send(part: Part) -> CompletedPart:
-            data = source.read(part.start, part.end)
-            value = crc32c(data)
-            try:
-                etag = call_with_retries(
-                    lambda: store.upload_part(key, upload_id, part.number, data, crc32c=value),
-                    attempts=part_attempts,
-                    what=f"part {part.number} of {key}",
-                )
-            except FerryError as exc:
-                raise PartUploadFailed(
-                    f"part {part.number} of {key} failed: {exc}",
-                    key=key,
-                    upload_id=upload_id,
-                    part_number=part.number,
-                    retryable=exc.retryable,
-                ) from exc
+            with _holding(budget, part.size):
+                data = source.read(part.start, part.end)
+                value = crc32c(data)
+                try:
+                    etag = call_with_retries(
+                        lambda: store.upload_part(key, upload_id, part.number, data, crc32c=value),
+                        attempts=part_attempts,
+                        what=f"part {part.number} of {key}",
+                    )
+                except FerryError as exc:
+                    raise PartUploadFailed(
+                        f"part {part.number} of {key} failed: {exc}",
+                        key=key,
+                        upload_id=upload_id,
+                        part_number=part.number,
+                        retryable=exc.retryable,
+                    ) from exc
             completed = CompletedPart(part.number, part.size, value, etag)
             if journal:
                 journal.part_stored(completed)  # recorded only after the server answered
