@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from storage_core.catalog.db import Catalog
@@ -88,24 +88,31 @@ class LockedStream:
         self._session.flush()
 
 
+def _insert_if_absent(session: Session, values: dict) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: racing first appends both go on to the lock."""
+    if session.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    session.execute(insert(Stream).values(**values).on_conflict_do_nothing(index_elements=["id"]))
+
+
 @contextmanager
 def locked_stream(catalog: Catalog, device_id: str, name: str, *, table_uri: str, table_format: str) -> Iterator[LockedStream]:
     """The stream's row (created at epoch 0, end 0 on first use) locked until the block
     ends; what the block records is committed when it ends without an error, and nothing
-    of it otherwise. Two first appends racing to create a stream: the loser gets
-    CatalogConflict (retryable by its client)."""
+    of it otherwise. On SQLite the insert-if-absent takes the database write lock first,
+    so no snapshot is read before the lock is held."""
     ident = stream_id(device_id, name)
+    now = utcnow()
     with catalog.session() as session:
-        if session.get_bind().dialect.name == "sqlite":  # take the write lock before reading
-            session.execute(update(Stream).where(Stream.id == ident).values(id=Stream.id))
+        _insert_if_absent(session, {
+            "id": ident, "device_id": device_id, "name": name, "epoch": 0, "committed_end": 0, "table_uri": table_uri,
+            "table_format": table_format, "created_at": now, "updated_at": now,
+        })
         row = session.scalars(
             select(Stream).where(Stream.id == ident).with_for_update().execution_options(populate_existing=True)
-        ).one_or_none()
-        if row is None:
-            row = Stream(id=ident, device_id=device_id, name=name, epoch=0, committed_end=0, table_uri=table_uri,
-                         table_format=table_format)
-            session.add(row)
-            session.flush()
+        ).one()
         yield LockedStream(session, row)
 
 
