@@ -1,4 +1,4 @@
-"""`ferry bench upload|download|summary`: pass-through to the benchmarks in `bench/`."""
+"""`ferry bench upload|download|summary|stream`: pass-through to the benchmarks in `bench/`."""
 
 from __future__ import annotations
 
@@ -35,3 +35,9 @@ def bench_download(ctx: typer.Context) -> None:
 def bench_summary(ctx: typer.Context) -> None:
     """Ferry's range-read MCAP summary vs a full download + mcap vs mcap's SeekingReader."""
     _bench("summary", ctx.args)
+
+
+@bench_app.command("stream", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_stream(ctx: typer.Context) -> None:
+    """Telemetry appended through the gateway (Delta commits) and read back vs pyarrow writing one Parquet file."""
+    _bench("stream", ctx.args)
