@@ -42,7 +42,6 @@ from storage_core.streams.table import (
     decode_schema,
     encode_schema,
     merge_schema,
-    table_location,
 )
 from storage_core.keys import StorageUri
 
@@ -90,10 +89,10 @@ def _decode(body: bytes, header: AppendHeader) -> pa.Table:
 
 
 def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None:
-    """Take the catalog to the table's end when the table is ahead (lost catalog commit)."""
+    """Take the catalog to the table's end when the table is ahead (a lost catalog commit):
+    the table's version says so without reading its app transactions."""
     info = stream.info
-    version = table.app_version(ident)
-    if version is None or version <= info.committed_end:
+    if table.version() is None or table.version() == info.table_version:
         return
     for commit in table.commits_since(info.table_version):
         first, rows = int(commit["first_offset"]), int(commit["rows"])
@@ -101,7 +100,8 @@ def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None
             continue
         append = CommittedAppend(first, rows, commit["digest"], int(commit["epoch"]), int(commit["table_version"]))
         stream.record(append, arrow_schema=commit.get("schema"))
-    if stream.info.committed_end != version:
+    version = table.app_version(ident)
+    if (version or 0) != stream.info.committed_end:
         raise CatalogError(f"stream {ident}: the table records end {version}, its commits reach {stream.info.committed_end}")
 
 
@@ -111,10 +111,11 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
     raise a StreamRefused carrying the stream's committed end and epoch."""
     header = AppendHeader.of(frame)
     ident = stream_id(device_id, header.stream)
-    location = table_location(destination, ident, settings=settings)
+    location = tables.location(destination, ident, settings=settings)
     digest = hashlib.sha256(frame.body).hexdigest()
     with locked_stream(catalog, device_id, header.stream, table_uri=location.uri, table_format=FORMAT) as stream:
         table = tables.get(ident, location)
+        table.refresh()
         _catch_up(stream, table, ident)
         info = stream.info
         if header.epoch < info.epoch:
@@ -137,13 +138,14 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
         schema = merge_schema(stored, data.schema)
         changed = stored is not None and not schema.equals(stored)
         new_end = end + header.rows
+        schema_text = info.arrow_schema if stored is not None and not changed else encode_schema(schema)
         version = table.append(
             data, app_id=ident, end=new_end, schema_changed=changed,
             info={"first_offset": header.offset, "rows": header.rows, "digest": digest, "epoch": header.epoch,
-                  "schema": encode_schema(schema)},
+                  "schema": schema_text},
         )
         stream.record(CommittedAppend(header.offset, header.rows, digest, header.epoch, version),
-                      arrow_schema=encode_schema(schema) if schema is not stored else None)
+                      arrow_schema=schema_text)
         return AppendResult(ident, "committed", header.offset, header.rows, new_end, header.epoch, version)
 
 

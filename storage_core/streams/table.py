@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,11 +60,14 @@ def storage_options(settings: FerrySettings | None = None) -> dict[str, str]:
     return options
 
 
-def table_location(destination: StorageUri, ident: str, *, settings: FerrySettings | None = None) -> TableLocation:
+def table_location(destination: StorageUri, ident: str, *, settings: FerrySettings | None = None,
+                   options: dict[str, str] | None = None) -> TableLocation:
+    """Where stream `ident`'s table lives under `destination` (streams/DEVICE/NAME);
+    `options`: the store's options if already resolved."""
     key = "/".join(p for p in (destination.prefix, "streams", ident) if p)
     if destination.scheme == "file":
         return TableLocation(f"{destination.root}/{key}", {})
-    return TableLocation(f"s3://{destination.root}/{key}", storage_options(settings))
+    return TableLocation(f"s3://{destination.root}/{key}", storage_options(settings) if options is None else options)
 
 
 def location_of(table_uri: str, *, settings: FerrySettings | None = None) -> TableLocation:
@@ -106,56 +110,62 @@ def merge_schema(stored: pa.Schema | None, incoming: pa.Schema) -> pa.Schema:
 
 class DeltaStreamTable:
     """One stream's Delta table. Not thread-safe on its own: its stream's catalog lock
-    serializes the writers."""
+    serializes the writers. `refresh()` once per append (one listing of the log past the
+    version known); the other reads answer from that state."""
 
     def __init__(self, location: TableLocation) -> None:
         self.location = location
         self._table: Any = None
 
-    def _open(self) -> Any:
+    def refresh(self) -> None:
+        """Read what was committed since the last look (by any process); no table yet is fine."""
         from deltalake import DeltaTable
 
-        if self._table is None:
-            if not DeltaTable.is_deltatable(self.location.uri, storage_options=self.location.storage_options):
-                return None
-            self._table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
-        else:
-            self._table.update_incremental()  # another process may have committed
-        return self._table
+        def load() -> None:
+            if self._table is not None:
+                self._table.update_incremental()
+            elif DeltaTable.is_deltatable(self.location.uri, storage_options=self.location.storage_options):
+                self._table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
+
+        self._guard(load)
+
+    def version(self) -> int | None:
+        """The table's version as last refreshed (None: no table yet)."""
+        return None if self._table is None else self._table.version()
 
     def app_version(self, app_id: str) -> int | None:
         """The committed end the table's app transaction records for `app_id` (None: no rows yet)."""
-        table = self._guard(self._open)
-        return None if table is None else table.transaction_version(app_id)
+        return None if self._table is None else self._guard(lambda: self._table.transaction_version(app_id))
 
     def commits_since(self, version: int | None) -> list[dict[str, str]]:
         """The Ferry commit info of each commit after table version `version`, oldest first."""
-        table = self._guard(self._open)
-        if table is None:
+        if self._table is None:
             return []
-        newer = table.version() - (-1 if version is None else version)
+        newer = self._table.version() - (-1 if version is None else version)
         found = []
-        for entry in table.history(limit=max(newer, 0)):
+        for entry in self._guard(lambda: self._table.history(limit=max(newer, 0))):
             info = {k[len(META_PREFIX):]: str(v) for k, v in entry.items() if k.startswith(META_PREFIX)}
             if info:
                 found.append({**info, "table_version": str(entry["version"])})
         return sorted(found, key=lambda i: int(i["first_offset"]))
 
     def append(self, data: pa.Table, *, app_id: str, end: int, info: dict[str, str | int], schema_changed: bool) -> int:
-        """Commit `data` with the app transaction (app_id, end); returns the new table version."""
-        from deltalake import CommitProperties, Transaction, write_deltalake
+        """Commit `data` with the app transaction (app_id, end); returns the new table version.
+        The first append creates the table."""
+        from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 
         def write() -> int:
-            target = self._open() or self.location.uri
             write_deltalake(
-                target, data, mode="append", schema_mode="merge" if schema_changed else None,
-                storage_options=self.location.storage_options,
+                self._table if self._table is not None else self.location.uri, data, mode="append",
+                schema_mode="merge" if schema_changed else None, storage_options=self.location.storage_options,
                 commit_properties=CommitProperties(
                     app_transactions=[Transaction(app_id, end)],
                     custom_metadata={f"{META_PREFIX}{k}": str(v) for k, v in info.items()},
                 ),
             )
-            return self._open().version()
+            if self._table is None:
+                self._table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
+            return self._table.version()  # write_deltalake moved the table object to its commit
 
         return self._guard(write)
 
@@ -172,11 +182,25 @@ class DeltaStreamTable:
 
 
 class StreamTables:
-    """The gateway's open tables, one per stream id (reused: a reopen reads the whole log)."""
+    """The gateway's open tables, one per stream id (reused: a reopen reads the whole log),
+    and the store's options, resolved once per `options_ttl` seconds (a botocore session
+    costs ~60 ms; credentials may rotate, so they are not kept for ever)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, options_ttl: float = 300.0) -> None:
         self._tables: dict[str, DeltaStreamTable] = {}
+        self._options: tuple[float, dict[str, str]] | None = None
+        self._ttl = options_ttl
         self._lock = threading.Lock()
+
+    def location(self, destination: StorageUri, ident: str, *, settings: FerrySettings | None = None) -> TableLocation:
+        where = table_location(destination, ident, settings=settings, options={})
+        if destination.scheme == "file":
+            return where
+        with self._lock:
+            now = time.monotonic()
+            if self._options is None or now - self._options[0] > self._ttl:
+                self._options = (now, storage_options(settings))
+            return TableLocation(where.uri, self._options[1])
 
     def get(self, ident: str, location: TableLocation) -> DeltaStreamTable:
         with self._lock:
