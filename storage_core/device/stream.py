@@ -21,7 +21,9 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +44,7 @@ from storage_core.errors import (
 from storage_core.retry import backoff_delays
 
 DEFAULT_BATCH_ROWS = 5_000
+DEFAULT_INFLIGHT = 3  # appends in flight: encoding and sending overlap the gateway's serialized commits
 COMPRESSIONS = ("zstd", "lz4", "none")
 _REFUSALS: dict[str, type[StreamRefused]] = {
     "out_of_range": AppendOutOfRange, "diverged": AppendDiverged, "stale_epoch": StaleEpoch, "schema": SchemaRefused,
@@ -192,6 +195,43 @@ def default_state_file(name: str) -> Path:
     return Path(f".ferry-stream-{name}.json")
 
 
+# --- sending, a few appends in flight -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Append:
+    offset: int
+    rows: int
+    frame: bytes
+
+
+def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dict[str, Any]],
+                           window: int) -> Iterator[tuple[_Append, dict[str, Any]]]:
+    """Send up to `window` appends at once and yield each with its answer in the order sent
+    (memory: `window` frames). An append refused as beyond the end while its predecessor was
+    still in flight is sent again once the predecessor is acknowledged. The first failure is
+    raised after the appends in flight have finished (none is sent again)."""
+    queue: deque[tuple[_Append, Future[dict[str, Any]]]] = deque()
+    with ThreadPoolExecutor(window, thread_name_prefix="ferry-append") as pool:
+        try:
+            while True:
+                while len(queue) < window and (item := next(items, None)) is not None:
+                    queue.append((item, pool.submit(send, item.frame)))
+                if not queue:
+                    return
+                item, future = queue.popleft()
+                try:
+                    answer = future.result()
+                except AppendOutOfRange as exc:
+                    if exc.committed_end != item.offset:
+                        raise
+                    answer = send(item.frame)  # its predecessor is acknowledged now
+                yield item, answer
+        finally:
+            for _, future in queue:
+                future.cancel()
+
+
 # --- the command -----------------------------------------------------------------------------
 
 
@@ -205,12 +245,16 @@ def stream_append(
     compression: str = "zstd",
     state_file: str | os.PathLike[str] | None = None,
     attempts: int = 5,
+    inflight: int = DEFAULT_INFLIGHT,
 ) -> StreamAppendReport:
     """Append `files` in order to the device's stream `stream` (see the module docstring).
-    Retryable failures (lost link, 5xx) resend the same frame, up to `attempts` times each;
+    Up to `inflight` appends are in flight at once, acknowledged in order (the gateway
+    holds one that arrives before its predecessor for a moment; one it refused meanwhile is
+    sent again once its predecessor is acknowledged). Retryable failures (lost link, 5xx)
+    resend the same frame, up to `attempts` times each;
     a refusal raises its StreamRefused (a fenced epoch, a refused schema) or GatewayError."""
-    if batch_rows < 1:
-        raise ConfigError(f"batch rows must be at least 1 (got {batch_rows})")
+    if batch_rows < 1 or inflight < 1:
+        raise ConfigError(f"batch rows and appends in flight must be at least 1 (got {batch_rows}, {inflight})")
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)} (got {compression!r})")
     paths = [Path(f) for f in files]
@@ -254,22 +298,25 @@ def stream_append(
                 _write_state(state_path, state)  # the file's offset is fixed before its first append
             if entry["rows"] is not None and entry["first_offset"] + entry["rows"] <= end:
                 continue  # committed by an earlier run
-            offset = entry["first_offset"]
-            for table in cut_batches(path, batch_rows):
-                if offset + table.num_rows <= end:
-                    offset += table.num_rows
-                    continue
-                if offset < end:  # a batch cut differently by an earlier run: only its new rows
-                    table = table.slice(end - offset)
-                    offset = end
-                frame = encode_append(stream, state["epoch"], offset, table, compression)
-                answer = send(frame)
+            cut = {"end": entry["first_offset"]}  # where the file's rows end, once all are cut
+
+            def pending() -> Iterator[_Append]:
+                for table in cut_batches(path, batch_rows):
+                    offset = cut["end"]
+                    cut["end"] += table.num_rows
+                    if cut["end"] <= end:
+                        continue
+                    if offset < end:  # a batch cut differently by an earlier run: only its new rows
+                        table, offset = table.slice(end - offset), end
+                    yield _Append(offset, table.num_rows, encode_append(stream, state["epoch"], offset, table, compression))
+
+            for item, answer in _acknowledged_in_order(pending(), send, inflight):
                 if answer["result"] == "duplicate":
                     duplicates += 1
                 else:
-                    sent, rows_sent, bytes_sent = sent + 1, rows_sent + table.num_rows, bytes_sent + len(frame)
-                offset += table.num_rows
+                    sent, rows_sent, bytes_sent = sent + 1, rows_sent + item.rows, bytes_sent + len(item.frame)
                 end = max(end, answer["committed_end"])
+            offset = cut["end"]
             entry["rows"] = offset - entry["first_offset"]
             state["next_offset"] = max(state["next_offset"], offset)
             _write_state(state_path, state)
@@ -281,6 +328,7 @@ def stream_append(
 __all__ = [
     "COMPRESSIONS",
     "DEFAULT_BATCH_ROWS",
+    "DEFAULT_INFLIGHT",
     "StreamAppendReport",
     "StreamClient",
     "cut_batches",

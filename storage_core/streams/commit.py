@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.streams import CommittedAppend, LockedStream, locked_stream, stream_id
+from storage_core.catalog.streams import CommittedAppend, LockedStream, get_stream, locked_stream, stream_id
 from storage_core.device.frame import Frame, Kind
 from storage_core.errors import (
     AppendDiverged,
@@ -39,11 +39,15 @@ from storage_core.streams.table import (
     FORMAT,
     DeltaStreamTable,
     StreamTables,
+    TableLocation,
     decode_schema,
     encode_schema,
     merge_schema,
 )
 from storage_core.keys import StorageUri
+
+
+IN_ORDER_WAIT = 2.0  # seconds an early append waits for its predecessors in this process
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,25 @@ def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None
 
 
 def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: Frame, *, destination: StorageUri,
-                 settings: Any = None) -> AppendResult:
+                 settings: Any = None, in_order_wait: float = IN_ORDER_WAIT) -> AppendResult:
     """Apply one verified append frame of `device_id` (see the module docstring). Refusals
-    raise a StreamRefused carrying the stream's committed end and epoch."""
+    raise a StreamRefused carrying the stream's committed end and epoch. An append beyond
+    the end this process has seen is first held up to `in_order_wait` seconds for its
+    predecessors (a client's appends in flight), then judged like any other."""
     header = AppendHeader.of(frame)
     ident = stream_id(device_id, header.stream)
     location = tables.location(destination, ident, settings=settings)
     digest = hashlib.sha256(frame.body).hexdigest()
+    if in_order_wait > 0:
+        tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
+                            current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
+    result = _apply(catalog, tables, device_id, header, frame, ident, location, digest)
+    tables.ended(ident, result.committed_end)
+    return result
+
+
+def _apply(catalog: Catalog, tables: StreamTables, device_id: str, header: AppendHeader, frame: Frame, ident: str,
+           location: TableLocation, digest: str) -> AppendResult:
     with locked_stream(catalog, device_id, header.stream, table_uri=location.uri, table_format=FORMAT) as stream:
         table = tables.get(ident, location)
         table.refresh()

@@ -20,6 +20,7 @@ import base64
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -191,6 +192,8 @@ class StreamTables:
         self._options: tuple[float, dict[str, str]] | None = None
         self._ttl = options_ttl
         self._lock = threading.Lock()
+        self._ends: dict[str, int] = {}  # committed ends seen by this process
+        self._ended = threading.Condition()
 
     def location(self, destination: StorageUri, ident: str, *, settings: FerrySettings | None = None) -> TableLocation:
         where = table_location(destination, ident, settings=settings, options={})
@@ -201,6 +204,24 @@ class StreamTables:
             if self._options is None or now - self._options[0] > self._ttl:
                 self._options = (now, storage_options(settings))
             return TableLocation(where.uri, self._options[1])
+
+    def wait_for_end(self, ident: str, offset: int, *, timeout: float, current: Callable[[], int]) -> None:
+        """Hold an append that arrived before its predecessor committed (a client with a
+        few appends in flight) until this process has seen the stream's end reach `offset`,
+        for at most `timeout` seconds; `current()` reads the catalog's end the first time.
+        Only a courtesy: the row lock and the offset rules decide."""
+        deadline = time.monotonic() + timeout
+        with self._ended:
+            if ident not in self._ends:
+                self._ends[ident] = current()
+            while self._ends[ident] < offset and (left := deadline - time.monotonic()) > 0:
+                self._ended.wait(left)
+
+    def ended(self, ident: str, end: int) -> None:
+        """The stream's committed end is now `end` (after a commit): wake the appends held for it."""
+        with self._ended:
+            self._ends[ident] = max(end, self._ends.get(ident, 0))
+            self._ended.notify_all()
 
     def get(self, ident: str, location: TableLocation) -> DeltaStreamTable:
         with self._lock:
