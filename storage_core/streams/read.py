@@ -1,8 +1,8 @@
 """Reading a stream's committed rows: exactly what the Delta log names, batch by batch.
 
-The table's Parquet files are read through pyarrow's dataset over delta-rs's view of the
-log, so a file written by a commit that never landed is never read, and memory stays one
-batch (plus the scanner's read-ahead) whatever the table's size.
+The table's Parquet files are the ones its Delta log names, so a file written by a commit
+that never landed is never read; pyarrow reads them, and memory stays one batch (plus the
+scanner's read-ahead) whatever the table's size.
 """
 
 from __future__ import annotations
@@ -13,19 +13,43 @@ from datetime import datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
+from pyarrow import fs
 
 from storage_core.errors import ConfigError, StorageUnavailable, one_line
 from storage_core.streams.table import TableLocation
 
 
+def _filesystem(location: TableLocation) -> fs.FileSystem:
+    """pyarrow's own filesystem for the table's store."""
+    if not location.uri.startswith("s3://"):
+        return fs.LocalFileSystem()
+    options = location.storage_options
+    endpoint = options.get("AWS_ENDPOINT_URL")
+    s3 = fs.S3FileSystem(
+        access_key=options.get("AWS_ACCESS_KEY_ID"), secret_key=options.get("AWS_SECRET_ACCESS_KEY"),
+        session_token=options.get("AWS_SESSION_TOKEN"), region=options.get("AWS_REGION"),
+        endpoint_override=endpoint.split("://", 1)[-1] if endpoint else None,
+        scheme="http" if endpoint and endpoint.startswith("http://") else "https",
+    )
+    return s3
+
+
 def open_dataset(location: TableLocation) -> ds.Dataset:
+    """The committed rows as a pyarrow dataset: the Parquet files the Delta log names (read
+    by pyarrow's own S3 client; a dataset over delta-rs's filesystem sometimes aborts the
+    process at exit, delta-io/delta-rs#2184), under the table's schema (a file written
+    before a column was added reads it as nulls)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
     try:
-        return DeltaTable(location.uri, storage_options=location.storage_options).to_pyarrow_dataset()
+        table = DeltaTable(location.uri, storage_options=location.storage_options)
+        files = table.file_uris()
+        schema = pa.schema(table.schema())
     except (DeltaError, OSError) as exc:
         raise StorageUnavailable(f"stream table {location.uri}: {one_line(exc)}") from exc
+    paths = [f.split("://", 1)[-1] if f.startswith("s3://") else f.removeprefix("file://") for f in files]
+    return ds.dataset(paths, schema=schema, format="parquet", filesystem=_filesystem(location))
 
 
 def read_batches(
