@@ -11,7 +11,8 @@ Sides (each in its own fresh process, bench.harness; SeaweedFS on loopback, SQLi
                     catalog commit, acknowledged before the next is sent;
 - `pyarrow read`    that Parquet object read back batch by batch (`pq.ParquetFile.iter_batches`);
 - `ferry read`      the stream's Delta table read back batch by batch
-                    (`storage_core.streams.read.read_batches`).
+                    (`storage_core.streams.read.read_batches`): one small file per append;
+- `ferry read compacted` the same after `ferry stream compact` (Delta OPTIMIZE + checkpoint).
 
 MB is the rows' Arrow size in memory (the same for every side), so MB/s and rows/s agree.
 Targets (PASS/FAIL): ferry append ≥ 0.8× pyarrow write, ferry read ≥ 1.0× pyarrow read.
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             from storage_core.catalog.streams import get_stream
             from storage_core.config import load_settings
             from storage_core.keys import parse_uri
+            from storage_core.streams.commit import compact_stream
 
             catalog = Catalog(f"sqlite:///{scratch}/catalog.db")
             token = add_device_token(catalog, "bench-robot").token
@@ -165,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                     run_python("pyarrow read", pyarrow_read_side, target.bucket, nbytes=nbytes, env=target.env),
                     run_python("ferry read", ferry_read_side, info.table_uri, nbytes=nbytes, env=target.env),
                 ]
+                started = time.perf_counter()
+                compact_stream(catalog, "bench-robot/bench")
+                compact_seconds = time.perf_counter() - started
+                reads.append(run_python("ferry read compacted", ferry_read_side, info.table_uri, nbytes=nbytes,
+                                        env=target.env))
             finally:
                 server.should_exit = True
                 thread.join(timeout=10)
@@ -184,10 +191,14 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(f"read: {title}", reads, baseline="pyarrow read"))
     for r in (*results, *reads):
         print(f"{r.name}: {args.rows / r.seconds:,.0f} rows/s")
+    print(f"ferry stream compact (between the two ferry reads): {compact_seconds:.2f} s")
     append_ratio = ratio(results, "ferry append", "pyarrow write")
     read_ratio = ratio(reads, "ferry read", "pyarrow read")
+    compacted_ratio = ratio(reads, "ferry read compacted", "pyarrow read")
     print(f"{'PASS' if append_ratio >= TARGET_APPEND else 'FAIL'} ferry append {append_ratio:.2f}x pyarrow write (target {TARGET_APPEND}x)")
     print(f"{'PASS' if read_ratio >= TARGET_READ else 'FAIL'} ferry read {read_ratio:.2f}x pyarrow read (target {TARGET_READ}x)")
+    print(f"{'PASS' if compacted_ratio >= TARGET_READ else 'FAIL'} ferry read compacted {compacted_ratio:.2f}x pyarrow read "
+          f"(target {TARGET_READ}x)")
     return 0
 
 

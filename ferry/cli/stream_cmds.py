@@ -1,4 +1,4 @@
-"""`ferry stream append|list|show|read`: telemetry streams. A device appends through the
+"""`ferry stream append|list|show|read|compact`: telemetry streams. A device appends through the
 gateway; an operator lists, shows and reads streams from the catalog and the store."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ferry.cli.common import JsonOpt, app, emit_json, open_default_catalog, out,
 from storage_core.device.frame import BLOCK, encode_blocks
 from storage_core.errors import ConfigError
 
-stream_app = typer.Typer(no_args_is_help=True, help="Telemetry streams: append through the gateway, list, show, read.")
+stream_app = typer.Typer(no_args_is_help=True, help="Telemetry streams: append through the gateway, list, show, read, compact.")
 app.add_typer(stream_app, name="stream")
 
 FORMATS = ("arrow", "parquet", "csv", "framed")
@@ -91,6 +91,19 @@ def show_cmd(stream: Annotated[str, typer.Argument(help="DEVICE/NAME")], as_json
         return
     for key, value in info.items():
         out.print(f"{key}: {value}", highlight=False)
+
+
+@stream_app.command("compact")
+def compact_cmd(stream: Annotated[str, typer.Argument(help="DEVICE/NAME")], as_json: JsonOpt = False) -> None:
+    """Rewrite a stream's small per-append files into few large ones (Delta OPTIMIZE + checkpoint)."""
+    from storage_core.streams.commit import compact_stream
+
+    metrics = compact_stream(open_default_catalog(), stream)
+    if as_json:
+        emit_json({"stream": stream, **{k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}})
+        return
+    out.print(f"{stream}: {metrics.get('numFilesRemoved', 0)} files rewritten into {metrics.get('numFilesAdded', 0)}",
+              highlight=False)
 
 
 def _write(schema, batches, fmt: str, sink: BinaryIO) -> int:  # noqa: ANN001

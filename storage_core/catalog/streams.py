@@ -73,6 +73,11 @@ class LockedStream:
             raise CatalogError(f"stream {self._row.id}: epoch {epoch} below {self._row.epoch}")
         self._row.epoch = epoch
 
+    def set_table_version(self, version: int) -> None:
+        """The table moved without new rows (a compaction): remember its version."""
+        self._row.table_version = version
+        self._session.flush()
+
     def record(self, append: CommittedAppend, *, arrow_schema: str | None) -> None:
         """The append is committed in the table: the stream's end moves past it (never back)."""
         row = self._row

@@ -42,6 +42,7 @@ from storage_core.streams.table import (
     TableLocation,
     decode_schema,
     encode_schema,
+    location_of,
     merge_schema,
 )
 from storage_core.keys import StorageUri
@@ -107,6 +108,8 @@ def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None
     version = table.app_version(ident)
     if (version or 0) != stream.info.committed_end:
         raise CatalogError(f"stream {ident}: the table records end {version}, its commits reach {stream.info.committed_end}")
+    if stream.info.table_version != table.version():  # newer commits without rows (a compaction)
+        stream.set_table_version(table.version())
 
 
 def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: Frame, *, destination: StorageUri,
@@ -125,6 +128,24 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
     result = _apply(catalog, tables, device_id, header, frame, ident, location, digest)
     tables.ended(ident, result.committed_end)
     return result
+
+
+def compact_stream(catalog: Catalog, ident: str, *, settings: Any = None) -> dict[str, Any]:
+    """Compact stream `ident`'s table (DeltaStreamTable.compact) under its row lock, so no
+    append commits meanwhile; the catalog learns the new table version."""
+    info = get_stream(catalog, ident)
+    if info is None:
+        raise ConfigError(f"no stream {ident!r}")
+    table = DeltaStreamTable(location_of(info.table_uri, settings=settings))
+    with locked_stream(catalog, info.device_id, info.name, table_uri=info.table_uri,
+                       table_format=info.table_format) as stream:
+        table.refresh()
+        _catch_up(stream, table, ident)
+        metrics = table.compact()
+        table.refresh()
+        if table.version() is not None:
+            stream.set_table_version(table.version())
+        return metrics
 
 
 def _apply(catalog: Catalog, tables: StreamTables, device_id: str, header: AppendHeader, frame: Frame, ident: str,
@@ -165,4 +186,4 @@ def _apply(catalog: Catalog, tables: StreamTables, device_id: str, header: Appen
         return AppendResult(ident, "committed", header.offset, header.rows, new_end, header.epoch, version)
 
 
-__all__ = ["AppendHeader", "AppendResult", "append_frame"]
+__all__ = ["AppendHeader", "AppendResult", "append_frame", "compact_stream"]

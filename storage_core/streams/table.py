@@ -170,6 +170,18 @@ class DeltaStreamTable:
 
         return self._guard(write)
 
+    def compact(self) -> dict[str, Any]:
+        """Rewrite the table's small files into few large ones and write a checkpoint, so a
+        reader opens few files and log entries (Delta's OPTIMIZE: the rows and the app
+        transactions stay as they are). Returns delta-rs's metrics."""
+
+        def run() -> dict[str, Any]:
+            metrics = self._table.optimize.compact()
+            self._table.create_checkpoint()
+            return metrics
+
+        return {} if self._table is None else self._guard(run)
+
     def _guard(self, call: Any) -> Any:
         """delta-rs's errors as the error tree's: the table is reopened on the next call
         (a failed commit may have left the cached state behind the log)."""

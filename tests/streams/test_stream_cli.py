@@ -139,3 +139,25 @@ def test_read_as_arrow_and_framed(gateway, cli_env, parquet_source, tmp_path) ->
     missing = ferry("stream", "show", "cam-9/none", env=cli_env)
     _, stderr = missing.communicate(timeout=120)
     assert missing.returncode == 1 and stderr.decode().startswith("error: no stream 'cam-9/none'")
+
+
+def test_compaction_keeps_the_rows_and_the_offset_rules(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
+    source, state = parquet_source(10_000), tmp_path / "s.json"
+    stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=1_000, state_file=state)
+    done = ferry("stream", "compact", "cam-1/state", "--json", env=cli_env)
+    stdout, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr.decode()
+    assert json.loads(stdout)["numFilesRemoved"] == 10
+    assert committed(gateway, "cam-1/state").equals(telemetry(10_000))
+    # a repeated append is still a duplicate, and the stream goes on after the compaction
+    from storage_core.device.stream import StreamClient, encode_append
+
+    client = StreamClient(gateway.url, gateway.token)
+    try:
+        again = client.append("cam-1", "state", encode_append("state", 1, 9_000, telemetry(1_000, start=9_000), "zstd"))
+        assert again["result"] == "duplicate"
+        more = client.append("cam-1", "state", encode_append("state", 1, 10_000, telemetry(500, start=10_000), "zstd"))
+        assert more["committed_end"] == 10_500
+    finally:
+        client.close()
+    assert committed(gateway, "cam-1/state").equals(telemetry(10_500))
