@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from ferry.cli.common import JsonOpt, app, emit_json, open_default_catalog, out, parse_time, size_text
-from storage_core.device.frame import BLOCK, encode_blocks
+from storage_core.device.frame import encode_blocks
 from storage_core.errors import ConfigError
 
 stream_app = typer.Typer(no_args_is_help=True, help="Telemetry streams: append through the gateway, list, show, read, compact.")
@@ -108,57 +108,32 @@ def compact_cmd(stream: Annotated[str, typer.Argument(help="DEVICE/NAME")], as_j
 
 def _write(schema, batches, fmt: str, sink: BinaryIO) -> int:  # noqa: ANN001
     """Write batches to `sink` in `fmt`, one batch in memory at a time; returns the rows."""
-    import pyarrow as pa
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
+    from storage_core.streams.read import ipc_chunks
+
     rows = 0
+
+    def counted():  # noqa: ANN202
+        nonlocal rows
+        for batch in batches:
+            rows += batch.num_rows
+            yield batch
+
     if fmt in ("arrow", "framed"):
-        target = sink
-        if fmt == "framed":
-            target = _BlockSink(sink)
-        with pa.ipc.new_stream(target, schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-        if fmt == "framed":
-            target.finish()
+        chunks = ipc_chunks(schema, counted())
+        for chunk in encode_blocks(chunks) if fmt == "framed" else chunks:
+            sink.write(chunk)
     elif fmt == "parquet":
         with pq.ParquetWriter(sink, schema, compression="zstd") as writer:
-            for batch in batches:
+            for batch in counted():
                 writer.write_batch(batch)
-                rows += batch.num_rows
     else:
         with pacsv.CSVWriter(sink, schema) as writer:
-            for batch in batches:
+            for batch in counted():
                 writer.write_batch(batch)
-                rows += batch.num_rows
     return rows
-
-
-class _BlockSink:
-    """A writable that frames what it is given into CRC32C blocks ([4096][4], last shorter)."""
-
-    def __init__(self, sink: BinaryIO) -> None:
-        self.sink, self.pending = sink, bytearray()
-        self.closed = False
-
-    def write(self, data) -> int:  # noqa: ANN001
-        self.pending += bytes(data)
-        whole = len(self.pending) - len(self.pending) % BLOCK
-        if whole:
-            for block in encode_blocks([bytes(self.pending[:whole])]):
-                self.sink.write(block)
-            del self.pending[:whole]
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def finish(self) -> None:
-        for block in encode_blocks([bytes(self.pending)]):
-            self.sink.write(block)
-        self.pending.clear()
 
 
 @stream_app.command("read")

@@ -2,6 +2,9 @@
 
     POST /v1/streams/{device}/{name}/append   one append frame in, the stream's answer out   200
     GET  /v1/streams/{device}/{name}          committed end, epoch, table location           200
+    GET  /v1/streams/{device}/{name}/rows     the committed rows, streamed: ?format=arrow      200
+                                              (Arrow IPC, zstd) or framed (the same in CRC32C
+                                              blocks, verified by the client), ?columns=a,b
     GET  /v1/streams                          this device's streams                          200
 
 A device reaches only its own streams (another device's: 403). An append's body is one
@@ -19,17 +22,18 @@ from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.streams import StreamInfo, get_stream, list_streams, stream_id
 from storage_core.config import FerrySettings
-from storage_core.device.frame import decode_frame
-from storage_core.errors import ManifestRefused, SchemaRefused, StreamRefused, one_line
+from storage_core.device.frame import BLOCK, decode_frame, encode_blocks
+from storage_core.errors import ConfigError, ManifestRefused, SchemaRefused, StreamRefused, UnknownUpload, one_line
 from storage_core.keys import StorageUri
 from storage_core.streams.commit import append_frame
-from storage_core.streams.table import StreamTables
+from storage_core.streams.read import ipc_chunks, read_batches
+from storage_core.streams.table import StreamTables, location_of
 
 
 def stream_answer(info: StreamInfo) -> dict[str, Any]:
@@ -89,6 +93,24 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
             return {"stream": stream_id(owner, name), "device_id": owner, "name": name, "epoch": 0,
                     "committed_end": 0, "rows": 0, "table_uri": None, "table_format": None, "table_version": None}
         return stream_answer(info)
+
+    @app.get("/v1/streams/{owner}/{name}/rows")
+    def rows(owner: str, name: str, device_id: str = device, format: str = "framed",  # noqa: A002 - the query's name
+             columns: str | None = None) -> StreamingResponse:
+        own(device_id, owner)
+        if format not in ("arrow", "framed"):
+            raise ConfigError(f"format must be arrow or framed (got {format!r})")
+        info = get_stream(catalog, stream_id(owner, name))
+        if info is None:
+            raise UnknownUpload(f"no stream {stream_id(owner, name)!r}")
+        schema, batches = read_batches(location_of(info.table_uri, settings=settings),
+                                       columns=columns.split(",") if columns else None)
+        chunks = ipc_chunks(schema, batches)
+        media = "application/vnd.apache.arrow.stream"
+        if format == "framed":
+            return StreamingResponse(encode_blocks(chunks), media_type="application/octet-stream",
+                                     headers={"X-Ferry-Framing": f"crc32c-blocks-{BLOCK}", "X-Ferry-Content-Type": media})
+        return StreamingResponse(chunks, media_type=media)
 
     @app.get("/v1/streams")
     def streams(device_id: str = device) -> dict[str, Any]:

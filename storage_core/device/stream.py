@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from storage_core.device.client import _warn_plain_http
-from storage_core.device.frame import Kind, encode_frame
+from storage_core.device.frame import Kind, decode_blocks, encode_frame
 from storage_core.errors import (
     AppendDiverged,
     AppendOutOfRange,
@@ -104,6 +104,21 @@ class StreamClient:
 
     def list(self) -> list[dict[str, Any]]:
         return self._call("GET", "/v1/streams")["streams"]
+
+    def read(self, device: str, name: str, *, columns: list[str] | None = None) -> Iterator[bytes]:
+        """The stream's committed rows as an Arrow IPC stream, served in CRC32C blocks and
+        verified block by block as they arrive (CorruptFrame names a bad block's offset)."""
+        params = {"format": "framed", **({"columns": ",".join(columns)} if columns else {})}
+        try:
+            with self.http.stream("GET", f"/v1/streams/{device}/{name}/rows", params=params) as response:
+                if not response.is_success:
+                    response.read()
+                    detail = response.json().get("detail") if "json" in response.headers.get("content-type", "") else None
+                    raise GatewayError(f"gateway refused ({response.status_code}): {detail or response.text[:200]}",
+                                       status=response.status_code, retryable=response.status_code >= 500)
+                yield from decode_blocks(response.iter_bytes())
+        except httpx.TransportError as exc:
+            raise GatewayError(f"reading {device}/{name} from the gateway was cut: {exc}", retryable=True) from exc
 
     def append(self, device: str, name: str, frame: bytes) -> dict[str, Any]:
         return self._call("POST", f"/v1/streams/{device}/{name}/append", content=frame,

@@ -79,4 +79,35 @@ def read_batches(
     return scanner.projected_schema, iter(scanner.to_batches())
 
 
-__all__ = ["open_dataset", "read_batches"]
+class _Collector:
+    """A write-only file that keeps what it is given until drained."""
+
+    closed = False
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+
+    def write(self, data) -> int:  # noqa: ANN001 - bytes or an Arrow buffer
+        self.parts.append(bytes(data))
+        return len(self.parts[-1])
+
+    def flush(self) -> None:
+        pass
+
+    def drain(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+def ipc_chunks(schema: pa.Schema, batches: Iterator[pa.RecordBatch], *, compression: str | None = "zstd") -> Iterator[bytes]:
+    """The batches as one Arrow IPC stream, yielded a batch's bytes at a time (memory: one
+    encoded batch)."""
+    sink = _Collector()
+    with pa.ipc.new_stream(sink, schema, options=pa.ipc.IpcWriteOptions(compression=compression)) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+            yield sink.drain()
+    yield sink.drain()  # the end-of-stream marker
+
+
+__all__ = ["ipc_chunks", "open_dataset", "read_batches"]

@@ -9,7 +9,7 @@ import pytest
 from storage_core.catalog.streams import get_stream
 from storage_core.device.frame import decode_frame, encode_frame
 from storage_core.device.stream import StreamClient, encode_append, stream_append
-from storage_core.errors import AppendDiverged, AppendOutOfRange, GatewayError, SchemaRefused, StaleEpoch
+from storage_core.errors import AppendDiverged, AppendOutOfRange, CorruptFrame, GatewayError, SchemaRefused, StaleEpoch
 from storage_core.streams.read import open_dataset
 from storage_core.streams.table import location_of
 from tests.streams.conftest import telemetry
@@ -113,3 +113,33 @@ def test_a_device_reaches_only_its_own_streams(gateway) -> None:  # noqa: ANN001
         theirs.close()
     assert committed(gateway, "cam-1/state").num_rows == 10
     assert committed(gateway, "cam-2/state").num_rows == 20
+
+
+def test_the_gateway_serves_rows_in_verified_blocks(gateway, monkeypatch) -> None:  # noqa: ANN001
+    import io
+
+    import storage_core.device.frame as frame
+
+    client, other = StreamClient(gateway.url, gateway.token), StreamClient(gateway.url, gateway.other_token)
+    try:
+        for i in range(3):
+            client.append("cam-1", "state", encode_append("state", 1, i * 1_000, telemetry(1_000, start=i * 1_000), "zstd"))
+        raw = b"".join(client.read("cam-1", "state"))
+        assert pa.ipc.open_stream(io.BytesIO(raw)).read_all().sort_by("seq").equals(telemetry(3_000))
+        projected = pa.ipc.open_stream(io.BytesIO(b"".join(client.read("cam-1", "state", columns=["seq"])))).read_all()
+        assert projected.column_names == ["seq"]
+        with pytest.raises(GatewayError, match="403"):
+            list(other.read("cam-1", "state"))
+        # a block corrupted on the way is refused, naming its offset
+        real = frame.encode_blocks
+
+        def flip_third_block(chunks, **kwargs):  # noqa: ANN001, ANN003, ANN202
+            for n, block in enumerate(real(chunks, **kwargs)):
+                yield block[:10] + bytes([block[10] ^ 1]) + block[11:] if n == 2 else block
+
+        monkeypatch.setattr("ferry.gateway.streams.encode_blocks", flip_third_block)
+        with pytest.raises(CorruptFrame, match=f"data offset {2 * frame.BLOCK}"):
+            b"".join(client.read("cam-1", "state"))
+    finally:
+        client.close()
+        other.close()

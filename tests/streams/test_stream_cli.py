@@ -110,6 +110,7 @@ def test_lost_acknowledgements_are_acknowledged_as_duplicates(gateway, parquet_s
     assert get_stream(gateway.catalog, "cam-1/state").committed_end == 10_000
 
 
+@pytest.mark.slow
 def test_read_as_arrow_and_framed(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
     stream_append([parquet_source(12_000)], stream="state", gateway=gateway.url, token=gateway.token,
                   batch_rows=5_000, state_file=tmp_path / "s.json")
@@ -141,6 +142,7 @@ def test_read_as_arrow_and_framed(gateway, cli_env, parquet_source, tmp_path) ->
     assert missing.returncode == 1 and stderr.decode().startswith("error: no stream 'cam-9/none'")
 
 
+@pytest.mark.slow
 def test_compaction_keeps_the_rows_and_the_offset_rules(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
     source, state = parquet_source(10_000), tmp_path / "s.json"
     stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=1_000, state_file=state)
