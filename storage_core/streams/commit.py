@@ -35,6 +35,7 @@ from storage_core.errors import (
     CorruptFrame,
     StaleEpoch,
 )
+from storage_core.keys import StorageUri
 from storage_core.streams.table import (
     FORMAT,
     DeltaStreamTable,
@@ -45,8 +46,6 @@ from storage_core.streams.table import (
     location_of,
     merge_schema,
 )
-from storage_core.keys import StorageUri
-
 
 IN_ORDER_WAIT = 2.0  # seconds an early append waits for its predecessors in this process
 
