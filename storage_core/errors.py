@@ -13,9 +13,10 @@
     │   ├── AccessDenied             wrong credentials or missing permission
     │   ├── PreconditionFailed       the object changed under us (ETag mismatch)
     │   ├── IntegrityError           bytes do not match a recorded size or checksum
-    │   │   └── FormatError          not a valid file of the expected format
-    │   │       ├── NotMcapFile
-    │   │       └── NotParquetFile
+    │   │   ├── FormatError          not a valid file of the expected format
+    │   │   │   ├── NotMcapFile
+    │   │   │   └── NotParquetFile
+    │   │   └── CorruptFrame         a Ferry frame or CRC block that fails its check (carries offset)
     │   ├── SourceChanged            a local file changed while it was being read
     │   ├── RangeNotHonoured         the server ignored or mis-answered a Range request
     │   ├── StorageUnavailable       network or server trouble; retrying can help
@@ -30,6 +31,11 @@
     │   ├── UnknownUpload            no such device transaction (for this device)
     │   └── TransactionStateError    an operation that the transaction's state forbids
     │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
+    ├── StreamRefused                a telemetry append the stream refuses (carries committed_end, epoch)
+    │   ├── AppendOutOfRange         its first offset is beyond the committed end: resend from there
+    │   ├── AppendDiverged           other rows are already committed at its offsets
+    │   ├── StaleEpoch               an older epoch than the stream's (another writer took over)
+    │   └── SchemaRefused            a schema change other than added nullable columns
     ├── TokenRefused                 a device token that is unknown, malformed or revoked
     ├── GatewayError                 the device gateway refused (4xx) or could not be reached
     ├── ArchiveError                 a device's rolling archives cannot be written (disk full, read-only, in use)
@@ -141,6 +147,15 @@ class NotParquetFile(FormatError):
     """The object does not end with a Parquet footer (`PAR1`)."""
 
 
+class CorruptFrame(IntegrityError):
+    """A frame (storage_core.device.frame) or CRC block that fails its check; `offset` is
+    where it starts in the input. Nothing in it was used."""
+
+    def __init__(self, message: str, *, offset: int) -> None:
+        super().__init__(message)
+        self.offset = offset
+
+
 class SourceChanged(StorageError):
     pass
 
@@ -209,6 +224,43 @@ class UnknownUpload(CatalogError):
 
 class UploadIncomplete(TransactionStateError):
     """Complete was called before every byte was uploaded; nothing was changed."""
+
+
+class StreamRefused(FerryError):
+    """A telemetry append the stream refused; nothing was written. `committed_end` and
+    `epoch` are the stream's as the refusal saw them (None when unknown)."""
+
+    reason = "refused"
+
+    def __init__(self, message: str, *, committed_end: int | None = None, epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.committed_end = committed_end
+        self.epoch = epoch
+
+
+class AppendOutOfRange(StreamRefused):
+    """The append starts beyond the committed end (BigQuery's OUT_OF_RANGE): resend from
+    `committed_end`."""
+
+    reason = "out_of_range"
+
+
+class AppendDiverged(StreamRefused):
+    """Rows at the append's offsets are already committed, and they are other rows."""
+
+    reason = "diverged"
+
+
+class StaleEpoch(StreamRefused):
+    """The append's epoch is older than the stream's: a newer writer took the stream over."""
+
+    reason = "stale_epoch"
+
+
+class SchemaRefused(StreamRefused):
+    """A schema change other than adding nullable columns."""
+
+    reason = "schema"
 
 
 class TokenRefused(FerryError):
@@ -280,15 +332,18 @@ def one_line(exc: BaseException) -> str:
 __all__ = [
     "AbortFailed",
     "AccessDenied",
+    "AppendDiverged",
+    "AppendOutOfRange",
     "ArchiveError",
-    "AttemptLost",
     "ArchiveFolderFull",
+    "AttemptLost",
     "BenchmarkFailed",
     "BucketNotFound",
     "CatalogConflict",
     "CatalogError",
     "CatalogUnavailable",
     "ConfigError",
+    "CorruptFrame",
     "EventsNotConfigured",
     "FerryError",
     "FormatError",
@@ -306,9 +361,12 @@ __all__ = [
     "ProductError",
     "ProductNotFound",
     "RangeNotHonoured",
+    "SchemaRefused",
     "SourceChanged",
+    "StaleEpoch",
     "StorageError",
     "StorageUnavailable",
+    "StreamRefused",
     "SummariesFailed",
     "TokenRefused",
     "TransactionStateError",

@@ -19,6 +19,7 @@ from ferry.cli import (  # noqa: F401 - each module registers its commands on `a
     products_cmds,
     serve_cmds,
     server_cmds,
+    stream_cmds,
     summarize_cmds,
 )
 from ferry.cli.common import app, err, set_process_defaults

@@ -1,4 +1,4 @@
-"""`ferry bench upload|download|summary|archive|derive`: pass-through to the benchmarks in `bench/`."""
+"""`ferry bench upload|download|summary|archive|derive|stream`: pass-through to the benchmarks in `bench/`."""
 
 from __future__ import annotations
 
@@ -47,3 +47,9 @@ def bench_archive(ctx: typer.Context) -> None:
 def bench_derive(ctx: typer.Context) -> None:
     """Ferry's topics product (MCAP → per-topic Parquet, streamed, published) vs a plain mcap + pyarrow script: MB/s."""
     _bench("derive", ctx.args)
+
+
+@bench_app.command("stream", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_stream(ctx: typer.Context) -> None:
+    """Telemetry appended through the gateway (Delta commits) and read back vs pyarrow writing one Parquet file."""
+    _bench("stream", ctx.args)

@@ -7,6 +7,7 @@ a manifest of files in object storage, without storage credentials.
     POST /v1/uploads/{id}/complete    verify, complete, emit ferry.upload.completed  200
     POST /v1/uploads/{id}/abort       abort multipart uploads, delete what was put   200
     GET  /v1/me                       the device the token belongs to                200
+    /v1/streams/...                   telemetry stream appends (ferry.gateway.streams)
     GET  /healthz                                                                    200
 
 Every request carries `Authorization: Bearer <device token>`, checked before its body is
@@ -47,6 +48,7 @@ from ferry.gateway.guard import (
     read_json_body,
     validation_errors,
 )
+from ferry.gateway.streams import register_stream_routes
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import authenticate_device
 from storage_core.config import FerrySettings, load_settings
@@ -333,6 +335,8 @@ def create_app(
         info = abort_device_upload(catalog, device_id, transaction_id, settings=settings)
         return {"transaction_id": transaction_id, "status": info.status}
 
+    register_stream_routes(app, Depends(_device), catalog, destination=destination, settings=settings,
+                           max_body_bytes=max_body_bytes)
     return app
 
 

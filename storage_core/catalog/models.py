@@ -5,6 +5,7 @@
     transactions ─< transaction_items ─< multipart_parts
     transactions ─ upload_events (at most one per transaction: the durable "completed" event)
     recordings ─< products ─< product_attempts   (derived data keyed by lineage: storage_core/products)
+    devices ─< streams ─< stream_appends (telemetry: one table per stream, its committed appends)
 
 A transaction item claims its destination while it is in flight: a partial unique index
 on (store_uri, key) over the active states makes two concurrent ingests of the same file
@@ -290,6 +291,43 @@ class ProductAttempt(Base):
     bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class Stream(Base):
+    """A device's telemetry stream: rows committed to its table in the store, in order.
+    `committed_end` (the row offset after the last committed row) never decreases; appends
+    carry an `epoch`, and one older than the stream's is fenced. Its row is the lock that
+    serializes the stream's writers."""
+
+    __tablename__ = "streams"
+    __table_args__ = (UniqueConstraint("device_id", "name", name="uq_stream_device_name"),)
+
+    id: Mapped[str] = mapped_column(String(300), primary_key=True)  # DEVICE/NAME
+    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    epoch: Mapped[int] = mapped_column(BigInteger, default=0)
+    committed_end: Mapped[int] = mapped_column(BigInteger, default=0)
+    table_uri: Mapped[str] = mapped_column(String(1024))
+    table_format: Mapped[str] = mapped_column(String(16))  # "delta"
+    table_version: Mapped[int | None] = mapped_column(BigInteger)  # the table's version after the last commit
+    arrow_schema: Mapped[str | None] = mapped_column(Text)  # base64 of the Arrow IPC schema; None before the first rows
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+
+class StreamAppend(Base):
+    """One committed append: what a repeated append is compared with (same rows and digest:
+    a duplicate, acknowledged; anything else at those offsets: diverged)."""
+
+    __tablename__ = "stream_appends"
+
+    stream_id: Mapped[str] = mapped_column(ForeignKey("streams.id"), primary_key=True)
+    first_offset: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the append's Arrow IPC body
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    table_version: Mapped[int] = mapped_column(BigInteger)
+    committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 __all__ = [
     "ACTIVE_ITEM_STATES",
     "AttemptState",
@@ -307,6 +345,8 @@ __all__ = [
     "SkipReason",
     "SourceKind",
     "StoredObject",
+    "Stream",
+    "StreamAppend",
     "Transaction",
     "TransactionItem",
     "TransactionStatus",

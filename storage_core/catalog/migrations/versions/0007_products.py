@@ -2,8 +2,8 @@
 attempt it points at) and product_attempts (each try at writing one, with its lease; at most
 one running per key)
 
-Revision ID: 0008
-Revises: 0005
+Revision ID: 0007
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0005"  # the lead renumbers if 0006/0007 land first
+revision = "0007"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

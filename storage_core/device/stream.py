@@ -1,0 +1,353 @@
+"""`ferry stream append`: a device appends Arrow record batches to its telemetry stream
+through the gateway, exactly once over a flaky link.
+
+    files (Parquet, Arrow IPC, CSV), in order ─> batches of `batch_rows` rows (the same cut
+    on every run) ─> one frame per batch: header (stream, epoch, first row offset, rows),
+    body an Arrow IPC stream (zstd by default) ─> POST, acknowledged one by one
+
+A small state file remembers, per input file, the row offset it starts at, and the epoch of
+this writer. It is written before a file's first append; a rerun (after a kill, a lost
+link) asks the gateway for the committed end and sends only the batches past it. An append
+whose acknowledgement was lost is sent again and acknowledged as a duplicate. A writer
+without its state file starts a new epoch (the gateway then fences the old one) and appends
+its files after the committed end.
+
+pyarrow is imported when a file is read, not when this module is: a device that only
+uploads recordings never loads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from storage_core.device.client import _warn_plain_http
+from storage_core.device.frame import Kind, decode_blocks, encode_frame
+from storage_core.errors import (
+    AppendDiverged,
+    AppendOutOfRange,
+    ConfigError,
+    GatewayError,
+    SchemaRefused,
+    StaleEpoch,
+    StreamRefused,
+)
+from storage_core.retry import backoff_delays
+
+DEFAULT_BATCH_ROWS = 5_000
+DEFAULT_INFLIGHT = 3  # appends in flight: encoding and sending overlap the gateway's serialized commits
+COMPRESSIONS = ("zstd", "lz4", "none")
+_REFUSALS: dict[str, type[StreamRefused]] = {
+    "out_of_range": AppendOutOfRange, "diverged": AppendDiverged, "stale_epoch": StaleEpoch, "schema": SchemaRefused,
+}
+
+
+@dataclass(frozen=True)
+class StreamAppendReport:
+    stream: str  # DEVICE/NAME
+    epoch: int
+    committed_end: int
+    batches_sent: int  # committed by this run
+    duplicates: int  # acknowledged as already committed (a lost acknowledgement)
+    rows_sent: int
+    bytes_sent: int  # frame bytes of the committed batches
+
+
+class StreamClient:
+    """The gateway's stream routes. Refusals with a stream reason become their StreamRefused
+    class (carrying the committed end); other failures GatewayError (5xx and a lost link:
+    retryable)."""
+
+    def __init__(self, base_url: str, token: str, *, timeout: float = 120) -> None:
+        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
+                                 timeout=timeout)
+        _warn_plain_http(self.http.base_url)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise GatewayError(f"cannot reach the gateway at {self.http.base_url}: {exc}", retryable=True) from exc
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise GatewayError(f"unexpected answer from the gateway ({path}): {response.status_code}, not a JSON object",
+                               status=response.status_code, retryable=response.status_code >= 500)
+        if response.is_success:
+            return answer
+        detail = str(answer.get("detail") or "(no detail)").splitlines()[0]
+        refusal = _REFUSALS.get(answer.get("reason"))
+        if refusal is not None:
+            raise refusal(detail, committed_end=answer.get("committed_end"), epoch=answer.get("epoch"))
+        status = response.status_code
+        raise GatewayError(f"gateway refused ({status}): {detail}", status=status, retryable=status >= 500)
+
+    def me(self) -> str:
+        return self._call("GET", "/v1/me")["device_id"]
+
+    def show(self, device: str, name: str) -> dict[str, Any]:
+        return self._call("GET", f"/v1/streams/{device}/{name}")
+
+    def list(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/v1/streams")["streams"]
+
+    def read(self, device: str, name: str, *, columns: list[str] | None = None) -> Iterator[bytes]:
+        """The stream's committed rows as an Arrow IPC stream, served in CRC32C blocks and
+        verified block by block as they arrive (CorruptFrame names a bad block's offset)."""
+        params = {"format": "framed", **({"columns": ",".join(columns)} if columns else {})}
+        try:
+            with self.http.stream("GET", f"/v1/streams/{device}/{name}/rows", params=params) as response:
+                if not response.is_success:
+                    response.read()
+                    detail = response.json().get("detail") if "json" in response.headers.get("content-type", "") else None
+                    raise GatewayError(f"gateway refused ({response.status_code}): {detail or response.text[:200]}",
+                                       status=response.status_code, retryable=response.status_code >= 500)
+                yield from decode_blocks(response.iter_bytes())
+        except httpx.TransportError as exc:
+            raise GatewayError(f"reading {device}/{name} from the gateway was cut: {exc}", retryable=True) from exc
+
+    def append(self, device: str, name: str, frame: bytes) -> dict[str, Any]:
+        return self._call("POST", f"/v1/streams/{device}/{name}/append", content=frame,
+                          headers={"Content-Type": "application/octet-stream"})
+
+
+# --- input files, cut the same way on every run ---------------------------------------------
+
+
+def _file_batches(path: Path) -> Iterator[Any]:
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    suffix = path.suffix.lower()
+    if suffix in (".parquet", ".pq"):
+        yield from pq.ParquetFile(path).iter_batches(batch_size=65_536)
+    elif suffix in (".arrow", ".feather", ".ipc", ".arrows"):
+        with pa.memory_map(str(path)) as source:
+            try:
+                reader = pa.ipc.open_file(source)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
+            except pa.ArrowInvalid:
+                source.seek(0)
+                yield from pa.ipc.open_stream(source)
+    elif suffix in (".csv", ".tsv"):
+        options = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+        yield from pacsv.open_csv(path, parse_options=options)
+    else:
+        raise ConfigError(f"{path}: not a Parquet, Arrow IPC or CSV file (by its suffix)")
+
+
+def cut_batches(path: Path, batch_rows: int) -> Iterator[Any]:
+    """The file's rows as tables of exactly `batch_rows` rows (the last one shorter),
+    whatever the reader's own batch sizes; memory: about one batch."""
+    import pyarrow as pa
+
+    pending: list[Any] = []
+    held = 0
+    for batch in _file_batches(path):
+        pending.append(batch)
+        held += batch.num_rows
+        while held >= batch_rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, batch_rows).combine_chunks()
+            rest = table.slice(batch_rows)
+            pending, held = rest.to_batches(), rest.num_rows
+    if held:
+        yield pa.Table.from_batches(pending).combine_chunks()
+
+
+def encode_append(name: str, epoch: int, offset: int, table: Any, compression: str) -> bytes:
+    """One append frame: the rows as an Arrow IPC stream (compressed buffers), framed."""
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=None if compression == "none" else compression)
+    with pa.ipc.new_stream(sink, table.schema, options=options) as writer:
+        writer.write_table(table)
+    header = {"stream": name, "epoch": epoch, "offset": offset, "rows": table.num_rows}
+    return encode_frame(Kind.APPEND, header, sink.getvalue())
+
+
+# --- the state file --------------------------------------------------------------------------
+
+
+def _identity(path: Path) -> dict[str, Any]:
+    stat = path.stat()
+    return {"path": str(path.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(state))
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def default_state_file(name: str) -> Path:
+    return Path(f".ferry-stream-{name}.json")
+
+
+# --- sending, a few appends in flight -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Append:
+    offset: int
+    rows: int
+    frame: bytes
+
+
+def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dict[str, Any]],
+                           window: int) -> Iterator[tuple[_Append, dict[str, Any]]]:
+    """Send up to `window` appends at once and yield each with its answer in the order sent
+    (memory: `window` frames). An append refused as beyond the end while its predecessor was
+    still in flight is sent again once the predecessor is acknowledged. The first failure is
+    raised after the appends in flight have finished (none is sent again)."""
+    queue: deque[tuple[_Append, Future[dict[str, Any]]]] = deque()
+    with ThreadPoolExecutor(window, thread_name_prefix="ferry-append") as pool:
+        try:
+            while True:
+                while len(queue) < window and (item := next(items, None)) is not None:
+                    queue.append((item, pool.submit(send, item.frame)))
+                if not queue:
+                    return
+                item, future = queue.popleft()
+                try:
+                    answer = future.result()
+                except AppendOutOfRange as exc:
+                    if exc.committed_end != item.offset:
+                        raise
+                    answer = send(item.frame)  # its predecessor is acknowledged now
+                yield item, answer
+        finally:
+            for _, future in queue:
+                future.cancel()
+
+
+# --- the command -----------------------------------------------------------------------------
+
+
+def stream_append(
+    files: list[str | os.PathLike[str]],
+    *,
+    stream: str,
+    gateway: str,
+    token: str,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    compression: str = "zstd",
+    state_file: str | os.PathLike[str] | None = None,
+    attempts: int = 5,
+    inflight: int = DEFAULT_INFLIGHT,
+) -> StreamAppendReport:
+    """Append `files` in order to the device's stream `stream` (see the module docstring).
+    Up to `inflight` appends are in flight at once, acknowledged in order (the gateway
+    holds one that arrives before its predecessor for a moment; one it refused meanwhile is
+    sent again once its predecessor is acknowledged). Retryable failures (lost link, 5xx)
+    resend the same frame, up to `attempts` times each;
+    a refusal raises its StreamRefused (a fenced epoch, a refused schema) or GatewayError."""
+    if batch_rows < 1 or inflight < 1:
+        raise ConfigError(f"batch rows and appends in flight must be at least 1 (got {batch_rows}, {inflight})")
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)} (got {compression!r})")
+    paths = [Path(f) for f in files]
+    for path in paths:
+        if not path.is_file():
+            raise ConfigError(f"no such file: {path}")
+    state_path = Path(state_file) if state_file is not None else default_state_file(stream)
+    client = StreamClient(gateway, token)
+    try:
+        device = client.me()
+        remote = client.show(device, stream)
+        state = _read_state(state_path)
+        if not state or (state.get("gateway"), state.get("device"), state.get("stream")) != (gateway, device, stream):
+            # a writer without state: a new epoch fences any older writer; its rows go after the end
+            state = {"gateway": gateway, "device": device, "stream": stream, "epoch": remote["epoch"] + 1,
+                     "next_offset": remote["committed_end"], "files": []}
+        known = {f["path"]: f for f in state["files"]}
+        end = remote["committed_end"]
+        sent = duplicates = rows_sent = bytes_sent = 0
+        delays = backoff_delays(attempts, base=0.5, cap=10.0)
+
+        def send(frame: bytes) -> dict[str, Any]:
+            for attempt in range(1, attempts + 1):
+                try:
+                    return client.append(device, stream, frame)
+                except GatewayError as exc:
+                    if not exc.retryable or attempt == attempts:
+                        raise
+                    time.sleep(delays[attempt - 1])
+            raise AssertionError("unreachable")
+
+        for path in paths:
+            ident = _identity(path)
+            entry = known.get(ident["path"])
+            if entry is not None and (entry["size"], entry["mtime_ns"]) != (ident["size"], ident["mtime_ns"]):
+                raise ConfigError(f"{path} changed since it was appended to {device}/{stream}; give it another name")
+            if entry is None:
+                entry = {**ident, "first_offset": state["next_offset"], "rows": None}
+                state["files"].append(entry)
+                known[ident["path"]] = entry
+                _write_state(state_path, state)  # the file's offset is fixed before its first append
+            if entry["rows"] is not None and entry["first_offset"] + entry["rows"] <= end:
+                continue  # committed by an earlier run
+            cut = {"end": entry["first_offset"]}  # where the file's rows end, once all are cut
+
+            def pending() -> Iterator[_Append]:
+                for table in cut_batches(path, batch_rows):
+                    offset = cut["end"]
+                    cut["end"] += table.num_rows
+                    if cut["end"] <= end:
+                        continue
+                    if offset < end:  # a batch cut differently by an earlier run: only its new rows
+                        table, offset = table.slice(end - offset), end
+                    yield _Append(offset, table.num_rows, encode_append(stream, state["epoch"], offset, table, compression))
+
+            for item, answer in _acknowledged_in_order(pending(), send, inflight):
+                if answer["result"] == "duplicate":
+                    duplicates += 1
+                else:
+                    sent, rows_sent, bytes_sent = sent + 1, rows_sent + item.rows, bytes_sent + len(item.frame)
+                end = max(end, answer["committed_end"])
+            offset = cut["end"]
+            entry["rows"] = offset - entry["first_offset"]
+            state["next_offset"] = max(state["next_offset"], offset)
+            _write_state(state_path, state)
+        return StreamAppendReport(f"{device}/{stream}", state["epoch"], end, sent, duplicates, rows_sent, bytes_sent)
+    finally:
+        client.close()
+
+
+__all__ = [
+    "COMPRESSIONS",
+    "DEFAULT_BATCH_ROWS",
+    "DEFAULT_INFLIGHT",
+    "StreamAppendReport",
+    "StreamClient",
+    "cut_batches",
+    "default_state_file",
+    "encode_append",
+    "stream_append",
+]

@@ -1,0 +1,145 @@
+"""Telemetry appends through a real gateway into a Delta table on SeaweedFS, read back by
+outside readers (pyarrow, DuckDB), with the offset rules of BigQuery's AppendRows."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from storage_core.catalog.streams import get_stream
+from storage_core.device.frame import decode_frame, encode_frame
+from storage_core.device.stream import StreamClient, encode_append, stream_append
+from storage_core.errors import AppendDiverged, AppendOutOfRange, CorruptFrame, GatewayError, SchemaRefused, StaleEpoch
+from storage_core.streams.read import open_dataset
+from storage_core.streams.table import location_of
+from tests.streams.conftest import telemetry
+
+
+def committed(gateway, ident: str) -> pa.Table:  # noqa: ANN001
+    info = get_stream(gateway.catalog, ident)
+    return open_dataset(location_of(info.table_uri)).to_table().sort_by("seq")
+
+
+def test_a_file_is_appended_once_and_read_back_exactly(gateway, parquet_source, tmp_path) -> None:  # noqa: ANN001
+    source = parquet_source(20_000)
+    state = tmp_path / "state.json"
+    report = stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=5_000,
+                           state_file=state)
+    assert (report.stream, report.committed_end, report.batches_sent, report.rows_sent) == ("cam-1/state", 20_000, 4, 20_000)
+    again = stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=5_000,
+                          state_file=state)
+    assert (again.committed_end, again.batches_sent, again.duplicates) == (20_000, 0, 0)
+
+    assert committed(gateway, "cam-1/state").equals(telemetry(20_000))
+    duckdb = pytest.importorskip("duckdb")
+    dataset = open_dataset(location_of(get_stream(gateway.catalog, "cam-1/state").table_uri))  # noqa: F841 - DuckDB scans it
+    count, distinct, total = duckdb.sql("select count(*), count(distinct seq), sum(seq) from dataset").fetchall()[0]
+    assert (count, distinct, total) == (20_000, 20_000, sum(range(20_000)))
+    info = get_stream(gateway.catalog, "cam-1/state")
+    assert (info.committed_end, info.table_format, info.epoch) == (20_000, "delta", 1)
+    assert info.table_uri == f"s3://{gateway.store.bucket}/lake/streams/cam-1/state"
+
+
+def test_the_offset_rules(gateway) -> None:  # noqa: ANN001
+    client = StreamClient(gateway.url, gateway.token)
+    rows = [telemetry(100, start=i * 100) for i in range(3)]
+    frames = [encode_append("diag", 1, i * 100, rows[i], "zstd") for i in range(3)]
+    try:
+        assert client.append("cam-1", "diag", frames[0])["result"] == "committed"
+        # reordered: the third before the second is refused with the committed end
+        with pytest.raises(AppendOutOfRange) as beyond:
+            client.append("cam-1", "diag", frames[2])
+        assert beyond.value.committed_end == 100
+        assert client.append("cam-1", "diag", frames[1])["committed_end"] == 200
+        # duplicated (a lost acknowledgement): acknowledged, nothing written
+        again = client.append("cam-1", "diag", frames[0])
+        assert (again["result"], again["committed_end"]) == ("duplicate", 200)
+        # other rows at committed offsets: diverged
+        with pytest.raises(AppendDiverged):
+            client.append("cam-1", "diag", encode_append("diag", 1, 100, telemetry(100, start=5_000), "zstd"))
+        # a new epoch takes over; the old one is fenced
+        assert client.append("cam-1", "diag", encode_append("diag", 2, 200, rows[2], "lz4"))["epoch"] == 2
+        with pytest.raises(StaleEpoch) as fenced:
+            client.append("cam-1", "diag", encode_append("diag", 1, 300, telemetry(1, start=300), "none"))
+        assert (fenced.value.epoch, fenced.value.committed_end) == (2, 300)
+        assert client.show("cam-1", "diag")["committed_end"] == 300
+    finally:
+        client.close()
+    assert committed(gateway, "cam-1/diag").equals(pa.concat_tables(rows))
+
+
+def test_corrupt_frames_and_schema_changes(gateway) -> None:  # noqa: ANN001
+    client = StreamClient(gateway.url, gateway.token)
+    first = encode_append("gps", 1, 0, telemetry(50), "zstd")
+    try:
+        flipped = bytearray(first)
+        flipped[len(first) // 2] ^= 0x10
+        with pytest.raises(GatewayError, match="422.*corrupt frame"):
+            client.append("cam-1", "gps", bytes(flipped))
+        with pytest.raises(GatewayError, match="422.*truncated frame"):
+            client.append("cam-1", "gps", first[:-3])
+        assert client.show("cam-1", "gps")["committed_end"] == 0
+        client.append("cam-1", "gps", first)
+        # an added nullable column is accepted
+        wider = telemetry(50, start=50).append_column("speed", pa.array([1.5] * 50))
+        assert client.append("cam-1", "gps", encode_append("gps", 1, 50, wider, "zstd"))["committed_end"] == 100
+        # a changed type is refused, in one line
+        narrower = telemetry(50, start=100).set_column(1, "seq", pa.array([str(i) for i in range(50)]))
+        with pytest.raises(SchemaRefused, match="column 'seq' is string, was int64"):
+            client.append("cam-1", "gps", encode_append("gps", 1, 100, narrower.append_column("speed", pa.nulls(50, pa.float64())), "zstd"))
+        # a frame's header must name the URL's stream
+        other = decode_frame(first)
+        with pytest.raises(GatewayError, match="422"):
+            client.append("cam-1", "gps", encode_frame(other.kind, {**other.header, "stream": "state"}, other.body))
+    finally:
+        client.close()
+    rows = committed(gateway, "cam-1/gps")
+    assert rows.num_rows == 100
+    assert rows.column("speed").null_count == 50
+
+
+def test_a_device_reaches_only_its_own_streams(gateway) -> None:  # noqa: ANN001
+    mine, theirs = StreamClient(gateway.url, gateway.token), StreamClient(gateway.url, gateway.other_token)
+    try:
+        mine.append("cam-1", "state", encode_append("state", 1, 0, telemetry(10), "zstd"))
+        theirs.append("cam-2", "state", encode_append("state", 1, 0, telemetry(20), "zstd"))
+        with pytest.raises(GatewayError, match="403"):
+            theirs.append("cam-1", "state", encode_append("state", 1, 10, telemetry(5, start=10), "zstd"))
+        with pytest.raises(GatewayError, match="403"):
+            theirs.show("cam-1", "state")
+        assert [s["stream"] for s in theirs.list()] == ["cam-2/state"]
+    finally:
+        mine.close()
+        theirs.close()
+    assert committed(gateway, "cam-1/state").num_rows == 10
+    assert committed(gateway, "cam-2/state").num_rows == 20
+
+
+def test_the_gateway_serves_rows_in_verified_blocks(gateway, monkeypatch) -> None:  # noqa: ANN001
+    import io
+
+    import storage_core.device.frame as frame
+
+    client, other = StreamClient(gateway.url, gateway.token), StreamClient(gateway.url, gateway.other_token)
+    try:
+        for i in range(3):
+            client.append("cam-1", "state", encode_append("state", 1, i * 1_000, telemetry(1_000, start=i * 1_000), "zstd"))
+        raw = b"".join(client.read("cam-1", "state"))
+        assert pa.ipc.open_stream(io.BytesIO(raw)).read_all().sort_by("seq").equals(telemetry(3_000))
+        projected = pa.ipc.open_stream(io.BytesIO(b"".join(client.read("cam-1", "state", columns=["seq"])))).read_all()
+        assert projected.column_names == ["seq"]
+        with pytest.raises(GatewayError, match="403"):
+            list(other.read("cam-1", "state"))
+        # a block corrupted on the way is refused, naming its offset
+        real = frame.encode_blocks
+
+        def flip_third_block(chunks, **kwargs):  # noqa: ANN001, ANN003, ANN202
+            for n, block in enumerate(real(chunks, **kwargs)):
+                yield block[:10] + bytes([block[10] ^ 1]) + block[11:] if n == 2 else block
+
+        monkeypatch.setattr("ferry.gateway.streams.encode_blocks", flip_third_block)
+        with pytest.raises(CorruptFrame, match=f"data offset {2 * frame.BLOCK}"):
+            b"".join(client.read("cam-1", "state"))
+    finally:
+        client.close()
+        other.close()
