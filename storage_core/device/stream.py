@@ -227,6 +227,7 @@ def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dic
     still in flight is sent again once the predecessor is acknowledged. The first failure is
     raised after the appends in flight have finished (none is sent again)."""
     queue: deque[tuple[_Append, Future[dict[str, Any]]]] = deque()
+    acknowledged_end: int | None = None  # the committed end the previous answer reported
     with ThreadPoolExecutor(window, thread_name_prefix="ferry-append") as pool:
         try:
             while True:
@@ -238,9 +239,13 @@ def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dic
                 try:
                     answer = future.result()
                 except AppendOutOfRange as exc:
-                    if exc.committed_end != item.offset:
+                    # refused while its predecessors were in flight: the end it was told is
+                    # stale; once they are acknowledged up to its offset, it goes again
+                    end_now = acknowledged_end if acknowledged_end is not None else exc.committed_end
+                    if end_now != item.offset:
                         raise
-                    answer = send(item.frame)  # its predecessor is acknowledged now
+                    answer = send(item.frame)
+                acknowledged_end = answer["committed_end"]
                 yield item, answer
         finally:
             for _, future in queue:
