@@ -135,7 +135,7 @@ def _meta(key: str, response: dict[str, Any]) -> ObjectMeta:
 class S3Store:
     """One bucket. Keys are validated before any request is made.
 
-    Every capability of an ObjectStore, plus Presign."""
+    Every capability of an ObjectStore, plus Presign and DeleteMany."""
 
     def __init__(
         self,
@@ -267,6 +267,24 @@ class S3Store:
     def delete(self, key: str) -> None:
         with self._where(key, "delete"):
             self.unlooped_client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: list[str]) -> None:
+        for start in range(0, len(keys), 1000):  # DeleteObjects takes at most 1,000 keys
+            chunk = keys[start:start + 1000]
+            for key in chunk:
+                validate_key(key)
+            with self._where(None, "delete objects in"):
+                response = self.unlooped_client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in chunk], "Quiet": True}
+                )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise StorageError(
+                    f"s3://{self.bucket}: {len(errors)} of {len(chunk)} delete(s) refused, e.g. {first.get('Key')}: "
+                    f"{first.get('Code')} {first.get('Message', '')}".rstrip(),
+                    key=first.get("Key"), retryable=first.get("Code") in ("InternalError", "SlowDown", "ServiceUnavailable"),
+                )
 
     # --- multipart -------------------------------------------------------------------
     def create_multipart(self, key: str) -> str:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
@@ -63,7 +64,8 @@ from storage_core.errors import (
     one_line,
 )
 from storage_core.keys import StorageUri, validate_key
-from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
+from storage_core.stores.base import DeleteMany, ObjectMeta, ObjectStore, StoredPart
+from storage_core.stores.lookup import MAX_WORKERS as LOOKUP_WORKERS, find_objects
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
@@ -350,50 +352,87 @@ def device_upload_status(
     expires_in: int = 900,
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
-    """What the store holds for each file, from the store itself (HEAD, ListParts). With
-    `with_urls`, fresh URLs for what is missing: a single file needs nothing more, a
-    multipart file needs its part checksums in `part_crc32c` (checked against the
-    recorded file CRC32C, so every URL ever issued for a part carries a consistent one)."""
+    """What the store holds for each file, from the store itself: single files by a LIST
+    of each recording's prefix (storage_core.stores.lookup; not one HEAD per file), multipart
+    files by ListParts. With `with_urls`, fresh URLs for what is missing: a single file
+    needs nothing more, a multipart file needs its part checksums in `part_crc32c` (checked
+    against the recorded file CRC32C, so every URL ever issued for a part carries a
+    consistent one)."""
     settings = settings or load_settings()
     part_crc32c = part_crc32c or {}
     txn = _own(catalog, device_id, transaction_id)
     is_open = txn.status in OPEN_TRANSACTION_STATES
+    sending = [i for i in txn.items if is_open and i.status == ItemStatus.UPLOADING.value]
+    present = _present_objects([i for i in sending if i.upload_id is None], settings)
+    parts = _present_parts_of([i for i in sending if i.upload_id is not None], settings)
     files = []
     for item in txn.items:
         path, key, size, crc = item.source_path, item.key, item.size, item.crc32c
         multipart = item.upload_id is not None
-        present: dict[int, int] = {}
+        in_store: dict[int, int] = {}
         uploaded = item.status in DONE_ITEM_STATES
         urls: list[UploadUrl] = []
         if is_open and item.status == ItemStatus.UPLOADING.value:
             store, _ = open_store(item.store_uri, settings)
             if multipart:
-                found = _present_parts(store, key, item.upload_id)
+                found = parts[item.id]
                 if found is None:  # completed by an earlier complete that did not commit
                     uploaded = _exists(store, key)
                 else:
                     sizes = part_sizes(size, item.part_size)
-                    present = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
-                    uploaded = len(present) == len(sizes)
+                    in_store = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
+                    uploaded = len(in_store) == len(sizes)
                     if with_urls and not uploaded:
                         if path not in part_crc32c:
                             raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
                         check_part_checksums(path, size, crc, item.part_size, part_crc32c[path])
                         for n, part_crc in enumerate(part_crc32c[path], 1):
-                            if n not in present:
+                            if n not in in_store:
                                 url = _presign_part(store, key, item.upload_id, n, part_crc, expires_in)
                                 headers = {"x-amz-checksum-crc32c": to_header(part_crc)}
                                 urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
             else:
-                uploaded = _exists(store, key)
+                uploaded = (item.store_uri, key) in present
                 if with_urls and not uploaded:
                     url = store.presign_put(key, expires_in=expires_in, crc32c=crc)
                     urls.append(UploadUrl(url, "PUT", {"x-amz-checksum-crc32c": to_header(crc)}, None, size))
         files.append(
             FileState(path, item.uri, size, item.status, multipart, item.part_size,
-                      tuple(sorted(present)), uploaded, tuple(urls))
+                      tuple(sorted(in_store)), uploaded, tuple(urls))
         )
     return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files))
+
+
+def _recording_prefix(item: ItemInfo) -> str:
+    """The key prefix of the item's recording (`PREFIX/DEVICE/RECORDING/`): what one LIST covers."""
+    return item.key[: len(item.key) - len(item.relative_path)]
+
+
+def _present_objects(items: list[ItemInfo], settings: FerrySettings) -> dict[tuple[str, str], ObjectMeta]:
+    """{(store URI, key): meta} of the items' keys that hold an object now, from a LIST of
+    each recording's prefix (a HEAD for the few keys a listing does not settle)."""
+    by_store: dict[str, dict[str, str]] = {}
+    for item in items:
+        by_store.setdefault(item.store_uri, {})[item.key] = _recording_prefix(item)
+    present = {}
+    for store_uri, prefixes in by_store.items():
+        store, _ = open_store(store_uri, settings)
+        for key, meta in find_objects(store, prefixes, group_of=prefixes.__getitem__).items():
+            present[(store_uri, key)] = meta
+    return present
+
+
+def _present_parts_of(items: list[ItemInfo], settings: FerrySettings) -> dict[int, dict[int, StoredPart] | None]:
+    """{item id: what _present_parts says} for multipart items, a bounded pool of ListParts
+    at a time."""
+    def parts_of(item: ItemInfo) -> dict[int, StoredPart] | None:
+        store, _ = open_store(item.store_uri, settings)
+        return _present_parts(store, item.key, item.upload_id)
+
+    if len(items) <= 1:
+        return {item.id: parts_of(item) for item in items}
+    with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(items)), thread_name_prefix="ferry-parts") as pool:
+        return dict(zip((i.id for i in items), pool.map(parts_of, items)))
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
@@ -585,29 +624,62 @@ def abort_device_upload(
     settings = settings or load_settings()
     _own(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
-    failures = []
-    for target in aborted.objects:
-        try:
-            store, _ = open_store(target.store_uri, settings)
-            meta = _head(store, target.key)
-            if meta is not None and meta.etag != target.recorded_etag:
-                store.delete(target.key)
-        except FerryError as exc:
-            failures.append(f"delete {target.store_uri}/{target.key}: {one_line(exc)}")
-    for upload in aborted.uploads:
-        try:
-            store, _ = open_store(upload.store_uri, settings)
-            store.abort_multipart(upload.key, upload.upload_id)
-        except UploadNotFound:
-            pass  # already gone (aborted before, or completed by a complete that lost the race)
-        except FerryError as exc:  # recorded by no open transaction now: reconcile aborts it
-            failures.append(f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}")
+    failures = _delete_unverified(aborted.objects, settings)
+    failures += _abort_uploads(aborted.uploads, settings)
     if failures:
         log.warning("abort of %s left %d thing(s) behind, e.g. %s", transaction_id, len(failures), failures[0])
         records.record_abort_incomplete(catalog, transaction_id, failures[0])
         raise AbortFailed(f"transaction {transaction_id} is aborted, but {len(failures)} cleanup(s) failed, "
                           f"e.g. {failures[0]}; `ferry reconcile` retries the uploads")
     return aborted.transaction
+
+
+def _delete_unverified(targets: tuple[records.UnverifiedObject, ...], settings: FerrySettings) -> list[str]:
+    """Delete the objects at `targets`, except the version the catalog records as stored
+    at a place (an older version someone relies on: compared by a HEAD's ETag). Where the
+    catalog records nothing, a LIST says what is there and a batch delete removes it.
+    Returns what failed, one line each."""
+    failures: list[str] = []
+    by_store: dict[str, list[records.UnverifiedObject]] = {}
+    for target in targets:
+        by_store.setdefault(target.store_uri, []).append(target)
+    for store_uri, group in by_store.items():
+        try:
+            store, _ = open_store(store_uri, settings)
+            present = find_objects(store, [t.key for t in group if t.recorded_etag is None])
+            doomed = sorted(present)
+            for target in (t for t in group if t.recorded_etag is not None):
+                meta = _head(store, target.key)
+                if meta is not None and meta.etag != target.recorded_etag:
+                    doomed.append(target.key)
+            if isinstance(store, DeleteMany):
+                store.delete_many(doomed)
+            else:
+                for key in doomed:
+                    store.delete(key)
+        except FerryError as exc:
+            failures.append(f"delete in {store_uri}: {one_line(exc)}")
+    return failures
+
+
+def _abort_uploads(uploads: tuple[records.InFlightUpload, ...], settings: FerrySettings) -> list[str]:
+    """Abort the multipart uploads, a bounded pool at a time; returns what failed."""
+    def abort(upload: records.InFlightUpload) -> str | None:
+        try:
+            store, _ = open_store(upload.store_uri, settings)
+            store.abort_multipart(upload.key, upload.upload_id)
+        except UploadNotFound:
+            pass  # already gone (aborted before, or completed by a complete that lost the race)
+        except FerryError as exc:  # recorded by no open transaction now: reconcile aborts it
+            return f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}"
+        return None
+
+    if len(uploads) <= 1:
+        outcomes = [abort(u) for u in uploads]
+    else:
+        with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(uploads)), thread_name_prefix="ferry-abort") as pool:
+            outcomes = list(pool.map(abort, uploads))
+    return [o for o in outcomes if o is not None]
 
 
 __all__ = [
