@@ -3,7 +3,7 @@ sees meanwhile (issue 14, finding 7).
 
 For each catalog (SQLite file, PostgreSQL database) a fresh `ferry gateway` process runs
 over a fresh SeaweedFS bucket (access keys on). Device `big` begins a manifest of
-`--files` small single-PUT files (plus `--multipart` multipart files), PUTs `--uploaded`
+`--files` files (`--multipart` of them multipart, the rest small single PUTs), PUTs `--uploaded`
 of them through their presigned URLs (not timed), asks for its status, and aborts. Device
 `small` meanwhile polls `/v1/me` and the status of its own one-file upload without pause;
 its latencies are reported per phase as p50 / p95 / max.
@@ -147,7 +147,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def manifest(device: str, files: int, multipart: int) -> tuple[list[dict], dict[str, bytes]]:
     entries, blobs = [], {}
-    for n in range(files):
+    for n in range(files - multipart):
         data = f"{device} file {n}\n".encode() * 8
         path = f"{device}/run-{n // 1000:02d}/seg/{n:05d}.bin"
         entries.append({"path": path, "size": len(data), "crc32c": crc32c(data)})
@@ -253,13 +253,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--uploaded", type=int, default=1_000, help="files PUT before status and abort")
-    parser.add_argument("--multipart", type=int, default=0, help="multipart files added to the manifest")
+    parser.add_argument("--multipart", type=int, default=0, help="how many of the files are multipart")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg", default=os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ferry-bench-gw-") as tmp, seaweed(Path(tmp)) as weed:
         for backend in args.backends.split(","):
-            print(report(run_backend(backend, args, weed, Path(tmp)), args.files + args.multipart), flush=True)
+            print(report(run_backend(backend, args, weed, Path(tmp)), args.files), flush=True)
     return 0
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy.exc
-from sqlalchemy import delete, distinct, insert, select, update
+from sqlalchemy import delete, distinct, func, insert, select, update
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -81,6 +81,20 @@ def _locked(session, transaction_id: str) -> Transaction:
     if txn is None:
         raise CatalogError(f"no transaction {transaction_id!r}")
     return txn
+
+
+def _view(session, txn: Transaction) -> TransactionInfo:
+    """`txn` with its items read as plain rows (one SELECT, and one counting parts), not as
+    ORM objects: viewing a 10,000-item transaction costs tenths of a second, not seconds."""
+    session.flush()
+    parts = dict(session.execute(
+        select(MultipartPart.item_id, func.count()).join(TransactionItem)
+        .where(TransactionItem.transaction_id == txn.id).group_by(MultipartPart.item_id)
+    ).tuples().all())
+    rows = session.execute(
+        select(TransactionItem.__table__).where(TransactionItem.transaction_id == txn.id).order_by(TransactionItem.id)
+    )
+    return TransactionInfo.of(txn, items=tuple(ItemInfo.of(row, parts_stored=parts.get(row.id, 0)) for row in rows))
 
 
 def _load_item(session, item_id: int) -> TransactionItem:
@@ -172,13 +186,13 @@ class CompletedUpload:
 def get_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """The transaction, or CatalogError when there is none."""
     with catalog.session() as session:
-        return TransactionInfo.of(_load(session, transaction_id))
+        return _view(session, _load(session, transaction_id))
 
 
 def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo | None:
     with catalog.session() as session:
         txn = session.get(Transaction, transaction_id)
-        return None if txn is None else TransactionInfo.of(txn)
+        return None if txn is None else _view(session, txn)
 
 
 def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int = 100) -> list[TransactionInfo]:
@@ -387,8 +401,7 @@ def begin_transaction(
                     claims.append(row)
                 rows.append(row)
             _claim(session, destination.store_uri, rows, claims)
-            session.refresh(txn)
-            return TransactionInfo.of(txn)
+            return _view(session, txn)
     except CatalogConflict as exc:  # the transaction id itself (session() translated the unique violation)
         raise CatalogConflict(f"transaction {txn_id} is being begun by another caller") from exc
 
@@ -692,9 +705,7 @@ def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) 
                         .values(status=ItemStatus.ABORTED.value, updated_at=_now())
                         .execution_options(synchronize_session=False))
         txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
-        session.flush()
-        session.expire(txn, ["items"])
-        return AbortedUpload(TransactionInfo.of(txn), uploads, objects)
+        return AbortedUpload(_view(session, txn), uploads, objects)
 
 
 def record_abort_incomplete(catalog: Catalog, transaction_id: str, problem: str) -> TransactionInfo:

@@ -365,6 +365,7 @@ def device_upload_status(
     sending = [i for i in txn.items if is_open and i.status == ItemStatus.UPLOADING.value]
     present = _present_objects([i for i in sending if i.upload_id is None], settings)
     parts = _present_parts_of([i for i in sending if i.upload_id is not None], settings)
+    stores: dict[str, ObjectStore] = {}
     files = []
     for item in txn.items:
         path, key, size, crc = item.source_path, item.key, item.size, item.crc32c
@@ -373,7 +374,9 @@ def device_upload_status(
         uploaded = item.status in DONE_ITEM_STATES
         urls: list[UploadUrl] = []
         if is_open and item.status == ItemStatus.UPLOADING.value:
-            store, _ = open_store(item.store_uri, settings)
+            if item.store_uri not in stores:
+                stores[item.store_uri], _ = open_store(item.store_uri, settings)
+            store = stores[item.store_uri]
             if multipart:
                 found = parts[item.id]
                 if found is None:  # completed by an earlier complete that did not commit
