@@ -73,7 +73,6 @@ from storage_core.upload.device import (
     device_upload_status,
 )
 from storage_core.catalog.outbox import get_upload_event
-from storage_core.catalog.transactions import find_transaction
 
 log = logging.getLogger(__name__)
 # a 10,000-file manifest is about 1.5 MB; the limit bounds what one request can make the
@@ -290,11 +289,8 @@ def create_app(
         return await run_in_threadpool(_begin, manifest, device_id)
 
     def _begin(manifest: ManifestIn, device_id: str) -> Response:
-        if manifest.transaction_id is not None:
-            # another device's id gets the answer every route gives an id this device does not know
-            taken = find_transaction(catalog, manifest.transaction_id)
-            if taken is not None and taken.device_id != device_id:
-                raise UnknownUpload(f"no upload transaction {manifest.transaction_id!r} for device {device_id}")
+        # an id another device holds begins like a free one (ids are scoped per device:
+        # storage_core.upload.device.scoped_transaction_id), so begin reveals no one's ids
         files = [
             DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None)
             for f in manifest.files

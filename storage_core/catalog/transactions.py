@@ -195,6 +195,23 @@ def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo |
         return None if txn is None else _view(session, txn)
 
 
+@dataclass(frozen=True)
+class TransactionOwner:
+    """Whose a transaction is and its state, without its items (a check per request)."""
+
+    device_id: str | None
+    origination: str
+    status: str
+
+
+def transaction_owner(catalog: Catalog, transaction_id: str) -> TransactionOwner | None:
+    with catalog.session() as session:
+        row = session.execute(
+            select(Transaction.device_id, Transaction.origination, Transaction.status).where(Transaction.id == transaction_id)
+        ).one_or_none()
+        return None if row is None else TransactionOwner(row.device_id, row.origination, row.status)
+
+
 def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int = 100) -> list[TransactionInfo]:
     with catalog.session() as session:
         query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
@@ -742,6 +759,7 @@ __all__ = [
     "ItemUpload",
     "ObjectVersion",
     "RecordedPart",
+    "TransactionOwner",
     "TransferProgress",
     "UnverifiedObject",
     "VerifiedItem",
@@ -770,6 +788,7 @@ __all__ = [
     "store_uris_in_flight",
     "stored_etag",
     "stored_sizes",
+    "transaction_owner",
     "transaction_store_uris",
     "transaction_progress",
     "unverified_objects",

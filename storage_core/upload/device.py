@@ -29,6 +29,7 @@ nothing unverified is ever recorded or left behind.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -162,8 +163,8 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
         if f.path in seen:
             raise ManifestRefused(f"path {f.path!r} is listed twice")
         seen.add(f.path)
-        if not isinstance(f.size, int) or f.size <= 0:
-            raise ManifestRefused(f"{f.path}: size must be a positive integer")
+        if not isinstance(f.size, int) or f.size < 0:
+            raise ManifestRefused(f"{f.path}: size must be a non-negative integer")
         if f.size > limits.max_file_bytes:
             raise ManifestRefused(f"{f.path}: {f.size} bytes; the per-file limit is {limits.max_file_bytes}", reason="too_large")
         crc = _crc_value(f.crc32c, f.path)
@@ -191,6 +192,8 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
 def _check_parts(f: DeviceFile, limits: UploadLimits) -> None:
     if f.part_size is None or f.part_crc32c is None:
         raise ManifestRefused(f"{f.path}: a multipart file declares both part_size and part_crc32c")
+    if f.size == 0:
+        raise ManifestRefused(f"{f.path}: an empty file has no parts; send it as one PUT")
     if not isinstance(f.part_size, int) or not limits.min_part_size <= f.part_size <= MAX_PART_SIZE:
         raise ManifestRefused(f"{f.path}: part_size must be between {limits.min_part_size} and {MAX_PART_SIZE} bytes")
     count = -(-f.size // f.part_size)
@@ -240,9 +243,31 @@ def _present_parts(store: ObjectStore, key: str, upload_id: str) -> dict[int, St
         return None
 
 
+def scoped_transaction_id(catalog: Catalog, device_id: str, transaction_id: str) -> str:
+    """The catalog id of what the device calls `transaction_id`. Ids a device chooses are
+    scoped to the device: the id itself unless another device's (or an ingest's)
+    transaction holds it, then one derived from the device and the id. So a device can
+    never tell a taken id from a free one (both begin, 201), nor reach another's."""
+    owner = records.transaction_owner(catalog, transaction_id)
+    if owner is None or (owner.device_id == device_id and owner.origination == ORIGINATION):
+        return transaction_id
+    return hashlib.sha256(f"{device_id}/{transaction_id}".encode()).hexdigest()[:32]
+
+
+def _check_owner(catalog: Catalog, device_id: str, transaction_id: str) -> str:
+    """The catalog id of the device's own transaction `transaction_id` (reading no item);
+    UnknownUpload when the device has none by that id."""
+    scoped = scoped_transaction_id(catalog, device_id, transaction_id)
+    owner = records.transaction_owner(catalog, scoped)
+    if owner is None or owner.device_id != device_id or owner.origination != ORIGINATION:
+        raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
+    return scoped
+
+
 def _own(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
-    """The device's own transaction; another device's is unknown (UnknownUpload) too."""
-    txn = records.find_transaction(catalog, transaction_id)
+    """The device's own transaction `transaction_id`, with its items (its `id` is the
+    catalog's); UnknownUpload when the device has none by that id."""
+    txn = records.find_transaction(catalog, scoped_transaction_id(catalog, device_id, transaction_id))
     if txn is None or txn.device_id != device_id or txn.origination != ORIGINATION:
         raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
     return txn
@@ -274,18 +299,18 @@ def begin_device_upload(
     entries = check_manifest(device_id, files, limits)
     declared = {f.path: f for f in files}
     crcs = {p: list(f.part_crc32c) for p, f in declared.items() if f.part_crc32c is not None}
+    shown = transaction_id  # what the device calls it; the catalog's may differ (scoped_transaction_id)
     if transaction_id is not None:
         if not _TRANSACTION_ID.fullmatch(transaction_id):
             raise ManifestRefused(f"transaction id {transaction_id!r}: expected 32 lowercase hex digits")
+        transaction_id = scoped_transaction_id(catalog, device_id, transaction_id)
         existing = records.find_transaction(catalog, transaction_id)
         if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
-            if existing.device_id != device_id or existing.origination != ORIGINATION:
-                raise TransactionStateError(f"transaction id {transaction_id} is taken")
             if sorted(i.source_path for i in existing.items) != sorted(declared):
                 raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
             if existing.status in OPEN_TRANSACTION_STATES:  # a begin that died before its second step
                 _start_uploads(catalog, existing, declared, settings)
-            return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs,
+            return device_upload_status(catalog, device_id, shown, part_crc32c=crcs,
                                         with_urls=existing.status in OPEN_TRANSACTION_STATES,
                                         expires_in=expires_in, settings=settings)
     try:
@@ -300,7 +325,7 @@ def begin_device_upload(
         raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
     try:
         _start_uploads(catalog, txn, declared, settings)
-        return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
+        return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
                                     expires_in=expires_in, settings=settings)
     except BaseException:
         abort_transactions(catalog, [txn.id], reason="begin failed", settings=settings)
@@ -508,6 +533,7 @@ def complete_device_upload(
     call assembled deleted."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
+    transaction_id = txn.id  # the catalog's (scoped_transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:
         return records.completed_upload(catalog, transaction_id)
 
@@ -625,7 +651,7 @@ def abort_device_upload(
     completed (TransactionStateError), so nothing of a completed upload is ever deleted.
     An aborted one stays aborted. A failed cleanup raises AbortFailed."""
     settings = settings or load_settings()
-    _own(catalog, device_id, transaction_id)
+    transaction_id = _check_owner(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
     failures = _delete_unverified(aborted.objects, settings)
     failures += _abort_uploads(aborted.uploads, settings)
@@ -703,4 +729,5 @@ __all__ = [
     "device_upload_status",
     "part_sizes",
     "require_presign",
+    "scoped_transaction_id",
 ]
