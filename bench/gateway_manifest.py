@@ -5,8 +5,8 @@ For each catalog (SQLite file, PostgreSQL database) a fresh `ferry gateway` proc
 over a fresh SeaweedFS bucket (access keys on). Device `big` begins a manifest of
 `--files` files (`--multipart` of them multipart, the rest small single PUTs), PUTs `--uploaded`
 of them through their presigned URLs (not timed), asks for its status, and aborts. Device
-`small` meanwhile polls `/v1/me` and the status of its own one-file upload without pause;
-its latencies are reported per phase as p50 / p95 / max.
+`small` meanwhile polls `/v1/me` and the status of its own one-file upload without pause,
+from a process of its own; its latencies are reported per phase as p50 / p95 / max.
 
 Usage: python -m bench.gateway_manifest [--files 10000] [--uploaded 1000] [--multipart 0]
                                         [--backends sqlite,postgresql] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -100,44 +100,62 @@ def gateway(env: dict[str, str], log: Path) -> Iterator[str]:
             process.wait()
 
 
-class Prober:
-    """Device `small`'s requests, one after another, each latency filed under the phase
-    running when it was sent."""
+def _probe(base: str, token: str, transaction_id: str, stop, results) -> None:  # noqa: ANN001
+    """Device `small`'s requests, one after another until `stop` is set; puts
+    [(sent at, seconds, failure or None)] on `results`."""
+    paths = ["/v1/me", f"/v1/uploads/{transaction_id}"]
+    samples = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
+        n = 0
+        while not stop.is_set():
+            path = paths[n % 2]
+            n += 1
+            sent, started = time.time(), time.perf_counter()
+            try:
+                response = http.get(path)
+                failure = None if response.status_code == 200 else f"{path}: {response.status_code}"
+            except httpx.TransportError as exc:
+                failure = f"{path}: {exc}"
+            samples.append((sent, time.perf_counter() - started, failure))
+            time.sleep(0.01)
+    results.put(samples)
 
-    def __init__(self, http: httpx.Client, transaction_id: str) -> None:
-        self.http, self.transaction_id = http, transaction_id
-        self.phase: str | None = None
+
+class Prober:
+    """Device `small`'s requests from a process of their own (so the bench's own work on
+    the large answers does not delay them), each latency filed under the phase running
+    when it was sent."""
+
+    def __init__(self, base: str, token: str, transaction_id: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._stop, self._results = context.Event(), context.Queue()
+        self._process = context.Process(target=_probe, args=(base, token, transaction_id, self._stop, self._results))
+        self._phases: list[tuple[str, float, float]] = []
         self.latencies: dict[str, list[float]] = {}
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        paths = ["/v1/me", f"/v1/uploads/{self.transaction_id}"]
-        n = 0
-        while not self._stop.is_set():
-            phase, path = self.phase, paths[n % 2]
-            n += 1
-            started = time.perf_counter()
-            try:
-                response = self.http.get(path, timeout=120)
-                ok = response.status_code == 200
-            except httpx.TransportError as exc:
-                ok, response = False, exc
-            elapsed = time.perf_counter() - started
-            if not ok:
-                self.failures.append(f"{path}: {response}")
-            if phase is not None:
-                self.latencies.setdefault(phase, []).append(elapsed)
-            time.sleep(0.01)
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.time()
+        try:
+            yield
+        finally:
+            self._phases.append((name, started, time.time()))
 
     def __enter__(self) -> Prober:
-        self._thread.start()
+        self._process.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        samples = self._results.get(timeout=300)
+        self._process.join()
+        for sent, seconds, failure in samples:
+            if failure:
+                self.failures.append(failure)
+            for name, start, end in self._phases:
+                if start <= sent < end:
+                    self.latencies.setdefault(name, []).append(seconds)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -188,16 +206,15 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
                         headers=small_state["files"][0]["urls"][0]["headers"]).raise_for_status()
             entries, blobs = manifest("big", args.files, args.multipart)
             seconds: dict[str, float] = {}
-            with Prober(other, small_state["transaction_id"]) as prober:
-                time.sleep(1)
-                prober.phase = "idle"
-                time.sleep(2)
+            with Prober(base, small, small_state["transaction_id"]) as prober:
+                time.sleep(3)  # the prober's process starts
+                with prober.phase("idle"):
+                    time.sleep(2)
 
-                prober.phase = "begin"
-                started = time.perf_counter()
-                response = http.post("/v1/uploads", json={"files": entries})
-                seconds["begin"] = time.perf_counter() - started
-                prober.phase = None
+                with prober.phase("begin"):
+                    started = time.perf_counter()
+                    response = http.post("/v1/uploads", json={"files": entries})
+                    seconds["begin"] = time.perf_counter() - started
                 if response.status_code != 201:
                     raise RuntimeError(f"begin: {response.status_code} {response.text[:300]}")
                 state = response.json()
@@ -212,23 +229,20 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
                 with ThreadPoolExecutor(8) as pool:
                     list(pool.map(put, singles))
 
-                prober.phase = "status"
-                started = time.perf_counter()
-                response = http.get(f"/v1/uploads/{txn}")
-                seconds["status"] = time.perf_counter() - started
-                prober.phase = None
+                with prober.phase("status"):
+                    started = time.perf_counter()
+                    response = http.get(f"/v1/uploads/{txn}")
+                    seconds["status"] = time.perf_counter() - started
                 response.raise_for_status()
                 uploaded = sum(f["uploaded"] for f in response.json()["files"])
                 if uploaded != len(singles):
                     raise RuntimeError(f"status reports {uploaded} files uploaded, not {len(singles)}")
 
-                prober.phase = "abort"
-                started = time.perf_counter()
-                response = http.post(f"/v1/uploads/{txn}/abort")
-                seconds["abort"] = time.perf_counter() - started
-                prober.phase = None
+                with prober.phase("abort"):
+                    started = time.perf_counter()
+                    response = http.post(f"/v1/uploads/{txn}/abort")
+                    seconds["abort"] = time.perf_counter() - started
                 response.raise_for_status()
-                time.sleep(0.5)
             left = s3.list_objects_v2(Bucket=bucket, Prefix="lake/big/").get("KeyCount", 0)
             uploads = len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
     return {"backend": backend, "seconds": seconds, "latencies": prober.latencies, "failures": prober.failures,
