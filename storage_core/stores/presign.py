@@ -49,6 +49,7 @@ class QuerySigner:
         self.host = parts.netloc
         self.base_path = parts.path[: -len(_PROBE_KEY)]  # "/bucket/" (path style) or "/" (virtual host)
         self._keys: dict[tuple[str, str], bytes] = {}
+        self._credentials()  # AttributeError (then botocore signs) when the client holds none we can read
 
     def _credentials(self):  # noqa: ANN202
         credentials = self.client._request_signer._credentials  # what the client signs with (refreshed by botocore)
