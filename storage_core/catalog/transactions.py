@@ -437,6 +437,8 @@ def _claim(session, store_uri: str, rows: list[dict], claims: list[dict]) -> Non
             _busy(row, held[row["key"]])
     try:
         with session.begin_nested():
+            # one executemany (psycopg pipelines it); a RETURNING multi-row VALUES was slower:
+            # psycopg spends seconds converting statements with thousands of placeholders
             session.execute(insert(TransactionItem), rows)
         return
     except sqlalchemy.exc.IntegrityError:  # the partial unique index: claimed meanwhile by a concurrent begin
@@ -502,8 +504,8 @@ def mark_items_uploading(catalog: Catalog, transaction_id: str, uploads: Iterabl
     each pending item), and the transaction uploading. False, with nothing changed, when
     a concurrent begin recorded them first (no item is pending any more): the caller's
     uploads are its own to abort. TransactionStateError: the transaction is no longer
-    open, or `uploads` leaves a pending item out. Set-based: one UPDATE per 500 single
-    PUTs, one batch for the multipart items."""
+    open, or `uploads` leaves a pending item out. Set-based: one batch for the multipart
+    items, one UPDATE for all the single PUTs."""
     uploads = {u.item_id: u for u in uploads}
     with catalog.session() as session:
         txn = _locked(session, transaction_id)
@@ -520,15 +522,16 @@ def mark_items_uploading(catalog: Catalog, transaction_id: str, uploads: Iterabl
             raise TransactionStateError(
                 f"transaction {txn.id}: no upload planned for {len(missing)} item(s), e.g. {missing[0].store_uri}/{missing[0].key}"
             )
-        planned = [uploads[row.id] for row in pending]
-        singles = [u.item_id for u in planned if u.upload_id is None and u.part_size is None]
-        for chunk in _chunks(singles):
-            session.execute(update(TransactionItem).where(TransactionItem.id.in_(chunk))
-                            .values(status=ItemStatus.UPLOADING.value, updated_at=_now()))
         multipart = [dict(id=u.item_id, upload_id=u.upload_id, part_size=u.part_size, status=ItemStatus.UPLOADING.value,
-                          updated_at=_now()) for u in planned if u.upload_id is not None or u.part_size is not None]
+                          updated_at=_now())
+                     for u in (uploads[row.id] for row in pending) if u.upload_id is not None or u.part_size is not None]
         if multipart:
             session.execute(update(TransactionItem), multipart)  # by primary key, one batch
+        # every item still pending is a single PUT now: one statement for all of them
+        session.execute(update(TransactionItem)
+                        .where(TransactionItem.transaction_id == transaction_id, TransactionItem.status == ItemStatus.PENDING.value)
+                        .values(status=ItemStatus.UPLOADING.value, updated_at=_now())
+                        .execution_options(synchronize_session=False))
         txn.status = TransactionStatus.UPLOADING.value
         return True
 
