@@ -102,8 +102,9 @@ def gateway(env: dict[str, str], log: Path) -> Iterator[str]:
 
 def _probe(base: str, token: str, transaction_id: str, stop, results) -> None:  # noqa: ANN001
     """Device `small`'s requests, one after another until `stop` is set; puts
-    [(sent at, seconds, failure or None)] on `results`."""
-    paths = ["/v1/me", f"/v1/uploads/{transaction_id}"]
+    [(route, sent at, seconds, failure or None)] on `results`."""
+    routes = {"/v1/me": "me", f"/v1/uploads/{transaction_id}": "status"}
+    paths = list(routes)
     samples = []
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=120) as http:
         n = 0
@@ -116,7 +117,7 @@ def _probe(base: str, token: str, transaction_id: str, stop, results) -> None:  
                 failure = None if response.status_code == 200 else f"{path}: {response.status_code}"
             except httpx.TransportError as exc:
                 failure = f"{path}: {exc}"
-            samples.append((sent, time.perf_counter() - started, failure))
+            samples.append((routes[path], sent, time.perf_counter() - started, failure))
             time.sleep(0.01)
     results.put(samples)
 
@@ -150,12 +151,13 @@ class Prober:
         self._stop.set()
         samples = self._results.get(timeout=300)
         self._process.join()
-        for sent, seconds, failure in samples:
+        for route, sent, seconds, failure in samples:
             if failure:
                 self.failures.append(failure)
             for name, start, end in self._phases:
                 if start <= sent < end:
                     self.latencies.setdefault(name, []).append(seconds)
+                    self.latencies.setdefault(f"{name} {route}", []).append(seconds)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -252,12 +254,13 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
 def report(result: dict, files: int) -> str:
     lines = [f"{result['backend']}: {files} files  " + "  ".join(f"{k} {v:.2f} s" for k, v in result["seconds"].items())]
     for phase in ("idle", "begin", "status", "abort"):
-        values = result["latencies"].get(phase, [])
-        if values:
-            lines.append(f"  other device during {phase:6s}: n={len(values):4d}  p50 {percentile(values, .5) * 1000:7.1f} ms"
-                         f"  p95 {percentile(values, .95) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms")
-        else:
-            lines.append(f"  other device during {phase:6s}: no request answered")
+        for key, label in ((phase, "all"), (f"{phase} me", "/v1/me"), (f"{phase} status", "its status")):
+            values = result["latencies"].get(key, [])
+            if values:
+                lines.append(f"  other device during {phase:6s} {label:10s}: n={len(values):4d}  p50 {percentile(values, .5) * 1000:7.1f} ms"
+                             f"  p95 {percentile(values, .95) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms")
+            elif label == "all":
+                lines.append(f"  other device during {phase:6s}: no request answered")
     lines.append(f"  after abort: {result['objects_left']} object(s), {result['uploads_left']} multipart upload(s) left;"
                  f" {len(result['failures'])} failed request(s) of the other device")
     return "\n".join(lines)
