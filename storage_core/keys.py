@@ -1,12 +1,19 @@
 """Object keys and storage URIs, validated before anything touches storage.
 
 A key is a relative, `/`-separated path: no empty segments, no `.` or `..` segments, no
-leading `/`, no backslashes or NUL bytes. A storage URI is `file:///abs/dir` or
+leading `/`, no backslashes, and no character a reader cannot see: control characters
+(`\r`, `\n`, NUL, C1), format characters (bidi overrides and isolates U+202A-202E,
+U+2066-2069, zero-width U+200B-200D, U+2060, U+FEFF), line and paragraph separators,
+lone surrogates and blank look-alike letters (Hangul fillers, braille blank): each would
+let two keys look alike, or a listing print other than what is stored. A refusal names
+the first such code point and its index. A storage URI is `file:///abs/dir` or
 `s3://bucket[/prefix]`.
 """
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
@@ -14,6 +21,23 @@ from urllib.parse import unquote, urlsplit
 from storage_core.errors import ConfigError, InvalidKey
 
 MAX_KEY_BYTES = 1024
+# Unicode general categories of characters nobody sees: controls, formats (bidi, zero
+# width), line/paragraph separators, surrogates
+INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+# letters and symbols that render as blank space
+BLANK_LOOKALIKES = frozenset({0x115F, 0x1160, 0x3164, 0xFFA0, 0x2800})
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def invisible_character(key: str) -> tuple[int, str] | None:
+    """(index, character) of the first character in `key` a reader cannot see, or None."""
+    if key.isascii():  # the common case, without a look at each character
+        found = _ASCII_CONTROL.search(key)
+        return None if found is None else (found.start(), found.group())
+    for index, char in enumerate(key):
+        if unicodedata.category(char) in INVISIBLE_CATEGORIES or ord(char) in BLANK_LOOKALIKES:
+            return index, char
+    return None
 
 
 def validate_key(key: str) -> str:
@@ -22,8 +46,14 @@ def validate_key(key: str) -> str:
         raise InvalidKey(key, "empty key")
     if len(key.encode("utf-8")) > MAX_KEY_BYTES:
         raise InvalidKey(key, f"longer than {MAX_KEY_BYTES} bytes")
-    if "\x00" in key or "\\" in key:
-        raise InvalidKey(key, "contains a NUL byte or a backslash")
+    if "\\" in key:
+        raise InvalidKey(key, "contains a backslash")
+    invisible = invisible_character(key)
+    if invisible is not None:
+        index, char = invisible
+        category = unicodedata.category(char)
+        name = unicodedata.name(char, "control" if category == "Cc" else category)
+        raise InvalidKey(key, f"invisible or control character U+{ord(char):04X} ({name}) at index {index}")
     if key.startswith("/"):
         raise InvalidKey(key, "absolute keys are not allowed")
     for segment in key.split("/"):
@@ -94,4 +124,4 @@ def parse_uri(uri: str) -> StorageUri:
     raise ConfigError(f"invalid storage URI {uri!r}: unsupported scheme {parts.scheme!r} (use file:// or s3://)")
 
 
-__all__ = ["MAX_KEY_BYTES", "StorageUri", "join_key", "parse_uri", "validate_key"]
+__all__ = ["MAX_KEY_BYTES", "StorageUri", "invisible_character", "join_key", "parse_uri", "validate_key"]

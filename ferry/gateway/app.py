@@ -31,13 +31,12 @@ from __future__ import annotations
 import logging
 import threading
 from contextlib import asynccontextmanager
-from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from ferry.gateway.events import Emitter, PrefectEmitter, emit_pending
@@ -68,6 +67,7 @@ from storage_core.errors import (
 from storage_core.keys import StorageUri
 from storage_core.upload.device import (
     DeviceFile,
+    DeviceUploadState,
     UploadLimits,
     abort_device_upload,
     begin_device_upload,
@@ -75,7 +75,6 @@ from storage_core.upload.device import (
     device_upload_status,
 )
 from storage_core.catalog.outbox import get_upload_event
-from storage_core.catalog.transactions import find_transaction
 
 log = logging.getLogger(__name__)
 # a 10,000-file manifest is about 1.5 MB; the limit bounds what one request can make the
@@ -171,6 +170,16 @@ def _status_of(exc: FerryError) -> int:
     if isinstance(exc, CatalogError):
         return 503 if exc.retryable else 500
     return 502  # the object store answered something unexpected
+
+
+_UPLOAD_STATE = TypeAdapter(DeviceUploadState)
+
+
+def _state_response(state: DeviceUploadState, *, status_code: int = 200) -> Response:
+    """An upload's state as JSON, encoded by pydantic-core: for 10,000 files (6 MB of URLs)
+    ~25 ms, where `asdict` and `json.dumps` (or FastAPI's encoder) took most of a second
+    of the GIL from every other request."""
+    return Response(_UPLOAD_STATE.dump_json(state), status_code=status_code, media_type="application/json")
 
 
 def _json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -279,16 +288,13 @@ def create_app(
     # parsed before the token is checked); their work and the encoding of their (possibly
     # large) answer run in a worker thread, off the event loop
     @app.post("/v1/uploads", status_code=201, openapi_extra=_json_body_schema(ManifestIn))
-    async def begin(request: Request, device_id: DeviceId) -> JSONResponse:
+    async def begin(request: Request, device_id: DeviceId) -> Response:
         manifest: ManifestIn = await body(request, ManifestIn)
         return await run_in_threadpool(_begin, manifest, device_id)
 
-    def _begin(manifest: ManifestIn, device_id: str) -> JSONResponse:
-        if manifest.transaction_id is not None:
-            # another device's id gets the answer every route gives an id this device does not know
-            taken = find_transaction(catalog, manifest.transaction_id)
-            if taken is not None and taken.device_id != device_id:
-                raise UnknownUpload(f"no upload transaction {manifest.transaction_id!r} for device {device_id}")
+    def _begin(manifest: ManifestIn, device_id: str) -> Response:
+        # an id another device holds begins like a free one (ids are scoped per device:
+        # storage_core.upload.device.scoped_transaction_id), so begin reveals no one's ids
         files = [
             DeviceFile(f.path, f.size, f.crc32c, f.part_size, tuple(f.part_crc32c) if f.part_crc32c is not None else None,
                        replace=f.replace or manifest.replace)
@@ -298,21 +304,21 @@ def create_app(
             catalog, device_id, files, destination=destination, limits=limits, expires_in=expires_in,
             transaction_id=manifest.transaction_id, settings=settings,
         )
-        return JSONResponse(asdict(state), status_code=201)
+        return _state_response(state, status_code=201)
 
     @app.get("/v1/uploads/{transaction_id}")
-    def status(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
-        return asdict(device_upload_status(catalog, device_id, transaction_id, settings=settings))
+    def status(transaction_id: str, device_id: DeviceId) -> Response:
+        return _state_response(device_upload_status(catalog, device_id, transaction_id, settings=settings))
 
     @app.post("/v1/uploads/{transaction_id}/urls", openapi_extra=_json_body_schema(UrlsIn))
-    async def urls(transaction_id: str, request: Request, device_id: DeviceId) -> JSONResponse:
+    async def urls(transaction_id: str, request: Request, device_id: DeviceId) -> Response:
         wanted: UrlsIn = await body(request, UrlsIn)
         crcs = {f.path: list(f.part_crc32c) for f in wanted.files}
 
-        def answer() -> JSONResponse:
+        def answer() -> Response:
             state = device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True,
                                          expires_in=expires_in, settings=settings)
-            return JSONResponse(asdict(state))
+            return _state_response(state)
 
         return await run_in_threadpool(answer)
 

@@ -12,12 +12,13 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import Device, DeviceToken
+from storage_core.catalog.views import as_utc
 from storage_core.errors import ConfigError, InvalidKey, TokenRefused
 from storage_core.keys import validate_key
 
@@ -101,10 +102,14 @@ def revoke_device_tokens(catalog: Catalog, device_id: str, *, token_id: int | No
 
 
 REFUSED = "invalid or revoked device token"
+# `last_used_at` is kept to the minute: written on every request it made each request a
+# write, serialized behind every other writer of the catalog (SQLite's one write lock)
+LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 def authenticate_device(catalog: Catalog, token: str) -> str:
-    """The device id a live token belongs to; TokenRefused otherwise. Records last use.
+    """The device id a live token belongs to; TokenRefused otherwise. Records last use
+    (to the minute: LAST_USED_RESOLUTION).
     Malformed, unknown and revoked tokens get the same message: the answer must not tell
     a token guesser which tokens once existed."""
     if not token or not token.startswith(TOKEN_PREFIX) or len(token) > 256:
@@ -115,7 +120,9 @@ def authenticate_device(catalog: Catalog, token: str) -> str:
         # the lookup is by hash; this compare only guards against a collation-insensitive match
         if row is None or not hmac.compare_digest(row.token_hash, digest) or row.revoked_at is not None:
             raise TokenRefused(REFUSED)
-        row.last_used_at = _now()
+        now = _now()
+        if row.last_used_at is None or now - as_utc(row.last_used_at) >= LAST_USED_RESOLUTION:
+            row.last_used_at = now  # at most one write a minute per token: requests stay reads
         return row.device_id
 
 

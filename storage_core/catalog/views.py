@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy import Row
+
 from storage_core.catalog.models import (
     DONE_ITEM_STATES,
     SkipReason,
@@ -23,6 +25,10 @@ def as_utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+_SOURCE_KINDS = {kind.value: kind for kind in SourceKind}  # a dict lookup: ItemInfo.of runs 10,000 times a view
+_SKIP_REASONS = {reason.value: reason for reason in SkipReason}
 
 
 @dataclass(frozen=True)
@@ -54,14 +60,16 @@ class ItemInfo:
     part_crc32c: tuple[int, ...] | None = None  # a device's multipart item: its declared part checksums
 
     @classmethod
-    def of(cls, item: TransactionItem) -> ItemInfo:
+    def of(cls, item: TransactionItem | Row, *, parts_stored: int | None = None) -> ItemInfo:
+        """From an ORM item, or from a row of the transaction_items table with the count of
+        its parts in `parts_stored` (a 10,000-item transaction read without ORM objects)."""
         return cls(
             id=item.id,
-            source_kind=SourceKind(item.source_kind),
+            source_kind=_SOURCE_KINDS[item.source_kind],
             source_path=item.source_path,
             store_uri=item.store_uri,
             key=item.key,
-            uri=item.uri,
+            uri=f"{item.store_uri}/{item.key}",
             size=item.size,
             status=item.status,
             device_id=item.device_id,
@@ -70,10 +78,10 @@ class ItemInfo:
             modality=item.modality,
             upload_id=item.upload_id,
             part_size=item.part_size,
-            parts_stored=len(item.parts),
+            parts_stored=len(item.parts) if parts_stored is None else parts_stored,
             crc32c=item.crc32c,
             error=item.error,
-            skip_reason=SkipReason(item.skip_reason) if item.skip_reason else None,
+            skip_reason=_SKIP_REASONS[item.skip_reason] if item.skip_reason else None,
             mtime_ns=item.mtime_ns,
             source_etag=item.source_etag,
             replaces_etag=item.replaces_etag,
@@ -100,7 +108,8 @@ class TransactionInfo:
     items: tuple[ItemInfo, ...]
 
     @classmethod
-    def of(cls, txn: Transaction) -> TransactionInfo:
+    def of(cls, txn: Transaction, *, items: tuple[ItemInfo, ...] | None = None) -> TransactionInfo:
+        """From an ORM transaction, with its ORM items unless `items` are given."""
         return cls(
             id=txn.id,
             status=txn.status,
@@ -111,7 +120,7 @@ class TransactionInfo:
             updated_at=txn.updated_at,
             error=txn.error,
             flow_run_id=txn.flow_run_id,
-            items=tuple(ItemInfo.of(item) for item in txn.items),
+            items=tuple(ItemInfo.of(item) for item in txn.items) if items is None else items,
         )
 
     def count(self, status: str) -> int:

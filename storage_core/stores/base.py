@@ -9,7 +9,8 @@ asks for it with `isinstance(store, Presign)` (every capability is `runtime_chec
 never with `isinstance` of a store class, so a wrapper store works like the store it wraps.
 
 `ObjectStore` is what every store has (`open_store` returns one). Beyond it, `Presign`
-and `Copy` (an S3Store: URLs a device uses without credentials, server-side copies) and `CopyFile` / `CopyRange` (a
+`Copy` (an S3Store: URLs a device uses without credentials, server-side copies), `DeleteMany`
+(an S3Store: a batch of keys a request) and `CopyFile` / `CopyRange` (a
 LocalStore: its objects are local files, so the kernel copies them) are optional.
 """
 
@@ -114,6 +115,14 @@ class Delete(Protocol):
 
 
 @runtime_checkable
+class DeleteMany(Protocol):
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove every key in as few requests as the store allows (S3: 1,000 a request);
+        keys that do not exist are not an error. StorageError names the first key refused."""
+        ...
+
+
+@runtime_checkable
 class Multipart(Protocol):
     multipart_threshold: int  # objects larger than this go multipart
 
@@ -210,6 +219,7 @@ __all__ = [
     "CopyFile",
     "CopyRange",
     "Delete",
+    "DeleteMany",
     "GetRange",
     "GetRangeAndTail",
     "GetRangeInto",

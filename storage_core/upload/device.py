@@ -40,8 +40,10 @@ closed can only put bytes in a dead staging key, which reconcile deletes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NoReturn
@@ -76,7 +78,8 @@ from storage_core.errors import (
     one_line,
 )
 from storage_core.keys import StorageUri, parse_uri, validate_key
-from storage_core.stores.base import ObjectMeta, ObjectStore, StoredPart
+from storage_core.stores.base import DeleteMany, ObjectMeta, ObjectStore, StoredPart
+from storage_core.stores.lookup import MAX_WORKERS as LOOKUP_WORKERS, find_objects
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
@@ -177,8 +180,8 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
         if f.path in seen:
             raise ManifestRefused(f"path {f.path!r} is listed twice")
         seen.add(f.path)
-        if not isinstance(f.size, int) or f.size <= 0:
-            raise ManifestRefused(f"{f.path}: size must be a positive integer")
+        if not isinstance(f.size, int) or f.size < 0:
+            raise ManifestRefused(f"{f.path}: size must be a non-negative integer")
         if f.size > limits.max_file_bytes:
             raise ManifestRefused(f"{f.path}: {f.size} bytes; the per-file limit is {limits.max_file_bytes}", reason="too_large")
         crc = _crc_value(f.crc32c, f.path)
@@ -206,6 +209,8 @@ def check_manifest(device_id: str, files: list[DeviceFile], limits: UploadLimits
 def _check_parts(f: DeviceFile, limits: UploadLimits) -> None:
     if f.part_size is None or f.part_crc32c is None:
         raise ManifestRefused(f"{f.path}: a multipart file declares both part_size and part_crc32c")
+    if f.size == 0:
+        raise ManifestRefused(f"{f.path}: an empty file has no parts; send it as one PUT")
     if not isinstance(f.part_size, int) or not limits.min_part_size <= f.part_size <= MAX_PART_SIZE:
         raise ManifestRefused(f"{f.path}: part_size must be between {limits.min_part_size} and {MAX_PART_SIZE} bytes")
     count = -(-f.size // f.part_size)
@@ -271,11 +276,31 @@ def _replaced_versions(catalog: Catalog, store_uri: str, files: list[tuple[str, 
         raise TransactionStateError(f"{refused[0]} is already stored with other bytes{more}; "
                                     f"declare replace to store the new version in its place")
     return replaced
+def scoped_transaction_id(catalog: Catalog, device_id: str, transaction_id: str) -> str:
+    """The catalog id of what the device calls `transaction_id`. Ids a device chooses are
+    scoped to the device: the id itself unless another device's (or an ingest's)
+    transaction holds it, then one derived from the device and the id. So a device can
+    never tell a taken id from a free one (both begin, 201), nor reach another's."""
+    owner = records.transaction_owner(catalog, transaction_id)
+    if owner is None or (owner.device_id == device_id and owner.origination == ORIGINATION):
+        return transaction_id
+    return hashlib.sha256(f"{device_id}/{transaction_id}".encode()).hexdigest()[:32]
+
+
+def _check_owner(catalog: Catalog, device_id: str, transaction_id: str) -> str:
+    """The catalog id of the device's own transaction `transaction_id` (reading no item);
+    UnknownUpload when the device has none by that id."""
+    scoped = scoped_transaction_id(catalog, device_id, transaction_id)
+    owner = records.transaction_owner(catalog, scoped)
+    if owner is None or owner.device_id != device_id or owner.origination != ORIGINATION:
+        raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
+    return scoped
 
 
 def _own(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
-    """The device's own transaction; another device's is unknown (UnknownUpload) too."""
-    txn = records.find_transaction(catalog, transaction_id)
+    """The device's own transaction `transaction_id`, with its items (its `id` is the
+    catalog's); UnknownUpload when the device has none by that id."""
+    txn = records.find_transaction(catalog, scoped_transaction_id(catalog, device_id, transaction_id))
     if txn is None or txn.device_id != device_id or txn.origination != ORIGINATION:
         raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
     return txn
@@ -307,18 +332,18 @@ def begin_device_upload(
     entries = check_manifest(device_id, files, limits)
     declared = {f.path: f for f in files}
     crcs = {p: list(f.part_crc32c) for p, f in declared.items() if f.part_crc32c is not None}
+    shown = transaction_id  # what the device calls it; the catalog's may differ (scoped_transaction_id)
     if transaction_id is not None:
         if not _TRANSACTION_ID.fullmatch(transaction_id):
             raise ManifestRefused(f"transaction id {transaction_id!r}: expected 32 lowercase hex digits")
+        transaction_id = scoped_transaction_id(catalog, device_id, transaction_id)
         existing = records.find_transaction(catalog, transaction_id)
         if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
-            if existing.device_id != device_id or existing.origination != ORIGINATION:
-                raise TransactionStateError(f"transaction id {transaction_id} is taken")
             if sorted(i.source_path for i in existing.items) != sorted(declared):
                 raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
             if existing.status in OPEN_TRANSACTION_STATES:  # a begin that died before its second step
                 _start_uploads(catalog, existing, declared, settings)
-            return device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs,
+            return device_upload_status(catalog, device_id, shown, part_crc32c=crcs,
                                         with_urls=existing.status in OPEN_TRANSACTION_STATES,
                                         expires_in=expires_in, settings=settings)
     _replaced_versions(catalog, destination.store_uri,  # refused before anything is recorded
@@ -337,7 +362,7 @@ def begin_device_upload(
         raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
     try:
         _start_uploads(catalog, txn, declared, settings)
-        return device_upload_status(catalog, device_id, txn.id, part_crc32c=crcs, with_urls=True,
+        return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
                                     expires_in=expires_in, settings=settings)
     except BaseException:
         abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
@@ -392,55 +417,62 @@ def device_upload_status(
     expires_in: int = 900,
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
-    """What the store holds for each file, from the store itself (HEAD of a single file's
-    staging key, ListParts). With `with_urls`, fresh URLs for what is missing, each signed
-    with everything its request must carry (UploadUrl.headers, sent exactly): a single
-    file's PUT goes to its staging key with its CRC32C, Content-Length, Content-Type and
-    `If-None-Match: *` (written once, never replaced); a part's PUT carries the part
-    CRC32C recorded at begin and its Content-Length. (A transaction begun before part
-    checksums were recorded takes them from `part_crc32c`, checked against the file's
-    CRC32C.)"""
+    """What the store holds for each file, from the store itself: single files by one LIST
+    of the transaction's staging folder (storage_core.stores.lookup; not one HEAD per file),
+    multipart files by ListParts, a bounded pool at a time. With `with_urls`, fresh URLs for
+    what is missing, each signed with everything its request must carry (UploadUrl.headers,
+    sent exactly): a single file's PUT goes to its staging key with its CRC32C,
+    Content-Length, Content-Type and `If-None-Match: *` (written once, never replaced); a
+    part's PUT carries the part CRC32C recorded at begin and its Content-Length. (A
+    transaction begun before part checksums were recorded takes them from `part_crc32c`,
+    checked against the file's CRC32C.)"""
     settings = settings or load_settings()
     part_crc32c = part_crc32c or {}
     txn = _own(catalog, device_id, transaction_id)
     is_open = txn.status in OPEN_TRANSACTION_STATES
-    prefix = parse_uri(txn.destination).prefix
+    destination = parse_uri(txn.destination)
+    sending = [i for i in txn.items if is_open and i.status == ItemStatus.UPLOADING.value]
+    staged = {i.id: staging_key(destination.prefix, txn.id, i.id) for i in sending if i.upload_id is None}
+    present = _present_objects(destination.store_uri, list(staged.values()), settings)
+    parts = _present_parts_of([i for i in sending if i.upload_id is not None], settings)
+    stores: dict[str, ObjectStore] = {}
     files = []
     for item in txn.items:
         path, key, size, crc = item.source_path, item.key, item.size, item.crc32c
         multipart = item.upload_id is not None
-        present: dict[int, int] = {}
+        in_store: dict[int, int] = {}
         uploaded = item.status in DONE_ITEM_STATES
         urls: list[UploadUrl] = []
         if is_open and item.status == ItemStatus.UPLOADING.value:
-            store, _ = open_store(item.store_uri, settings)
+            if item.store_uri not in stores:
+                stores[item.store_uri], _ = open_store(item.store_uri, settings)
+            store = stores[item.store_uri]
             if multipart:
-                found = _present_parts(store, key, item.upload_id)
+                found = parts[item.id]
                 if found is None:  # completed by an earlier complete that did not commit
                     uploaded = _exists(store, key)
                 else:
                     sizes = part_sizes(size, item.part_size)
-                    present = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
-                    uploaded = len(present) == len(sizes)
+                    in_store = {n: p.size for n, p in found.items() if n <= len(sizes) and sizes[n - 1] == p.size}
+                    uploaded = len(in_store) == len(sizes)
                     if with_urls and not uploaded:
                         for n, part_crc in enumerate(_part_checksums(item, part_crc32c), 1):
-                            if n not in present:
+                            if n not in in_store:
                                 url = store.presign_upload_part(key, item.upload_id, n, expires_in=expires_in,
                                                                 crc32c=part_crc, size=sizes[n - 1])
                                 headers = {"x-amz-checksum-crc32c": to_header(part_crc), "Content-Length": str(sizes[n - 1])}
                                 urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
             else:
-                staged = staging_key(prefix, transaction_id, item.id)
-                uploaded = _exists(store, staged)
+                uploaded = staged[item.id] in present
                 if with_urls and not uploaded:
-                    url = store.presign_put(staged, expires_in=expires_in, crc32c=crc, size=size,
+                    url = store.presign_put(staged[item.id], expires_in=expires_in, crc32c=crc, size=size,
                                             content_type=CONTENT_TYPE, if_none_match=True)
                     headers = {"x-amz-checksum-crc32c": to_header(crc), "Content-Length": str(size),
                                "Content-Type": CONTENT_TYPE, "If-None-Match": "*"}
                     urls.append(UploadUrl(url, "PUT", headers, None, size))
         files.append(
             FileState(path, item.uri, size, item.status, multipart, item.part_size,
-                      tuple(sorted(present)), uploaded, tuple(urls))
+                      tuple(sorted(in_store)), uploaded, tuple(urls))
         )
     return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files))
 
@@ -458,6 +490,28 @@ def _part_checksums(item: ItemInfo, given: dict[str, list[int]]) -> tuple[int, .
         raise ManifestRefused(f"{path}: part checksums are needed for its part URLs")
     check_part_checksums(path, item.size, item.crc32c, item.part_size, given[path])
     return tuple(given[path])
+
+
+def _present_objects(store_uri: str, keys: list[str], settings: FerrySettings) -> dict[str, ObjectMeta]:
+    """{key: meta} of `keys` (staging keys of one transaction) that hold an object now: one
+    LIST of their folder (storage_core.stores.lookup; a HEAD each when there are only a few)."""
+    if not keys:
+        return {}
+    store, _ = open_store(store_uri, settings)
+    return find_objects(store, keys)
+
+
+def _present_parts_of(items: list[ItemInfo], settings: FerrySettings) -> dict[int, dict[int, StoredPart] | None]:
+    """{item id: what _present_parts says} for multipart items, a bounded pool of ListParts
+    at a time."""
+    def parts_of(item: ItemInfo) -> dict[int, StoredPart] | None:
+        store, _ = open_store(item.store_uri, settings)
+        return _present_parts(store, item.key, item.upload_id)
+
+    if len(items) <= 1:
+        return {item.id: parts_of(item) for item in items}
+    with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(items)), thread_name_prefix="ferry-parts") as pool:
+        return dict(zip((i.id for i in items), pool.map(parts_of, items)))
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
@@ -578,6 +632,7 @@ def complete_device_upload(
     that commits first makes this call delete what it put. The staging objects go last."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
+    transaction_id = txn.id  # the catalog's (scoped_transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:
         return records.completed_upload(catalog, transaction_id)
 
@@ -739,25 +794,11 @@ def abort_device_upload(
     so nothing of a completed upload is ever deleted. An aborted one stays aborted, and
     aborting it again deletes what its URLs put since. A failed cleanup raises AbortFailed."""
     settings = settings or load_settings()
-    _own(catalog, device_id, transaction_id)
+    transaction_id = _check_owner(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
     failures = _clean_staging(aborted.transaction, settings)
-    for target in aborted.objects:
-        try:
-            store, _ = open_store(target.store_uri, settings)
-            meta = _head(store, target.key)
-            if meta is not None and meta.etag != target.recorded_etag:
-                store.delete(target.key)
-        except FerryError as exc:
-            failures.append(f"delete {target.store_uri}/{target.key}: {one_line(exc)}")
-    for upload in aborted.uploads:
-        try:
-            store, _ = open_store(upload.store_uri, settings)
-            store.abort_multipart(upload.key, upload.upload_id)
-        except UploadNotFound:
-            pass  # already gone (aborted before, or completed by a complete that lost the race)
-        except FerryError as exc:  # recorded by no open transaction now: reconcile aborts it
-            failures.append(f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}")
+    failures += _delete_unverified(aborted.objects, settings)
+    failures += _abort_uploads(aborted.uploads, settings)
     if failures:
         log.warning("abort of %s left %d thing(s) behind, e.g. %s", transaction_id, len(failures), failures[0])
         records.record_abort_incomplete(catalog, transaction_id, failures[0])
@@ -783,6 +824,52 @@ def abort_device_uploads(catalog: Catalog, device_id: str, *, reason: str,
     if failed:
         raise AbortFailed(f"{len(failed)} of {len(ids)} upload(s) of {device_id} left something behind, e.g. {failed[0]}")
     return ids
+def _delete_unverified(targets: tuple[records.UnverifiedObject, ...], settings: FerrySettings) -> list[str]:
+    """Delete the objects at `targets`, except the version the catalog records as stored
+    at a place (an older version someone relies on: compared by a HEAD's ETag). Where the
+    catalog records nothing, a LIST says what is there and a batch delete removes it.
+    Returns what failed, one line each."""
+    failures: list[str] = []
+    by_store: dict[str, list[records.UnverifiedObject]] = {}
+    for target in targets:
+        by_store.setdefault(target.store_uri, []).append(target)
+    for store_uri, group in by_store.items():
+        try:
+            store, _ = open_store(store_uri, settings)
+            present = find_objects(store, [t.key for t in group if t.recorded_etag is None])
+            doomed = sorted(present)
+            for target in (t for t in group if t.recorded_etag is not None):
+                meta = _head(store, target.key)
+                if meta is not None and meta.etag != target.recorded_etag:
+                    doomed.append(target.key)
+            if isinstance(store, DeleteMany):
+                store.delete_many(doomed)
+            else:
+                for key in doomed:
+                    store.delete(key)
+        except FerryError as exc:
+            failures.append(f"delete in {store_uri}: {one_line(exc)}")
+    return failures
+
+
+def _abort_uploads(uploads: tuple[records.InFlightUpload, ...], settings: FerrySettings) -> list[str]:
+    """Abort the multipart uploads, a bounded pool at a time; returns what failed."""
+    def abort(upload: records.InFlightUpload) -> str | None:
+        try:
+            store, _ = open_store(upload.store_uri, settings)
+            store.abort_multipart(upload.key, upload.upload_id)
+        except UploadNotFound:
+            pass  # already gone (aborted before, or completed by a complete that lost the race)
+        except FerryError as exc:  # recorded by no open transaction now: reconcile aborts it
+            return f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}"
+        return None
+
+    if len(uploads) <= 1:
+        outcomes = [abort(u) for u in uploads]
+    else:
+        with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(uploads)), thread_name_prefix="ferry-abort") as pool:
+            outcomes = list(pool.map(abort, uploads))
+    return [o for o in outcomes if o is not None]
 
 
 __all__ = [
@@ -805,4 +892,5 @@ __all__ = [
     "device_upload_status",
     "part_sizes",
     "require_presign",
+    "scoped_transaction_id",
 ]

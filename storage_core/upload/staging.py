@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from storage_core.errors import FerryError, one_line
 from storage_core.keys import join_key
-from storage_core.stores.base import ObjectStore
+from storage_core.stores.base import DeleteMany, ObjectStore
 
 log = logging.getLogger(__name__)
 STAGING_DIR = ".ferry-staging"
@@ -52,13 +52,20 @@ class StagingCleanup:
 
 
 def delete_staged(store: ObjectStore, destination_prefix: str, transaction_id: str) -> StagingCleanup:
-    """Delete whatever the transaction's URLs put in its staging folder (one listing, one
-    DELETE per object found). Failures are returned, not raised: reconcile retries them."""
+    """Delete whatever the transaction's URLs put in its staging folder (one listing, then
+    a batch delete where the store has one, else one DELETE per object found). Failures are
+    returned, not raised: reconcile retries them."""
     deleted, failed = [], []
     try:
         found = [meta.key for meta in store.list(staging_prefix(destination_prefix, transaction_id))]
     except FerryError as exc:
         return StagingCleanup([], [f"{staging_prefix(destination_prefix, transaction_id)}: {one_line(exc)}"])
+    if found and isinstance(store, DeleteMany):
+        try:
+            store.delete_many(found)
+            return StagingCleanup(found, [])
+        except FerryError as exc:  # some refused: the one-by-one pass below names each
+            log.warning("batch delete of %d staged object(s) failed: %s", len(found), one_line(exc))
     for key in found:
         try:
             store.delete(key)

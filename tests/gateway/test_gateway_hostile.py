@@ -258,17 +258,7 @@ def test_failed_token_window_slides():
     assert len(window._seen) <= 3  # bounded however many addresses fail
 
 
-def test_another_devices_transaction_id_at_begin_is_unknown_like_everywhere(gateway):
-    data = os.urandom(100)
-    with gateway.http() as http:
-        state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)], "transaction_id": "a" * 32})
-        assert state.status_code == 201, state.text
-    with gateway.http(gateway.other_token) as other:
-        taken = other.post("/v1/uploads", json={"files": [single("cam-2/r/a.bin", data)], "transaction_id": "a" * 32})
-        unknown = other.get(f"/v1/uploads/{'b' * 32}")
-        refused(taken, 404, "no upload transaction")
-        refused(unknown, 404, "no upload transaction")
-        assert taken.json()["detail"].replace("a" * 32, "b" * 32) == unknown.json()["detail"]
+# a transaction id another device holds: tests/gateway/test_gateway_keys_and_ids.py
 
 
 def test_a_store_outage_is_a_503_that_does_not_name_the_endpoint(gateway_factory, monkeypatch, s3_env):

@@ -23,7 +23,7 @@ class Listing:
 @pytest.mark.parametrize("key, reason", [
     ("in/r1/rec/../../etc/passwd", "'..' segments are not allowed"),
     ("in/r1/rec//double.bin", "empty path segment"),
-    ("in/r1/rec/back\\slash.bin", "contains a NUL byte or a backslash"),
+    ("in/r1/rec/back\\slash.bin", "contains a backslash"),
 ])  # fmt: skip
 def test_unsafe_keys_are_refused_naming_the_object(key: str, reason: str):
     with pytest.raises(ConfigError) as info:
