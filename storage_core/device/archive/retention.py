@@ -45,12 +45,17 @@ def _size(path: Path) -> int:
 
 
 def not_uploaded(folder: Path) -> list[Path]:
-    """The archives of `folder` not yet uploaded (closed and open, top level)."""
-    found = []
+    """The archives of `folder` not yet uploaded (closed and open, top level), each once: a
+    listing made while the closer renames `NAME.mcap.open` to `NAME.mcap` can see both
+    names, and the closed one is kept."""
+    found: dict[str, Path] = {}
     for path in folder.iterdir():
-        if (path.name.endswith(ARCHIVE_SUFFIX) or path.name.endswith(ARCHIVE_SUFFIX + OPEN_SUFFIX)) and path.is_file():
-            found.append(path)
-    return found
+        name = path.name
+        if name.endswith(ARCHIVE_SUFFIX + OPEN_SUFFIX) and path.is_file():
+            found.setdefault(name[: -len(OPEN_SUFFIX)], path)
+        elif name.endswith(ARCHIVE_SUFFIX) and path.is_file():
+            found[name] = path
+    return list(found.values())
 
 
 __all__ = ["Budget", "not_uploaded"]
