@@ -577,41 +577,41 @@ def _completable(catalog: Catalog, device_id: str, transaction_id: str) -> Trans
 
 def _arrivals(txn: TransactionInfo, settings: FerrySettings) -> tuple[list[_Arrived], list[str]]:
     """Step 1 of complete: what the store holds for each item not done yet, and "path: what
-    is missing" for every item not ready. Reads only."""
+    is missing" for every item not ready. Reads only, a bounded pool of HEADs and ListParts
+    at a time (a manifest of thousands of files is not one request after another)."""
     prefix = parse_uri(txn.destination).prefix
-    arrived: list[_Arrived] = []
-    missing: list[str] = []
+    todo = [i for i in txn.items if i.status not in DONE_ITEM_STATES]
     stores: dict[str, ObjectStore] = {}
-    for item in (i for i in txn.items if i.status not in DONE_ITEM_STATES):
+    for item in todo:
+        if item.status == ItemStatus.UPLOADING.value and item.store_uri not in stores:
+            stores[item.store_uri], _ = open_store(item.store_uri, settings)
+
+    def arrival(item: ItemInfo) -> _Arrived | str:
         path, key = item.source_path, item.key
         if item.status != ItemStatus.UPLOADING.value:  # pending: its begin has not finished
-            missing.append(f"{path} ({item.status})")
-            continue
-        if item.store_uri not in stores:
-            stores[item.store_uri], _ = open_store(item.store_uri, settings)
+            return f"{path} ({item.status})"
         store = stores[item.store_uri]
         if item.upload_id is None:
             staged = _head(store, staging_key(prefix, txn.id, item.id))
-            if staged is None:
-                missing.append(f"{path}: nothing has been uploaded yet")
-            else:
-                arrived.append(_Arrived(item, store, staged=staged))
-            continue
+            return f"{path}: nothing has been uploaded yet" if staged is None else _Arrived(item, store, staged=staged)
         found = _present_parts(store, key, item.upload_id)
         if found is None:  # completed by an earlier complete that did not commit, or aborted
             final = _head(store, key)
             if final is None or (item.replaces_etag is not None and final.etag == item.replaces_etag):
-                missing.append(f"{path}: nothing has been uploaded yet")
-            else:
-                arrived.append(_Arrived(item, store, final=final))
-            continue
+                return f"{path}: nothing has been uploaded yet"
+            return _Arrived(item, store, final=final)
         sizes = part_sizes(item.size, item.part_size)
         absent = [n for n in range(1, len(sizes) + 1) if n not in found]
         if absent:
-            missing.append(f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})")
-            continue
-        arrived.append(_Arrived(item, store, parts=tuple(p for _, p in sorted(found.items()))))
-    return arrived, missing
+            return f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})"
+        return _Arrived(item, store, parts=tuple(p for _, p in sorted(found.items())))
+
+    if len(todo) <= 1:
+        outcomes = [arrival(item) for item in todo]
+    else:
+        with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(todo)), thread_name_prefix="ferry-complete") as pool:
+            outcomes = list(pool.map(arrival, todo))
+    return [o for o in outcomes if isinstance(o, _Arrived)], [o for o in outcomes if isinstance(o, str)]
 
 
 def complete_device_upload(
