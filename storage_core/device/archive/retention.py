@@ -45,16 +45,21 @@ def _size(path: Path) -> int:
 
 
 def not_uploaded(folder: Path) -> list[Path]:
-    """The archives of `folder` not yet uploaded (closed and open, top level), each once: a
-    listing made while the closer renames `NAME.mcap.open` to `NAME.mcap` can see both
-    names, and the closed one is kept."""
+    """The archives of `folder` not yet uploaded (closed and open, top level), each once.
+
+    A directory listing is no snapshot: one made while the closer renames `NAME.mcap.open`
+    to `NAME.mcap` can show both names, or neither. Two listings, one after the other, are
+    united: a rename happens at one instant, during at most one of them, so the other
+    shows the archive (an archive uploaded in between may be counted: the budget errs on
+    the full side, never the empty one)."""
     found: dict[str, Path] = {}
-    for path in folder.iterdir():
-        name = path.name
-        if name.endswith(ARCHIVE_SUFFIX + OPEN_SUFFIX) and path.is_file():
-            found.setdefault(name[: -len(OPEN_SUFFIX)], path)
-        elif name.endswith(ARCHIVE_SUFFIX) and path.is_file():
-            found[name] = path
+    for _ in range(2):
+        for path in folder.iterdir():
+            name = path.name
+            if name.endswith(ARCHIVE_SUFFIX + OPEN_SUFFIX):
+                found.setdefault(name[: -len(OPEN_SUFFIX)], path)
+            elif name.endswith(ARCHIVE_SUFFIX) and path.is_file():
+                found[name] = path
     return list(found.values())
 
 
