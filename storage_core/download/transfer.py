@@ -307,22 +307,8 @@ def _fetch_range(
     stops: tuple[threading.Event, ...],
     budget: TransferBudget | None = None,
 ) -> int:
-    """GET [start, end) pinned to `etag`, write it at `start`; return its CRC32C."""
-    with budget.hold(end - start) if budget is not None else nullcontext():
-        return _fetch_range_held(write, etag, start, end, writer, retry=retry, on_progress=on_progress, stops=stops)
-
-
-def _fetch_range_held(
-    write: PlannedWrite,
-    etag: str,
-    start: int,
-    end: int,
-    writer: RangeWriter,
-    *,
-    retry: RetryPolicy,
-    on_progress: OnProgress | None,
-    stops: tuple[threading.Event, ...],
-) -> int:
+    """GET [start, end) pinned to `etag`, write it at `start`; return its CRC32C. The range
+    holds its bytes of `budget` from the first request until it is written."""
     source = write.source
 
     def fetch() -> memoryview:
@@ -338,12 +324,13 @@ def _fetch_range_held(
             )
         return view
 
-    data = _with_retries(fetch, retry=retry, stop=stops)
-    value = crc32c(data)
-    with _disk(write.part, source.key):
-        writer.write(data, start)
-    if on_progress is not None:
-        on_progress(end - start)
+    with budget.hold(end - start) if budget is not None else nullcontext():
+        data = _with_retries(fetch, retry=retry, stop=stops)
+        value = crc32c(data)
+        with _disk(write.part, source.key):
+            writer.write(data, start)
+        if on_progress is not None:
+            on_progress(end - start)
     return value
 
 
