@@ -20,6 +20,7 @@
     │   ├── SourceChanged            a local file changed while it was being read
     │   ├── RangeNotHonoured         the server ignored or mis-answered a Range request
     │   ├── StorageUnavailable       network or server trouble; retrying can help
+    │   │   └── TableMoved           a stream's table was committed to by another writer since we looked
     │   └── Unsupported              the store lacks a capability (e.g. presigning a folder)
     ├── TransferError
     │   ├── PartUploadFailed         carries key, upload_id, part_number
@@ -166,6 +167,11 @@ class RangeNotHonoured(StorageError):
 
 class StorageUnavailable(StorageError):
     retryable = True
+
+
+class TableMoved(StorageUnavailable):
+    """A stream's Delta table moved past the version a commit was judged on (another writer
+    committed in between); nothing of ours was committed: read it again and judge again."""
 
 
 class Unsupported(StorageError):
@@ -366,6 +372,7 @@ __all__ = [
     "StaleEpoch",
     "StorageError",
     "StorageUnavailable",
+    "TableMoved",
     "StreamRefused",
     "SummariesFailed",
     "TokenRefused",

@@ -44,7 +44,7 @@ from storage_core.errors import (
 from storage_core.retry import backoff_delays
 
 DEFAULT_BATCH_ROWS = 5_000
-DEFAULT_INFLIGHT = 3  # appends in flight: encoding and sending overlap the gateway's serialized commits
+DEFAULT_INFLIGHT = 8  # appends in flight (memory: 8 frames): they queue behind the commit running and go in its successor, one group
 COMPRESSIONS = ("zstd", "lz4", "none")
 _REFUSALS: dict[str, type[StreamRefused]] = {
     "out_of_range": AppendOutOfRange, "diverged": AppendDiverged, "stale_epoch": StaleEpoch, "schema": SchemaRefused,

@@ -1,24 +1,35 @@
-"""Commit one telemetry append: the offset rules of BigQuery's AppendRows, on a Delta table.
+"""Commit telemetry appends: the offset rules of BigQuery's AppendRows, on a Delta table.
 
-Under the stream's catalog row lock (one writer per stream):
+Under the stream's catalog row lock (one writer per stream), each append is judged in
+offset order:
 
     epoch older than the stream's            StaleEpoch (fenced), nothing written
     first offset beyond the committed end    AppendOutOfRange, carrying the committed end
     first offset below the committed end     the committed append at that offset with the
                                              same rows and digest: a duplicate, acknowledged
                                              without writing; anything else: AppendDiverged
-    first offset at the committed end        rows decoded and counted, schema checked, one
-                                             Delta commit (app transaction), then the catalog
+    first offset at the committed end        rows decoded and counted, schema checked, then
+                                             committed
 
-Before deciding, the table's app transaction is compared with the catalog's end: a table
-ahead of the catalog (the gateway died between the two commits) takes the catalog forward
-from the commits' info first, so a repeated append is then a duplicate, not a second copy.
+Group commit: the appends of one stream that reach this process while an earlier commit
+of the stream is running (a client's appends in flight) wait for it, and the next of them
+commits all that are waiting in ONE Delta commit (app transaction = the end after the
+last) and one catalog transaction, each append still judged and answered on its own. The
+table's cost per commit (a log listing, a Parquet file, a log entry) is paid once per
+group instead of once per append.
+
+Before judging, the table's version is compared with the catalog's: a table ahead of the
+catalog (the gateway died between the two commits) takes the catalog forward from the
+commits' info first, so a repeated append is then a duplicate, not a second copy. The
+table is not read again while its version is the catalog's; a Delta commit never retries
+on a table that moved (TableMoved: read it, catch up and judge the group again).
 The committed end never decreases.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,11 +45,14 @@ from storage_core.errors import (
     ConfigError,
     CorruptFrame,
     StaleEpoch,
+    StreamRefused,
+    TableMoved,
 )
 from storage_core.keys import StorageUri
 from storage_core.streams.table import (
     FORMAT,
     DeltaStreamTable,
+    PendingAppend,
     StreamTables,
     TableLocation,
     decode_schema,
@@ -48,6 +62,7 @@ from storage_core.streams.table import (
 )
 
 IN_ORDER_WAIT = 2.0  # seconds an early append waits for its predecessors in this process
+REFUSALS = (StreamRefused, CorruptFrame, ConfigError)  # one append's own answer; the others' go on
 
 
 @dataclass(frozen=True)
@@ -98,12 +113,9 @@ def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None
     info = stream.info
     if table.version() is None or table.version() == info.table_version:
         return
-    for commit in table.commits_since(info.table_version):
-        first, rows = int(commit["first_offset"]), int(commit["rows"])
-        if first + rows <= stream.info.committed_end:
-            continue
-        append = CommittedAppend(first, rows, commit["digest"], int(commit["epoch"]), int(commit["table_version"]))
-        stream.record(append, arrow_schema=commit.get("schema"))
+    for append, schema in table.appends_since(info.table_version):
+        if append.first_offset + append.rows > stream.info.committed_end:
+            stream.record(append, arrow_schema=schema)
     version = table.app_version(ident)
     if (version or 0) != stream.info.committed_end:
         raise CatalogError(f"stream {ident}: the table records end {version}, its commits reach {stream.info.committed_end}")
@@ -115,18 +127,33 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
                  settings: Any = None, in_order_wait: float = IN_ORDER_WAIT) -> AppendResult:
     """Apply one verified append frame of `device_id` (see the module docstring). Refusals
     raise a StreamRefused carrying the stream's committed end and epoch. An append beyond
-    the end this process has seen is first held up to `in_order_wait` seconds for its
-    predecessors (a client's appends in flight), then judged like any other."""
+    the end this process has seen (committed or waiting to commit) is first held up to
+    `in_order_wait` seconds for its predecessors (a client's appends in flight), then
+    judged like any other."""
     header = AppendHeader.of(frame)
     ident = stream_id(device_id, header.stream)
     location = tables.location(destination, ident, settings=settings)
-    digest = hashlib.sha256(frame.body).hexdigest()
     if in_order_wait > 0:
         tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
                             current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
-    result = _apply(catalog, tables, device_id, header, frame, ident, location, digest)
-    tables.ended(ident, result.committed_end)
-    return result
+    mine = PendingAppend(header, frame, hashlib.sha256(frame.body).hexdigest())
+    queue = tables.enqueue(ident, mine)
+    with queue.commit_lock:  # held by the group's committer until every answer is set
+        if not mine.done:
+            group = queue.take()
+            try:
+                try:
+                    end: int | None = _apply(catalog, tables, device_id, header.stream, group, ident, location)
+                except TableMoved:  # another writer committed between our look and our commit
+                    end = _apply(catalog, tables, device_id, header.stream, group, ident, location, fresh=True)
+            except BaseException as exc:  # nothing of the group is committed: each append gets it
+                for pending in group:
+                    pending.result, pending.error = None, exc
+                end = None
+            for pending in group:
+                pending.done = True
+            tables.ended(ident, end, exact=any(p.error is not None for p in group))
+    return mine.answer()
 
 
 def compact_stream(catalog: Catalog, ident: str, *, settings: Any = None) -> dict[str, Any]:
@@ -147,42 +174,92 @@ def compact_stream(catalog: Catalog, ident: str, *, settings: Any = None) -> dic
         return metrics
 
 
-def _apply(catalog: Catalog, tables: StreamTables, device_id: str, header: AppendHeader, frame: Frame, ident: str,
-           location: TableLocation, digest: str) -> AppendResult:
-    with locked_stream(catalog, device_id, header.stream, table_uri=location.uri, table_format=FORMAT) as stream:
-        table = tables.get(ident, location)
-        table.refresh()
-        _catch_up(stream, table, ident)
+class _Judge:
+    """The offset rules over one group, in order: the stream's end and epoch move as each
+    append is taken, and the group's own appends count as committed for the later ones."""
+
+    def __init__(self, stream: LockedStream, ident: str) -> None:
         info = stream.info
-        if header.epoch < info.epoch:
-            raise StaleEpoch(f"stream {ident}: epoch {header.epoch} is fenced by epoch {info.epoch}",
-                             committed_end=info.committed_end, epoch=info.epoch)
-        if header.epoch > info.epoch:
-            stream.raise_epoch(header.epoch)
-        end = info.committed_end
-        if header.offset > end:
-            raise AppendOutOfRange(f"stream {ident}: append at row {header.offset} is beyond the committed end {end}",
-                                   committed_end=end, epoch=header.epoch)
-        if header.offset < end:
-            done = stream.find_append(header.offset)
-            if done is None or (done.rows, done.digest) != (header.rows, digest):
+        self.stream, self.ident = stream, ident
+        self.end, self.epoch = info.committed_end, info.epoch
+        self.stored = decode_schema(info.arrow_schema) if info.arrow_schema else None
+        self.schema = self.stored
+        self.taken: list[tuple[PendingAppend, pa.Table]] = []
+
+    def judge(self, pending: PendingAppend) -> None:
+        """Take `pending` into the commit, answer it as a duplicate, or raise its refusal."""
+        header, ident = pending.header, self.ident
+        if header.epoch < self.epoch:
+            raise StaleEpoch(f"stream {ident}: epoch {header.epoch} is fenced by epoch {self.epoch}",
+                             committed_end=self.end, epoch=self.epoch)
+        if header.offset > self.end:
+            raise AppendOutOfRange(f"stream {ident}: append at row {header.offset} is beyond the committed end {self.end}",
+                                   committed_end=self.end, epoch=header.epoch)
+        if header.offset < self.end:
+            done = self._committed_at(header.offset)
+            if done is None or done[:2] != (header.rows, pending.digest):
                 raise AppendDiverged(f"stream {ident}: rows {header.offset}..{header.offset + header.rows} differ from "
-                                     f"the committed ones (committed end {end})", committed_end=end, epoch=header.epoch)
-            return AppendResult(ident, "duplicate", header.offset, header.rows, end, header.epoch, info.table_version)
-        data = _decode(frame.body, header)
-        stored = decode_schema(info.arrow_schema) if info.arrow_schema else None
-        schema = merge_schema(stored, data.schema)
-        changed = stored is not None and not schema.equals(stored)
-        new_end = end + header.rows
-        schema_text = info.arrow_schema if stored is not None and not changed else encode_schema(schema)
-        version = table.append(
-            data, app_id=ident, end=new_end, schema_changed=changed,
-            info={"first_offset": header.offset, "rows": header.rows, "digest": digest, "epoch": header.epoch,
-                  "schema": schema_text},
-        )
-        stream.record(CommittedAppend(header.offset, header.rows, digest, header.epoch, version),
-                      arrow_schema=schema_text)
-        return AppendResult(ident, "committed", header.offset, header.rows, new_end, header.epoch, version)
+                                     f"the committed ones (committed end {self.end})", committed_end=self.end,
+                                     epoch=header.epoch)
+            self._raise_epoch(header.epoch)
+            pending.result = AppendResult(ident, "duplicate", header.offset, header.rows, self.end, header.epoch, done[2])
+            return
+        data = _decode(pending.frame.body, header)
+        self.schema = merge_schema(self.schema, data.schema)
+        self._raise_epoch(header.epoch)
+        self.end += header.rows
+        self.taken.append((pending, data))
+
+    def _committed_at(self, offset: int) -> tuple[int, str, int | None] | None:
+        """(rows, digest, table version) of the append committed at `offset`; the version is
+        None for one taken by this group (the same append twice in a group: a client's resend)."""
+        for pending, _ in self.taken:
+            if pending.header.offset == offset:
+                return pending.header.rows, pending.digest, None
+        done = self.stream.find_append(offset)
+        return None if done is None else (done.rows, done.digest, done.table_version)
+
+    def _raise_epoch(self, epoch: int) -> None:
+        """A newer epoch fences the older ones once one of its appends is taken or acknowledged
+        (a refused append changes nothing)."""
+        if epoch > self.epoch:
+            self.stream.raise_epoch(epoch)
+            self.epoch = epoch
+
+
+def _apply(catalog: Catalog, tables: StreamTables, device_id: str, name: str, group: list[PendingAppend], ident: str,
+           location: TableLocation, *, fresh: bool = False) -> int:
+    """Judge `group` (in offset order) and commit what it takes in one Delta commit and one
+    catalog transaction; sets each append's result or refusal (valid once this returns: a
+    failed catalog commit raises instead) and returns the stream's committed end. The
+    table is read again only when the catalog names another version than the one we hold
+    (or `fresh`); a commit on a table that moved anyway raises TableMoved."""
+    for pending in group:
+        pending.result = pending.error = None
+    with locked_stream(catalog, device_id, name, table_uri=location.uri, table_format=FORMAT) as stream:
+        table = tables.get(ident, location)
+        if fresh or table.version() is None or table.version() != stream.info.table_version:
+            table.refresh()
+        _catch_up(stream, table, ident)
+        judge = _Judge(stream, ident)
+        for pending in group:
+            try:
+                judge.judge(pending)
+            except REFUSALS as exc:
+                pending.error = exc
+        if not judge.taken:
+            return judge.end
+        changed = judge.stored is not None and not judge.schema.equals(judge.stored)
+        schema_text = stream.info.arrow_schema if judge.stored is not None and not changed else encode_schema(judge.schema)
+        appends = [[p.header.offset, p.header.rows, p.digest, p.header.epoch] for p, _ in judge.taken]
+        data = pa.concat_tables([d for _, d in judge.taken], promote_options="default")
+        version = table.append(data.select(judge.schema.names), app_id=ident, end=judge.end, schema_changed=changed,
+                               info={"appends": json.dumps(appends), "schema": schema_text})
+        for pending, _ in judge.taken:
+            h = pending.header
+            stream.record(CommittedAppend(h.offset, h.rows, pending.digest, h.epoch, version), arrow_schema=schema_text)
+            pending.result = AppendResult(ident, "committed", h.offset, h.rows, h.offset + h.rows, h.epoch, version)
+        return judge.end
 
 
 __all__ = ["AppendHeader", "AppendResult", "append_frame", "compact_stream"]

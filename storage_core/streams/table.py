@@ -18,6 +18,7 @@ one stream are serialized by its catalog row besides.
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from dataclasses import dataclass
@@ -26,8 +27,9 @@ from typing import Any
 
 import pyarrow as pa
 
+from storage_core.catalog.streams import CommittedAppend
 from storage_core.config import FerrySettings, load_settings
-from storage_core.errors import SchemaRefused, StorageUnavailable, one_line
+from storage_core.errors import SchemaRefused, StorageUnavailable, TableMoved, one_line
 from storage_core.keys import StorageUri
 
 FORMAT = "delta"
@@ -120,7 +122,9 @@ class DeltaStreamTable:
         self._table: Any = None
 
     def refresh(self) -> None:
-        """Read what was committed since the last look (by any process); no table yet is fine."""
+        """Read what was committed since the last look (by any process); no table yet is fine.
+        Needed only when the catalog's version differs from ours: a commit on a table that
+        moved anyway fails (TableMoved)."""
         from deltalake import DeltaTable
 
         def load() -> None:
@@ -139,32 +143,45 @@ class DeltaStreamTable:
         """The committed end the table's app transaction records for `app_id` (None: no rows yet)."""
         return None if self._table is None else self._guard(lambda: self._table.transaction_version(app_id))
 
-    def commits_since(self, version: int | None) -> list[dict[str, str]]:
-        """The Ferry commit info of each commit after table version `version`, oldest first."""
+    def appends_since(self, version: int | None) -> list[tuple[CommittedAppend, str | None]]:
+        """Each append (with the schema its commit recorded) committed after table version
+        `version`, in offset order: a commit holds one append (`first_offset`, `rows`, `digest`,
+        `epoch`) or a group of them (`appends`, a JSON list of those four)."""
         if self._table is None:
             return []
         newer = self._table.version() - (-1 if version is None else version)
         found = []
         for entry in self._guard(lambda: self._table.history(limit=max(newer, 0))):
             info = {k[len(META_PREFIX):]: str(v) for k, v in entry.items() if k.startswith(META_PREFIX)}
-            if info:
-                found.append({**info, "table_version": str(entry["version"])})
-        return sorted(found, key=lambda i: int(i["first_offset"]))
+            if not info:
+                continue  # a commit without rows (a compaction)
+            group = json.loads(info["appends"]) if "appends" in info else [
+                [info["first_offset"], info["rows"], info["digest"], info["epoch"]]]
+            found += [(CommittedAppend(int(first), int(rows), digest, int(epoch), int(entry["version"])), info.get("schema"))
+                      for first, rows, digest, epoch in group]
+        return sorted(found, key=lambda a: a[0].first_offset)
 
     def append(self, data: pa.Table, *, app_id: str, end: int, info: dict[str, str | int], schema_changed: bool) -> int:
-        """Commit `data` with the app transaction (app_id, end); returns the new table version.
-        The first append creates the table."""
+        """Commit `data` with the app transaction (app_id, end) on top of the version last
+        refreshed, never on a later one: TableMoved if someone else committed since (no
+        retry that could put these rows after rows it has not seen). Returns the new table
+        version. The first append creates the table."""
         from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+        from deltalake.exceptions import CommitFailedError
 
         def write() -> int:
-            write_deltalake(
-                self._table if self._table is not None else self.location.uri, data, mode="append",
-                schema_mode="merge" if schema_changed else None, storage_options=self.location.storage_options,
-                commit_properties=CommitProperties(
-                    app_transactions=[Transaction(app_id, end)],
-                    custom_metadata={f"{META_PREFIX}{k}": str(v) for k, v in info.items()},
-                ),
-            )
+            try:
+                write_deltalake(
+                    self._table if self._table is not None else self.location.uri, data, mode="append",
+                    schema_mode="merge" if schema_changed else None, storage_options=self.location.storage_options,
+                    commit_properties=CommitProperties(
+                        max_commit_retries=0, app_transactions=[Transaction(app_id, end)],
+                        custom_metadata={f"{META_PREFIX}{k}": str(v) for k, v in info.items()},
+                    ),
+                )
+            except CommitFailedError as exc:
+                self._table = None  # reread on the next refresh
+                raise TableMoved(f"stream table {self.location.uri}: committed to by another writer ({one_line(exc)})") from exc
             if self._table is None:
                 self._table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
             return self._table.version()  # write_deltalake moved the table object to its commit
@@ -195,6 +212,47 @@ class DeltaStreamTable:
             raise StorageUnavailable(f"stream table {self.location.uri}: {one_line(exc)}") from exc
 
 
+@dataclass(eq=False)
+class PendingAppend:
+    """One append waiting for its stream's group commit, and then its answer."""
+
+    header: Any  # storage_core.streams.commit.AppendHeader
+    frame: Any  # storage_core.device.frame.Frame
+    digest: str  # sha256 of the frame's body
+    result: Any = None  # its AppendResult, once done
+    error: BaseException | None = None  # or its refusal
+    done: bool = False
+
+    def answer(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+class AppendQueue:
+    """A stream's appends waiting to commit. Whoever holds `commit_lock` takes all of them
+    (`take`) and commits them as one group; the others find theirs done when they get it."""
+
+    def __init__(self) -> None:
+        self.commit_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._pending: list[PendingAppend] = []
+
+    def add(self, pending: PendingAppend) -> None:
+        with self._lock:
+            self._pending.append(pending)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def take(self) -> list[PendingAppend]:
+        """Every waiting append, in offset order (a resend after its original)."""
+        with self._lock:
+            group, self._pending = self._pending, []
+        return sorted(group, key=lambda p: p.header.offset)
+
+
 class StreamTables:
     """The gateway's open tables, one per stream id (reused: a reopen reads the whole log),
     and the store's options, resolved once per `options_ttl` seconds (a botocore session
@@ -205,8 +263,9 @@ class StreamTables:
         self._options: tuple[float, dict[str, str]] | None = None
         self._ttl = options_ttl
         self._lock = threading.Lock()
-        self._ends: dict[str, int] = {}  # committed ends seen by this process
+        self._ends: dict[str, int] = {}  # ends seen by this process (committed or queued to commit)
         self._ended = threading.Condition()
+        self._queues: dict[str, AppendQueue] = {}
 
     def location(self, destination: StorageUri, ident: str, *, settings: FerrySettings | None = None) -> TableLocation:
         where = table_location(destination, ident, settings=settings, options={})
@@ -219,10 +278,10 @@ class StreamTables:
             return TableLocation(where.uri, self._options[1])
 
     def wait_for_end(self, ident: str, offset: int, *, timeout: float, current: Callable[[], int]) -> None:
-        """Hold an append that arrived before its predecessor committed (a client with a
-        few appends in flight) until this process has seen the stream's end reach `offset`,
-        for at most `timeout` seconds; `current()` reads the catalog's end the first time.
-        Only a courtesy: the row lock and the offset rules decide."""
+        """Hold an append that arrived before its predecessor (a client with a few appends in
+        flight) until this process has seen the stream's end, committed or waiting to
+        commit, reach `offset`, for at most `timeout` seconds; `current()` reads the
+        catalog's end the first time. Only a courtesy: the row lock and the offset rules decide."""
         deadline = time.monotonic() + timeout
         with self._ended:
             if ident not in self._ends:
@@ -230,10 +289,32 @@ class StreamTables:
             while self._ends[ident] < offset and (left := deadline - time.monotonic()) > 0:
                 self._ended.wait(left)
 
-    def ended(self, ident: str, end: int) -> None:
-        """The stream's committed end is now `end` (after a commit): wake the appends held for it."""
+    def enqueue(self, ident: str, pending: PendingAppend) -> AppendQueue:
+        """Queue `pending` for the stream's next group commit (its queue is returned); an
+        append at the end seen so far moves that end past it, so its successor need not wait
+        for the commit to queue behind it."""
         with self._ended:
-            self._ends[ident] = max(end, self._ends.get(ident, 0))
+            if self._ends.get(ident) == pending.header.offset:
+                self._ends[ident] = pending.header.offset + pending.header.rows
+                self._ended.notify_all()
+        queue = self.queue(ident)
+        queue.add(pending)
+        return queue
+
+    def queue(self, ident: str) -> AppendQueue:
+        """The stream's appends waiting to commit in this process."""
+        with self._lock:
+            return self._queues.setdefault(ident, AppendQueue())
+
+    def ended(self, ident: str, end: int | None, *, exact: bool = False) -> None:
+        """A group commit of the stream ended at committed end `end`: wake the appends held for
+        it. `exact`: some append of the group was refused or failed, so the end seen so far
+        is `end` itself (None: unknown, read again from the catalog)."""
+        with self._ended:
+            if end is None:
+                self._ends.pop(ident, None)
+            else:
+                self._ends[ident] = end if exact else max(end, self._ends.get(ident, 0))
             self._ended.notify_all()
 
     def get(self, ident: str, location: TableLocation) -> DeltaStreamTable:
@@ -246,7 +327,9 @@ class StreamTables:
 
 __all__ = [
     "FORMAT",
+    "AppendQueue",
     "DeltaStreamTable",
+    "PendingAppend",
     "StreamTables",
     "TableLocation",
     "decode_schema",

@@ -105,7 +105,10 @@ def test_lost_acknowledgements_are_acknowledged_as_duplicates(gateway, parquet_s
     report = stream_append([parquet_source(10_000)], stream="state", gateway=gateway.url, token=gateway.token,
                            batch_rows=2_000, state_file=tmp_path / "s.json")
     assert faults == {"record": 0, "answer": 0}
-    assert (report.committed_end, report.batches_sent, report.duplicates) == (10_000, 3, 2)
+    # each fault leaves at least one append committed but unanswered (a group commit may
+    # hold the appends in flight behind it too): sent again, acknowledged as duplicates
+    assert report.committed_end == 10_000 and report.batches_sent + report.duplicates == 5
+    assert report.duplicates >= 2
     assert committed(gateway, "cam-1/state").equals(telemetry(10_000))
     assert get_stream(gateway.catalog, "cam-1/state").committed_end == 10_000
 
@@ -146,10 +149,11 @@ def test_read_as_arrow_and_framed(gateway, cli_env, parquet_source, tmp_path) ->
 def test_compaction_keeps_the_rows_and_the_offset_rules(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
     source, state = parquet_source(10_000), tmp_path / "s.json"
     stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=1_000, state_file=state)
+    commits = get_stream(gateway.catalog, "cam-1/state").table_version + 1  # a file each (a group commit's appends share one)
     done = ferry("stream", "compact", "cam-1/state", "--json", env=cli_env)
     stdout, stderr = done.communicate(timeout=300)
     assert done.returncode == 0, stderr.decode()
-    assert json.loads(stdout)["numFilesRemoved"] == 10
+    assert json.loads(stdout)["numFilesRemoved"] == commits > 1
     assert committed(gateway, "cam-1/state").equals(telemetry(10_000))
     # a repeated append is still a duplicate, and the stream goes on after the compaction
     from storage_core.device.stream import StreamClient, encode_append

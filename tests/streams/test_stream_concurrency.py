@@ -4,12 +4,19 @@ racing writers of one stream serialized by its catalog row."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from storage_core.catalog.devices import add_device_token
+from storage_core.catalog.streams import get_stream
+from storage_core.config import load_settings
+from storage_core.device.frame import decode_frame
 from storage_core.device.stream import StreamClient, encode_append, stream_append
-from storage_core.errors import AppendDiverged, AppendOutOfRange, StreamRefused
+from storage_core.errors import AppendDiverged, AppendOutOfRange, StaleEpoch, StreamRefused, TableMoved
+from storage_core.keys import parse_uri
+from storage_core.streams.commit import append_frame
+from storage_core.streams.table import DeltaStreamTable, StreamTables
 from tests.gateway.conftest import Gateway
 from tests.streams.conftest import telemetry
 from tests.streams.test_stream_append import committed
@@ -96,3 +103,100 @@ def test_racing_writers_of_one_stream_commit_each_offset_once(any_catalog_gatewa
     seq = table.column("seq").to_pylist()
     assert len(set(seq)) == 1_000  # no row twice
     assert set(seq) == set(range(1_000)) or set(seq) == set(range(300)) | set(range(90_000, 90_100)) | set(range(400, 1_000))
+
+
+def test_appends_waiting_for_a_commit_go_in_one_group(gateway, bucket, monkeypatch) -> None:  # noqa: ANN001
+    """While one append commits, four more queue behind it, one of an epoch already
+    fenced: the next commit takes the three others in ONE Delta commit, each answered on
+    its own; the fenced one is refused alone; the table holds exactly the four appends."""
+    tables, destination = StreamTables(), parse_uri(f"s3://{bucket.bucket}/lake")
+    entered, release = threading.Event(), threading.Event()
+    real_append = DeltaStreamTable.append
+
+    def held(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the first commit waits for the others
+        if not entered.is_set():
+            entered.set()
+            release.wait(60)
+        return real_append(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaStreamTable, "append", held)
+    answers: dict[object, object] = {}
+
+    def send(key: object, epoch: int, offset: int, start: int) -> threading.Thread:
+        frame = decode_frame(encode_append("g", epoch, offset, telemetry(100, start=start), "zstd"))
+
+        def run() -> None:
+            try:
+                answers[key] = append_frame(gateway.catalog, tables, "cam-1", frame, destination=destination,
+                                            settings=load_settings())
+            except StreamRefused as exc:
+                answers[key] = exc
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    threads = [send(0, 2, 0, 0)]
+    assert entered.wait(60)
+    threads += [send(100, 2, 100, 100), send("stale", 1, 200, 50_000), send(200, 2, 200, 200), send(300, 2, 300, 300)]
+    deadline = time.monotonic() + 60
+    while len(tables.queue("cam-1/g")) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    release.set()
+    for thread in threads:
+        thread.join(60)
+    first = answers[0].table_version
+    assert [(answers[o].result, answers[o].committed_end, answers[o].table_version) for o in (100, 200, 300)] == [
+        ("committed", 200, first + 1), ("committed", 300, first + 1), ("committed", 400, first + 1)]
+    assert isinstance(answers["stale"], StaleEpoch)
+    info = get_stream(gateway.catalog, "cam-1/g")
+    assert (info.committed_end, info.table_version, info.epoch) == (400, first + 1, 2)
+    assert committed(gateway, "cam-1/g").equals(telemetry(400))
+    again = append_frame(gateway.catalog, tables, "cam-1", decode_frame(encode_append("g", 2, 200, telemetry(100, start=200),
+                         "zstd")), destination=destination, settings=load_settings())
+    assert (again.result, again.committed_end, again.table_version) == ("duplicate", 400, first + 1)
+
+
+def test_a_replica_holding_an_old_table_never_commits_over_a_newer_one(gateway, bucket, monkeypatch) -> None:  # noqa: ANN001
+    """Two gateway replicas (their own StreamTables). Replica B's table commit lands but its
+    catalog commit fails, so the catalog still names the version replica A holds: A skips
+    the re-read, its commit finds the table moved (no retry on top of unseen rows), reads
+    it, catches the catalog up and answers the resent append as a duplicate."""
+    from storage_core.catalog.streams import LockedStream
+    from storage_core.errors import CatalogUnavailable
+
+    destination, settings = parse_uri(f"s3://{bucket.bucket}/lake"), load_settings()
+    a, b = StreamTables(), StreamTables()
+
+    def append(tables: StreamTables, offset: int):  # noqa: ANN202
+        frame = decode_frame(encode_append("r", 1, offset, telemetry(100, start=offset), "zstd"))
+        return append_frame(gateway.catalog, tables, "cam-1", frame, destination=destination, settings=settings)
+
+    assert append(a, 0).result == "committed"
+    real_record = LockedStream.record
+
+    def lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise CatalogUnavailable("catalog connection dropped after the table commit")
+
+    monkeypatch.setattr(LockedStream, "record", lost)
+    with pytest.raises(CatalogUnavailable):
+        append(b, 100)
+    monkeypatch.setattr(LockedStream, "record", real_record)
+    assert get_stream(gateway.catalog, "cam-1/r").committed_end == 100  # the table is one commit ahead
+    moved = []
+    real_table_append = DeltaStreamTable.append
+
+    def watched(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return real_table_append(self, *args, **kwargs)
+        except TableMoved as exc:
+            moved.append(exc)
+            raise
+
+    monkeypatch.setattr(DeltaStreamTable, "append", watched)
+    again = append(a, 100)
+    assert len(moved) == 1
+    assert (again.result, again.committed_end) == ("duplicate", 200)
+    assert get_stream(gateway.catalog, "cam-1/r").committed_end == 200
+    assert append(a, 200).committed_end == 300
+    assert committed(gateway, "cam-1/r").equals(telemetry(300))
