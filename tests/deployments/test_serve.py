@@ -5,7 +5,6 @@ each file once."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,32 +12,10 @@ import pytest
 from deployments.landing import landing_source
 from storage_core.catalog import Catalog
 from storage_core.catalog.transactions import list_transactions
-from tests.deployments.conftest import MiB, wait_for
 from tests.flows.conftest import write_landing
+from tests.support.serve import MiB, client, registered, wait_for
 
 pytestmark = pytest.mark.slow  # `ferry serve` subprocesses against a real Prefect server
-
-
-def client():
-    from prefect.client.orchestration import get_client
-
-    return get_client(sync_client=True)
-
-
-def registered(name: str, serve: subprocess.Popen[bytes]):
-    """The deployment once `ferry serve` has registered it (fails at once if serve died)."""
-    from prefect.exceptions import ObjectNotFound
-
-    def check():
-        if serve.poll() is not None:
-            pytest.fail(f"ferry serve exited with {serve.returncode} before registering {name}")
-        with client() as c:
-            try:
-                return c.read_deployment_by_name(name)
-            except ObjectNotFound:
-                return None
-
-    return wait_for(check, timeout=90, what=f"deployment {name}")
 
 
 def runs_of(deployment_id, *, state: str | None = None):
