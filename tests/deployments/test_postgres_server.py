@@ -18,9 +18,8 @@ import pytest
 from deployments.server import api_health, free_port
 from storage_core.catalog import Catalog
 from storage_core.catalog.transactions import list_transactions
-from tests.deployments.conftest import wait_for
 from tests.support.prefect_server import prefect_client_at
-from tests.deployments.test_serve import registered
+from tests.support.serve import registered, wait_for
 from tests.flows.conftest import write_landing
 
 

@@ -2,7 +2,9 @@
 port, its own PREFECT_HOME and a throwaway PostgreSQL database (dropped at session end),
 analytics off, polled on /api/health, stopped at session end. Not SQLite: under a loaded
 machine its writers hit "database is locked" and dropped trigger evaluations, so a
-triggered run sometimes never appeared (FACTS.md: no such stalls on PostgreSQL). Importable by any test package:
+triggered run sometimes never appeared (FACTS.md: no such stalls on PostgreSQL). It serves
+the UI as well (`ui_url`, driven by tests/browser; its files are copied once per Prefect
+version). Importable by any test package:
 
     from tests.support.prefect_server import prefect_server  # noqa: F401 - a fixture
 
@@ -25,6 +27,7 @@ TEST_SERVER_ENV = {
     "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
     "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "5",
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    "PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT": "false",  # no upgrade banners over the pages
 }
 
 
@@ -38,7 +41,7 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> 
         conn.execute(f'CREATE DATABASE "{name}"')
     where = pg_server.split("://", 1)[1].rsplit("/", 1)[0]
     env = {**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{where}/{name}"}
-    server = PrefectServer(home, env=env, ui=False)
+    server = PrefectServer(home, env=env, ui=True)
     try:
         server.start(timeout=120)
         yield server
