@@ -10,7 +10,8 @@ never with `isinstance` of a store class, so a wrapper store works like the stor
 
 `ObjectStore` is what every store has (`open_store` returns one). Beyond it, `Presign`
 `Copy` (an S3Store: URLs a device uses without credentials, server-side copies), `DeleteMany`
-(an S3Store: a batch of keys a request) and `CopyFile` / `CopyRange` (a
+(an S3Store: a batch of keys a request), `PutEmptyMany` (an S3Store: thousands of empty
+objects without botocore's cost per request) and `CopyFile` / `CopyRange` (a
 LocalStore: its objects are local files, so the kernel copies them) are optional.
 """
 
@@ -119,6 +120,15 @@ class DeleteMany(Protocol):
     def delete_many(self, keys: list[str]) -> None:
         """Remove every key in as few requests as the store allows (S3: 1,000 a request);
         keys that do not exist are not an error. StorageError names the first key refused."""
+        ...
+
+
+@runtime_checkable
+class PutEmptyMany(Protocol):
+    def put_empty_many(self, keys: list[str], *, max_in_flight: int) -> None:
+        """An empty object at every key, replacing what is there, `max_in_flight` requests
+        at a time, each lean enough that thousands take about the store's own time. Every
+        key is tried; StorageError then names how many and the first key refused."""
         ...
 
 
@@ -233,6 +243,7 @@ __all__ = [
     "PendingUpload",
     "Presign",
     "Put",
+    "PutEmptyMany",
     "StoredPart",
     "Tail",
 ]
