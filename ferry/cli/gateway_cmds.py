@@ -22,7 +22,7 @@ app.add_typer(devices_app, name="devices")
 def gateway(
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless you mean it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8470,
-    expires_in: Annotated[int, typer.Option("--url-expiry", help="Seconds a presigned URL stays valid.")] = 900,
+    expires_in: Annotated[Optional[int], typer.Option("--url-expiry", help="Seconds a presigned URL stays valid (default and most: FERRY_URL_EXPIRY, 900).")] = None,
     max_files: Annotated[int, typer.Option("--max-files", help="Most files one manifest may list.")] = 10_000,
     max_bytes: Annotated[Optional[int], typer.Option("--max-bytes", help="Most bytes one manifest may declare.")] = None,
     max_file_bytes: Annotated[Optional[int], typer.Option("--max-file-bytes", help="Largest file a device may send.")] = None,
