@@ -176,9 +176,12 @@ class Presign(Protocol):
 
 @runtime_checkable
 class Copy(Protocol):
-    def copy(self, source_key: str, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
-        """Copy an object within the store, server-side, on the condition given (as for
-        `complete_multipart`); the copy keeps the source's checksum."""
+    def copy(self, source: ObjectMeta, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Copy the object version `source` describes (refused if its key now holds another
+        ETag) within the store, server-side, on the condition given for `key` (as for
+        `complete_multipart`): PreconditionFailed, and nothing changes, when either fails.
+        The copy keeps the source's size and checksum; its meta is returned without
+        another request."""
         ...
 
 

@@ -664,14 +664,14 @@ def complete_device_upload(
     new = [(a, crc) for a, crc in to_place if a.item.replaces_etag is None]
     placed = _pooled(lambda pair: _attempt(_put_in_place, *pair), new, workers=settings.max_in_flight, name="ferry-place")
     assembled = [(a.store, meta) for (a, _), meta in zip(new, placed) if isinstance(meta, ObjectMeta)]
+    if any(not isinstance(meta, ObjectMeta) for meta in placed) and _is_aborted(catalog, txn.id):
+        # an abort aborted an upload, or fenced a staged copy, under us, and may have looked
+        # before the others were in place
+        _delete_unrecorded(catalog, assembled)
+        raise TransactionStateError(f"transaction {txn.id} is aborted; it cannot be completed")
     for (a, crc), meta in zip(new, placed):
         if isinstance(meta, _Conflict):
             _fail(catalog, txn, a.item.id, meta.problem, settings)
-        if isinstance(meta, UploadIncomplete) and _is_aborted(catalog, txn.id):
-            # an abort aborted the upload, or fenced the staged copy, under us, and may have
-            # looked before the others were in place
-            _delete_unrecorded(catalog, assembled)
-            raise TransactionStateError(f"transaction {txn.id} is aborted; it cannot be completed")
         if isinstance(meta, FerryError):
             raise meta
         check = check_stored(a.store, meta, size=a.item.size, crc32c=crc, known=crc)
@@ -741,7 +741,7 @@ def _put_in_place(a: _Arrived, crc32c: int) -> ObjectMeta | _Conflict:
         if a.parts is not None:
             return a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts],
                                               if_none_match=True)
-        return a.store.copy(a.staged.key, item.key, if_none_match=True)
+        return a.store.copy(a.staged, item.key, if_none_match=True)
     except (ObjectNotFound, UploadNotFound):
         raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
     except PreconditionFailed:
@@ -768,7 +768,7 @@ def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> lis
                 meta = a.store.complete_multipart(item.key, item.upload_id,
                                                   [(p.part_number, p.etag) for p in a.parts], if_match=item.replaces_etag)
             else:
-                meta = a.store.copy(a.staged.key, item.key, if_match=item.replaces_etag)
+                meta = a.store.copy(a.staged, item.key, if_match=item.replaces_etag)
         except PreconditionFailed:
             raise TransactionStateError(f"{item.source_path}: the stored version changed in the store meanwhile; "
                                         f"it was not replaced") from None

@@ -1,7 +1,8 @@
 """The bulk paths of S3Store against SeaweedFS (access keys on): URLs signed by
 storage_core.stores.presign are accepted with the declared bytes and refused with others;
 `delete_many` removes keys a thousand a request; `find_objects` sees what a LIST sees;
-`put_empty_many` (bulk-signed, lean connections) writes empty objects and names refusals."""
+`put_empty_many` (bulk-signed, lean connections) writes empty objects and names refusals;
+`copy` takes exactly the version it is given."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from botocore.config import Config
 
 from storage_core.checksums import crc32c, to_header
-from storage_core.errors import StorageError
+from storage_core.errors import PreconditionFailed, StorageError
 from storage_core.stores.s3 import S3Store
 from storage_core.stores.lookup import find_objects
 
@@ -60,3 +61,17 @@ def test_put_empty_many_names_what_the_store_refused(bucket):
     with pytest.raises(StorageError, match=r"3 of 3 empty object\(s\) not written, e\.g\. m/\d: 403 InvalidAccessKeyId"):
         S3Store(bucket.bucket, client=wrong).put_empty_many(["m/1", "m/2", "m/3"], max_in_flight=2)
     assert list(bucket.list("m/")) == []
+
+
+def test_copy_takes_exactly_the_version_given_and_answers_its_meta_without_a_head(bucket):
+    first = bucket.put("c/src", b"first bytes", size=11, crc32c=crc32c(b"first bytes"))
+    stale = bucket.head("c/src")
+    copied = bucket.copy(stale, "c/dst", if_none_match=True)
+    there = bucket.head("c/dst")
+    assert (copied.size, copied.etag, copied.crc32c) == (there.size, there.etag, there.crc32c) == (11, first.etag, crc32c(b"first bytes"))
+    bucket.put("c/src", b"other bytes", size=11)
+    with pytest.raises(PreconditionFailed):  # the source changed since `stale` was read
+        bucket.copy(stale, "c/other", if_none_match=True)
+    with pytest.raises(PreconditionFailed):  # the destination exists
+        bucket.copy(bucket.head("c/src"), "c/dst", if_none_match=True)
+    assert sorted(o.key for o in bucket.list("c/")) == ["c/dst", "c/src"] and bucket.get_range("c/dst", 0, 11) == b"first bytes"
