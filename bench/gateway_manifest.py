@@ -4,7 +4,8 @@ sees meanwhile (issue 14, finding 7).
 For each catalog (SQLite file, PostgreSQL database) a fresh `ferry gateway` process runs
 over a fresh SeaweedFS bucket (access keys on). Device `big` begins a manifest of
 `--files` files (`--multipart` of them multipart, the rest small single PUTs), PUTs `--uploaded`
-of them through their presigned URLs (not timed), asks for its status, and aborts. Device
+of them through their presigned URLs (not timed), asks for its status, and aborts (which
+puts a 0-byte marker at every single file's staging key: one PUT each). Device
 `small` meanwhile polls `/v1/me` and the status of its own one-file upload without pause,
 from a process of its own; its latencies are reported per phase as p50 / p95 / max.
 
@@ -247,8 +248,10 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
                 response.raise_for_status()
             left = s3.list_objects_v2(Bucket=bucket, Prefix="lake/big/").get("KeyCount", 0)
             uploads = len(s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []))
+            staged = [o["Size"] for page in s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=f"lake/.ferry-staging/{txn}/") for o in page.get("Contents", [])]
     return {"backend": backend, "seconds": seconds, "latencies": prober.latencies, "failures": prober.failures,
-            "objects_left": left, "uploads_left": uploads}
+            "objects_left": left, "uploads_left": uploads, "markers": len(staged), "staged_bytes": sum(staged)}
 
 
 def report(result: dict, files: int) -> str:
@@ -261,7 +264,8 @@ def report(result: dict, files: int) -> str:
                              f"  p95 {percentile(values, .95) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms")
             elif label == "all":
                 lines.append(f"  other device during {phase:6s}: no request answered")
-    lines.append(f"  after abort: {result['objects_left']} object(s), {result['uploads_left']} multipart upload(s) left;"
+    lines.append(f"  after abort: {result['objects_left']} object(s), {result['uploads_left']} multipart upload(s) left,"
+                 f" {result['markers']} staging marker(s) holding {result['staged_bytes']} bytes;"
                  f" {len(result['failures'])} failed request(s) of the other device")
     return "\n".join(lines)
 

@@ -42,6 +42,9 @@ class FerrySettings(BaseSettings):
     catalog_timeout: float = Field(
         default=10.0, gt=0, le=600, description="seconds to wait for a locked SQLite or a PostgreSQL connection"
     )
+    # how long a presigned URL a gateway hands out stays valid (SigV4's ceiling is 7 days);
+    # reconcile keeps a finished upload's staging objects that long, so its URLs stay fenced
+    url_expiry: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="seconds a device's presigned URL stays valid")
     endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("FERRY_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )

@@ -192,19 +192,26 @@ def create_app(
     *,
     destination: StorageUri,
     limits: UploadLimits = UploadLimits(),
-    expires_in: int = 900,
+    expires_in: int | None = None,
     emitter: Emitter | None = None,
     flush_interval: float = 30,
     settings: FerrySettings | None = None,
     max_body_bytes: int = MAX_BODY_BYTES,
     failed_tokens: FailedTokenLimit = FailedTokenLimit(),
 ) -> FastAPI:
-    """The gateway app. Its flusher thread (running while the app is served) sends the
+    """The gateway app; its URLs live `expires_in` seconds (default and most:
+    `settings.url_expiry`). Its flusher thread (running while the app is served) sends the
     recorded events: at once after each complete, and every `flush_interval` seconds
     those whose send failed. `app.state.flush()` runs one round in the caller's thread."""
     if flush_interval <= 0:
         raise ConfigError(f"flush_interval must be positive (got {flush_interval})")
     settings = settings or load_settings()
+    expires_in = settings.url_expiry if expires_in is None else expires_in
+    if not 0 < expires_in <= settings.url_expiry:
+        # reconcile keeps a closed upload's staging objects FERRY_URL_EXPIRY long: a URL
+        # living longer would outlive what fences it
+        raise ConfigError(f"a URL's lifetime must be between 1 and FERRY_URL_EXPIRY ({settings.url_expiry}) seconds "
+                          f"(got {expires_in})")
     emitter = emitter or PrefectEmitter()
     emit_lock = threading.Lock()  # one round at a time; only the flusher (or a test) waits on it
     stop, wake = threading.Event(), threading.Event()

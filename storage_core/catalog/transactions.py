@@ -344,14 +344,21 @@ def destinations_of(catalog: Catalog, *, origination: str, since: datetime) -> s
         return set(session.scalars(query))
 
 
-def transaction_statuses(catalog: Catalog, transaction_ids: Iterable[str]) -> dict[str, str]:
-    """{id: status} of the transactions that exist among `transaction_ids`."""
-    statuses: dict[str, str] = {}
+@dataclass(frozen=True)
+class TransactionEnd:
+    status: str
+    finished_at: datetime | None  # None while open (UTC)
+
+
+def transaction_ends(catalog: Catalog, transaction_ids: Iterable[str]) -> dict[str, TransactionEnd]:
+    """{id: its status and when it finished} of the transactions that exist among `transaction_ids`."""
+    ends: dict[str, TransactionEnd] = {}
     with catalog.session() as session:
         for chunk in _chunks(sorted(set(transaction_ids))):
-            query = select(Transaction.id, Transaction.status).where(Transaction.id.in_(chunk))
-            statuses.update((txn_id, status) for txn_id, status in session.execute(query))
-    return statuses
+            query = select(Transaction.id, Transaction.status, Transaction.finished_at).where(Transaction.id.in_(chunk))
+            ends.update((txn_id, TransactionEnd(status, as_utc(finished) if finished else None))
+                        for txn_id, status, finished in session.execute(query))
+    return ends
 
 
 def stored_etag(catalog: Catalog, store_uri: str, key: str) -> str | None:
@@ -852,12 +859,14 @@ def mark_aborted(catalog: Catalog, transaction_id: str, *, reason: str) -> Trans
 @dataclass(frozen=True)
 class AbortedUpload:
     """A device transaction just aborted, with what its open items may have left in the
-    store: the multipart uploads to abort and the unverified objects to delete (both empty
-    when it was aborted before)."""
+    store: the multipart uploads to abort, the unverified objects to delete, and the single
+    PUTs a URL was handed out for (`single_puts`: item ids, each past `pending`); all empty
+    when it was aborted before."""
 
     transaction: TransactionInfo
     uploads: tuple[InFlightUpload, ...]
     objects: tuple[UnverifiedObject, ...]
+    single_puts: tuple[int, ...] = ()
 
 
 def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) -> AbortedUpload:
@@ -875,12 +884,13 @@ def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) 
             return AbortedUpload(TransactionInfo.of(txn), (), ())
         open_ = session.execute(
             select(TransactionItem.id, TransactionItem.store_uri, TransactionItem.key, TransactionItem.upload_id,
-                   TransactionItem.replaces_etag)
+                   TransactionItem.replaces_etag, TransactionItem.status)
             .where(TransactionItem.transaction_id == transaction_id,
                    TransactionItem.status.in_((*ACTIVE_ITEM_STATES, ItemStatus.FAILED.value)))
             .order_by(TransactionItem.id)
         ).all()
         uploads = tuple(InFlightUpload(i.id, i.store_uri, i.key, i.upload_id) for i in open_ if i.upload_id)
+        single_puts = tuple(i.id for i in open_ if not i.upload_id and i.status != ItemStatus.PENDING.value)
         # a replacement's final key holds a version the catalog records (or, after a commit
         # that failed, its verified successor): never deleted here
         objects = tuple(_unverified(session, [(i.store_uri, i.key) for i in open_ if i.replaces_etag is None]))
@@ -889,7 +899,7 @@ def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) 
                         .values(status=ItemStatus.ABORTED.value, updated_at=_now())
                         .execution_options(synchronize_session=False))
         txn.status, txn.finished_at, txn.error = TransactionStatus.ABORTED.value, _now(), reason
-        return AbortedUpload(_view(session, txn), uploads, objects)
+        return AbortedUpload(_view(session, txn), uploads, objects, single_puts)
 
 
 def record_abort_incomplete(catalog: Catalog, transaction_id: str, problem: str) -> TransactionInfo:
@@ -927,6 +937,7 @@ __all__ = [
     "ItemUpload",
     "ObjectVersion",
     "RecordedPart",
+    "TransactionEnd",
     "TransactionOwner",
     "TransferProgress",
     "UnverifiedObject",
@@ -965,6 +976,6 @@ __all__ = [
     "transaction_owner",
     "transaction_store_uris",
     "transaction_progress",
-    "transaction_statuses",
+    "transaction_ends",
     "unverified_objects",
 ]

@@ -16,6 +16,7 @@ from storage_core.stores.base import (
     PendingUpload,
     Presign,
     Put,
+    PutEmptyMany,
     StoredPart,
     Tail,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "PendingUpload",
     "Presign",
     "Put",
+    "PutEmptyMany",
     "S3Store",
     "StoredPart",
     "Tail",

@@ -10,7 +10,8 @@ never with `isinstance` of a store class, so a wrapper store works like the stor
 
 `ObjectStore` is what every store has (`open_store` returns one). Beyond it, `Presign`
 `Copy` (an S3Store: URLs a device uses without credentials, server-side copies), `DeleteMany`
-(an S3Store: a batch of keys a request) and `CopyFile` / `CopyRange` (a
+(an S3Store: a batch of keys a request), `PutEmptyMany` (an S3Store: thousands of empty
+objects without botocore's cost per request) and `CopyFile` / `CopyRange` (a
 LocalStore: its objects are local files, so the kernel copies them) are optional.
 """
 
@@ -123,6 +124,15 @@ class DeleteMany(Protocol):
 
 
 @runtime_checkable
+class PutEmptyMany(Protocol):
+    def put_empty_many(self, keys: list[str], *, max_in_flight: int) -> None:
+        """An empty object at every key, replacing what is there, `max_in_flight` requests
+        at a time, each lean enough that thousands take about the store's own time. Every
+        key is tried; StorageError then names how many and the first key refused."""
+        ...
+
+
+@runtime_checkable
 class Multipart(Protocol):
     multipart_threshold: int  # objects larger than this go multipart
 
@@ -166,9 +176,12 @@ class Presign(Protocol):
 
 @runtime_checkable
 class Copy(Protocol):
-    def copy(self, source_key: str, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
-        """Copy an object within the store, server-side, on the condition given (as for
-        `complete_multipart`); the copy keeps the source's checksum."""
+    def copy(self, source: ObjectMeta, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Copy the object version `source` describes (refused if its key now holds another
+        ETag) within the store, server-side, on the condition given for `key` (as for
+        `complete_multipart`): PreconditionFailed, and nothing changes, when either fails.
+        The copy keeps the source's size and checksum; its meta is returned without
+        another request."""
         ...
 
 
@@ -233,6 +246,7 @@ __all__ = [
     "PendingUpload",
     "Presign",
     "Put",
+    "PutEmptyMany",
     "StoredPart",
     "Tail",
 ]

@@ -18,6 +18,7 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO
 
@@ -40,6 +41,7 @@ from storage_core.errors import (
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
+from storage_core.stores.bulk_put import put_empty
 from storage_core.stores.presign import QuerySigner
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ _signers_lock = threading.Lock()
 class S3Store:
     """One bucket. Keys are validated before any request is made.
 
-    Every capability of an ObjectStore, plus Presign and DeleteMany."""
+    Every capability of an ObjectStore, plus Presign, DeleteMany and PutEmptyMany."""
 
     def __init__(
         self,
@@ -299,6 +301,31 @@ class S3Store:
                     key=first.get("Key"), retryable=first.get("Code") in ("InternalError", "SlowDown", "ServiceUnavailable"),
                 )
 
+    def put_empty_many(self, keys: list[str], *, max_in_flight: int) -> None:
+        """Empty objects at `keys` (storage_core.stores.bulk_put: bulk-signed, sent over
+        lean connections); through botocore, one request at a time per worker, when the
+        bulk signer cannot sign for this client."""
+        for key in keys:
+            validate_key(key)
+        signer = self._query_signer()
+        if signer is not None:
+            failures = put_empty(lambda key: signer.url("PUT", key, expires_in=300, headers={"content-length": "0"}),
+                                 keys, workers=max_in_flight)
+        else:
+            def put(key: str) -> tuple[str, str] | None:
+                try:
+                    self.put(key, b"", size=0)
+                except StorageError as exc:
+                    return key, str(exc)
+                return None
+
+            with ThreadPoolExecutor(max(1, min(max_in_flight, len(keys))), thread_name_prefix="ferry-put-empty") as pool:
+                failures = [f for f in pool.map(put, keys) if f is not None]
+        if failures:
+            key, reason = failures[0]
+            raise StorageError(f"s3://{self.bucket}: {len(failures)} of {len(keys)} empty object(s) not written, "
+                               f"e.g. {key}: {reason}", key=key)
+
     # --- multipart -------------------------------------------------------------------
     def create_multipart(self, key: str) -> str:
         with self._where(key, "start multipart upload of"):
@@ -356,15 +383,19 @@ class S3Store:
                 )
         return uploads
 
-    def copy(self, source_key: str, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
-        """Server-side copy of `source_key` to `key` (content type and checksum kept), on
-        the condition given: `if_match` the ETag `key` must have now, `if_none_match` that
-        `key` must not exist (PreconditionFailed otherwise, and nothing changes)."""
-        validate_key(source_key)
+    def copy(self, source: ObjectMeta, key: str, *, if_match: str | None = None, if_none_match: bool = False) -> ObjectMeta:
+        """Server-side copy of the version `source` describes (`x-amz-copy-source-if-match`
+        its ETag) to `key` (content type and checksum kept), on the condition given:
+        `if_match` the ETag `key` must have now, `if_none_match` that `key` must not exist
+        (PreconditionFailed otherwise, and nothing changes). The copy's meta comes from the
+        answer (no HEAD: a request less per file of a large complete)."""
+        validate_key(source.key)
         params = _conditions(if_match, if_none_match)
         with self._where(key, "copy to"):
-            self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source_key}, **params)
-        return self.head(key)
+            result = self.client.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket, "Key": source.key},
+                                             CopySourceIfMatch=source.etag, **params)["CopyObjectResult"]
+        etag = result["ETag"] if result["ETag"].startswith('"') else f'"{result["ETag"]}"'  # SeaweedFS leaves it unquoted
+        return ObjectMeta(key=key, size=source.size, etag=etag, last_modified=result.get("LastModified"), crc32c=source.crc32c)
 
     # --- presign ---------------------------------------------------------------------
     def _query_signer(self) -> QuerySigner | None:

@@ -6,8 +6,8 @@ whole manifest under its own prefix, and the server side verifies before anythin
          │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
          └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
                                                                             completed, outbox row)
-    abort_device_upload: transaction aborted first, then multipart uploads aborted and
-                         unverified objects deleted.
+    abort_device_upload: transaction aborted first, then multipart uploads aborted,
+                         unverified objects deleted and single-PUT URLs fenced.
 
 Begin records the transaction (items `pending`), creates the multipart uploads, then
 records every item `uploading` with its upload id in one database transaction: a crash
@@ -34,8 +34,10 @@ skipped.
 
 On a verification failure at complete, every object of the transaction that is not
 recorded as stored is deleted, its multipart uploads aborted, and the transaction aborted:
-nothing unverified is ever recorded or left behind. A URL used after its transaction
-closed can only put bytes in a dead staging key, which reconcile deletes.
+nothing unverified is ever recorded or left behind. No URL writes once its transaction
+closed: a part URL's multipart upload is gone, and a single-PUT URL's staging key holds an
+object until the URL has expired (the verified staged copy after complete, a 0-byte marker
+after abort; storage_core.upload.staging says what that costs).
 """
 
 from __future__ import annotations
@@ -43,10 +45,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
 from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
@@ -83,7 +86,7 @@ from storage_core.stores.lookup import MAX_WORKERS as LOOKUP_WORKERS, find_objec
 from storage_core.stores.registry import open_store
 from storage_core.manifest import ManifestEntry, modality_of
 from storage_core.parts import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, MIN_PART_SIZE, split_parts
-from storage_core.upload.staging import delete_staged, staging_key
+from storage_core.upload.staging import fence, staging_key
 
 log = logging.getLogger(__name__)
 ORIGINATION = "device gateway"
@@ -92,6 +95,7 @@ ORIGINATION = "device gateway"
 CONTENT_TYPE = "application/octet-stream"
 _TRANSACTION_ID = re.compile(r"[0-9a-f]{32}")
 GiB = 1024**3
+T, R = TypeVar("T"), TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -508,10 +512,16 @@ def _present_parts_of(items: list[ItemInfo], settings: FerrySettings) -> dict[in
         store, _ = open_store(item.store_uri, settings)
         return _present_parts(store, item.key, item.upload_id)
 
+    return dict(zip((i.id for i in items), _pooled(parts_of, items, name="ferry-parts")))
+
+
+def _pooled(work: Callable[[T], R], items: list[T], *, workers: int = LOOKUP_WORKERS, name: str) -> list[R]:
+    """`work` over `items`, `workers` at a time (in this thread for one item); results in
+    order; the first exception raised once all have run."""
     if len(items) <= 1:
-        return {item.id: parts_of(item) for item in items}
-    with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(items)), thread_name_prefix="ferry-parts") as pool:
-        return dict(zip((i.id for i in items), pool.map(parts_of, items)))
+        return [work(item) for item in items]
+    with ThreadPoolExecutor(min(workers, len(items)), thread_name_prefix=name) as pool:
+        return list(pool.map(work, items))
 
 
 def _exists(store: ObjectStore, key: str) -> bool:
@@ -606,11 +616,7 @@ def _arrivals(txn: TransactionInfo, settings: FerrySettings) -> tuple[list[_Arri
             return f"{path}: {len(absent)} of {len(sizes)} part(s) not uploaded yet (e.g. part {absent[0]})"
         return _Arrived(item, store, parts=tuple(p for _, p in sorted(found.items())))
 
-    if len(todo) <= 1:
-        outcomes = [arrival(item) for item in todo]
-    else:
-        with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(todo)), thread_name_prefix="ferry-complete") as pool:
-            outcomes = list(pool.map(arrival, todo))
+    outcomes = _pooled(arrival, todo, name="ferry-complete")
     return [o for o in outcomes if isinstance(o, _Arrived)], [o for o in outcomes if isinstance(o, str)]
 
 
@@ -629,7 +635,8 @@ def complete_device_upload(
     `begin_device_upload`) only over the version it was begun to replace, and under the
     transaction's lock, in the database transaction that records the new version (an
     abort cannot come between them). New paths are put in place before the lock: an abort
-    that commits first makes this call delete what it put. The staging objects go last."""
+    that commits first makes this call delete what it put. The staged copies stay (their
+    URLs refused while they are there); reconcile deletes them once the URLs expired."""
     settings = settings or load_settings()
     txn = _completable(catalog, device_id, transaction_id)
     transaction_id = txn.id  # the catalog's (scoped_transaction_id)
@@ -644,37 +651,33 @@ def complete_device_upload(
             return done
         raise UploadIncomplete(f"{len(missing)} of {len(txn.items)} file(s) not uploaded yet, e.g. {missing[0]}")
 
-    # 2. verify; put new paths in place
-    verified: list[VerifiedItem] = []
-    assembled: list[tuple[ObjectStore, ObjectMeta]] = []  # what this call put at a final key
-    replacing: list[tuple[_Arrived, int]] = []  # (arrival, its verified CRC32C): step 3 puts them in place
-    for a in arrived:
-        item = a.item
-        if a.parts is not None:
-            sizes = part_sizes(item.size, item.part_size)
-            wrong = [p for p in a.parts if p.part_number > len(sizes) or sizes[p.part_number - 1] != p.size]
-            if wrong:
-                _fail(catalog, txn, item.id, f"{item.source_path}: part {wrong[0].part_number} has {wrong[0].size} bytes, not as planned", settings)
-            # every part URL was signed with a part CRC32C (those recorded at begin), and
-            # they combine to the file's: the store verified the bytes part by part
-            if item.replaces_etag is not None:
-                replacing.append((a, item.crc32c))
-                continue
-            meta = _put_in_place(catalog, txn, a, settings)
-            assembled.append((a.store, meta))
-            check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c, known=item.crc32c)
-        else:
-            meta = a.staged or a.final
-            check = check_stored(a.store, meta, size=item.size, crc32c=item.crc32c)
-            if check.problem is None and a.staged is not None:
-                if item.replaces_etag is not None:
-                    replacing.append((a, check.crc32c))
-                    continue
-                meta = _put_in_place(catalog, txn, a, settings, crc32c=check.crc32c)
-                assembled.append((a.store, meta))
+    # 2. verify everything, then put new paths in place (each a bounded pool of requests at a
+    # time); a failure is acted on only once every request of its step has returned
+    checks = _pooled(_verify, arrived, workers=settings.max_in_flight, name="ferry-verify")
+    for a, check in zip(arrived, checks):
         if check.problem:
-            _fail(catalog, txn, item.id, f"{item.source_path}: {check.problem}", settings)
-        verified.append(VerifiedItem(item.id, check.crc32c, meta.etag))
+            _fail(catalog, txn, a.item.id, f"{a.item.source_path}: {check.problem}", settings)
+    # already in place (an earlier complete that did not commit put it there): verified as it is
+    verified = [VerifiedItem(a.item.id, c.crc32c, a.final.etag) for a, c in zip(arrived, checks) if a.final is not None]
+    to_place = [(a, c.crc32c) for a, c in zip(arrived, checks) if a.final is None]
+    replacing = [(a, crc) for a, crc in to_place if a.item.replaces_etag is not None]  # step 3 puts them in place
+    new = [(a, crc) for a, crc in to_place if a.item.replaces_etag is None]
+    placed = _pooled(lambda pair: _attempt(_put_in_place, *pair), new, workers=settings.max_in_flight, name="ferry-place")
+    assembled = [(a.store, meta) for (a, _), meta in zip(new, placed) if isinstance(meta, ObjectMeta)]
+    if any(not isinstance(meta, ObjectMeta) for meta in placed) and _is_aborted(catalog, txn.id):
+        # an abort aborted an upload, or fenced a staged copy, under us, and may have looked
+        # before the others were in place
+        _delete_unrecorded(catalog, assembled)
+        raise TransactionStateError(f"transaction {txn.id} is aborted; it cannot be completed")
+    for (a, crc), meta in zip(new, placed):
+        if isinstance(meta, _Conflict):
+            _fail(catalog, txn, a.item.id, meta.problem, settings)
+        if isinstance(meta, FerryError):
+            raise meta
+        check = check_stored(a.store, meta, size=a.item.size, crc32c=crc, known=crc)
+        if check.problem:
+            _fail(catalog, txn, a.item.id, f"{a.item.source_path}: {check.problem}", settings)
+        verified.append(VerifiedItem(a.item.id, crc, meta.etag))
 
     # 3. one database transaction, under the transaction's lock: replacements put in place,
     # items stored, transaction completed, outbox row (or refused: an abort committed first)
@@ -689,34 +692,63 @@ def complete_device_upload(
             raise
         return done
     except TransactionStateError:
-        if records.get_transaction(catalog, transaction_id).status == TransactionStatus.ABORTED.value:
+        if _is_aborted(catalog, transaction_id):
             # the abort deleted what it found; what step 2 put in place after it looked is ours to delete
             _delete_unrecorded(catalog, assembled)
         raise
-    _clean_staging(txn, settings)
-    return done
+    return done  # the staged copies stay, fencing their URLs: reconcile deletes them (storage_core.upload.staging)
 
 
-def _put_in_place(catalog: Catalog, txn: TransactionInfo, a: _Arrived, settings: FerrySettings, *,
-                  crc32c: int | None = None) -> ObjectMeta:
+@dataclass(frozen=True)
+class _Conflict:
+    """Another object is at a new path's final key: the transaction must be discarded."""
+
+    problem: str
+
+
+def _verify(a: _Arrived) -> StoredCheck:
+    """What arrived for one item, checked before anything is put in place: a multipart
+    file's parts against its plan (every part URL was signed with a part CRC32C recorded
+    at begin, and they combine to the file's: the store verified the bytes part by part),
+    a single file's object against its size and CRC32C."""
+    item = a.item
+    if a.parts is not None:
+        sizes = part_sizes(item.size, item.part_size)
+        wrong = [p for p in a.parts if p.part_number > len(sizes) or sizes[p.part_number - 1] != p.size]
+        if wrong:
+            return StoredCheck(f"part {wrong[0].part_number} has {wrong[0].size} bytes, not as planned", None)
+        return StoredCheck(None, item.crc32c)
+    return check_stored(a.store, a.staged or a.final, size=item.size, crc32c=item.crc32c)
+
+
+def _attempt(work: Callable[..., R], *args: object) -> R | FerryError:
+    """`work(*args)`, or the FerryError it raised (a pooled step acts on failures once
+    every request has returned)."""
+    try:
+        return work(*args)
+    except FerryError as exc:
+        return exc
+
+
+def _put_in_place(a: _Arrived, crc32c: int) -> ObjectMeta | _Conflict:
     """A new path's verified bytes at its final key, only where no object is: its multipart
-    upload completed, or its staged object copied (`crc32c`: the staged object's). An
-    object there already is an IntegrityError (the transaction discarded), unless it is
-    this file's own bytes, put there by an earlier complete that did not commit."""
+    upload completed, or its staged object copied (`crc32c`: the verified one). An object
+    there already is a _Conflict, unless it is this file's own bytes, put there by an
+    earlier complete that did not commit. UploadIncomplete: the upload or the staged
+    object is gone (an abort under us)."""
     item, path = a.item, a.item.source_path
     try:
         if a.parts is not None:
             return a.store.complete_multipart(item.key, item.upload_id, [(p.part_number, p.etag) for p in a.parts],
                                               if_none_match=True)
-        return a.store.copy(a.staged.key, item.key, if_none_match=True)
+        return a.store.copy(a.staged, item.key, if_none_match=True)
     except (ObjectNotFound, UploadNotFound):
-        _refuse_if_aborted(catalog, txn.id)  # an abort aborted the upload, or deleted the staged copy, under us
         raise UploadIncomplete(f"{path}: nothing has been uploaded yet") from None
     except PreconditionFailed:
         there = _head(a.store, item.key)
         if there is not None and a.staged is not None and (there.size, there.crc32c) == (item.size, crc32c):
             return there
-        _fail(catalog, txn, item.id, f"{path}: another object appeared at its destination meanwhile", settings)
+        return _Conflict(f"{path}: another object appeared at its destination meanwhile")
 
 
 def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> list[VerifiedItem]:
@@ -736,7 +768,7 @@ def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> lis
                 meta = a.store.complete_multipart(item.key, item.upload_id,
                                                   [(p.part_number, p.etag) for p in a.parts], if_match=item.replaces_etag)
             else:
-                meta = a.store.copy(a.staged.key, item.key, if_match=item.replaces_etag)
+                meta = a.store.copy(a.staged, item.key, if_match=item.replaces_etag)
         except PreconditionFailed:
             raise TransactionStateError(f"{item.source_path}: the stored version changed in the store meanwhile; "
                                         f"it was not replaced") from None
@@ -744,21 +776,20 @@ def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> lis
     return verified
 
 
-def _clean_staging(txn: TransactionInfo, settings: FerrySettings) -> list[str]:
-    """Delete the transaction's staging objects; what could not be deleted is returned
-    (and logged), and left to reconcile."""
+def _fence_staging(txn: TransactionInfo, item_ids: tuple[int, ...], settings: FerrySettings) -> list[str]:
+    """A 0-byte marker at the staging key of each item (storage_core.upload.staging.fence):
+    the unverified bytes gone and the URLs refused. What failed is returned, one line each."""
     destination = parse_uri(txn.destination)
     try:
         store, _ = open_store(destination.store_uri, settings)
     except FerryError as exc:
         return [f"{destination}: {one_line(exc)}"]
-    return delete_staged(store, destination.prefix, txn.id).failed
+    keys = [staging_key(destination.prefix, txn.id, item_id) for item_id in item_ids]
+    return fence(store, keys, max_in_flight=settings.max_in_flight)
 
 
-def _refuse_if_aborted(catalog: Catalog, transaction_id: str) -> None:
-    status = records.get_transaction(catalog, transaction_id).status
-    if status == TransactionStatus.ABORTED.value:
-        raise TransactionStateError(f"transaction {transaction_id} is aborted; it cannot be completed")
+def _is_aborted(catalog: Catalog, transaction_id: str) -> bool:
+    return records.get_transaction(catalog, transaction_id).status == TransactionStatus.ABORTED.value
 
 
 def _delete_unrecorded(catalog: Catalog, assembled: list[tuple[ObjectStore, ObjectMeta]]) -> None:
@@ -787,18 +818,24 @@ def abort_device_upload(
     catalog: Catalog, device_id: str, transaction_id: str, *, reason: str = "aborted by the device",
     settings: FerrySettings | None = None,
 ) -> TransactionInfo:
-    """Abort the device's open transaction, then clean up: its staging objects deleted,
-    objects a complete put at new paths deleted (unless the catalog records that version
-    as stored), multipart uploads aborted. The abort commits first, under the
-    transaction's lock, after re-checking that it is not completed (TransactionStateError),
-    so nothing of a completed upload is ever deleted. An aborted one stays aborted, and
-    aborting it again deletes what its URLs put since. A failed cleanup raises AbortFailed."""
+    """Abort the device's open transaction, then clean up, so that no URL it handed out
+    can write any more and nothing unverified is left: a 0-byte marker at the staging key
+    of every single-PUT file (replacing what its URL put, and refusing the URL from then
+    on), objects a complete put at new paths deleted (unless the catalog records that
+    version as stored), multipart uploads aborted (their part URLs die with them); the
+    three run side by side. The abort commits first, under the transaction's lock, after
+    re-checking that it is not completed (TransactionStateError), so nothing of a completed
+    upload is ever deleted. An aborted one stays aborted (aborting it again changes
+    nothing). A failed cleanup raises AbortFailed; reconcile replaces with a marker what a
+    URL left unfenced put meanwhile."""
     settings = settings or load_settings()
     transaction_id = _check_owner(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
-    failures = _clean_staging(aborted.transaction, settings)
-    failures += _delete_unverified(aborted.objects, settings)
-    failures += _abort_uploads(aborted.uploads, settings)
+    with ThreadPoolExecutor(3, thread_name_prefix="ferry-abort") as pool:
+        cleanups = [pool.submit(_fence_staging, aborted.transaction, aborted.single_puts, settings),
+                    pool.submit(_delete_unverified, aborted.objects, settings),
+                    pool.submit(_abort_uploads, aborted.uploads, settings)]
+        failures = [failure for cleanup in cleanups for failure in cleanup.result()]
     if failures:
         log.warning("abort of %s left %d thing(s) behind, e.g. %s", transaction_id, len(failures), failures[0])
         records.record_abort_incomplete(catalog, transaction_id, failures[0])
@@ -864,12 +901,7 @@ def _abort_uploads(uploads: tuple[records.InFlightUpload, ...], settings: FerryS
             return f"abort {upload.store_uri}/{upload.key} (upload {upload.upload_id}): {one_line(exc)}"
         return None
 
-    if len(uploads) <= 1:
-        outcomes = [abort(u) for u in uploads]
-    else:
-        with ThreadPoolExecutor(min(LOOKUP_WORKERS, len(uploads)), thread_name_prefix="ferry-abort") as pool:
-            outcomes = list(pool.map(abort, uploads))
-    return [o for o in outcomes if o is not None]
+    return [o for o in _pooled(abort, list(uploads), name="ferry-abort") if o is not None]
 
 
 __all__ = [

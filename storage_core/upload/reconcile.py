@@ -1,6 +1,6 @@
 """Find and clean up what no open transaction can use any more (orphans): multipart
-uploads none records, and objects device URLs put in the staging folder of a transaction
-that has closed (storage_core.upload.staging)."""
+uploads none records, and the staging objects of device uploads that have closed, once
+their URLs have expired (storage_core.upload.staging)."""
 
 from __future__ import annotations
 
@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from storage_core.catalog.db import Catalog
-from storage_core.catalog.models import OPEN_TRANSACTION_STATES
+from storage_core.catalog.models import OPEN_TRANSACTION_STATES, TransactionStatus
 from storage_core.catalog.transactions import (
     destinations_of,
     recorded_upload_ids,
     store_uris_in_flight,
-    transaction_statuses,
+    transaction_ends,
 )
 from storage_core.config import FerrySettings
 from storage_core.errors import BucketNotFound, FerryError, one_line
 from storage_core.keys import parse_uri
 from storage_core.stores.registry import open_store
 from storage_core.upload.device import ORIGINATION as DEVICE_ORIGINATION
-from storage_core.upload.staging import staging_prefix, transaction_of
+from storage_core.upload.staging import delete_keys, fence, staging_prefix, transaction_of
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,15 @@ log = logging.getLogger(__name__)
 # upload the catalog never learned of (its process died right after creating it) becomes
 # an orphan `older_than` after it was created; the margin covers missed reconcile runs.
 ORPHAN_SEARCH_MARGIN = timedelta(days=7)
+# How long after a device upload's URLs expired its staging objects still stay: clocks
+# (the gateway's signs, the store's checks) differ, and a status answer may be signed
+# just as its transaction closes.
+URL_EXPIRY_MARGIN = timedelta(minutes=1)
 
 
 @dataclass(frozen=True)
 class OrphanReport:
-    aborted: list[str]  # "store/key (upload id)", and "store/key (staged)" for staged objects deleted
+    aborted: list[str]  # "store/key (upload id)"; "store/key (staged)" deleted, "(fenced)" replaced by a marker
     failed: list[str]
     gone: list[str] = field(default_factory=list)  # "store: reason": its bucket no longer exists
 
@@ -80,37 +84,49 @@ def abort_orphaned_uploads(catalog: Catalog, settings: FerrySettings, *, older_t
     return OrphanReport(aborted=aborted + staged.aborted, failed=failed + staged.failed, gone=gone)
 
 
-def delete_stale_staging(catalog: Catalog, settings: FerrySettings, *, older_than: timedelta) -> OrphanReport:
-    """Delete staged objects older than `older_than` whose transaction is not open (or
-    unknown): bytes a device URL put after its upload completed or was aborted, or a
-    cleanup that failed. Searched under the destinations of device uploads open or changed
-    within `older_than` plus the margin."""
-    since = datetime.now(timezone.utc) - older_than - ORPHAN_SEARCH_MARGIN
-    cutoff = datetime.now(timezone.utc) - older_than
-    deleted, failed = [], []
+def delete_stale_staging(catalog: Catalog, settings: FerrySettings, *, older_than: timedelta,
+                         margin: timedelta = URL_EXPIRY_MARGIN) -> OrphanReport:
+    """Clean up the staging objects (storage_core.upload.staging) of transactions that are
+    not open: once every URL of the transaction has expired (`settings.url_expiry` plus
+    `margin` after it finished; for an unknown transaction, after the object was written)
+    they are deleted, 1,000 a request; until then they stay, refusing their URLs, except
+    bytes found under an aborted transaction (where its abort failed to put the marker),
+    which a 0-byte marker replaces. Searched under the destinations of device uploads open
+    or changed within `older_than` plus the search margin."""
+    now = datetime.now(timezone.utc)
+    since = now - older_than - ORPHAN_SEARCH_MARGIN
+    lifetime = timedelta(seconds=settings.url_expiry) + margin
+    done, failed = [], []
     for uri in sorted(destinations_of(catalog, origination=DEVICE_ORIGINATION, since=since)):
         destination = parse_uri(uri)
         try:
             store, _ = open_store(destination.store_uri, settings)
-            found = [m for m in store.list(staging_prefix(destination.prefix))
-                     if m.last_modified is None or m.last_modified < cutoff]
+            found = list(store.list(staging_prefix(destination.prefix)))
         except BucketNotFound:
             continue  # reported as gone by the orphan search
         except FerryError as exc:
             failed.append(f"{uri}: {one_line(exc)}")
             continue
         owners = {m.key: transaction_of(m.key, destination.prefix) for m in found}
-        statuses = transaction_statuses(catalog, {t for t in owners.values() if t})
+        ends = transaction_ends(catalog, {t for t in owners.values() if t})
+        expired, unfenced = [], []
         for meta in found:
-            if statuses.get(owners[meta.key]) in OPEN_TRANSACTION_STATES:
+            end = ends.get(owners[meta.key])
+            if end is not None and end.status in OPEN_TRANSACTION_STATES:
                 continue
-            label = f"{destination.store_uri}/{meta.key} (staged)"
-            try:
-                store.delete(meta.key)
-                deleted.append(label)
-            except FerryError as exc:
-                failed.append(f"{label}: {one_line(exc)}")
-    return OrphanReport(aborted=deleted, failed=failed)
+            finished = end.finished_at if end is not None and end.finished_at else meta.last_modified
+            if finished is None or finished + lifetime <= now:
+                expired.append(meta.key)
+            elif end is not None and end.status == TransactionStatus.ABORTED.value and meta.size > 0:
+                unfenced.append(meta.key)
+        deleted, refused = delete_keys(store, expired)
+        done += [f"{destination.store_uri}/{key} (staged)" for key in deleted]
+        failed += [f"{destination.store_uri}/{line}" for line in refused]
+        not_fenced = fence(store, unfenced, max_in_flight=settings.max_in_flight)
+        failed += [f"{destination.store_uri}: {line}" for line in not_fenced]
+        if not not_fenced:
+            done += [f"{destination.store_uri}/{key} (fenced)" for key in unfenced]
+    return OrphanReport(aborted=done, failed=failed)
 
 
-__all__ = ["ORPHAN_SEARCH_MARGIN", "OrphanReport", "abort_orphaned_uploads", "delete_stale_staging", "stores_to_search"]
+__all__ = ["ORPHAN_SEARCH_MARGIN", "URL_EXPIRY_MARGIN", "OrphanReport", "abort_orphaned_uploads", "delete_stale_staging", "stores_to_search"]

@@ -50,12 +50,13 @@ class Gateway:
 
 @pytest.fixture
 def gateway_factory(bucket, sqlite_url):
-    def make(*, catalog_url: str = sqlite_url, expires_in: int = 900, **options):
+    def make(*, catalog_url: str = sqlite_url, expires_in: int | None = None, **options):
         catalog = Catalog(catalog_url)
         emitter = options.pop("emitter", None) or RecordingEmitter()
+        settings = load_settings()  # FERRY_URL_EXPIRY (default 900 s) is also its URLs' lifetime
         app = create_app(
-            catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS, expires_in=expires_in,
-            emitter=emitter, settings=load_settings(), **options,
+            catalog, destination=parse_uri(f"s3://{bucket.bucket}/lake"), limits=LIMITS,
+            expires_in=expires_in or settings.url_expiry, emitter=emitter, settings=settings, **options,
         )
         return catalog, emitter, app
 
@@ -63,8 +64,14 @@ def gateway_factory(bucket, sqlite_url):
 
 
 @pytest.fixture
-def gateway(gateway_factory, bucket):
-    catalog, emitter, app = gateway_factory()
+def gateway_catalog_url(sqlite_url) -> str:
+    """The `gateway` fixture's catalog; a module overrides it to run on both (`catalog_url`)."""
+    return sqlite_url
+
+
+@pytest.fixture
+def gateway(gateway_factory, bucket, gateway_catalog_url):
+    catalog, emitter, app = gateway_factory(catalog_url=gateway_catalog_url)
     token = add_device_token(catalog, "cam-1", label="test").token
     other = add_device_token(catalog, "cam-2").token
     with running_gateway(app) as url:

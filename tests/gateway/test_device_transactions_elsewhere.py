@@ -31,7 +31,8 @@ def test_a_device_upload_cannot_be_resumed_by_the_server_and_aborts_cleanly(buck
     assert [t.id for t in stale_transactions(catalog, older_than=timedelta(seconds=-1))] == [txn.id]
     [aborted] = abort_transactions(catalog, [txn.id], reason="stale device upload")
     assert aborted.status == "aborted"
-    assert list(bucket.list()) == [] and bucket.list_multipart_uploads() == []
+    assert [(o.key, o.size) for o in bucket.list()] == [(f".ferry-staging/{txn.id}/{item.id}", 0)]  # its URL fenced
+    assert bucket.list_multipart_uploads() == []
 
 
 def test_status_of_a_multipart_upload_the_store_no_longer_knows_is_not_uploaded(bucket, sqlite_url):

@@ -1,7 +1,7 @@
 """The device gateway over real parts: SeaweedFS (with access keys, so signatures and
 expiry are enforced), SQLite/PostgreSQL, uvicorn on loopback. Every refusal must leave
-storage empty (no objects, no multipart uploads) and the catalog without stored objects
-or events."""
+storage empty (no objects but the 0-byte markers that fence an aborted upload's URLs, no
+multipart uploads) and the catalog without stored objects or events."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def upload_all(state: dict, blobs: dict[str, bytes]) -> None:
 
 
 def assert_nothing_stored(gw) -> None:
-    assert list(gw.store.list()) == []
+    """No object but 0-byte markers at staging keys (an abort's fence), no multipart
+    upload, no stored object or event in the catalog."""
+    assert [(o.key, o.size) for o in gw.store.list() if not (o.key.startswith("lake/.ferry-staging/") and o.size == 0)] == []
     assert gw.store.list_multipart_uploads() == []
     assert list_objects(gw.catalog) == []
     assert pending_upload_events(gw.catalog) == [] and gw.emitter.events == []

@@ -1,14 +1,21 @@
 """The bulk paths of S3Store against SeaweedFS (access keys on): URLs signed by
 storage_core.stores.presign are accepted with the declared bytes and refused with others;
-`delete_many` removes keys a thousand a request; `find_objects` sees what a LIST sees."""
+`delete_many` removes keys a thousand a request; `find_objects` sees what a LIST sees;
+`put_empty_many` (bulk-signed, lean connections) writes empty objects and names refusals;
+`copy` takes exactly the version it is given."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import boto3
 import httpx
+import pytest
+from botocore.config import Config
 
 from storage_core.checksums import crc32c, to_header
+from storage_core.errors import PreconditionFailed, StorageError
+from storage_core.stores.s3 import S3Store
 from storage_core.stores.lookup import find_objects
 
 
@@ -38,3 +45,33 @@ def test_delete_many_and_find_objects(bucket):
     assert sorted(found) == keys[:10] and found[keys[0]].size == 1
     bucket.delete_many([*keys, "run/seg/absent"])  # a missing key is no error
     assert [o.key for o in bucket.list("run/")] == ["run/keep"]
+
+
+def test_put_empty_many_writes_empty_objects_over_whatever_is_there(bucket):
+    bucket.put("m/01", b"staged bytes", size=12)
+    keys = [f"m/{n:02d}" for n in range(1, 41)]
+    bucket.put_empty_many(keys, max_in_flight=8)
+    assert {o.key: o.size for o in bucket.list("m/")} == {k: 0 for k in keys}
+
+
+def test_put_empty_many_names_what_the_store_refused(bucket):
+    wrong = boto3.client("s3", endpoint_url=bucket.client.meta.endpoint_url, region_name="us-east-1",
+                         aws_access_key_id="no-such-key", aws_secret_access_key="wrong",
+                         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))  # bulk-signed, as Ferry's
+    with pytest.raises(StorageError, match=r"3 of 3 empty object\(s\) not written, e\.g\. m/\d: 403 InvalidAccessKeyId"):
+        S3Store(bucket.bucket, client=wrong).put_empty_many(["m/1", "m/2", "m/3"], max_in_flight=2)
+    assert list(bucket.list("m/")) == []
+
+
+def test_copy_takes_exactly_the_version_given_and_answers_its_meta_without_a_head(bucket):
+    first = bucket.put("c/src", b"first bytes", size=11, crc32c=crc32c(b"first bytes"))
+    stale = bucket.head("c/src")
+    copied = bucket.copy(stale, "c/dst", if_none_match=True)
+    there = bucket.head("c/dst")
+    assert (copied.size, copied.etag, copied.crc32c) == (there.size, there.etag, there.crc32c) == (11, first.etag, crc32c(b"first bytes"))
+    bucket.put("c/src", b"other bytes", size=11)
+    with pytest.raises(PreconditionFailed):  # the source changed since `stale` was read
+        bucket.copy(stale, "c/other", if_none_match=True)
+    with pytest.raises(PreconditionFailed):  # the destination exists
+        bucket.copy(bucket.head("c/src"), "c/dst", if_none_match=True)
+    assert sorted(o.key for o in bucket.list("c/")) == ["c/dst", "c/src"] and bucket.get_range("c/dst", 0, 11) == b"first bytes"
