@@ -17,6 +17,10 @@ from tests.support.prefect_server import prefect_client_env, prefect_server  # n
 
 ACCESS_KEY = "ferry-test-key"
 SECRET_KEY = "ferry-test-secret"
+# a flow command would leave a warm ferry process (ferry.cli.warm) in each test's PREFECT_HOME;
+# the tests of that process turn it on for themselves
+os.environ["FERRY_WARM"] = "0"
+
 PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 

@@ -1,28 +1,34 @@
 """`ferry`: the command line. Output is for people by default; `--json` prints one JSON
 document for scripts. Every failure is one line on stderr and a non-zero exit.
 
-Each command group lives in its own module and registers itself on `common.app`."""
+Each command group lives in its own module and registers itself on `common.app`; they are
+loaded by `main()`, after a flow command has been offered to the warm process
+(ferry.cli.warm), so a delegated command costs this process no more than a socket."""
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
-import typer
 
-from ferry.cli import (  # noqa: F401 - each module registers its commands on `app`
-    archive_cmds,
-    bench_cmds,
-    catalog_cmds,
-    gateway_cmds,
-    ingest_cmds,
-    products_cmds,
-    serve_cmds,
-    server_cmds,
-    stream_cmds,
-    summarize_cmds,
-)
-from ferry.cli.common import app, err, set_process_defaults
+def load_commands() -> Any:
+    """Import every command module (each registers its commands); returns the Typer app."""
+    from ferry.cli import (  # noqa: F401 - each module registers its commands on `app`
+        archive_cmds,
+        bench_cmds,
+        catalog_cmds,
+        gateway_cmds,
+        ingest_cmds,
+        products_cmds,
+        serve_cmds,
+        server_cmds,
+        stream_cmds,
+        summarize_cmds,
+    )
+    from ferry.cli.common import app
+
+    return app
 
 
 def main() -> None:
@@ -30,9 +36,20 @@ def main() -> None:
 
     Typer (0.29) carries its own copy of click: its usage errors are TyperExceptions, and
     `typer.Exit(code)` comes back as the return value of a non-standalone call."""
-    from storage_core.errors import FerryError, one_line
+    from ferry.cli import warm
+    from ferry.cli.home import prefect_home, set_process_defaults
 
     set_process_defaults()
+    code = warm.delegate(sys.argv[1:], prefect_home())
+    if code is not None:
+        sys.exit(code)
+
+    import typer
+
+    from ferry.cli.common import err
+    from storage_core.errors import FerryError, one_line
+
+    app = load_commands()
     try:
         code = app(standalone_mode=False)
     except FerryError as exc:
@@ -53,4 +70,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-__all__ = ["app", "main"]
+__all__ = ["load_commands", "main"]

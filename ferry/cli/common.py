@@ -20,6 +20,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ferry.cli.home import prefect_home, set_process_defaults  # noqa: F401 - the commands' names for them
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Move recorded data reliably and fast, and know what is where.")
 transactions_app = typer.Typer(no_args_is_help=True, help="Inspect, abort and resume upload transactions.")
 bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side benchmarks against the tools a user would pick instead.")
@@ -34,35 +36,23 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document i
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's own logs.")]
 
 
-def set_process_defaults() -> None:
-    """Defaults for the CLI's own process (called by `main()`, never on import): nothing
-    phones home, and Prefect's files stay under .ferry/ unless the user says otherwise."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    if "PREFECT_HOME" not in os.environ:
-        prefect_home = Path.cwd() / ".ferry" / "prefect"
-        prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level
-        os.environ["PREFECT_HOME"] = str(prefect_home)
-
-
-def prefect_home() -> Path:
-    """PREFECT_HOME (set_process_defaults makes it ./.ferry/prefect unless the user set it)."""
-    return Path(os.environ.get("PREFECT_HOME") or Path.cwd() / ".ferry" / "prefect")
-
-
 def use_prefect_api() -> str:
     """The Prefect API the flows of this command report to: PREFECT_API_URL when set, else
     the warm local server of PREFECT_HOME, started in the background on first use (one
-    progress line on stderr) and left running for later commands. Call it before Prefect
-    is imported: Prefect reads PREFECT_API_URL from the environment once, on import."""
-    url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return url
-    from deployments.local_server import ensure_local_server
+    progress line on stderr) and left running for later commands. Either way the warm
+    `ferry` process of PREFECT_HOME (ferry.cli.warm) is started for the next flow command.
+    Call it before Prefect is imported: Prefect reads PREFECT_API_URL from the environment
+    once, on import."""
+    from ferry.cli import warm
 
-    server = ensure_local_server(prefect_home(), on_start=lambda line: err.print(line, highlight=False, soft_wrap=True))
-    os.environ["PREFECT_API_URL"] = server.api_url  # this CLI process only (set_process_defaults' kind)
-    return server.api_url
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        from deployments.local_server import ensure_local_server
+
+        server = ensure_local_server(prefect_home(), on_start=lambda line: err.print(line, highlight=False, soft_wrap=True))
+        url = os.environ["PREFECT_API_URL"] = server.api_url  # this CLI process only (set_process_defaults' kind)
+    warm.ensure_started(prefect_home())
+    return url
 
 
 def plain(value: Any) -> Any:

@@ -1,5 +1,6 @@
 """`ferry server start|status|stop`: the local Prefect server that flow commands start in
-the background and reuse when PREFECT_API_URL is not set (deployments/local_server.py)."""
+the background and reuse when PREFECT_API_URL is not set (deployments/local_server.py),
+and the warm `ferry` process beside it (ferry.cli.warm)."""
 
 from __future__ import annotations
 
@@ -22,12 +23,27 @@ def _describe(check: Any) -> dict[str, Any]:
         "started_at": server.started_at if server else None,
         "reason": None if check.running else check.health,
         "prefect_api_url_env": os.environ.get("PREFECT_API_URL") or None,
+        "warm": _warm(),
     }
 
 
+def _warm() -> dict[str, Any] | None:
+    """The warm ferry process of PREFECT_HOME (pid, since, log), None when none runs."""
+    from ferry.cli import warm
+
+    state = warm.read_state(prefect_home())
+    if state is None or not warm.is_alive(int(state.get("pid", 0))):
+        return None
+    return {"pid": state["pid"], "started_at": state.get("started_at"), "log": str(prefect_home() / warm.LOG_NAME)}
+
+
 def _print_running(server: Any) -> None:
+    warm = _warm()
+    warm_line = (f"\n  warm ferry process: pid {warm['pid']}, since {warm['started_at']} (log {warm['log']})" if warm
+                 else "\n  warm ferry process: none yet (the next flow command starts it)")
     out.print(f"local Prefect server running (pid {server.pid}, since {server.started_at})\n"
-              f"  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}", highlight=False, soft_wrap=True)
+              f"  API: {server.api_url}\n  UI:  {server.ui_url}\n  log: {server.log_path}{warm_line}",
+              highlight=False, soft_wrap=True)
 
 
 def _note_env() -> None:
@@ -38,10 +54,18 @@ def _note_env() -> None:
 
 @server_app.command("start")
 def server_start(as_json: JsonOpt = False) -> None:
-    """Start the local Prefect server (or find it running) and leave it running."""
-    from deployments.local_server import check_local_server, ensure_local_server
+    """Start the local Prefect server (or find it running) and the warm ferry process, and
+    leave them running."""
+    from deployments.local_server import check_local_server
 
-    server = ensure_local_server(prefect_home(), on_start=lambda line: err.print(line, highlight=False, soft_wrap=True))
+    from ferry.cli.common import use_prefect_api
+
+    explicit = os.environ.pop("PREFECT_API_URL", None)  # this command is about the local server
+    use_prefect_api()
+    server = check_local_server(prefect_home()).server
+    os.environ.pop("PREFECT_API_URL", None)
+    if explicit:
+        os.environ["PREFECT_API_URL"] = explicit
     if as_json:
         emit_json(_describe(check_local_server(prefect_home())))
         return
@@ -75,9 +99,13 @@ def server_status(as_json: JsonOpt = False) -> None:
 
 @server_app.command("stop")
 def server_stop(as_json: JsonOpt = False) -> None:
-    """Stop the local server and forget it (its database and log stay under PREFECT_HOME)."""
+    """Stop the warm ferry process and the local server and forget them (the server's
+    database and the logs stay under PREFECT_HOME)."""
     from deployments.local_server import stop_local_server
 
+    from ferry.cli import warm
+
+    warm.stop(prefect_home())
     found = stop_local_server(prefect_home())
     if as_json:
         emit_json({**_describe(found), "stopped": found.alive})

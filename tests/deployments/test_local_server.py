@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from deployments.local_server import DEFAULT_PORT, STATE_FILE, is_server_process, read_state, stop_local_server
 from deployments.server import api_health
+from ferry.cli import warm
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """A user's environment without PREFECT_API_URL, PREFECT_HOME in tmp; the default port
     held by this test, so the server must find another (and no test takes 4200). Whatever
-    server the test started is stopped afterwards."""
+    server and warm ferry process the test started are stopped afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FERRY_", "PREFECT_"))}
     home = tmp_path / "prefect"
     env.update(PYTHONPATH=str(ROOT), PREFECT_HOME=str(home), FERRY_HOME=str(tmp_path / "ferry"),
@@ -39,7 +41,24 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
         yield env
     finally:
         holder.close()
+        warm.stop(home)
         stop_local_server(home)
+
+
+def warm_process(home: Path, *, timeout: float = 180) -> int:
+    """The pid of the warm ferry process of `home` once it listens (it imports Prefect first)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = warm.read_state(home)
+        if state and state["listening"] and warm.is_alive(state["pid"]) and (home / warm.SOCKET_NAME).exists():
+            return state["pid"]
+        time.sleep(0.2)
+    raise AssertionError(f"no warm ferry process listens in {home}: {(home / warm.LOG_NAME).read_text()}")
+
+
+def commands_run_warm(home: Path) -> list[str]:
+    """The commands the warm process of `home` ran (its log's lines)."""
+    return [line.split(": ", 1)[1] for line in (home / warm.LOG_NAME).read_text().splitlines() if ": ferry " in line]
 
 
 def ferry(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -86,9 +105,12 @@ def test_start_status_stale_state_and_stop(cli_env: dict[str, str], tmp_path: Pa
 
     server = read_state(home)
     assert server is not None and is_server_process(server.pid, server.port)
+    warm_pid = warm_process(home)  # started beside the server
+    assert ferry_json(["server", "status"], cli_env, tmp_path)["warm"]["pid"] == warm_pid
     stopped = ferry_json(["server", "stop"], cli_env, tmp_path)
     assert stopped["stopped"] and stopped["pid"] == server.pid
     assert not is_server_process(server.pid, server.port)
+    assert not warm.is_alive(warm_pid) and not (home / warm.SOCKET_NAME).exists()
     assert api_health(server.api_url, timeout=1.0) is not None
     assert not (home / STATE_FILE).exists()
     assert ferry_json(["server", "status"], cli_env, tmp_path)["state"] == "none"
@@ -107,12 +129,21 @@ def test_ingest_starts_the_server_and_the_next_ingest_reuses_it(cli_env: dict[st
     server = read_state(Path(cli_env["PREFECT_HOME"]))
     assert server is not None and is_server_process(server.pid, server.port)
 
+    # the next one runs in the warm ferry process the first one left: same output, same exit
+    home = Path(cli_env["PREFECT_HOME"])
+    warm_process(home)
     (landing / "b.txt").write_bytes(b"again\n")
     second = ferry(["ingest", str(tmp_path / "landing"), "--json"], cli_env, tmp_path)
     assert second.returncode == 0, second.stderr
     assert "starting" not in second.stderr
     assert json.loads(second.stdout)["files_stored"] == 1
-    assert read_state(Path(cli_env["PREFECT_HOME"])) == server  # same pid, same port
+    assert read_state(home) == server  # same pid, same port
+    assert commands_run_warm(home) == [f"ferry ingest {tmp_path / 'landing'} --json"]
+
+    # a failure there is the same one line and exit code, on this command's stderr
+    missing = ferry(["ingest", str(tmp_path / "no-such-landing")], cli_env, tmp_path)
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ") and len(missing.stderr.splitlines()) == 1
+    assert len(commands_run_warm(home)) == 2
 
     # both runs were recorded by that server: the UI shows them
     request = urllib.request.Request(f"{server.api_url}/flow_runs/filter", data=b"{}", method="POST",

@@ -1,0 +1,367 @@
+"""The warm `ferry`: flow commands run in a process that has already imported Prefect and the
+flows, instead of paying ~4 s of imports each time.
+
+    PREFECT_HOME/ferry-warm.sock    the warm process's socket (mode 0600)
+    PREFECT_HOME/ferry-warm.json    {"pid", "code", "prefect", "listening", "started_at"}: who
+                                    listens there (or is starting to)
+    PREFECT_HOME/ferry-warm.lock    held while one is checked or started
+    PREFECT_HOME/ferry-warm.log     its log: one line per command it ran
+
+The first flow command of a PREFECT_HOME (unless FERRY_WARM=0) starts the warm process in
+the background and runs itself as before; later flow commands (`ingest`, `summarize`,
+`derive`, `reconcile`, `demo`, `transactions resume`) connect to it. It forks one child
+per command, a fork server: the child takes the caller's stdin, stdout and stderr (passed
+over the socket), working folder, umask, environment and arguments, runs the command
+exactly as `ferry` would, and sends back its exit code. Ctrl-C (SIGINT, SIGTERM) is passed
+on to the child; a caller that dies takes its child down with it.
+
+The caller runs the command itself instead when the warm process is absent, busy starting,
+runs other code (a fingerprint of every source file's size and mtime), has other Prefect
+settings (Prefect reads them once, on import), or its local server is gone. The warm
+process exits after FERRY_WARM_IDLE seconds without a command (default 1800) and with
+`ferry server stop`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SOCKET_NAME = "ferry-warm.sock"
+STATE_NAME = "ferry-warm.json"
+LOCK_NAME = "ferry-warm.lock"
+LOG_NAME = "ferry-warm.log"
+FLOW_COMMANDS = {("ingest",), ("summarize",), ("derive",), ("reconcile",), ("demo",), ("transactions", "resume")}
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("ferry", "storage_core", "flows", "tasks", "deployments")
+CONNECT_TIMEOUT = 2.0
+DEFAULT_IDLE = 1800.0
+_in_child = False  # set in a forked child: it runs its command itself
+
+
+def _command(argv: list[str]) -> tuple[str, ...]:
+    words = [a for a in argv if not a.startswith("-")]
+    return tuple(words[:2]) if words[:1] == ["transactions"] else tuple(words[:1])
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether `ferry ARGV` is a flow command the warm process may run."""
+    return (os.environ.get("FERRY_WARM", "1") != "0" and _command(argv) in FLOW_COMMANDS
+            and not {"--help", "-h"} & set(argv))
+
+
+def code_fingerprint(root: Path = ROOT) -> str:
+    """What code a process runs: every source file's path, size and mtime (~300 stats)."""
+    digest = hashlib.sha256()
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def prefect_settings(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
+
+
+def _paths(home: Path) -> tuple[Path, Path, Path]:
+    return home / SOCKET_NAME, home / STATE_NAME, home / LOG_NAME
+
+
+def read_state(home: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(_paths(home)[1].read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# --- the caller's side ------------------------------------------------------------------------
+
+
+def _local_server_url(home: Path) -> str | None:
+    """The API of the local server of `home` if its process is alive (no request made)."""
+    from deployments.local_server import is_server_process
+    from deployments.local_server import read_state as server_state
+
+    server = server_state(home)
+    return server.api_url if server is not None and is_server_process(server.pid, server.port) else None
+
+
+def delegate(argv: list[str], home: Path) -> int | None:
+    """Run `ferry ARGV` in the warm process of `home`: its exit code, or None when this
+    process should run it itself (see the module docstring)."""
+    state = None if _in_child else read_state(home)
+    if not wanted(argv) or state is None or not is_alive(int(state.get("pid", 0))):
+        return None
+    env = dict(os.environ)
+    if "PREFECT_API_URL" not in env:  # the local server's, as use_prefect_api would find it
+        url = _local_server_url(home)
+        if url is None:
+            return None
+        env["PREFECT_API_URL"] = url
+    if state.get("prefect") != prefect_settings(env) or state.get("code") != code_fingerprint():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONNECT_TIMEOUT)
+        sock.connect(str(_paths(home)[0]))
+        umask = os.umask(0)
+        os.umask(umask)
+        request = {"argv": argv, "cwd": os.getcwd(), "env": env, "umask": umask}
+        socket.send_fds(sock, [b"F"], [0, 1, 2])
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        replies = sock.makefile("rb")
+        first = json.loads(replies.readline() or b"{}")
+    except (OSError, ValueError):
+        sock.close()
+        return None
+    if "pid" not in first:
+        sock.close()
+        return None  # refused (other code or settings): run here
+    sock.settimeout(None)
+    child = int(first["pid"])
+
+    def forward(signum: int, _frame: Any) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, forward)
+    try:
+        last = json.loads(replies.readline() or b"{}")
+    except (OSError, ValueError):
+        last = {}
+    finally:
+        sock.close()
+    if "exit" not in last:
+        sys.stderr.write(f"error: the warm ferry process's command (pid {child}) ended without an exit code; "
+                         f"see {_paths(home)[2]}\n")
+        return 1
+    return int(last["exit"])
+
+
+# --- starting and stopping --------------------------------------------------------------------
+
+
+def ensure_started(home: Path) -> None:
+    """Start the warm process of `home` in the background unless one (listening or still
+    importing) runs this code with these Prefect settings; an outdated one is stopped first.
+    Never waits for it; two commands at once start one."""
+    if os.environ.get("FERRY_WARM", "1") == "0":
+        return
+    import fcntl
+
+    code, settings = code_fingerprint(), prefect_settings(dict(os.environ))
+    with (home / LOCK_NAME).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = read_state(home)
+        if state is not None and is_alive(int(state.get("pid", 0))):
+            if (state.get("code"), state.get("prefect")) == (code, settings):
+                return
+            stop(home)
+        with _paths(home)[2].open("ab") as log:
+            child = subprocess.Popen(  # noqa: S603 - our own module, by the interpreter running us
+                [sys.executable, "-m", "ferry.cli.warm", str(home)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, cwd=str(home), env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)},
+            )
+        _write_state(home, {"pid": child.pid, "code": code, "prefect": settings, "listening": False})
+
+
+def _write_state(home: Path, state: dict[str, Any]) -> None:
+    path = _paths(home)[1]
+    tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}")
+    tmp.write_text(json.dumps({**state, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    os.replace(tmp, path)
+
+
+def stop(home: Path, *, timeout: float = 10.0) -> bool:
+    """Stop the warm process of `home` (commands it is running finish on their own);
+    True if one was running."""
+    state = read_state(home)
+    pid = int(state.get("pid", 0)) if state else 0
+    running = pid > 0 and is_alive(pid)
+    if running:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while is_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    for path in _paths(home)[:2]:
+        path.unlink(missing_ok=True)
+    return running
+
+
+# --- the warm process -------------------------------------------------------------------------
+
+
+def _log(message: str) -> None:
+    sys.stderr.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {message}\n")
+    sys.stderr.flush()
+
+
+def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    """In the forked child: become the caller's command, then exit with its code."""
+    global _in_child
+    _in_child = True
+    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for target, fd in enumerate(fds):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115 - the caller's streams, for this process's life
+    sys.stdout = open(1, "w", buffering=1 if os.isatty(1) else -1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    os.chdir(request["cwd"])
+    os.umask(request["umask"])
+    os.environ.clear()
+    os.environ.update(request["env"])
+    conn.sendall(json.dumps({"pid": os.getpid()}).encode() + b"\n")
+
+    def caller_gone() -> None:  # the caller closes the socket only once it has our exit code
+        try:
+            while conn.recv(1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGINT)  # ignored once the command has ended
+
+    threading.Thread(target=caller_gone, daemon=True).start()
+    sys.argv = ["ferry", *request["argv"]]
+    code = 1
+    try:
+        from ferry.cli import main
+
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException as exc:  # noqa: BLE001 - reported as the CLI would, never a traceback
+        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc}\n")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller may leave once it has the code
+        _drain_prefect()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except OSError:
+                pass
+        try:
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        except OSError:
+            pass
+        os._exit(code)  # not the interpreter's exit: its at-exit drains wait without a bound
+
+
+def _drain_prefect(timeout: float = 10.0) -> None:
+    """Send the run's last logs and events to the Prefect API (what Prefect does at exit), for
+    at most `timeout` seconds each."""
+    try:
+        from prefect.events.worker import EventsWorker
+        from prefect.logging.handlers import APILogWorker
+
+        for service in (APILogWorker, EventsWorker):
+            service.drain_all(timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - the command's outcome is already decided
+        sys.stderr.write(f"warning: Prefect's last logs may be missing: {exc}\n")
+
+
+def serve(home: Path, *, idle: float | None = None) -> None:
+    """Import everything a flow command needs, then fork one child per command until idle."""
+    from ferry.cli import load_commands
+
+    load_commands()
+    import flows.derive  # noqa: F401 - what the flow commands import on first use
+    import flows.ingest  # noqa: F401
+    import flows.summarize  # noqa: F401
+    import prefect  # noqa: F401
+
+    if threading.active_count() != 1:  # a fork copies no thread but ours: none may be running
+        _log(f"not serving: {threading.active_count()} threads after the imports")
+        return
+    idle = float(os.environ.get("FERRY_WARM_IDLE", DEFAULT_IDLE)) if idle is None else idle
+    sock_path, state_path, _ = _paths(home)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
+
+    def forget() -> None:
+        if (read_state(home) or {}).get("pid") == os.getpid():
+            for path in (sock_path, state_path):
+                path.unlink(missing_ok=True)
+
+    def stop_now(*_: Any) -> None:  # nothing to finish: skip the slow exit of a big interpreter
+        forget()
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop_now)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    staging = sock_path.with_name(f".{SOCKET_NAME}.{os.getpid()}")
+    staging.unlink(missing_ok=True)
+    old = os.umask(0o077)
+    try:
+        listener.bind(str(staging))
+    finally:
+        os.umask(old)
+    listener.listen(64)
+    os.replace(staging, sock_path)
+    fingerprint, settings = code_fingerprint(), prefect_settings(dict(os.environ))
+    _write_state(home, {"pid": os.getpid(), "code": fingerprint, "prefect": settings, "listening": True})
+    _log(f"serving pid {os.getpid()} for {settings.get('PREFECT_API_URL')}")
+    listener.settimeout(idle)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            _log(f"idle for {idle:.0f} s: exiting")
+            stop_now()
+        _handle(conn, fingerprint, settings, listener)
+
+
+def _handle(conn: socket.socket, fingerprint: str, settings: dict[str, str], listener: socket.socket) -> None:
+    fds: list[int] = []
+    try:
+        conn.settimeout(CONNECT_TIMEOUT)
+        _, fds, _, _ = socket.recv_fds(conn, 1, 3)
+        request = json.loads(conn.makefile("rb").readline())
+        if len(fds) != 3 or prefect_settings(request["env"]) != settings:
+            conn.sendall(b'{"refused": "other Prefect settings"}\n')
+            return
+        pid = os.fork()
+        if pid == 0:
+            listener.close()
+            conn.settimeout(None)
+            _run_child(conn, fds, request)
+        _log(f"pid {pid}: ferry {' '.join(request['argv'])}")
+    except (OSError, ValueError, KeyError) as exc:
+        _log(f"a request failed: {exc}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+        conn.close()
+
+
+if __name__ == "__main__":  # as ferry.cli.warm, not __main__: the children's `main()` imports that module
+    from ferry.cli import warm
+
+    warm.serve(Path(sys.argv[1]))
