@@ -13,6 +13,9 @@ What differs is each writer's own doing: Ferry packs records into a reused chunk
 takes its CRCs from zlib-ng (the mcap library from zlib) and, in group mode, fsyncs on a
 thread of its own with each chunk's write-back started as it is written.
 Throughput counts payload bytes; overhead per record is (file bytes - payload bytes) / records.
+`cpu s` is the side's CPU time (user + system, every thread) for the same interval as its
+wall time: on a shared machine, `x mcap cpu` (the mcap side's CPU over this side's) says
+what the wall-time ratio may blur.
 Rounds alternate the sides (the machine is shared); the median round of each side is shown.
 
 Usage: python -m bench.archive [--records-256 200000] [--records-64k 2000] [--rounds 3]
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -45,10 +49,15 @@ def _payloads(count: int, size: int):
         yield i, os.urandom(size)
 
 
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the process: every thread
+    return usage.ru_utime + usage.ru_stime
+
+
 def mcap_side(folder: str, count: int, size: int) -> dict[str, Any]:
     path = Path(folder, "mcap.mcap")
     records = list(_payloads(count, size))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     with open(path, "wb") as handle:
         writer = Writer(handle, chunk_size=CHUNK_SIZE, compression=CompressionType.ZSTD, enable_crcs=True, enable_data_crcs=True)
         writer.start()
@@ -59,18 +68,18 @@ def mcap_side(folder: str, count: int, size: int) -> dict[str, Any]:
         writer.finish()
         handle.flush()
         os.fsync(handle.fileno())
-    return {"op_seconds": time.perf_counter() - started, "file_bytes": path.stat().st_size}
+    return {"op_seconds": time.perf_counter() - started, "op_cpu": _cpu() - cpu, "file_bytes": path.stat().st_size}
 
 
 def ferry_side(folder: str, count: int, size: int, durability: str) -> dict[str, Any]:
     target = Path(folder, f"ferry-{durability}")
     records = list(_payloads(count, size))
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu()
     with ArchiveWriter(target, durability=durability, compression="zstd", chunk_size=CHUNK_SIZE) as writer:
         for i, payload in records:
             writer.write(payload, topic="/bench", metadata={"i": str(i)})
-    seconds = time.perf_counter() - started
-    return {"op_seconds": seconds, "file_bytes": sum(p.stat().st_size for p in target.glob("*.mcap"))}
+    seconds, cpu = time.perf_counter() - started, _cpu() - cpu
+    return {"op_seconds": seconds, "op_cpu": cpu, "file_bytes": sum(p.stat().st_size for p in target.glob("*.mcap"))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,16 +102,19 @@ def main(argv: list[str] | None = None) -> int:
         payload_bytes = count * size
         print(f"\n{count:,} records of {size:,} B payload (+ metadata {{'i': N}}); median of {args.rounds} rounds")
         print(COMPARED)
-        print(f"{'side':<13} {'records/s':>11} {'MB/s':>8} {'x mcap':>7} {'file bytes':>13} {'overhead B/record':>18} {'vs mcap':>8}")
+        print(f"{'side':<13} {'records/s':>11} {'MB/s':>8} {'x mcap':>7} {'cpu s':>7} {'x mcap cpu':>10} {'file bytes':>13}"
+              f" {'overhead B/record':>18} {'vs mcap':>8}")  # fmt: skip
         base = statistics.median(r["op_seconds"] for r in runs["mcap"])
+        base_cpu = statistics.median(r["op_cpu"] for r in runs["mcap"])
         base_overhead = None
         for name, _, _ in sides:
             seconds = statistics.median(r["op_seconds"] for r in runs[name])
+            cpu = statistics.median(r["op_cpu"] for r in runs[name])
             file_bytes = int(statistics.median(r["file_bytes"] for r in runs[name]))
             overhead = (file_bytes - payload_bytes) / count
             base_overhead = overhead if base_overhead is None else base_overhead
             print(f"{name:<13} {count / seconds:>11,.0f} {payload_bytes / 1e6 / seconds:>8.1f} {base / seconds:>7.2f}"
-                  f" {file_bytes:>13,} {overhead:>18.1f} {(file_bytes / (payload_bytes + base_overhead * count) - 1) * 100:>7.2f}%")
+                  f" {cpu:>7.2f} {base_cpu / cpu:>10.2f} {file_bytes:>13,} {overhead:>18.1f} {(file_bytes / (payload_bytes + base_overhead * count) - 1) * 100:>7.2f}%")
     return 0
 
 

@@ -11,7 +11,8 @@ milliseconds at 100 ms of records), and the writer keeps compressing and writing
 meanwhile. Why early write-back: the kernel would otherwise keep every written chunk
 dirty in the page cache until the fsync (or 30 s), so the fsync would write the whole
 group at once; started at each chunk, the disk writes while the writer works and the fsync
-has only the last chunk and the device flush left.
+has only the last chunk and the device flush left (in `close` mode the writer uses only
+this part: its fsync at close finds the archive mostly written).
 
 The promise it keeps with the writer (writer.py): a group is submitted once its oldest
 record is `group_ms` old, and `submit` does not return while the fsync of the previous

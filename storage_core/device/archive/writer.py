@@ -248,7 +248,10 @@ class ArchiveWriter:
         self._closing: queue.Queue[_OpenArchive | None] = queue.Queue(MAX_CLOSING)
         self._events: queue.Queue[tuple[Callable[[ArchiveInfo], object], ArchiveInfo] | None] = queue.Queue()
         self._stop = threading.Event()
-        self._syncer = GroupSyncer() if self.durability is Durability.GROUP else None
+        # fsyncs of groups, and the write-back of every written chunk started at once (in
+        # `close` mode too: the fsync at close then has little left to write)
+        self._syncer = GroupSyncer() if self.durability is not Durability.RECORD else None
+        self._group = self.durability is Durability.GROUP
         self._unsynced_since: float | None = None  # when the oldest record no fsync covers yet was written
         self._closed = False
         self._blocked = False  # waiting for room (logged once per wait)
@@ -341,7 +344,7 @@ class ArchiveWriter:
                     raise ArchiveError("the archive writer is closed", path=str(self.folder))
                 archive = self._current
                 try:
-                    if self._syncer is not None:
+                    if self._group:
                         self._group_due(archive, time.monotonic())
                     if archive is None or (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(head) + len(payload)):
                         archive = self._next_archive_for_write()
@@ -389,7 +392,7 @@ class ArchiveWriter:
         self._next_record = sequence + 1
         if self._first_written is None:
             self._first_written = sequence
-        if self._unsynced_since is None and self._syncer is not None:
+        if self._unsynced_since is None and self._group:
             self._unsynced_since = time.monotonic()
         if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
             self._write_chunk(archive)
@@ -518,7 +521,7 @@ class ArchiveWriter:
         record numbers reserved ahead. It never waits for the writer's lock: a writer
         holding it is busy and does the group and roll checks itself at its next record, so
         the flusher only tries again a little later."""
-        interval = self.group_s if self._syncer is not None else min(self.roll_every or 1.0, 1.0)
+        interval = self.group_s if self._group else min(self.roll_every or 1.0, 1.0)
         wait = interval
         while not self._stop.wait(wait):
             if self._lock.acquire(blocking=False):
@@ -543,11 +546,11 @@ class ArchiveWriter:
         try:
             if self.roll_every is not None and archive.records and now - archive.opened >= self.roll_every:
                 self._roll_locked(open_next=False)
-            elif self._syncer is not None:
+            elif self._group:
                 self._group_due(archive, now)
         except OSError as exc:
             self._fail(exc, archive)
-        if self._syncer is not None and self._unsynced_since is not None:  # wake when that group is due
+        if self._group and self._unsynced_since is not None:  # wake when that group is due
             return max(self._unsynced_since + self.group_s - time.monotonic(), 0.001)
         return interval
 
