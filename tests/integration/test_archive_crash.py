@@ -26,11 +26,24 @@ from storage_core.errors import ArchiveError
 ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
-import sys
+import sys, time
+import storage_core.device.archive.writer as writer_module
 from storage_core.device.archive import ArchiveWriter
+
+class StepClock:  # the writer's clock, one millisecond (and a hair) per record
+    now = 0.0
+    def monotonic(self):
+        return self.now
+    time_ns = staticmethod(time.time_ns)
+
+clock = StepClock() if sys.argv[3:] == ["steps"] else None
+if clock is not None:
+    writer_module.time = clock
 writer = ArchiveWriter(sys.argv[1], durability=sys.argv[2], roll_size=64 * 1024, group_ms=20, chunk_size=16 * 1024)
 for line in sys.stdin:
     i = int(line)
+    if clock is not None:
+        clock.now = i * 1.0001e-3
     writer.write((f"record {i} " * (1 + i % 5)).encode(), metadata={"i": str(i)})
     sys.stdout.write(f"{i}\\n")
     sys.stdout.flush()
@@ -48,8 +61,8 @@ def env() -> dict[str, str]:
 class Recorder:
     """A writer process fed numbers on stdin that acknowledges each record once `write` returned."""
 
-    def __init__(self, folder: Path, durability: str) -> None:
-        self.process = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), durability], stdin=subprocess.PIPE,
+    def __init__(self, folder: Path, durability: str, *options: str) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", CHILD, str(folder), durability, *options], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env(), text=True, bufsize=1)  # fmt: skip
         self.acked = -1
 
@@ -121,6 +134,16 @@ def test_sigkill_with_durability_group_loses_at_most_the_last_group(tmp_path: Pa
     recorder.wait_acks(4_000)
     recorder.kill()
     check_prefix(tmp_path, at_least=2_000)
+
+
+def test_sigkill_with_durability_group_while_streaming_loses_at_most_one_group(tmp_path: Path) -> None:
+    """The writer's clock moves one millisecond per record (group-ms 20), so "the last group"
+    is the last 20 records, however busy the machine: a SIGKILL in mid-stream loses no more."""
+    recorder = Recorder(tmp_path, "group", "steps")
+    recorder.stream(0)
+    recorder.wait_acks(5_000)
+    recorder.kill()
+    check_prefix(tmp_path, at_least=recorder.acked + 1 - 20)
 
 
 def test_after_sigkill_no_number_is_reused_and_the_skipped_ones_are_reported(tmp_path: Path) -> None:
