@@ -141,7 +141,7 @@ class _OpenArchive:
         self.channels: dict[str, int] = {}
         self.records = 0
         self.written = 0  # bytes handed to the file so far
-        self.sync_lock = threading.Lock()  # a flusher's fsync vs the closer's close
+        self.sync_lock = threading.Lock()  # the syncer's fsync and write-back vs the closer's close
         self.closed = False
 
     @property
