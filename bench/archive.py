@@ -16,7 +16,8 @@ Throughput counts payload bytes; overhead per record is (file bytes - payload by
 `cpu s` is the side's CPU time (user + system, every thread) for the same interval as its
 wall time: on a shared machine, `x mcap cpu` (the mcap side's CPU over this side's) says
 what the wall-time ratio may blur.
-Rounds alternate the sides (the machine is shared); the median round of each side is shown.
+Rounds alternate the sides, each round starting with the next side (the machine is shared,
+and whoever follows a big fsync may pay for it); the median round of each side is shown.
 
 Usage: python -m bench.archive [--records-256 200000] [--records-64k 2000] [--rounds 3]
        (or `ferry bench archive`)
@@ -94,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sides = [("mcap", mcap_side, ()), ("ferry-group", ferry_side, ("group",)), ("ferry-close", ferry_side, ("close",))]
     for size, count in ((256, args.records_256), (64 * 1024, args.records_64k)):
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
-        for _ in range(args.rounds):
-            for name, func, extra in sides:
+        for round_ in range(args.rounds):
+            for name, func, extra in sides[round_ % len(sides) :] + sides[: round_ % len(sides)]:
                 with tempfile.TemporaryDirectory(prefix="ferry-bench-archive-") as scratch:
                     result = run_python(name, func, scratch, count, size, *extra, nbytes=count * size)
                     runs[name].append(result.extra)
