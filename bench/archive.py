@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             file_bytes = int(statistics.median(r["file_bytes"] for r in runs[name]))
             overhead = (file_bytes - payload_bytes) / count
             base_overhead = overhead if base_overhead is None else base_overhead
+            cpu_ratio = base_cpu / cpu if cpu else float("nan")  # a side quicker than the CPU clock's tick
             print(f"{name:<13} {count / seconds:>11,.0f} {payload_bytes / 1e6 / seconds:>8.1f} {base / seconds:>7.2f}"
-                  f" {cpu:>7.2f} {base_cpu / cpu:>10.2f} {file_bytes:>13,} {overhead:>18.1f} {(file_bytes / (payload_bytes + base_overhead * count) - 1) * 100:>7.2f}%")
+                  f" {cpu:>7.2f} {cpu_ratio:>10.2f} {file_bytes:>13,} {overhead:>18.1f} {(file_bytes / (payload_bytes + base_overhead * count) - 1) * 100:>7.2f}%")
     return 0
 
 
