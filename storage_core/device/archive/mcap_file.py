@@ -8,16 +8,16 @@ MessageIndex per channel after each chunk), and every record but three is serial
 the `mcap` library's own record classes. Messages, MessageIndexes and the head of each
 Chunk are packed here, one struct call per record: the library's `add_message` costs about
 60 % of a 256-byte record's write (profiled: one BytesIO write and seek per field), and its
-Chunk record copies the compressed chunk twice (into a BytesIO, out of it). A payload is
-copied once, into the open chunk, a buffer rewound rather than replaced after each chunk
+Chunk record copies the compressed chunk twice (into a BytesIO, out of it). Here a payload
+is copied once, into the open chunk, a buffer rewound rather than replaced after each chunk
 (a fresh bytearray per chunk cost a page fault per 4 KiB: 2.8x the `mcap` writer's page
-faults at 64 KiB records, +0.5 s of system time per 512 MiB); the compressed chunk goes to
-the file as it is. Their
-layout is the spec's (Message: opcode 0x05, u64 length, u16 channel, u32 sequence, u64 log
-time, u64 publish time, data; MessageIndex: opcode 0x07, u64 length, u16 channel, u32 byte
-length, (u64 time, u64 offset)...; Chunk: opcode 0x06, u64 length, u64 start time, u64
-end time, u64 uncompressed size, u32 uncompressed CRC, u32-prefixed compression, u64
-records length, records). Every test reads what this writes with the official reader.
+faults at 64 KiB records, +0.5 s of system time per 512 MiB), and the compressed chunk goes
+to the file as it is. Their layout is the spec's (Message: opcode 0x05, u64 length, u16
+channel, u32 sequence, u64 log time, u64 publish time, data; MessageIndex: opcode 0x07, u64
+length, u16 channel, u32 byte length, (u64 time, u64 offset)...; Chunk: opcode 0x06, u64
+length, u64 start and end time, u64 uncompressed size, u32 uncompressed CRC, u32-prefixed
+compression, u64 records length, records). Every test reads what this writes with the
+official reader.
 
 Nothing is written until a chunk is (`write_chunk`) or a Metadata record is added; the
 caller decides when a chunk ends and when to fsync.
@@ -73,7 +73,7 @@ class McapFile:
         self._crc = 0  # of the data section so far
         self._channels: dict[int, Channel] = {}
         self._keep = 2 * chunk_size + (64 << 10)  # a buffer grown past this is given back after its chunk
-        # the open chunk: its first `pending` bytes. Rewound, not replaced, after each chunk
+        # the open chunk: its first `pending` bytes; rewound, not replaced, after each chunk
         self._chunk = BytesIO()
         self._index: dict[int, list[int]] = {}  # channel -> flat [time, offset, time, offset, ...]
         self._start, self._end = _NO_TIME  # the open chunk's message time range
