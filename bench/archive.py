@@ -83,17 +83,29 @@ def ferry_side(folder: str, count: int, size: int, durability: str) -> dict[str,
     return {"op_seconds": seconds, "op_cpu": cpu, "file_bytes": sum(p.stat().st_size for p in target.glob("*.mcap"))}
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count (0 or more)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     from bench.harness import run_python
 
     parser = argparse.ArgumentParser(prog="ferry bench archive", description=__doc__.splitlines()[0])
-    parser.add_argument("--records-256", type=int, default=200_000, help="records of 256 B (default 200000)")
-    parser.add_argument("--records-64k", type=int, default=2_000, help="records of 64 KiB (default 2000)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--records-256", type=_count, default=200_000, help="records of 256 B (default 200000; 0 skips)")
+    parser.add_argument("--records-64k", type=_count, default=2_000, help="records of 64 KiB (default 2000; 0 skips)")
+    parser.add_argument("--rounds", type=_count, default=3)
     args = parser.parse_args(argv)
 
     sides = [("mcap", mcap_side, ()), ("ferry-group", ferry_side, ("group",)), ("ferry-close", ferry_side, ("close",))]
     for size, count in ((256, args.records_256), (64 * 1024, args.records_64k)):
+        if not count or not args.rounds:
+            continue
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in sides}
         for round_ in range(args.rounds):
             for name, func, extra in sides[round_ % len(sides) :] + sides[: round_ % len(sides)]:
