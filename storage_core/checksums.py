@@ -1,4 +1,5 @@
-"""CRC32C (Castagnoli): streaming, combining and the S3 header encoding.
+"""CRC32C (Castagnoli): streaming, combining and the S3 header encoding; and CRC-32 (IEEE),
+MCAP's checksum.
 
 `crc32c_combine` lets the whole-object checksum be derived from the per-part checksums
 of a parallel multipart upload without reading the file a second time (the algorithm of
@@ -12,9 +13,17 @@ import functools
 from typing import BinaryIO
 
 import crc32c as _crc32c
+from zlib_ng.zlib_ng import crc32 as _crc32_ieee
 
 _POLY_REVERSED = 0x82F63B78
 CHUNK = 4 * 1024 * 1024
+
+
+def crc32(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC-32 (IEEE, zlib's), as MCAP's chunk, data-section and summary CRCs are: zlib-ng's
+    SIMD code, ~20x the zlib 1.2.13 that CPython links here (measured: 26-51 vs 720-956
+    us per MiB). An archive writer computes two per byte recorded."""
+    return _crc32_ieee(data, value)
 
 
 def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
@@ -96,6 +105,7 @@ def to_hex(value: int) -> str:
 
 __all__ = [
     "combine_parts",
+    "crc32",
     "crc32c",
     "crc32c_combine",
     "crc32c_of_stream",

@@ -4,6 +4,7 @@ rerun without a second upload; retention drops uploaded archives first, never th
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -13,15 +14,18 @@ import subprocess
 import sys
 import threading
 import time
+from io import BytesIO
 from pathlib import Path
 
 import pytest
+from mcap.reader import make_reader
 
 from storage_core.catalog.queries import list_objects
 from storage_core.device.archive import ArchiveWriter, read_archives
 from storage_core.device.archive.handoff import LEDGER, UploadedArchive, hand_off
 from storage_core.device.archive.retention import not_uploaded
 from storage_core.errors import ArchiveFolderFull, GatewayError
+from storage_core.ranges.reader import DEFAULT_TAIL_SIZE
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,6 +56,58 @@ def test_archives_are_stored_once_then_removed_and_a_rerun_sends_nothing(gateway
     again = hand_off(folder, gateway=gateway.url, token=gateway.token)
     assert again.uploaded == [] and again.pending == []
     assert len(list_objects(gateway.catalog)) == len(archives)
+
+
+def summary_by_the_mcap_library(data: bytes) -> tuple[dict[str, int], int, int, int]:
+    """(messages per topic, first and last log time, metadata records) as the official reader
+    sees the archive, reading every message (CRCs checked)."""
+    counts: dict[str, int] = {}
+    times = []
+    reader = make_reader(BytesIO(data), validate_crcs=True)
+    for _, channel, message in reader.iter_messages():
+        counts[channel.topic] = counts.get(channel.topic, 0) + 1
+        times.append(message.log_time)
+    return counts, min(times), max(times), sum(1 for _ in reader.iter_metadata())
+
+
+def test_a_handed_off_archive_is_summarized_from_the_store_as_the_mcap_library_reads_it(gateway, tmp_path: Path) -> None:
+    """`ferry device-upload --archives`, then `ferry summarize s3://...` of each stored archive:
+    read by ranges (the summary section, at most two requests), it agrees with the `mcap`
+    library reading every message of the same bytes."""
+    folder = tmp_path / "rec"
+    with ArchiveWriter(folder, roll_size=512 * 1024, chunk_size=32 * 1024) as writer:  # zstd, several chunks each
+        for i in range(10_000):
+            writer.write(os.urandom(40 + i % 200), topic=f"/sensor/{i % 3}" if i % 10 else "/events",
+                         metadata={"i": str(i)}, log_time=1_700_000_000_000_000_000 + i * 1_000_003)  # fmt: skip
+    archives = {p.name: p.read_bytes() for p in sorted(folder.glob("*.mcap"))}
+    assert len(archives) >= 3 and any(len(data) > DEFAULT_TAIL_SIZE for data in archives.values())
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FERRY_")}, "PYTHONPATH": str(ROOT)}
+    ferry = [sys.executable, "-m", "ferry.cli"]
+    done = subprocess.run([*ferry, "device-upload", str(folder), "--archives", "--gateway", gateway.url, "--token",
+                           gateway.token], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert not list(folder.glob("*.mcap"))  # all stored, so removed
+
+    uris = [f"s3://{gateway.store.bucket}/lake/cam-1/rec/{name}" for name in archives]
+    done = subprocess.run([*ferry, "summarize", *uris, "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    summaries = json.loads(done.stdout)
+    assert [s["uri"] for s in summaries] == uris
+    total = 0
+    for (name, data), result in zip(archives.items(), summaries):
+        summary = result["summary"]
+        counts, start, end, metadata = summary_by_the_mcap_library(data)
+        assert summary["source"] == "summary" and not summary["truncated"] and summary["summary_crc_verified"], name
+        assert result["requests"] <= 2, name
+        if len(data) > DEFAULT_TAIL_SIZE:  # smaller ones come whole with the first (tail) GET
+            assert result["bytes_fetched"] < len(data), name
+        assert summary["size"] == len(data)
+        assert {t["topic"]: t["message_count"] for t in summary["topics"]} == counts, name
+        assert all(t["message_encoding"] == "ferry.record/1" for t in summary["topics"])
+        assert (summary["message_count"], summary["start_time"], summary["end_time"]) == (sum(counts.values()), start, end)
+        assert len(summary["metadata"]) == metadata  # the archive's identity and its channels' announcements
+        total += summary["message_count"]
+    assert total == 10_000
 
 
 @pytest.mark.slow

@@ -39,6 +39,7 @@ SEQUENCE_SPAN = 2**32
 DEFAULT_NAME_TEMPLATE = "%Y%m%dT%H%M%SZ-{seq:06d}"
 
 _U32 = struct.Struct("<I")
+_EMPTY_MAP = b"\0\0\0\0"
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,10 @@ class PossiblyLost:
         return f"possibly lost {self.first}..{self.last} ({self.count})"
 
 
-def encode_record(metadata: dict[str, str] | None, payload: bytes) -> bytes:
-    """Message data for (metadata, payload)."""
+def encode_metadata(metadata: dict[str, str] | None) -> bytes:
+    """The head of a record's message data: its metadata in MCAP's map encoding."""
     if not metadata:
-        return b"\0\0\0\0" + payload
+        return _EMPTY_MAP
     parts = [b""]
     pack = _U32.pack
     for key, value in metadata.items():
@@ -82,8 +83,12 @@ def encode_record(metadata: dict[str, str] | None, payload: bytes) -> bytes:
         k, v = key.encode(), value.encode()
         parts += (pack(len(k)), k, pack(len(v)), v)
     parts[0] = pack(sum(map(len, parts)))
-    parts.append(payload)
     return b"".join(parts)
+
+
+def encode_record(metadata: dict[str, str] | None, payload: bytes) -> bytes:
+    """Message data for (metadata, payload): `encode_metadata(metadata) + payload`."""
+    return encode_metadata(metadata) + payload
 
 
 def decode_record(data: bytes | memoryview) -> tuple[dict[str, str], bytes]:
@@ -167,6 +172,7 @@ __all__ = [
     "archive_name",
     "check_template",
     "decode_record",
+    "encode_metadata",
     "encode_record",
     "full_sequence",
 ]

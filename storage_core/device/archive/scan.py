@@ -22,7 +22,6 @@ from __future__ import annotations
 import mmap
 import re
 import struct
-import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from pathlib import Path
 import lz4.frame
 import zstandard
 
+from storage_core.checksums import crc32
 from storage_core.device.archive.format import (
     ARCHIVE_METADATA,
     CHANNEL_METADATA,
@@ -212,7 +212,7 @@ def _parse_chunk(body: memoryview, start: int, end: int) -> _Chunk:
     data = _decompress(compression, body[offset + 8 :], size)
     if len(data) != size:
         raise _Bad(f"chunk decompresses to {len(data)} bytes, not {size}")
-    if crc and zlib.crc32(data) != crc:
+    if crc and crc32(data) != crc:
         raise _Bad("chunk CRC mismatch")
     channels, messages = [], []
     view, position = memoryview(data), 0
@@ -311,7 +311,7 @@ def _footer(buf, size: int) -> tuple[int | None, str | None]:
         return None, None
     if summary_start == 0:
         return size - TRAILER, None
-    if crc and zlib.crc32(memoryview(buf)[summary_start : size - TRAILER + 25]) != crc:
+    if crc and crc32(memoryview(buf)[summary_start : size - TRAILER + 25]) != crc:
         return None, "summary CRC mismatch"
     return summary_start, None
 
@@ -351,7 +351,7 @@ def walk(buf, size: int) -> Iterator[_Chunk | _Metadata | _Damage | tuple[str, i
             kind, end = found
             if kind == "data_end":
                 (stored,) = _U32.unpack_from(buf, pos + HEAD.size)
-                crc_ok = not stored or zlib.crc32(memoryview(buf)[:pos]) == stored
+                crc_ok = not stored or crc32(memoryview(buf)[:pos]) == stored
                 yield ("closed" if bounded and end == limit else "data_end", int(crc_ok))
                 if bounded and end == limit:
                     return

@@ -8,8 +8,12 @@ What a crash can cost (the loss window), by `durability`:
 - `record`: nothing acknowledged. `write` returns once its record's chunk is written and
   fsynced (one chunk per record: slow, for rare and precious records).
 - `group` (default): at most the records of the last `group_ms` milliseconds plus one fsync.
-  A flusher thread writes the open chunk and fsyncs every `group_ms`; a chunk that fills
-  (`chunk_size`) is written at once.
+  Once the oldest record not yet handed to an fsync is `group_ms` old, the open chunk is
+  written and the archive goes to the syncer thread (syncer.py), which fsyncs it while
+  records keep flowing; the next group waits for that fsync to finish (back-pressure when
+  the disk falls behind). A busy writer does this on its own thread at its next record, the
+  flusher thread when the writer is quiet. A chunk that fills (`chunk_size`) is written at
+  once, and its write-back starts at once, so the fsync has little left to do.
 - `close`: everything since the archive opened, unless a full chunk was written already;
   an archive is durable once it is closed.
 A process killed (SIGKILL) loses only what was not yet written to the file; an fsync
@@ -66,11 +70,12 @@ from storage_core.device.archive.format import (
     RECORD_ENCODING,
     archive_name,
     check_template,
-    encode_record,
+    encode_metadata,
 )
 from storage_core.device.archive.mcap_file import COMPRESSIONS, McapFile
 from storage_core.device.archive.recover import RecoveryReport, recover_folder
 from storage_core.device.archive.retention import Budget, not_uploaded
+from storage_core.device.archive.syncer import GroupSyncer
 from storage_core.errors import ArchiveError, ArchiveFolderFull, ConfigError
 
 log = logging.getLogger(__name__)
@@ -136,7 +141,7 @@ class _OpenArchive:
         self.channels: dict[str, int] = {}
         self.records = 0
         self.written = 0  # bytes handed to the file so far
-        self.sync_lock = threading.Lock()  # a flusher's fsync vs the closer's close
+        self.sync_lock = threading.Lock()  # the syncer's fsync and write-back vs the closer's close
         self.closed = False
 
     @property
@@ -243,12 +248,17 @@ class ArchiveWriter:
         self._closing: queue.Queue[_OpenArchive | None] = queue.Queue(MAX_CLOSING)
         self._events: queue.Queue[tuple[Callable[[ArchiveInfo], object], ArchiveInfo] | None] = queue.Queue()
         self._stop = threading.Event()
+        # fsyncs of groups, and the write-back of every written chunk started at once (in
+        # `close` mode too: the fsync at close then has little left to write)
+        self._syncer = GroupSyncer() if self.durability is not Durability.RECORD else None
+        self._group = self.durability is Durability.GROUP
+        self._unsynced_since: float | None = None  # when the oldest record no fsync covers yet was written
         self._closed = False
         self._blocked = False  # waiting for room (logged once per wait)
         self._threads = [
             threading.Thread(target=self._closer, name="ferry-archive-closer", daemon=True),
             threading.Thread(target=self._callbacks, name="ferry-archive-callbacks", daemon=True),
-            threading.Thread(target=self._ticker, name="ferry-archive-flusher", daemon=True),
+            threading.Thread(target=self._flusher, name="ferry-archive-flusher", daemon=True),
         ]
         for thread in self._threads:
             thread.start()
@@ -324,7 +334,7 @@ class ArchiveWriter:
         writer then refuses further records; what was written before stays recoverable);
         ArchiveFolderFull (`when_full="refuse"`) when the folder is over its retention
         budget: that record is not written, later ones may be."""
-        data = encode_record(metadata, payload)
+        head = encode_metadata(metadata)
         when = time.time_ns() if log_time is None else log_time
         while True:
             with self._lock:
@@ -334,10 +344,12 @@ class ArchiveWriter:
                     raise ArchiveError("the archive writer is closed", path=str(self.folder))
                 archive = self._current
                 try:
-                    if archive is None or (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(data)):
+                    if self._group:
+                        self._group_due(archive, time.monotonic())
+                    if archive is None or (self.roll_size is not None or self.roll_every is not None) and self._due(archive, len(head) + len(payload)):
                         archive = self._next_archive_for_write()
                     if archive is not None:
-                        return self._append(archive, topic, when, data)
+                        return self._append(archive, topic, when, head, payload)
                 except OSError as exc:
                     raise self._fail(exc, self._current) from exc
             self._wait_for_room()
@@ -365,7 +377,7 @@ class ArchiveWriter:
         self._blocked = True
         self._stop.wait(FULL_POLL_S)
 
-    def _append(self, archive: _OpenArchive, topic: str, when: int, data: bytes) -> int:
+    def _append(self, archive: _OpenArchive, topic: str, when: int, head: bytes, payload: bytes) -> int:
         self._blocked = False
         channel = archive.channels.get(topic)
         if channel is None:
@@ -375,11 +387,13 @@ class ArchiveWriter:
             self._block = min(self._block * 2, RESERVE_MAX)
             self._reserve(sequence + self._block)
         mcap = archive.writer
-        mcap.add_message(channel, when, data, sequence & 0xFFFFFFFF)
+        mcap.add_message(channel, when, sequence & 0xFFFFFFFF, head, payload)
         archive.records += 1
         self._next_record = sequence + 1
         if self._first_written is None:
             self._first_written = sequence
+        if self._unsynced_since is None and self._group:
+            self._unsynced_since = time.monotonic()
         if mcap.pending >= self.chunk_size or self.durability is Durability.RECORD:
             self._write_chunk(archive)
         if self.durability is Durability.RECORD:
@@ -402,6 +416,7 @@ class ArchiveWriter:
                 if archive.pending:
                     self._write_chunk(archive)
                 os.fsync(archive.fd)
+                self._unsynced_since = None
             except OSError as exc:
                 raise self._fail(exc, archive) from exc
 
@@ -420,7 +435,22 @@ class ArchiveWriter:
         # bytes on disk per byte put into chunks (compression, framing): what the open chunk
         # is expected to take once written
         self._ratio = self._disk_bytes / self._chunk_bytes if self._chunk_bytes else 1.0
+        if self._syncer is not None:
+            self._syncer.started(archive, archive.written, written)
         archive.written = written
+
+    def _group_due(self, archive: _OpenArchive | None, now: float) -> None:
+        """Group durability: once the oldest record no fsync covers yet is `group_ms` old,
+        write the open chunk and hand the archive to the syncer (waiting while the previous
+        group's fsync still runs). Under the writer's lock."""
+        if self._syncer.error is not None:
+            raise self._syncer.error
+        if archive is None or self._unsynced_since is None or now - self._unsynced_since < self.group_s:
+            return
+        if archive.pending:
+            self._write_chunk(archive)
+        self._unsynced_since = None
+        self._syncer.submit(archive)
 
     def _add_channel(self, archive: _OpenArchive, topic: str) -> int:
         channel = archive.writer.register_channel(topic, RECORD_ENCODING)
@@ -446,7 +476,7 @@ class ArchiveWriter:
         self._next_archive = sequence + 1
         try:
             self._write_state()
-            writer = McapFile(file, compression=self.compression, profile=PROFILE, library="ferry")
+            writer = McapFile(file, compression=self.compression, profile=PROFILE, library="ferry", chunk_size=self.chunk_size)
             writer.add_metadata(
                 ARCHIVE_METADATA,
                 {"archive_sequence": str(sequence), "first_record_sequence": str(self._next_record), "opened": now.isoformat()},
@@ -468,6 +498,7 @@ class ArchiveWriter:
         old = self._current
         if old is not None and old.pending:
             self._write_chunk(old)  # as any full chunk is; the closer then writes only the summary
+        self._unsynced_since = None  # the closer fsyncs the old archive whole
         if open_next:
             self._current = self._open_next()  # writes the counters first
         else:
@@ -484,39 +515,44 @@ class ArchiveWriter:
 
     # --- the threads -------------------------------------------------------------------------
 
-    def _ticker(self) -> None:
-        """Group durability (write the open chunk and fsync every `group_ms`) and time-based
-        rolls of a writer that has gone quiet."""
-        interval = self.group_s if self.durability is Durability.GROUP else min(self.roll_every or 1.0, 1.0)
-        while not self._stop.wait(interval):
-            to_sync = None
-            with self._lock:
-                archive = self._current
-                if archive is None or self._failed is not None:
-                    continue
+    def _flusher(self) -> None:
+        """What a quiet writer leaves undone: group durability (write the open chunk once
+        its oldest record is `group_ms` old and hand it to the syncer), time-based rolls, and
+        record numbers reserved ahead. It never waits for the writer's lock: a writer
+        holding it is busy and does the group and roll checks itself at its next record, so
+        the flusher only tries again a little later."""
+        interval = self.group_s if self._group else min(self.roll_every or 1.0, 1.0)
+        wait = interval
+        while not self._stop.wait(wait):
+            if self._lock.acquire(blocking=False):
                 try:
-                    if self.roll_every is not None and archive.records and time.monotonic() - archive.opened >= self.roll_every:
-                        self._roll_locked(open_next=False)
-                    elif self.durability is Durability.GROUP and archive.pending:
-                        self._write_chunk(archive)
-                        to_sync = archive
-                except OSError as exc:
-                    self._fail(exc, archive)
-                    continue
-                # keep half a block of numbers ahead, so write() rarely waits for the state file
-                reserve = self._next_record + self._block if self._reserved - self._next_record < self._block // 2 else None
-            if reserve is not None:
+                    wait = self._flush_quiet(time.monotonic(), interval)
+                finally:
+                    self._lock.release()
+            else:  # the writer is busy; should it go quiet right after its last check, look again soon
+                wait = interval / 10
+            # keep half a block of numbers ahead, so write() rarely waits for the state file
+            if self._reserved - self._next_record < self._block // 2:
                 try:
-                    self._reserve(reserve)
+                    self._reserve(self._next_record + self._block)
                 except OSError as exc:
                     log.error("cannot reserve record numbers in %s: %s", self.folder / STATE_FILE, exc)
-            if to_sync is not None:
-                with to_sync.sync_lock:  # outside the writer's lock: records keep flowing meanwhile
-                    if not to_sync.closed:
-                        try:
-                            os.fdatasync(to_sync.fd)
-                        except OSError as exc:
-                            log.error("fsync of %s failed: %s", to_sync.open_path, exc)
+
+    def _flush_quiet(self, now: float, interval: float) -> float:
+        """The flusher's checks under the writer's lock; returns how long to wait for the next."""
+        archive = self._current
+        if archive is None or self._failed is not None:
+            return interval
+        try:
+            if self.roll_every is not None and archive.records and now - archive.opened >= self.roll_every:
+                self._roll_locked(open_next=False)
+            elif self._group:
+                self._group_due(archive, now)
+        except OSError as exc:
+            self._fail(exc, archive)
+        if self._group and self._unsynced_since is not None:  # wake when that group is due
+            return max(self._unsynced_since + self.group_s - time.monotonic(), 0.001)
+        return interval
 
     def _closer(self) -> None:
         while (archive := self._closing.get()) is not None:
@@ -569,6 +605,8 @@ class ArchiveWriter:
             archive, self._current = self._current, None
         self._stop.set()
         self._threads[2].join()
+        if self._syncer is not None:
+            self._syncer.stop()
         if self._failed is None:  # the unused reserved numbers go back: no gap after a clean close
             try:
                 self._write_state(next_record=self._next_record)
