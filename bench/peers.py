@@ -37,7 +37,9 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -191,6 +193,7 @@ def ferry_env(target: S3Target, home: Path, catalog: Path, api_url: str,
         "AWS_REGION": target.region,
         "FERRY_HOME": str(home / "ferry"),
         "FERRY_DATABASE_URL": f"sqlite:///{catalog}",
+        "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_API_URL": api_url,
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
@@ -291,6 +294,31 @@ class PeerBench:
         if key not in self.sources:
             self.sources[key] = write_landing(self.scratch / f"landing-{job.recording}", job)
         return self.sources[key]
+
+    def warm_up(self, timeout: float = 180) -> None:
+        """One untimed `ferry ingest` of a one-file recording, as a user's earlier command would
+        have run: it leaves the warm ferry process (ferry.cli.warm) the timed commands run in.
+        Waits until that process listens."""
+        from ferry.cli import warm
+
+        landing = self.scratch / "landing-warm-up"
+        (landing / DEVICE / "warm-up").mkdir(parents=True, exist_ok=True)
+        (landing / DEVICE / "warm-up" / "hello.txt").write_bytes(b"hello\n")
+        env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / "warm-up-catalog.db", self.api_url)
+        argv = [sys.executable, "-m", "ferry.cli", "ingest", str(landing), "--to", f"s3://{self.target.bucket}/warm-up"]
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RuntimeError(f"the warm-up ferry ingest failed: {done.stderr.strip()}")
+        home, deadline = Path(env["PREFECT_HOME"]), time.monotonic() + timeout
+        while not (warm.read_state(home) or {}).get("listening"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no warm ferry process after {timeout:.0f} s: see {home / warm.LOG_NAME}")
+            time.sleep(0.2)
+
+    def stop_warm(self) -> None:
+        from ferry.cli import warm
+
+        warm.stop(self.scratch / "ferry-home" / "prefect")
 
     def run(self, job: Job, repeat: int = 1) -> JobReport:
         source = self._source(job)
@@ -465,7 +493,11 @@ def run_jobs(jobs: Sequence[Job], *, repeat: int, scratch: Path, auth: bool = Fa
 
     with seaweed_server(auth=auth) as target, prefect_api(scratch) as (api_url, origin):
         bench = PeerBench(target, scratch, api_url, peers=peers)
-        return [bench.run(job, repeat) for job in jobs], origin
+        bench.warm_up()
+        try:
+            return [bench.run(job, repeat) for job in jobs], origin
+        finally:
+            bench.stop_warm()
 
 
 __all__ = ["INSTALL_HINTS", "PEERS", "Job", "JobReport", "PeerBench", "add_arguments", "find_binary", "format_job",

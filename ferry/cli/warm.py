@@ -174,6 +174,7 @@ def ensure_started(home: Path) -> None:
     import fcntl
 
     code, settings = code_fingerprint(), prefect_settings(dict(os.environ))
+    home.mkdir(parents=True, exist_ok=True)
     with (home / LOCK_NAME).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = read_state(home)
