@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
                 best = max(within, key=lambda r: r.mb_per_s)
                 print(f"fastest within {RSS_LIMIT // MiB} MiB RSS: {best.name} ({best.mb_per_s:.1f} MB/s)\n")
         if peer_reports:
-            print(f"ferry runs as `python -m ferry.cli`, SQLite catalog, Prefect API: {api_origin}\n")
+            print(f"ferry runs as `python -m ferry.cli`, SQLite catalog, Prefect API: {api_origin}; after one untimed warm-up "
+              "ingest, each command runs in the warm ferry process (ferry.cli.warm), whose peak RSS and CPU count\n")
             for report in peer_reports:
                 print(peers.format_job(report) + "\n")
         for text, ok in checks:

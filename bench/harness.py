@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pickle
 import resource
@@ -191,9 +192,13 @@ def run_command(
     """Time an external command from spawn to exit. `env` is added to this process's
     environment, or with `whole_env` is the command's whole environment (so a side sees no
     variable it was not given). Its stdout is discarded, or with `keep_stdout` written to a
-    file and returned as `extra["stdout"]` (a pipe read after exit could fill and stall it)."""
+    file and returned as `extra["stdout"]` (a pipe read after exit could fill and stall it).
+    A `ferry` command that ran in the warm ferry process (ferry.cli.warm) adds that process's
+    peak RSS and CPU seconds to its own (FERRY_WARM_REPORT)."""
     child_env = dict(env or {}) if whole_env else {**os.environ, **(env or {})}
     with tempfile.TemporaryDirectory(prefix="ferry-bench-") as scratch:
+        warm_report = Path(scratch, "warm.json")
+        child_env["FERRY_WARM_REPORT"] = str(warm_report)
         report = Path(scratch, "maxrss")
         timer = [GNU_TIME, "-q", "-o", str(report), "-f", "%M %U %S"] if os.access(GNU_TIME, os.X_OK) else []
         out_path = Path(scratch, "stdout")
@@ -215,6 +220,12 @@ def run_command(
             maxrss, user, system = report.read_text().split()[-3:]
             peak, extra["rss_from"] = int(maxrss) * 1024, "GNU time %M"
             extra["cpu_seconds"] = round(float(user) + float(system), 2)
+        if warm_report.exists():
+            warm = json.loads(warm_report.read_text())
+            peak = max(peak, int(warm["maxrss_kib"]) * 1024)
+            extra["rss_from"] += " + the warm ferry process's child"
+            extra["cpu_seconds"] = round(extra.get("cpu_seconds", 0.0) + float(warm["cpu_s"]), 2)
+            extra["warm"] = True
     return Result(name, seconds, nbytes, peak, extra)
 
 

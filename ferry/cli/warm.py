@@ -9,7 +9,7 @@ flows, instead of paying ~4 s of imports each time.
 
 The first flow command of a PREFECT_HOME (unless FERRY_WARM=0) starts the warm process in
 the background and runs itself as before; later flow commands (`ingest`, `summarize`,
-`derive`, `reconcile`, `demo`, `transactions resume`) connect to it. It forks one child
+`derive`, `reconcile`, `demo`, `transactions resume`) and `download` connect to it. It forks one child
 per command, a fork server: the child takes the caller's stdin, stdout and stderr (passed
 over the socket), working folder, umask, environment and arguments, runs the command
 exactly as `ferry` would, and sends back its exit code. Ctrl-C (SIGINT, SIGTERM) is passed
@@ -41,7 +41,9 @@ SOCKET_NAME = "ferry-warm.sock"
 STATE_NAME = "ferry-warm.json"
 LOCK_NAME = "ferry-warm.lock"
 LOG_NAME = "ferry-warm.log"
-FLOW_COMMANDS = {("ingest",), ("summarize",), ("derive",), ("reconcile",), ("demo",), ("transactions", "resume")}
+# the flow commands, and `download` (boto3 and the restore machinery: ~1.5 s of imports)
+WARM_COMMANDS = {("ingest",), ("summarize",), ("derive",), ("reconcile",), ("demo",), ("transactions", "resume"),
+                 ("download",)}
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ferry", "storage_core", "flows", "tasks", "deployments")
 CONNECT_TIMEOUT = 2.0
@@ -55,8 +57,8 @@ def _command(argv: list[str]) -> tuple[str, ...]:
 
 
 def wanted(argv: list[str]) -> bool:
-    """Whether `ferry ARGV` is a flow command the warm process may run."""
-    return (os.environ.get("FERRY_WARM", "1") != "0" and _command(argv) in FLOW_COMMANDS
+    """Whether `ferry ARGV` is a command the warm process may run."""
+    return (os.environ.get("FERRY_WARM", "1") != "0" and _command(argv) in WARM_COMMANDS
             and not {"--help", "-h"} & set(argv))
 
 
@@ -155,6 +157,8 @@ def delegate(argv: list[str], home: Path) -> int | None:
         last = {}
     finally:
         sock.close()
+    if os.environ.get("FERRY_WARM_REPORT") and "exit" in last:
+        Path(os.environ["FERRY_WARM_REPORT"]).write_text(json.dumps({"pid": child, **last}))
     if "exit" not in last:
         sys.stderr.write(f"error: the warm ferry process's command (pid {child}) ended without an exit code; "
                          f"see {_paths(home)[2]}\n")
@@ -270,10 +274,20 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
             except OSError:
                 pass
         try:
-            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+            conn.sendall(json.dumps({"exit": code, **_usage()}).encode() + b"\n")
         except OSError:
             pass
-        os._exit(code)  # not the interpreter's exit: its at-exit drains wait without a bound
+        os._exit(code)
+
+
+def _usage() -> dict[str, float]:
+    """This command's peak RSS and CPU seconds, its own subprocesses' included (the caller's
+    own figures do not show them: a benchmark asks for them with FERRY_WARM_REPORT)."""
+    import resource
+
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"maxrss_kib": max(me.ru_maxrss, children.ru_maxrss),
+            "cpu_s": round(me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime, 3)}  # not the interpreter's exit: its at-exit drains wait without a bound
 
 
 def _drain_prefect(timeout: float = 10.0) -> None:

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
     (["transactions", "resume", "abc"], True),
     (["transactions", "list"], False),
     (["query"], False),
+    (["download", "--dest", "out"], True),
     (["ingest", "--help"], False),
     ([], False),
 ])
@@ -50,7 +51,7 @@ CALLER = """
 import json, sys
 from pathlib import Path
 from ferry.cli import warm
-warm.FLOW_COMMANDS |= {("query",), ("archive",)}
+warm.WARM_COMMANDS |= {("query",), ("archive",)}
 code = warm.delegate(sys.argv[2:], Path(sys.argv[1]))
 sys.stderr.write(json.dumps({"delegated": code}) + "\\n")
 sys.exit(0 if code is None else code)
