@@ -308,7 +308,8 @@ def serve(home: Path, *, idle: float | None = None) -> None:
     from ferry.cli import load_commands
 
     load_commands()
-    import flows.derive  # noqa: F401 - what the flow commands import on first use
+    # what most commands import on first use; not flows.derive: its +30 MiB (pyarrow) would
+    # count in every child's resident set, and derive imports it in a fraction of a second
     import flows.ingest  # noqa: F401
     import flows.summarize  # noqa: F401
     import prefect  # noqa: F401
