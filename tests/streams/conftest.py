@@ -9,7 +9,13 @@ import pytest
 
 pytest.importorskip("deltalake")
 
-from tests.gateway.conftest import Gateway, RecordingEmitter, gateway, gateway_factory  # noqa: E402,F401 - fixtures
+from tests.gateway.conftest import (  # noqa: E402,F401 - fixtures
+    Gateway,
+    RecordingEmitter,
+    gateway,
+    gateway_catalog_url,
+    gateway_factory,
+)
 
 
 def telemetry(rows: int, *, start: int = 0):  # noqa: ANN201
