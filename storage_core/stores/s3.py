@@ -41,7 +41,7 @@ from storage_core.errors import (
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
-from storage_core.stores.bulk_put import put_empty
+from storage_core.stores.bulk_put import LeanConnections, LeanNetworkError, error_code, put_empty
 from storage_core.stores.presign import QuerySigner
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ _NETWORK_ERRORS = (
     http.client.HTTPException,  # IncompleteRead while reading a body straight from http.client
     ConnectionError,
     TimeoutError,
+    LeanNetworkError,
 )
+_lean_connections = LeanConnections()  # S3Store.put's: one kept-alive connection per thread and origin
+LEAN_URL_SECONDS = 300  # a lean PUT's URL is used at once; this only bounds a clock skew
 
 
 @contextmanager
@@ -272,12 +275,32 @@ class S3Store:
         body = source if isinstance(source, (bytes, bytearray)) else source.read(size)
         if len(body) != size:
             raise IntegrityError(f"{key}: expected {size} bytes, source gave {len(body)}", key=key)
+        if self._query_signer() is not None and LeanConnections.usable():
+            return self._lean_put(key, bytes(body), crc32c)
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, "ContentLength": size}
         if crc32c is not None:
             params["ChecksumCRC32C"] = to_header(crc32c)
         with self._where(key, "put"):
             response = self.client.put_object(**params)
         return ObjectMeta(key=key, size=size, etag=response["ETag"], crc32c=crc32c)
+
+    def _lean_put(self, key: str, body: bytes, crc32c: int | None) -> ObjectMeta:
+        """One PUT signed by the bulk signer and sent over a kept-alive `http.client`
+        connection (storage_core.stores.bulk_put): ~0.3 ms of CPU where botocore's
+        put_object spends ~3.5 ms, which bounded uploads of many small files. The same
+        headers are signed and sent (Content-Length, the CRC32C the store checks); the same
+        errors come out."""
+        url = self.presign_put(key, expires_in=LEAN_URL_SECONDS, crc32c=crc32c, size=len(body))
+        headers = {"Content-Length": str(len(body))}
+        if crc32c is not None:
+            headers["x-amz-checksum-crc32c"] = to_header(crc32c)
+        with self._where(key, "put"):
+            status, reply, answer = _lean_connections.send("PUT", url, body, headers)
+            if status != 200:
+                raise botocore.exceptions.ClientError(
+                    {"Error": {"Code": error_code(reply, status), "Message": ""},
+                     "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+        return ObjectMeta(key=key, size=len(body), etag=answer.get("etag", ""), crc32c=crc32c)
 
     def delete(self, key: str) -> None:
         with self._where(key, "delete"):

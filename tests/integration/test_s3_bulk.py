@@ -75,3 +75,28 @@ def test_copy_takes_exactly_the_version_given_and_answers_its_meta_without_a_hea
     with pytest.raises(PreconditionFailed):  # the destination exists
         bucket.copy(bucket.head("c/src"), "c/dst", if_none_match=True)
     assert sorted(o.key for o in bucket.list("c/")) == ["c/dst", "c/src"] and bucket.get_range("c/dst", 0, 11) == b"first bytes"
+
+
+def test_small_puts_go_lean_and_fail_as_botocore_puts_do(bucket, monkeypatch):
+    """S3Store.put sends over the lean connections (no botocore put_object at all) and its
+    refusals are the same errors: a wrong CRC32C, a bucket that does not exist, wrong keys."""
+    from storage_core.errors import AccessDenied, BucketNotFound, IntegrityError
+
+    def no_botocore(**_):  # noqa: ANN003, ANN202
+        raise AssertionError("put_object called: the lean path was not taken")
+
+    monkeypatch.setattr(bucket.client, "put_object", no_botocore)
+    data = b"telemetry" * 100
+    meta = bucket.put("lean/a.bin", data, size=len(data), crc32c=crc32c(data))
+    assert bucket.head("lean/a.bin").etag == meta.etag and bucket.get_range("lean/a.bin", 0, len(data)) == data
+    with pytest.raises(IntegrityError):
+        bucket.put("lean/b.bin", data, size=len(data), crc32c=crc32c(b"other"))
+    missing = S3Store("no-such-bucket-here", client=bucket.client, unlooped_client=bucket.unlooped_client)
+    with pytest.raises(BucketNotFound):
+        missing.put("lean/c.bin", data, size=len(data))
+    session = boto3.session.Session(aws_access_key_id="nobody", aws_secret_access_key="wrong", region_name="us-east-1")
+    stranger = S3Store(bucket.bucket, client=session.client("s3", endpoint_url=bucket.client.meta.endpoint_url,
+                                                            config=Config(s3={"addressing_style": "path"})))
+    with pytest.raises(AccessDenied):
+        stranger.put("lean/d.bin", data, size=len(data))
+    assert sorted(o.key for o in bucket.list("lean/")) == ["lean/a.bin"]
