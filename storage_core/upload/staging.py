@@ -16,7 +16,7 @@ place until the URL has expired:
   reconcile interval; no request is spent on them at complete;
 - abort puts a 0-byte marker at the staging key of every file a URL was issued for
   (`fence`): it replaces the unverified bytes and fences the URL in one request per file
-  (10,000 files: one lean PUT each, storage_core.stores.bulk_put, FERRY_MAX_IN_FLIGHT at
+  (10,000 files: one lean PUT each, storage_core.stores.lean, FERRY_MAX_IN_FLIGHT at
   a time; measured 7-10 s against loopback SeaweedFS on a shared 2-core machine, bound by
   the store's time per request: the gateway spends ~1.8 CPU-s on them);
 - reconcile (storage_core.upload.reconcile) deletes a finished transaction's staging

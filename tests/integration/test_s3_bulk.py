@@ -100,3 +100,23 @@ def test_small_puts_go_lean_and_fail_as_botocore_puts_do(bucket, monkeypatch):
     with pytest.raises(AccessDenied):
         stranger.put("lean/d.bin", data, size=len(data))
     assert sorted(o.key for o in bucket.list("lean/")) == ["lean/a.bin"]
+
+
+def test_range_reads_go_lean_and_fail_as_botocore_reads_do(bucket, monkeypatch):
+    from storage_core.errors import ObjectNotFound
+
+    data = bytes(range(256)) * 40
+    meta = bucket.put("lean/r.bin", data, size=len(data))
+
+    def no_botocore(**_):  # noqa: ANN003, ANN202
+        raise AssertionError("get_object called: the lean path was not taken")
+
+    monkeypatch.setattr(bucket.client, "get_object", no_botocore)
+    view = memoryview(bytearray(100))
+    assert bucket.get_range_into("lean/r.bin", 1000, view, if_match=meta.etag) == 100 and bytes(view) == data[1000:1100]
+    tail = memoryview(bytearray(500))  # past the end: what is there
+    assert bucket.get_range_into("lean/r.bin", len(data) - 200, tail) == 200 and bytes(tail[:200]) == data[-200:]
+    with pytest.raises(PreconditionFailed):
+        bucket.get_range_into("lean/r.bin", 0, view, if_match='"not-its-etag"')
+    with pytest.raises(ObjectNotFound):
+        bucket.get_range_into("lean/none.bin", 0, view)
