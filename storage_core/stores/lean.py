@@ -27,13 +27,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
+from storage_core.errors import StorageUnavailable
+
 ATTEMPTS = 3
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 60.0
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
-
-
-class LeanNetworkError(Exception):
-    """A lean request that got no answer (connection refused, broken, timed out)."""
 
 
 class LeanConnections:
@@ -76,7 +74,7 @@ class LeanConnections:
         answer's body is read into it and its length given instead (at most len(into) bytes:
         no more was asked for); another 2xx answer (a Range ignored) is left unread, its
         connection closed. A kept-alive connection the server closed is replaced and the
-        request sent once more; LeanNetworkError when none answers."""
+        request sent once more; StorageUnavailable when none answers."""
         parts = urlsplit(url)
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         for attempt in range(2):
@@ -101,7 +99,8 @@ class LeanConnections:
                 return response.status, got, answer
             except (OSError, http.client.HTTPException) as exc:
                 failure = exc
-        raise LeanNetworkError(f"{type(failure).__name__}: {failure}") from failure
+        raise StorageUnavailable(f"{method} {parts.scheme}://{parts.netloc}{parts.path}: no answer "
+                                 f"({type(failure).__name__}: {failure})") from failure
 
     def close(self) -> None:
         with self._lock:
@@ -128,7 +127,7 @@ def put_empty(sign: Callable[[str], str], keys: list[str], *, workers: int) -> l
                 time.sleep(0.05 * 2**attempt)
             try:
                 status, body, _ = connections.send("PUT", url, b"", {"Content-Length": "0"})
-            except LeanNetworkError as exc:
+            except StorageUnavailable as exc:
                 reason = str(exc)
                 continue
             if status == 200:
@@ -146,4 +145,4 @@ def put_empty(sign: Callable[[str], str], keys: list[str], *, workers: int) -> l
         connections.close()
 
 
-__all__ = ["LeanConnections", "LeanNetworkError", "error_code", "put_empty"]
+__all__ = ["LeanConnections", "error_code", "put_empty"]

@@ -41,7 +41,7 @@ from storage_core.errors import (
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
-from storage_core.stores.lean import LeanConnections, LeanNetworkError, error_code, put_empty
+from storage_core.stores.lean import LeanConnections, error_code, put_empty
 from storage_core.stores.presign import QuerySigner
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,6 @@ _NETWORK_ERRORS = (
     http.client.HTTPException,  # IncompleteRead while reading a body straight from http.client
     ConnectionError,
     TimeoutError,
-    LeanNetworkError,
 )
 _lean_connections = LeanConnections()  # S3Store.put's: one kept-alive connection per thread and origin
 LEAN_URL_SECONDS = 300  # a lean PUT's URL is used at once; this only bounds a clock skew
