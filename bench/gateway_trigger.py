@@ -33,7 +33,8 @@ from pathlib import Path
 import httpx
 
 from bench.gateway_manifest import ACCESS_KEY, SECRET_KEY, catalog_url, gateway, percentile, seaweed
-from deployments.server import PrefectServer
+from deployments.server import PrefectServer, stop_group
+from storage_core.retry import poll
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.checksums import crc32c
@@ -63,23 +64,7 @@ def ferry_serve(env: dict[str, str], log: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait(check, *, timeout: float, what: str, every: float = 0.1):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(every)
+        stop_group(process, signum=signal.SIGINT, timeout=30)
 
 
 class Runs:
@@ -143,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         with ferry_serve(env, root / "serve.log"), gateway(env, root / "gateway.log") as base, \
                 httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http, \
                 httpx.Client(timeout=60) as storage:
-            wait(runs.find_deployment, timeout=180, what=f"ferry serve to register {DEPLOYMENT}", every=1)
+            poll(runs.find_deployment, timeout=180, what=f"ferry serve to register {DEPLOYMENT}", every=1)
 
             def trigger_live() -> bool:  # the trigger service loads a new automation a moment after it exists
                 probe = f"probe-{uuid.uuid4().hex}"
@@ -151,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(2)
                 return runs.of(probe) is not None
 
-            wait(trigger_live, timeout=180, what="the upload trigger to be live", every=0)
+            poll(trigger_live, timeout=180, what="the upload trigger to be live", every=0)
             created, started = [], []
             for n in range(args.uploads):
                 data = f"upload {n}\n".encode() * 100
@@ -164,8 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                 done = http.post(f"/v1/uploads/{txn}/complete")
                 t0 = time.time()
                 done.raise_for_status()
-                run = wait(lambda: runs.of(txn), timeout=120, what=f"the run of upload {n}")
-                run = wait(lambda: (r := runs.of(txn)) and r["start_time"] and r, timeout=180, what=f"run {n} to start")
+                run = poll(lambda: runs.of(txn), timeout=120, what=f"the run of upload {n}")
+                run = poll(lambda: (r := runs.of(txn)) and r["start_time"] and r, timeout=180, what=f"run {n} to start")
                 created.append(seconds_after(run["created"], t0))
                 started.append(seconds_after(run["start_time"], t0))
                 print(f"upload {n:2d}: run created {created[-1]:6.2f} s, started {started[-1]:6.2f} s after complete", flush=True)

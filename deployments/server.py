@@ -176,16 +176,23 @@ class PrefectServer(ServerAddresses):
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(self.process)
         self.process = None
 
 
+def stop_group(process: subprocess.Popen, *, signum: int = signal.SIGTERM, timeout: float = 20) -> None:
+    """Stop a process that leads its own session (started with start_new_session=True) and
+    everything it started: `signum` to the group, SIGKILL after `timeout` seconds."""
+    try:
+        os.killpg(process.pid, signum)
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        pass
+
+
 __all__ = [
-    "PrefectServer", "ServerAddresses", "api_health", "database_url_problem", "free_port", "last_error_line", "require_api"]
+    "PrefectServer", "ServerAddresses", "api_health", "database_url_problem", "free_port", "last_error_line", "require_api",
+    "stop_group"]

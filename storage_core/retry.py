@@ -68,4 +68,17 @@ def call_with_retries(
     raise AssertionError("unreachable")
 
 
-__all__ = ["backoff_delays", "call_with_retries"]
+def poll(check: Callable[[], T], *, timeout: float, what: str, every: float = 0.1) -> T:
+    """Call `check` every `every` seconds until it returns something truthy, and return that;
+    TimeoutError naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(every)
+
+
+__all__ = ["backoff_delays", "call_with_retries", "poll"]

@@ -11,11 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from deployments.server import stop_group
+from storage_core.retry import poll
 
 
 MiB = 1024 * 1024
@@ -61,26 +63,17 @@ def ferry_serve(serve_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[
         return process
 
     yield start
-    for process, log in started:
+    for process, _ in started:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process, signum=signal.SIGINT, timeout=30)
 
 
 def wait_for(check: Callable[[], object], *, timeout: float, what: str, every: float = 0.5) -> object:
     """Poll `check` until it returns something truthy; fail with `what` after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(every)
+    try:
+        return poll(check, timeout=timeout, what=what, every=every)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 def client():
