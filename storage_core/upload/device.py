@@ -3,11 +3,12 @@ whole manifest under its own prefix, and the server side verifies before anythin
 
     begin_device_upload ─> device PUTs files / parts to presigned URLs ─> complete_device_upload
          │   (manifest checked; multipart uploads created and            │ (sizes from HEAD / ListParts,
-         │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
+         │    their ids recorded before any URL is handed out)           │
+         ├─> device_upload_urls (the next window of single-file URLs)   │  CRC32C; one DB transaction:
          └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
                                                                             completed, outbox row)
     abort_device_upload: transaction aborted first, then multipart uploads aborted,
-                         unverified objects deleted and single-PUT URLs fenced.
+                         unverified objects deleted and the single-PUT URLs issued fenced.
 
 Begin records the transaction (items `pending`), creates the multipart uploads, then
 records every item `uploading` with its upload id in one database transaction: a crash
@@ -37,7 +38,11 @@ recorded as stored is deleted, its multipart uploads aborted, and the transactio
 nothing unverified is ever recorded or left behind. No URL writes once its transaction
 closed: a part URL's multipart upload is gone, and a single-PUT URL's staging key holds an
 object until the URL has expired (the verified staged copy after complete, a 0-byte marker
-after abort; storage_core.upload.staging says what that costs).
+after abort; storage_core.upload.staging says what that costs). Single-file URLs go out a
+window at a time (`url_window`: begin and the status give the first missing ones, the
+device asks device_upload_urls for the next by path), each item recorded `url_issued`
+under the transaction's lock before its URL is signed: an abort fences exactly those
+staging keys, so its cost follows what was handed out, not the manifest's size.
 """
 
 from __future__ import annotations
