@@ -86,9 +86,20 @@ def test_a_failed_put_in_a_later_window_resumes_and_sends_nothing_twice(windowed
         put(http_, url, path, *args)
         sent.append(path.name)
 
+    urls = client_module.GatewayClient.urls
+    sent_when_asked: list[int] = []
+
+    def next_window(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        sent_when_asked.append(len(sent))
+        return urls(self, *args, **kwargs)
+
     monkeypatch.setattr(client_module, "_put", fourth_fails_once)
+    monkeypatch.setattr(client_module.GatewayClient, "urls", next_window)
     report = device_upload(folder, gateway=windowed.url, token=windowed.token, parallel=1)
     assert report.status == "completed" and report.files == 5 and tried.count("3.bin") == 2
+    # a window is asked for only once the one before is under way (a PUT slot freed): the
+    # client holds one window of URLs, not every file's
+    assert len(sent_when_asked) == 2 and min(sent_when_asked) >= 1
     assert sorted(sent) == [f"{n}.bin" for n in range(5)] and report.pieces_sent == 5  # each PUT once
     for path, data in blobs.items():
         assert bucket.get_range(f"lake/{path}", 0, len(data)) == data
