@@ -893,8 +893,9 @@ def abort_device_upload(
     """Abort the device's open transaction, then clean up, so that no URL it handed out
     can write any more and nothing unverified is left: a 0-byte marker at the staging key
     of every single-PUT file a URL was issued for (replacing what its URL put, and
-    refusing the URL from then on; no other staging key can hold anything), objects a complete put at new paths deleted (unless the catalog records that
-    version as stored), multipart uploads aborted (their part URLs die with them); the
+    refusing the URL from then on; no other staging key can hold anything), objects a
+    complete put at new paths deleted (unless the catalog records that version as
+    stored), multipart uploads aborted (their part URLs die with them); the
     three run side by side. The abort commits first, under the transaction's lock, after
     re-checking that it is not completed (TransactionStateError), so nothing of a completed
     upload is ever deleted. An aborted one stays aborted (aborting it again changes
