@@ -5,11 +5,14 @@ For each catalog (SQLite file, PostgreSQL database) a fresh `ferry gateway` proc
 over a fresh SeaweedFS bucket (access keys on). Device `big` begins a manifest of
 `--files` files (`--multipart` of them multipart, the rest small single PUTs), PUTs `--uploaded`
 of them through their presigned URLs (not timed), asks for its status, and aborts (which
-puts a 0-byte marker at every single file's staging key: one PUT each). Device
+puts a 0-byte marker at the staging key of every single file a URL was handed out for:
+one PUT each). Begin hands out the first window of single-file URLs (FERRY_URL_WINDOW);
+with `--issue-all` the device first asks for every other window (phase `urls`), the
+worst case for the abort. Device
 `small` meanwhile polls `/v1/me` and the status of its own one-file upload without pause,
 from a process of its own; its latencies are reported per phase as p50 / p95 / max.
 
-Usage: python -m bench.gateway_manifest [--files 10000] [--uploaded 1000] [--multipart 0]
+Usage: python -m bench.gateway_manifest [--files 10000] [--uploaded 1000] [--multipart 0] [--issue-all]
                                         [--backends sqlite,postgresql] [--pg postgresql://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -223,6 +226,15 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
                 state = response.json()
                 txn = state["transaction_id"]
 
+                if args.issue_all:
+                    waiting = [f["path"] for f in state["files"] if not f["multipart"] and not f["urls"]]
+                    window = state["url_window"]
+                    with prober.phase("urls"):
+                        started = time.perf_counter()
+                        for start in range(0, len(waiting), window):
+                            http.post(f"/v1/uploads/{txn}/urls", json={"paths": waiting[start:start + window]}).raise_for_status()
+                        seconds["urls"] = time.perf_counter() - started
+
                 singles = [f for f in state["files"] if not f["multipart"]][: args.uploaded]
 
                 def put(f: dict) -> None:
@@ -256,13 +268,13 @@ def run_backend(backend: str, args: argparse.Namespace, weed: SeaweedServer, roo
 
 def report(result: dict, files: int) -> str:
     lines = [f"{result['backend']}: {files} files  " + "  ".join(f"{k} {v:.2f} s" for k, v in result["seconds"].items())]
-    for phase in ("idle", "begin", "status", "abort"):
+    for phase in ("idle", "begin", "urls", "status", "abort"):
         for key, label in ((phase, "all"), (f"{phase} me", "/v1/me"), (f"{phase} status", "its status")):
             values = result["latencies"].get(key, [])
             if values:
                 lines.append(f"  other device during {phase:6s} {label:10s}: n={len(values):4d}  p50 {percentile(values, .5) * 1000:7.1f} ms"
                              f"  p95 {percentile(values, .95) * 1000:7.1f} ms  max {max(values) * 1000:7.1f} ms")
-            elif label == "all":
+            elif label == "all" and (phase != "urls" or "urls" in result["seconds"]):
                 lines.append(f"  other device during {phase:6s}: no request answered")
     lines.append(f"  after abort: {result['objects_left']} object(s), {result['uploads_left']} multipart upload(s) left,"
                  f" {result['markers']} staging marker(s) holding {result['staged_bytes']} bytes;"
@@ -275,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=10_000)
     parser.add_argument("--uploaded", type=int, default=1_000, help="files PUT before status and abort")
     parser.add_argument("--multipart", type=int, default=0, help="how many of the files are multipart")
+    parser.add_argument("--issue-all", action="store_true", help="ask for every window of URLs before the abort")
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--pg", default=os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres"))
     args = parser.parse_args(argv)

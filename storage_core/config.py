@@ -45,6 +45,11 @@ class FerrySettings(BaseSettings):
     # how long a presigned URL a gateway hands out stays valid (SigV4's ceiling is 7 days);
     # reconcile keeps a finished upload's staging objects that long, so its URLs stay fenced
     url_expiry: int = Field(default=900, ge=1, le=7 * 24 * 3600, description="seconds a device's presigned URL stays valid")
+    # how many single-file URLs a gateway hands out at a time (a device asks for the next
+    # window as it goes): an abort fences only the staging keys a URL was issued for, one
+    # request each, so this bounds what an abort of a large manifest costs (~1 s per 1,000
+    # against loopback SeaweedFS on a busy 2-core machine)
+    url_window: int = Field(default=1000, ge=1, le=100_000, description="single-file URLs a gateway answer carries at most")
     endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("FERRY_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )

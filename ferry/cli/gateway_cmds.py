@@ -25,6 +25,7 @@ def gateway(
     host: Annotated[str, typer.Option("--host", help="Address to bind (loopback unless you mean it).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8470,
     expires_in: Annotated[Optional[int], typer.Option("--url-expiry", help="Seconds a presigned URL stays valid (default and most: FERRY_URL_EXPIRY, 900).")] = None,
+    url_window: Annotated[Optional[int], typer.Option("--url-window", min=1, help="Single-file URLs one answer carries at most (default: FERRY_URL_WINDOW, 1000).")] = None,
     max_files: Annotated[int, typer.Option("--max-files", help="Most files one manifest may list.")] = 10_000,
     max_bytes: Annotated[Optional[int], typer.Option("--max-bytes", help="Most bytes one manifest may declare.")] = None,
     max_file_bytes: Annotated[Optional[int], typer.Option("--max-file-bytes", help="Largest file a device may send.")] = None,
@@ -53,7 +54,7 @@ def gateway(
     if max_file_bytes is not None:
         limits = UploadLimits(**{**limits.__dict__, "max_file_bytes": max_file_bytes})
     gateway_app = create_app(
-        open_default_catalog(), destination=destination, limits=limits, expires_in=expires_in, flush_interval=flush_interval, settings=settings
+        open_default_catalog(), destination=destination, limits=limits, expires_in=expires_in, url_window=url_window, flush_interval=flush_interval, settings=settings
     )
     from prefect.settings import PREFECT_API_URL
 

@@ -3,7 +3,8 @@ a manifest of files in object storage, without storage credentials.
 
     POST /v1/uploads                  begin: manifest in, presigned URLs out         201
     GET  /v1/uploads/{id}             status: what the store holds (resume)          200
-    POST /v1/uploads/{id}/urls        fresh URLs for what is still missing           200
+    POST /v1/uploads/{id}/urls        URLs for the files named, or for what is       200
+                                      still missing (as begin gives them)
     POST /v1/uploads/{id}/complete    verify, complete, emit ferry.upload.completed  200
     POST /v1/uploads/{id}/abort       abort multipart uploads, delete what was put   200
     GET  /v1/me                       the device the token belongs to                200
@@ -20,6 +21,13 @@ busy, a concurrent writer first), 413 a manifest over the limits or a body over
 a 500; a 503 (object store or catalog unavailable: locked, unreachable) carries
 `Retry-After`, and the device client retries it. A 5xx names what failed, never where it
 lives (the full error goes to the gateway's log).
+
+Single-file URLs go out a window at a time (`url_window`, FERRY_URL_WINDOW: 1,000): begin
+gives URLs for every part and for the first window of single files, and the device asks
+`/urls` for the next files by path (`{"paths": [...]}`, at most a window). Each is recorded
+as issued before it is signed, and an abort fences exactly those (one request each), so
+aborting a 10,000-file manifest costs what its windows handed out, not 10,000 requests.
+Once the upload completed or was aborted, `/urls` is refused (409).
 
 Complete answers once its commit is done. The event it records is sent by the background
 flusher (woken by each complete, and every `flush_interval` seconds to retry), never by a
@@ -73,6 +81,7 @@ from storage_core.upload.device import (
     begin_device_upload,
     complete_device_upload,
     device_upload_status,
+    device_upload_urls,
 )
 from storage_core.catalog.outbox import get_upload_event
 
@@ -113,6 +122,8 @@ class UrlsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     files: list[PartChecksumsIn] = []
+    paths: list[Annotated[str, Field(max_length=1024)]] | None = Field(
+        default=None, description="URLs for just these single files (at most the gateway's URL window)")
 
 
 class _Refused(Exception):
@@ -193,6 +204,7 @@ def create_app(
     destination: StorageUri,
     limits: UploadLimits = UploadLimits(),
     expires_in: int | None = None,
+    url_window: int | None = None,
     emitter: Emitter | None = None,
     flush_interval: float = 30,
     settings: FerrySettings | None = None,
@@ -200,13 +212,15 @@ def create_app(
     failed_tokens: FailedTokenLimit = FailedTokenLimit(),
 ) -> FastAPI:
     """The gateway app; its URLs live `expires_in` seconds (default and most:
-    `settings.url_expiry`). Its flusher thread (running while the app is served) sends the
+    `settings.url_expiry`), and an answer carries at most `url_window` single-file URLs
+    (default `settings.url_window`). Its flusher thread (running while the app is served) sends the
     recorded events: at once after each complete, and every `flush_interval` seconds
     those whose send failed. `app.state.flush()` runs one round in the caller's thread."""
     if flush_interval <= 0:
         raise ConfigError(f"flush_interval must be positive (got {flush_interval})")
     settings = settings or load_settings()
     expires_in = settings.url_expiry if expires_in is None else expires_in
+    url_window = url_window or settings.url_window
     if not 0 < expires_in <= settings.url_expiry:
         # reconcile keeps a closed upload's staging objects FERRY_URL_EXPIRY long: a URL
         # living longer would outlive what fences it
@@ -309,7 +323,7 @@ def create_app(
         ]
         state = begin_device_upload(
             catalog, device_id, files, destination=destination, limits=limits, expires_in=expires_in,
-            transaction_id=manifest.transaction_id, settings=settings,
+            transaction_id=manifest.transaction_id, url_window=url_window, settings=settings,
         )
         return _state_response(state, status_code=201)
 
@@ -323,8 +337,11 @@ def create_app(
         crcs = {f.path: list(f.part_crc32c) for f in wanted.files}
 
         def answer() -> Response:
+            if wanted.paths is not None:
+                return _state_response(device_upload_urls(catalog, device_id, transaction_id, wanted.paths,
+                                                          expires_in=expires_in, url_window=url_window, settings=settings))
             state = device_upload_status(catalog, device_id, transaction_id, part_crc32c=crcs, with_urls=True,
-                                         expires_in=expires_in, settings=settings)
+                                         expires_in=expires_in, url_window=url_window, settings=settings)
             return _state_response(state)
 
         return await run_in_threadpool(answer)
@@ -345,8 +362,8 @@ def create_app(
 
     @app.post("/v1/uploads/{transaction_id}/abort")
     def abort(transaction_id: str, device_id: DeviceId) -> dict[str, Any]:
-        info = abort_device_upload(catalog, device_id, transaction_id, settings=settings)
-        return {"transaction_id": transaction_id, "status": info.status}
+        status = abort_device_upload(catalog, device_id, transaction_id, settings=settings)
+        return {"transaction_id": transaction_id, "status": status}
 
     register_stream_routes(app, Depends(_device), catalog, destination=destination, settings=settings,
                            max_body_bytes=max_body_bytes)

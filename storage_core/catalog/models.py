@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -212,6 +212,9 @@ class TransactionItem(Base):
     # its declared part CRC32Cs (JSON list; multipart only)
     replaces_etag: Mapped[str | None] = mapped_column(String(256))
     part_crc32c: Mapped[str | None] = mapped_column(Text)
+    # a device's single-PUT item: a URL was handed out for its staging key (recorded before
+    # the URL exists), so an abort must fence that key
+    url_issued: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
 
     transaction: Mapped[Transaction] = relationship(back_populates="items")

@@ -5,6 +5,10 @@ PUTs bytes straight to the presigned URLs it is given.
       ─> begin (the device's own transaction id, so a repeated begin is the same transaction)
       ─> PUT each missing file / part, streamed from disk, several at once ─> complete
 
+Begin gives URLs for every missing part and for the first window of single files (the
+gateway's `url_window`); the client asks for the next window, by path, as a PUT slot
+frees once the window it holds is used up, so it holds one window of URLs at a time.
+
 The state file is written before the first request, so after a lost connection or a
 killed process the same command asks the gateway what the store already holds and sends
 only what is missing. It is removed only once the gateway's account of the completed
@@ -20,8 +24,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,10 +159,15 @@ class GatewayClient:
         path = f"/v1/uploads/{transaction_id}"
         return self._state(path, self._call("GET", path, keys=_STATE_KEYS))
 
-    def urls(self, transaction_id: str, part_crc32c: dict[str, list[int]]) -> dict[str, Any]:
-        body = {"files": [{"path": p, "part_crc32c": c} for p, c in part_crc32c.items()]}
+    def urls(self, transaction_id: str, part_crc32c: dict[str, list[int]] | None = None, *,
+             paths: list[str] | None = None) -> dict[str, Any]:
+        """Fresh URLs: for what is still missing (as begin gives them), or for the single
+        files `paths` only (the next window; the answer lists just those)."""
+        body: dict[str, Any] = {"files": [{"path": p, "part_crc32c": c} for p, c in (part_crc32c or {}).items()]}
+        if paths is not None:
+            body["paths"] = paths
         path = f"/v1/uploads/{transaction_id}/urls"
-        return self._state(path, self._call("POST", path, body, keys=_STATE_KEYS))
+        return self._state(path, self._call("POST", path, body, keys=_STATE_KEYS), None if paths is None else set(paths))
 
     def complete(self, transaction_id: str) -> dict[str, Any]:
         return self._call("POST", f"/v1/uploads/{transaction_id}/complete", keys=("status", "files", "bytes"))
@@ -269,13 +278,16 @@ def _stream(path: Path, start: int, length: int, throttle: _Throttle, stop: thre
             yield block
 
 
-def _put_all(http: httpx.Client, pieces: list[tuple[dict[str, Any], Path, int]], throttle: _Throttle, parallel: int,
+Piece = tuple[dict[str, Any], Path, int]  # (URL, local file, offset of the URL's bytes in it)
+
+
+def _put_all(http: httpx.Client, pieces: Iterable[Piece], throttle: _Throttle, parallel: int,
              on_stored: Callable[[dict[str, Any]], None]) -> None:
-    """PUT every (url, file, offset) piece, `parallel` at once, calling `on_stored(url)` (one
-    call at a time) as each is stored. The first failure stops the other PUTs (between two
-    blocks) and is raised once none is running any more."""
-    if not pieces:
-        return
+    """PUT every piece, `parallel` at once, calling `on_stored(url)` (one call at a time) as
+    each is stored. The next piece is taken from `pieces` only once a PUT slot is free (a
+    lazy iterable that fetches URLs a window at a time holds just that window). The first
+    failure, of a PUT or of `pieces`, stops the other PUTs (between two blocks) and is
+    raised once none is running any more."""
     stop, lock = threading.Event(), threading.Lock()
 
     def send(url: dict[str, Any], path: Path, start: int) -> None:
@@ -283,15 +295,22 @@ def _put_all(http: httpx.Client, pieces: list[tuple[dict[str, Any], Path, int]],
         with lock:  # counted here, not as results are collected: those after a failure count too
             on_stored(url)
 
-    with ThreadPoolExecutor(min(parallel, len(pieces)), thread_name_prefix="ferry-put") as pool:
-        futures = [pool.submit(send, url, path, start) for url, path, start in pieces]
+    running: set[Future[None]] = set()
+
+    def settle(done: set[Future[None]]) -> None:
+        for future in done:
+            future.result()
+
+    with ThreadPoolExecutor(parallel, thread_name_prefix="ferry-put") as pool:
         try:
-            for future in as_completed(futures):
-                future.result()
+            for url, path, start in pieces:
+                if len(running) >= parallel:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    settle(done)
+                running.add(pool.submit(send, url, path, start))
+            settle(wait(running)[0])
         except BaseException:
-            stop.set()
-            for future in futures:
-                future.cancel()
+            stop.set()  # the pool's exit waits for the PUTs still running
             raise
 
 
@@ -321,6 +340,23 @@ def _offset(file: dict[str, Any], url: dict[str, Any]) -> int:
     """Where a URL's bytes start in the local file: 0 for a single PUT, else its part's
     offset (the `start` of that part in storage_core.parts.split_parts)."""
     return 0 if url["part_number"] is None else (url["part_number"] - 1) * file["part_size"]
+
+
+def _pieces(client: GatewayClient, transaction_id: str, state: dict[str, Any], local: dict[str, Path]) -> Iterator[Piece]:
+    """The pieces to PUT: those `state` (begin's answer) has URLs for, then the single
+    files it has none for and that are still to be sent, a window of URLs at a time,
+    asked for only once the pieces before them are under way."""
+    for f in state["files"]:
+        for url in f["urls"]:
+            yield url, local[f["path"]], _offset(f, url)
+    waiting = [f["path"] for f in state["files"]
+               if not f["multipart"] and not f["urls"] and not f["uploaded"] and f.get("status") == "uploading"]
+    window = state.get("url_window") or max(len(waiting), 1)
+    for start in range(0, len(waiting), window):
+        answer = client.urls(transaction_id, paths=waiting[start:start + window])
+        for f in answer["files"]:
+            for url in f["urls"]:
+                yield url, local[f["path"]], _offset(f, url)
 
 
 def _check_all_stored(state: dict[str, Any], files: list[dict[str, Any]]) -> None:
@@ -410,8 +446,7 @@ def device_upload(
                         state = client.begin(wire, txn_id, replace=replace)
                     if reused is None:
                         reused = sum(len(f["parts_present"]) if f["multipart"] else int(f["uploaded"]) for f in state["files"])
-                    pieces = [(url, local[f["path"]], _offset(f, url)) for f in state["files"] for url in f["urls"]]
-                    _put_all(storage, pieces, throttle, parallel, on_stored=stored)
+                    _put_all(storage, _pieces(client, txn_id, state, local), throttle, parallel, on_stored=stored)
                     done = client.complete(txn_id)
                     _check_all_stored(client.status(txn_id), files)  # the state file stays unless all is stored
                     break

@@ -3,11 +3,12 @@ whole manifest under its own prefix, and the server side verifies before anythin
 
     begin_device_upload ─> device PUTs files / parts to presigned URLs ─> complete_device_upload
          │   (manifest checked; multipart uploads created and            │ (sizes from HEAD / ListParts,
-         │    their ids recorded before any URL is handed out)           │  CRC32C; one DB transaction:
+         │    their ids recorded before any URL is handed out)           │
+         ├─> device_upload_urls (the next window of single-file URLs)   │  CRC32C; one DB transaction:
          └─> device_upload_status (what is present; fresh URLs) ─────────┘  items stored, transaction
                                                                             completed, outbox row)
     abort_device_upload: transaction aborted first, then multipart uploads aborted,
-                         unverified objects deleted and single-PUT URLs fenced.
+                         unverified objects deleted and the single-PUT URLs issued fenced.
 
 Begin records the transaction (items `pending`), creates the multipart uploads, then
 records every item `uploading` with its upload id in one database transaction: a crash
@@ -37,7 +38,11 @@ recorded as stored is deleted, its multipart uploads aborted, and the transactio
 nothing unverified is ever recorded or left behind. No URL writes once its transaction
 closed: a part URL's multipart upload is gone, and a single-PUT URL's staging key holds an
 object until the URL has expired (the verified staged copy after complete, a 0-byte marker
-after abort; storage_core.upload.staging says what that costs).
+after abort; storage_core.upload.staging says what that costs). Single-file URLs go out a
+window at a time (`url_window`: begin and the status give the first missing ones, the
+device asks device_upload_urls for the next by path), each item recorded `url_issued`
+under the transaction's lock before its URL is signed: an abort fences exactly those
+staging keys, so its cost follows what was handed out, not the manifest's size.
 """
 
 from __future__ import annotations
@@ -148,6 +153,9 @@ class DeviceUploadState:
     status: str
     expires_in: int
     files: tuple[FileState, ...] = field(default_factory=tuple)
+    # the most single-file URLs one answer carries: a device asks for those of its other
+    # files with up to this many paths at a time (device_upload_urls)
+    url_window: int | None = None
 
 
 # --- the manifest (pure) ------------------------------------------------------------------
@@ -291,14 +299,14 @@ def scoped_transaction_id(catalog: Catalog, device_id: str, transaction_id: str)
     return hashlib.sha256(f"{device_id}/{transaction_id}".encode()).hexdigest()[:32]
 
 
-def _check_owner(catalog: Catalog, device_id: str, transaction_id: str) -> str:
-    """The catalog id of the device's own transaction `transaction_id` (reading no item);
-    UnknownUpload when the device has none by that id."""
+def _check_owner(catalog: Catalog, device_id: str, transaction_id: str) -> tuple[str, records.TransactionOwner]:
+    """The catalog id of the device's own transaction `transaction_id` and its owner row
+    (reading no item); UnknownUpload when the device has none by that id."""
     scoped = scoped_transaction_id(catalog, device_id, transaction_id)
     owner = records.transaction_owner(catalog, scoped)
     if owner is None or owner.device_id != device_id or owner.origination != ORIGINATION:
         raise UnknownUpload(f"no upload transaction {transaction_id!r} for device {device_id}")
-    return scoped
+    return scoped, owner
 
 
 def _own(catalog: Catalog, device_id: str, transaction_id: str) -> TransactionInfo:
@@ -322,10 +330,13 @@ def begin_device_upload(
     limits: UploadLimits = UploadLimits(),
     expires_in: int = 900,
     transaction_id: str | None = None,
+    url_window: int | None = None,
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
     """Check the manifest, begin the transaction, create the multipart uploads (each id
-    recorded before any URL exists) and return URLs for every file to send. Two steps, each
+    recorded before any URL exists) and return URLs for every part to send and for the
+    first `url_window` single files (default `settings.url_window`; the device asks for
+    the others with device_upload_urls). Two steps, each
     one database transaction: the transaction and its items `pending`, then every item
     `uploading` with its upload id (all or none). A crash between them leaves items a
     complete refuses and a repeated begin finishes. Nothing is recorded when the manifest
@@ -349,7 +360,7 @@ def begin_device_upload(
                 _start_uploads(catalog, existing, declared, settings)
             return device_upload_status(catalog, device_id, shown, part_crc32c=crcs,
                                         with_urls=existing.status in OPEN_TRANSACTION_STATES,
-                                        expires_in=expires_in, settings=settings)
+                                        expires_in=expires_in, url_window=url_window, settings=settings)
     _replaced_versions(catalog, destination.store_uri,  # refused before anything is recorded
                        [(f.path, records.destination_key(destination, e), f.size, f.crc32c)
                         for f, e in zip(files, entries)], declared)
@@ -367,7 +378,7 @@ def begin_device_upload(
     try:
         _start_uploads(catalog, txn, declared, settings)
         return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
-                                    expires_in=expires_in, settings=settings)
+                                    expires_in=expires_in, url_window=url_window, settings=settings)
     except BaseException:
         abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
         raise
@@ -419,26 +430,37 @@ def device_upload_status(
     part_crc32c: dict[str, list[int]] | None = None,
     with_urls: bool = False,
     expires_in: int = 900,
+    url_window: int | None = None,
     settings: FerrySettings | None = None,
 ) -> DeviceUploadState:
     """What the store holds for each file, from the store itself: single files by one LIST
     of the transaction's staging folder (storage_core.stores.lookup; not one HEAD per file),
     multipart files by ListParts, a bounded pool at a time. With `with_urls`, fresh URLs for
     what is missing, each signed with everything its request must carry (UploadUrl.headers,
-    sent exactly): a single file's PUT goes to its staging key with its CRC32C,
-    Content-Length, Content-Type and `If-None-Match: *` (written once, never replaced); a
-    part's PUT carries the part CRC32C recorded at begin and its Content-Length. (A
-    transaction begun before part checksums were recorded takes them from `part_crc32c`,
-    checked against the file's CRC32C.)"""
+    sent exactly): every missing part's PUT, with the part CRC32C recorded at begin and its
+    Content-Length; and the first `url_window` missing single files' PUTs (default
+    `settings.url_window`), recorded as issued before they are signed (an abort fences
+    their staging keys; refused once the transaction closed: TransactionStateError), each
+    to its staging key with its CRC32C, Content-Length, Content-Type and `If-None-Match: *`
+    (written once, never replaced); URLs for a transaction no longer open are refused
+    (TransactionStateError). (A transaction begun before part checksums were recorded
+    takes them from `part_crc32c`, checked against the file's CRC32C.)"""
     settings = settings or load_settings()
+    url_window = url_window or settings.url_window
     part_crc32c = part_crc32c or {}
     txn = _own(catalog, device_id, transaction_id)
     is_open = txn.status in OPEN_TRANSACTION_STATES
+    if with_urls and not is_open:
+        raise TransactionStateError(f"transaction {transaction_id} is {txn.status}; it hands out no URLs")
     destination = parse_uri(txn.destination)
     sending = [i for i in txn.items if is_open and i.status == ItemStatus.UPLOADING.value]
     staged = {i.id: staging_key(destination.prefix, txn.id, i.id) for i in sending if i.upload_id is None}
     present = _present_objects(destination.store_uri, list(staged.values()), settings)
     parts = _present_parts_of([i for i in sending if i.upload_id is not None], settings)
+    issued: set[int] = set()
+    if with_urls:
+        window = [i.source_path for i in sending if i.upload_id is None and staged[i.id] not in present][:url_window]
+        issued = {i.id for i in records.issue_single_put_urls(catalog, txn.id, window)} if window else set()
     stores: dict[str, ObjectStore] = {}
     files = []
     for item in txn.items:
@@ -468,17 +490,66 @@ def device_upload_status(
                                 urls.append(UploadUrl(url, "PUT", headers, n, sizes[n - 1]))
             else:
                 uploaded = staged[item.id] in present
-                if with_urls and not uploaded:
-                    url = store.presign_put(staged[item.id], expires_in=expires_in, crc32c=crc, size=size,
-                                            content_type=CONTENT_TYPE, if_none_match=True)
-                    headers = {"x-amz-checksum-crc32c": to_header(crc), "Content-Length": str(size),
-                               "Content-Type": CONTENT_TYPE, "If-None-Match": "*"}
-                    urls.append(UploadUrl(url, "PUT", headers, None, size))
+                if item.id in issued:
+                    urls.append(_single_put_url(store, staged[item.id], item, expires_in))
         files.append(
             FileState(path, item.uri, size, item.status, multipart, item.part_size,
                       tuple(sorted(in_store)), uploaded, tuple(urls))
         )
-    return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files))
+    return DeviceUploadState(transaction_id, device_id, txn.status, expires_in, tuple(files), url_window)
+
+
+def _single_put_url(store: ObjectStore, key: str, item: ItemInfo, expires_in: int) -> UploadUrl:
+    """The URL of a single file's one PUT, to its staging `key`, signed with its CRC32C,
+    Content-Length, Content-Type and `If-None-Match: *`: the store takes these bytes once."""
+    url = store.presign_put(key, expires_in=expires_in, crc32c=item.crc32c, size=item.size,
+                            content_type=CONTENT_TYPE, if_none_match=True)
+    headers = {"x-amz-checksum-crc32c": to_header(item.crc32c), "Content-Length": str(item.size),
+               "Content-Type": CONTENT_TYPE, "If-None-Match": "*"}
+    return UploadUrl(url, "PUT", headers, None, item.size)
+
+
+def device_upload_urls(
+    catalog: Catalog,
+    device_id: str,
+    transaction_id: str,
+    paths: list[str],
+    *,
+    expires_in: int = 900,
+    url_window: int | None = None,
+    settings: FerrySettings | None = None,
+) -> DeviceUploadState:
+    """URLs for the single files `paths` of the device's open transaction: the next window
+    a device asks for as it goes, after those begin gave it. At most `url_window` paths
+    (default `settings.url_window`; more: ManifestRefused, too large), each a file of the
+    transaction (else ManifestRefused naming it). Each file still to be sent is recorded as
+    issued before its URL is signed (refused once the transaction closed:
+    TransactionStateError). The answer lists just these files; a multipart one (its part
+    URLs come with begin and the status) or one already done gets no URL. Whether the store
+    holds a file already is not looked up (`uploaded` is false for every file still to be
+    sent): a device asks for what it has not sent, and the store refuses a second PUT to a
+    staging key (412)."""
+    settings = settings or load_settings()
+    url_window = url_window or settings.url_window
+    if len(paths) > url_window:
+        raise ManifestRefused(f"URLs for {len(paths)} files asked for; at most {url_window} at a time", reason="too_large")
+    scoped, owner = _check_owner(catalog, device_id, transaction_id)
+    items = records.issue_single_put_urls(catalog, scoped, paths)
+    unknown = set(paths) - {i.source_path for i in items}
+    if unknown:  # (those known are marked issued already: a fence more, never one less)
+        raise ManifestRefused(f"{min(unknown)} is not a file of transaction {transaction_id}")
+    prefix = parse_uri(owner.destination).prefix
+    stores: dict[str, ObjectStore] = {}
+    files = []
+    for item in items:
+        urls: tuple[UploadUrl, ...] = ()
+        if item.status == ItemStatus.UPLOADING.value and item.upload_id is None:
+            if item.store_uri not in stores:
+                stores[item.store_uri], _ = open_store(item.store_uri, settings)
+            urls = (_single_put_url(stores[item.store_uri], staging_key(prefix, scoped, item.id), item, expires_in),)
+        files.append(FileState(item.source_path, item.uri, item.size, item.status, item.upload_id is not None,
+                               item.part_size, (), item.done, urls))
+    return DeviceUploadState(transaction_id, device_id, owner.status, expires_in, tuple(files), url_window)
 
 
 def _part_checksums(item: ItemInfo, given: dict[str, list[int]]) -> tuple[int, ...]:
@@ -776,15 +847,16 @@ def _replace(txn: TransactionInfo, replacing: list[tuple[_Arrived, int]]) -> lis
     return verified
 
 
-def _fence_staging(txn: TransactionInfo, item_ids: tuple[int, ...], settings: FerrySettings) -> list[str]:
-    """A 0-byte marker at the staging key of each item (storage_core.upload.staging.fence):
-    the unverified bytes gone and the URLs refused. What failed is returned, one line each."""
-    destination = parse_uri(txn.destination)
+def _fence_staging(aborted: records.AbortedUpload, settings: FerrySettings) -> list[str]:
+    """A 0-byte marker at the staging key of each single PUT a URL was issued for
+    (storage_core.upload.staging.fence): the unverified bytes gone and the URLs refused.
+    What failed is returned, one line each."""
+    destination = parse_uri(aborted.destination)
     try:
         store, _ = open_store(destination.store_uri, settings)
     except FerryError as exc:
         return [f"{destination}: {one_line(exc)}"]
-    keys = [staging_key(destination.prefix, txn.id, item_id) for item_id in item_ids]
+    keys = [staging_key(destination.prefix, aborted.transaction_id, item_id) for item_id in aborted.single_puts]
     return fence(store, keys, max_in_flight=settings.max_in_flight)
 
 
@@ -817,22 +889,23 @@ def _fail(catalog: Catalog, txn: TransactionInfo, item_id: int, problem: str, se
 def abort_device_upload(
     catalog: Catalog, device_id: str, transaction_id: str, *, reason: str = "aborted by the device",
     settings: FerrySettings | None = None,
-) -> TransactionInfo:
+) -> str:
     """Abort the device's open transaction, then clean up, so that no URL it handed out
     can write any more and nothing unverified is left: a 0-byte marker at the staging key
-    of every single-PUT file (replacing what its URL put, and refusing the URL from then
-    on), objects a complete put at new paths deleted (unless the catalog records that
-    version as stored), multipart uploads aborted (their part URLs die with them); the
+    of every single-PUT file a URL was issued for (replacing what its URL put, and
+    refusing the URL from then on; no other staging key can hold anything), objects a
+    complete put at new paths deleted (unless the catalog records that version as
+    stored), multipart uploads aborted (their part URLs die with them); the
     three run side by side. The abort commits first, under the transaction's lock, after
     re-checking that it is not completed (TransactionStateError), so nothing of a completed
     upload is ever deleted. An aborted one stays aborted (aborting it again changes
     nothing). A failed cleanup raises AbortFailed; reconcile replaces with a marker what a
-    URL left unfenced put meanwhile."""
+    URL left unfenced put meanwhile. Returns the transaction's status (aborted)."""
     settings = settings or load_settings()
-    transaction_id = _check_owner(catalog, device_id, transaction_id)
+    transaction_id, _ = _check_owner(catalog, device_id, transaction_id)
     aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason)
     with ThreadPoolExecutor(3, thread_name_prefix="ferry-abort") as pool:
-        cleanups = [pool.submit(_fence_staging, aborted.transaction, aborted.single_puts, settings),
+        cleanups = [pool.submit(_fence_staging, aborted, settings),
                     pool.submit(_delete_unverified, aborted.objects, settings),
                     pool.submit(_abort_uploads, aborted.uploads, settings)]
         failures = [failure for cleanup in cleanups for failure in cleanup.result()]
@@ -841,7 +914,7 @@ def abort_device_upload(
         records.record_abort_incomplete(catalog, transaction_id, failures[0])
         raise AbortFailed(f"transaction {transaction_id} is aborted, but {len(failures)} cleanup(s) failed, "
                           f"e.g. {failures[0]}; `ferry reconcile` retries the uploads")
-    return aborted.transaction
+    return aborted.status
 
 
 def abort_device_uploads(catalog: Catalog, device_id: str, *, reason: str,
@@ -922,6 +995,7 @@ __all__ = [
     "check_stored",
     "complete_device_upload",
     "device_upload_status",
+    "device_upload_urls",
     "part_sizes",
     "require_presign",
     "scoped_transaction_id",

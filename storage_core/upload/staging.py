@@ -15,10 +15,13 @@ place until the URL has expired:
   copies, `FERRY_URL_EXPIRY` (+ a margin) after the transaction finished, plus up to one
   reconcile interval; no request is spent on them at complete;
 - abort puts a 0-byte marker at the staging key of every file a URL was issued for
-  (`fence`): it replaces the unverified bytes and fences the URL in one request per file
-  (10,000 files: one lean PUT each, storage_core.stores.lean, FERRY_MAX_IN_FLIGHT at
-  a time; measured 7-10 s against loopback SeaweedFS on a shared 2-core machine, bound by
-  the store's time per request: the gateway spends ~1.8 CPU-s on them);
+  (`fence`; the catalog's `url_issued`): it replaces the unverified bytes and fences the
+  URL in one request per file (one lean PUT each, storage_core.stores.lean,
+  FERRY_MAX_IN_FLIGHT at a time; 10,000 of them measured 7-10 s against loopback
+  SeaweedFS on a shared 2-core machine, bound by the store's time per request). URLs go
+  out a window at a time (FERRY_URL_WINDOW, 1,000) as the device asks for them, so an
+  abort fences what was handed out and not yet closed, not every file of the manifest;
+  no other staging key of the transaction can hold anything;
 - reconcile (storage_core.upload.reconcile) deletes a finished transaction's staging
   objects once its URLs have expired, a batch delete of 1,000 keys a request, and until
   then replaces with a marker any bytes found under an aborted one (a marker its abort

@@ -322,7 +322,8 @@ def abort_transactions(
         txn = records.get_transaction(catalog, transaction_id)
         if txn.origination == DEVICE_ORIGINATION and txn.device_id is not None:
             try:
-                results.append(abort_device_upload(catalog, txn.device_id, transaction_id, reason=reason, settings=settings))
+                abort_device_upload(catalog, txn.device_id, transaction_id, reason=reason, settings=settings)
+                results.append(records.get_transaction(catalog, transaction_id))
             except AbortFailed as exc:
                 failures.append(one_line(exc))
             continue
