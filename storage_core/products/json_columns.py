@@ -69,17 +69,14 @@ def fit_value(value: Any, kind: pa.DataType) -> Any:
 def _objects(payloads: Sequence[bytes], joined: bytes) -> tuple[list[dict[str, Any]], bool]:
     """Each payload's value as `payload_value` gives it, non-objects as {}; and whether
     orjson parsed them all (then no value is NaN, an infinity or a lone surrogate)."""
-    values: list[Any] = []
-    by_orjson = not _long_integer_literal(joined)
-    if by_orjson:
-        loads, error = orjson.loads, orjson.JSONDecodeError
-        for payload in payloads:
-            try:
-                values.append(loads(payload))
-            except error:
-                values.append(payload_value(payload))  # what orjson refuses json.loads may take (NaN, a BOM)
-                by_orjson = False
-    else:
+    values: list[Any] | None = None
+    if not _long_integer_literal(joined):
+        try:
+            values = [orjson.loads(p) for p in payloads]
+        except orjson.JSONDecodeError:
+            pass  # what orjson refuses json.loads may take (NaN, a BOM): this batch goes by json.loads
+    by_orjson = values is not None
+    if values is None:
         values = [payload_value(p) for p in payloads]
     return [v if type(v) is dict else {} for v in values], by_orjson
 
@@ -216,32 +213,41 @@ def _texts_in_bulk(values: list[Any]) -> list[bytes | str]:
     orjson writes the same JSON as Python but for separators (`,` and `:`, not `, ` and
     `: `) and floats below 1e-4 (`0.00001` and `1e-6`, not `1e-05` and `1e-06`). So orjson
     writes each value, and the spaces are added by replacing every comma and colon, which
-    is right for a text whose strings hold no escape, comma or colon (then every quote
-    opens or closes a string, and every comma and colon outside them is a separator) and
-    whose numbers have no `e-` or `0.0000`. Texts that fail this are written by Python:
-    checked once for all of them (joined by newlines, which orjson never writes raw), and
-    text by text only when that finds something. `values` come from orjson.loads (no NaN,
-    infinity or lone surrogate, whose orjson text differs)."""
-    dumps, sort_keys = orjson.dumps, orjson.OPT_SORT_KEYS
+    is right where no string holds an escape, comma or colon (then every quote opens or
+    closes a string, and every comma and colon outside them is a separator); a text with
+    `e-` or `0.0000` in it is written by Python. The strings are checked once for all
+    texts (joined by newlines, which orjson never writes raw), text by text only when that
+    finds something. `values` come from orjson.loads (no NaN, infinity or lone surrogate,
+    whose orjson text differs)."""
+    dumps, sort_keys, python = orjson.dumps, orjson.OPT_SORT_KEYS, _TEXT.encode
     try:
         texts = [dumps(v, option=sort_keys) for v in values]
     except orjson.JSONEncodeError:  # an integer beyond 64 bits, nesting too deep
-        return [_TEXT.encode(v) for v in values]
+        return [python(v) for v in values]
     joined = b"\n".join(texts)
-    if not _needs_python(joined):
-        return joined.replace(b",", b", ").replace(b":", b": ").split(b"\n")
-    return [_TEXT.encode(v) if _needs_python(t) else t.replace(b",", b", ").replace(b":", b": ")
-            for v, t in zip(values, texts)]
+    if b"\\" in joined or _separator_in_strings(joined):
+        return [python(v) if _needs_python(t) else _spaced(t) for v, t in zip(values, texts)]
+    spaced = _spaced(joined).split(b"\n")
+    if b"e-" not in joined and b"0.0000" not in joined:
+        return spaced
+    return [python(v) if b"e-" in t or b"0.0000" in t else s for v, t, s in zip(values, texts, spaced)]
 
 
-def _needs_python(text: bytes) -> bool:
-    """Whether orjson's `text` may not become Python's by adding spaces (see above)."""
-    if b"\\" in text or b"e-" in text or b"0.0000" in text:
-        return True
+def _spaced(text: bytes) -> bytes:
+    return text.replace(b",", b", ").replace(b":", b": ")
+
+
+def _separator_in_strings(text: bytes) -> bool:
+    """A comma or colon inside a string of `text` (which holds no escapes)."""
     if b'"' not in text:
         return False
     strings = b"".join(text.split(b'"')[1::2])
     return b"," in strings or b":" in strings
+
+
+def _needs_python(text: bytes) -> bool:
+    """Whether orjson's `text` may not become Python's by adding spaces (see above)."""
+    return b"\\" in text or b"e-" in text or b"0.0000" in text or _separator_in_strings(text)
 
 
 __all__ = ["decode_columns", "fit_value", "payload_value"]
