@@ -45,7 +45,7 @@ from storage_core.products.publish import AttemptWriter
 
 MiB = 1024 * 1024
 READ_BLOCK = 4 * MiB
-WRITES_AHEAD = 2  # Parquet files encoded or stored on the writer thread while the next are decoded
+WRITES_AHEAD = 1  # Parquet files encoded and stored on the writer thread while the next is decoded
 
 TOPICS = ProductDefinition(
     name="topics",
