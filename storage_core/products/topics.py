@@ -132,7 +132,7 @@ def _columns_for(fields: list[tuple[str, pa.DataType, bool]]) -> list[tuple[str,
 
 
 ROW_BYTES = 200  # what a buffered row costs besides its payload (a bytes object, four ints, list slots)
-DECODE_ROWS = 32_768  # rows decoded at once: bounds the Python objects alive while a file's JSON is decoded
+DECODE_BYTES = 2 * MiB  # payload bytes decoded at once: nested JSON becomes ~20x its size in Python objects
 
 
 @dataclass
@@ -173,13 +173,15 @@ class _TopicBuffer:
             pa.array(p.log_time[cut], pa.uint64()), pa.array(p.publish_time[cut], pa.uint64()),
             pa.array(p.sequence[cut], pa.uint32()), pa.array(p.channel_id[cut], pa.uint16()), pa.array(data, pa.binary()),
         ]
+        payload_bytes = sum(map(len, data))
         if self.decoded:
             fields = [(name, kind) for name, _, kind in self.decoded]
-            parts = [decode_columns(data[i : i + DECODE_ROWS], fields, bulk=self.bulk) for i in range(0, len(data), DECODE_ROWS)]
+            step = max(256, DECODE_BYTES * len(data) // max(payload_bytes, 1))
+            parts = [decode_columns(data[i : i + step], fields, bulk=self.bulk) for i in range(0, len(data), step)]
             columns += [pa.chunked_array([part[f] for part in parts], kind) for f, (_, kind) in enumerate(fields)]
         for values in (p.channel_id, p.log_time, p.publish_time, p.sequence, p.data):
             del values[cut]
-        taken = sum(map(len, data)) + ROW_BYTES * len(data)
+        taken = payload_bytes + ROW_BYTES * len(data)
         self.bytes -= taken
         return pa.Table.from_arrays(columns, schema=self.schema), taken
 
