@@ -208,7 +208,7 @@ class _Blocks:
                 self.size += len(block)
                 self._put(block)
             self._put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread, which raises it
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             self._put(exc)
 
     def _put(self, item: bytes | BaseException | None) -> None:
