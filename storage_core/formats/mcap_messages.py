@@ -11,14 +11,15 @@ taken wherever they appear (top level or inside chunks) before the messages afte
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 
+import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.records import Channel, Schema
 
+from storage_core.checksums import crc32
 from storage_core.errors import FormatError, NotMcapFile
 from storage_core.formats.block_stream import BlockStream
 from storage_core.formats.mcap_model import ChannelInfo, SchemaInfo
@@ -97,7 +98,7 @@ class McapMessages:
                 yield pending
         except BlockStream.Ended:
             raise FormatError(f"{self.name}: the MCAP data section ends early (truncated)", key=self.name) from None
-        except (ValueError, KeyError, UnicodeDecodeError, zlib.error, RuntimeError) as exc:  # struct.error is a ValueError
+        except (ValueError, KeyError, UnicodeDecodeError, zstandard.ZstdError, RuntimeError) as exc:  # struct.error: a ValueError; lz4: RuntimeError
             if isinstance(exc, FormatError):
                 raise
             raise FormatError(f"{self.name}: malformed MCAP record: {exc}", key=self.name) from exc
@@ -111,7 +112,7 @@ class McapMessages:
         if len(data) != head.uncompressed_size:
             raise FormatError(f"{self.name}: an MCAP chunk decompresses to {len(data)} bytes, "
                               f"its header says {head.uncompressed_size}", key=self.name)
-        if expected_crc and zlib.crc32(data) != expected_crc:
+        if expected_crc and crc32(data) != expected_crc:
             raise FormatError(f"{self.name}: an MCAP chunk's CRC does not match its records", key=self.name)
         return self._walk(bytes(data))
 

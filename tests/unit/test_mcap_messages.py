@@ -8,11 +8,11 @@ import io
 from pathlib import Path
 
 import pytest
-from mcap.reader import NonSeekingReader
+from mcap.reader import NonSeekingReader, make_reader
 
 from storage_core.errors import FormatError, NotMcapFile
 from storage_core.formats.mcap_messages import McapMessages
-from storage_core.formats.mcap_records import MAGIC
+from storage_core.formats.mcap_records import MAGIC, RECORD_HEAD, parse_chunk_head
 from tests.support.recordings import mcap_with_topics
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "mcap-conformance"
@@ -56,8 +56,12 @@ def test_damage_is_a_format_error() -> None:
         by_ferry(b"x" + data[1:])
     with pytest.raises(FormatError, match="ends early"):
         by_ferry(data[: len(data) // 2])
-    at = data.index(b"\x06", 40)  # the first chunk's opcode ...
-    flipped = bytearray(data)
-    flipped[at + 100] ^= 0xFF  # ... and a byte of its compressed records
-    with pytest.raises(FormatError):
-        by_ferry(bytes(flipped))
+    first = make_reader(io.BytesIO(data)).get_summary().chunk_indexes[0].chunk_start_offset
+    at = first + RECORD_HEAD.size  # the first chunk's body ...
+    records = at + parse_chunk_head(data[at:]).records_offset
+    assert data[records : records + 4] == b"\x28\xb5\x2f\xfd"  # ... holds a zstd frame
+    for offset, error in ((0, "malformed"), (100, "CRC")):  # its magic (it does not decode), a byte inside it
+        flipped = bytearray(data)
+        flipped[records + offset] ^= 0xFF
+        with pytest.raises(FormatError, match=error):
+            by_ferry(bytes(flipped))
