@@ -11,6 +11,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import lz4.frame
+import zstandard
 from mcap.records import AttachmentIndex, Channel, ChunkIndex, MetadataIndex, Schema
 
 from storage_core.errors import FormatError
@@ -122,6 +124,17 @@ def parse_chunk_head(body: bytes | memoryview) -> ChunkHead:
     return ChunkHead(start, end, uncompressed, compression, offset, records_length)
 
 
+def decompress_records(compression: str, data: bytes | memoryview, size: int) -> bytes | memoryview:
+    """A chunk's records, decompressed to `size` bytes (`data` itself when uncompressed)."""
+    if compression == "":
+        return data
+    if compression == "zstd":
+        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
+    if compression == "lz4":
+        return lz4.frame.decompress(data)
+    raise FormatError(f"MCAP chunk compressed with unsupported {compression!r}")
+
+
 def message_index_count(body: bytes | memoryview) -> tuple[int, int]:
     """(channel_id, number of messages) of a MessageIndex record body."""
     channel_id, records_length = struct.unpack_from("<HI", body, 0)
@@ -173,6 +186,7 @@ __all__ = [
     "attachment_info",
     "channel_info",
     "chunk_info",
+    "decompress_records",
     "iter_records",
     "message_index_count",
     "metadata_info",

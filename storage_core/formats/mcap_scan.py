@@ -15,12 +15,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 
-import lz4.frame
 import zstandard
 from mcap.data_stream import ReadDataStream
 from mcap.records import Channel, Schema
 
 from storage_core.errors import FormatError, NotMcapFile
+from storage_core.formats.block_stream import BlockStream
 from storage_core.formats.mcap_model import (
     AttachmentInfo,
     ChannelInfo,
@@ -46,6 +46,7 @@ from storage_core.formats.mcap_records import (
     RECORD_HEAD,
     TRAILER_SIZE,
     channel_info,
+    decompress_records,
     iter_records,
     message_index_count,
     parse_chunk_head,
@@ -56,43 +57,6 @@ from storage_core.formats.mcap_records import (
 from storage_core.ranges.reader import RangeReader
 
 SCAN_BLOCK_SIZE = 8 * 1024 * 1024
-
-
-class _EndOfFile(Exception):
-    pass
-
-
-class _Stream:
-    """Exact reads over an iterator of blocks; tracks the file offset."""
-
-    def __init__(self, blocks: Iterator[bytes]) -> None:
-        self._blocks = blocks
-        self._buffer = bytearray()
-        self.position = 0
-
-    def _fill(self, size: int) -> None:
-        while len(self._buffer) < size:
-            block = next(self._blocks, None)
-            if block is None:
-                raise _EndOfFile
-            self._buffer += block
-
-    def read(self, size: int) -> bytes:
-        self._fill(size)
-        with memoryview(self._buffer) as view:  # released before the buffer shrinks
-            data = view[:size].tobytes()  # one copy; bytes(bytearray[:size]) made two
-        del self._buffer[:size]
-        self.position += size
-        return data
-
-    def skip(self, size: int) -> None:
-        while size > 0:
-            if not self._buffer:
-                self._fill(1)
-            step = min(size, len(self._buffer))
-            del self._buffer[:step]
-            self.position += step
-            size -= step
 
 
 @dataclass
@@ -137,16 +101,6 @@ class _State:
             self.times(log_time, log_time)
 
 
-def _decompress(compression: str, data: memoryview, size: int) -> bytes | memoryview:
-    if compression == "":
-        return data
-    if compression == "zstd":
-        return zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
-    if compression == "lz4":
-        return lz4.frame.decompress(data)
-    raise FormatError(f"MCAP chunk compressed with unsupported {compression!r}")
-
-
 def _finish_chunk(state: _State, chunk: _Pending, *, indexes_complete: bool, decompress_all: bool) -> None:
     head = parse_chunk_head(chunk.body)
     state.chunks.append(
@@ -170,11 +124,11 @@ def _finish_chunk(state: _State, chunk: _Pending, *, indexes_complete: bool, dec
             state.times(head.message_start_time, head.message_end_time)
         return
     records = memoryview(chunk.body)[head.records_offset : head.records_offset + head.records_length]
-    for opcode, body in iter_records(_decompress(head.compression, records, head.uncompressed_size)):
+    for opcode, body in iter_records(decompress_records(head.compression, records, head.uncompressed_size)):
         state.record(opcode, body)
 
 
-def _walk(stream: _Stream, state: _State, *, decompress_all: bool) -> bool:
+def _walk(stream: BlockStream, state: _State, *, decompress_all: bool) -> bool:
     """Walk top-level records after the magic; True when the file ended before DataEnd."""
     pending: _Pending | None = None
     try:
@@ -208,13 +162,13 @@ def _walk(stream: _Stream, state: _State, *, decompress_all: bool) -> bool:
                     state.record(opcode, body)
             else:
                 stream.skip(length)  # statistics, indexes, unknown records: not needed for a scan
-    except _EndOfFile:
+    except BlockStream.Ended:
         if pending is not None:  # complete chunk, but its message indexes may be cut short
             _finish_chunk(state, pending, indexes_complete=False, decompress_all=True)
         return True
 
 
-def _attachment(stream: _Stream, offset: int, length: int) -> AttachmentInfo:
+def _attachment(stream: BlockStream, offset: int, length: int) -> AttachmentInfo:
     """Read an Attachment's fields and skip its data, without holding the data in memory."""
     begin = stream.position
     log_time, create_time = struct.unpack("<QQ", stream.read(16))
@@ -235,10 +189,10 @@ def scan_mcap(reader: RangeReader, *, block_size: int = SCAN_BLOCK_SIZE) -> Mcap
     times the reader's parallelism plus one chunk.
     """
     for decompress_all in (False, True):
-        stream = _Stream(reader.iter_blocks(0, reader.size, block_size=block_size))
+        stream = BlockStream(reader.iter_blocks(0, reader.size, block_size=block_size))
         try:
             magic = stream.read(len(MAGIC))
-        except _EndOfFile:
+        except BlockStream.Ended:
             magic = b""
         if magic != MAGIC:
             raise NotMcapFile(f"{reader.name} is not an MCAP file (no MCAP magic at its start)", key=reader.name)

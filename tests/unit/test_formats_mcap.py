@@ -40,8 +40,8 @@ def test_scan_opens_only_the_chunks_that_define_channels(sample, monkeypatch) ->
 
     data, _ = sample
     opened = []
-    real = scan_module._decompress
-    monkeypatch.setattr(scan_module, "_decompress", lambda c, d, s: opened.append(1) or real(c, d, s))
+    real = scan_module.decompress_records
+    monkeypatch.setattr(scan_module, "decompress_records", lambda c, d, s: opened.append(1) or real(c, d, s))
     summary = scan_mcap(reader_for(data))
     assert 0 < len(opened) < len(summary.chunks)
 
