@@ -312,7 +312,9 @@ class PeerBench:
         home, deadline = Path(env["PREFECT_HOME"]), time.monotonic() + timeout
         while not (warm.read_state(home) or {}).get("listening"):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"no warm ferry process after {timeout:.0f} s: see {home / warm.LOG_NAME}")
+                log = home / warm.LOG_NAME
+                tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+                raise RuntimeError(f"no warm ferry process after {timeout:.0f} s; {log} ends:\n{tail}")
             time.sleep(0.2)
 
     def stop_warm(self) -> None:
