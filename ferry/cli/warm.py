@@ -29,8 +29,11 @@ import json
 import os
 import signal
 import socket
+import stat
+import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -77,7 +80,23 @@ def prefect_settings(env: dict[str, str]) -> dict[str, str]:
 
 
 def _paths(home: Path) -> tuple[Path, Path, Path]:
-    return home / SOCKET_NAME, home / STATE_NAME, home / LOG_NAME
+    """(socket, state file, log) of the warm process of `home`."""
+    return socket_path(home), home / STATE_NAME, home / LOG_NAME
+
+
+def socket_path(home: Path) -> Path:
+    """Where the warm process of `home` listens: in `home` when that path fits a Unix socket
+    address (108 bytes), else in this user's private folder under the temp folder (mode 0700,
+    refused if anyone else owns or can enter it), named by a hash of `home`."""
+    path = home / SOCKET_NAME
+    if len(os.fsencode(path)) < 90:  # room for the name it is bound under first (.PID.)
+        return path
+    folder = Path(tempfile.gettempdir()) / f"ferry-warm-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise PermissionError(f"{folder} is not a private folder of this user")
+    return folder / f"{hashlib.sha256(os.fsencode(home.resolve())).hexdigest()[:24]}.sock"
 
 
 def read_state(home: Path) -> dict[str, Any] | None:
@@ -126,7 +145,7 @@ def delegate(argv: list[str], home: Path) -> int | None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
-        sock.connect(str(_paths(home)[0]))
+        sock.connect(str(socket_path(home)))
         umask = os.umask(0)
         os.umask(umask)
         request = {"argv": argv, "cwd": os.getcwd(), "env": env, "umask": umask}
@@ -213,12 +232,20 @@ def stop(home: Path, *, timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
         while is_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-    for path in _paths(home)[:2]:
-        path.unlink(missing_ok=True)
+    for path in (_socket_or_none(home), home / STATE_NAME):
+        if path is not None:
+            path.unlink(missing_ok=True)
     return running
 
 
 # --- the warm process -------------------------------------------------------------------------
+
+
+def _socket_or_none(home: Path) -> Path | None:
+    try:
+        return socket_path(home)
+    except OSError:
+        return None
 
 
 def _log(message: str) -> None:
@@ -318,7 +345,11 @@ def serve(home: Path, *, idle: float | None = None) -> None:
         _log(f"not serving: {threading.active_count()} threads after the imports")
         return
     idle = float(os.environ.get("FERRY_WARM_IDLE", DEFAULT_IDLE)) if idle is None else idle
-    sock_path, state_path, _ = _paths(home)
+    try:
+        sock_path, state_path, _ = _paths(home)
+    except OSError as exc:
+        _log(f"not serving: {exc}")
+        return
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children reap themselves
 
     def forget() -> None:
@@ -332,7 +363,7 @@ def serve(home: Path, *, idle: float | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop_now)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    staging = sock_path.with_name(f".{SOCKET_NAME}.{os.getpid()}")
+    staging = sock_path.with_name(f".{os.getpid()}.{sock_path.name}")
     staging.unlink(missing_ok=True)
     old = os.umask(0o077)
     try:
@@ -358,6 +389,10 @@ def _handle(conn: socket.socket, fingerprint: str, settings: dict[str, str], lis
     fds: list[int] = []
     try:
         conn.settimeout(CONNECT_TIMEOUT)
+        _, uid, _ = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        if uid != os.getuid():  # the socket's mode says so already; a command runs as this user
+            conn.sendall(b'{"refused": "another user"}\n')
+            return
         _, fds, _, _ = socket.recv_fds(conn, 1, 3)
         request = json.loads(conn.makefile("rb").readline())
         if len(fds) != 3 or prefect_settings(request["env"]) != settings:

@@ -50,7 +50,7 @@ def warm_process(home: Path, *, timeout: float = 180) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = warm.read_state(home)
-        if state and state["listening"] and warm.is_alive(state["pid"]) and (home / warm.SOCKET_NAME).exists():
+        if state and state["listening"] and warm.is_alive(state["pid"]) and warm.socket_path(home).exists():
             return state["pid"]
         time.sleep(0.2)
     raise AssertionError(f"no warm ferry process listens in {home}: {(home / warm.LOG_NAME).read_text()}")
@@ -110,7 +110,7 @@ def test_start_status_stale_state_and_stop(cli_env: dict[str, str], tmp_path: Pa
     stopped = ferry_json(["server", "stop"], cli_env, tmp_path)
     assert stopped["stopped"] and stopped["pid"] == server.pid
     assert not is_server_process(server.pid, server.port)
-    assert not warm.is_alive(warm_pid) and not (home / warm.SOCKET_NAME).exists()
+    assert not warm.is_alive(warm_pid) and not warm.socket_path(home).exists()
     assert api_health(server.api_url, timeout=1.0) is not None
     assert not (home / STATE_FILE).exists()
     assert ferry_json(["server", "status"], cli_env, tmp_path)["state"] == "none"

@@ -122,8 +122,9 @@ def test_killed_hand_offs_never_upload_twice_nor_lose_an_archive(gateway, tmp_pa
     for trial in range(40):
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            # imports take ~1 s; the first runs are cut early, so kills land before, during and between uploads
-            process.wait(timeout=rng.uniform(0.8, 2.5) if trial < 5 else 60)
+            # a whole run takes about a second; the first runs are cut ever later, so kills land before,
+            # during and between uploads (the first one surely: the interpreter alone needs 0.1 s)
+            process.wait(timeout=0.15 + trial * rng.uniform(0.1, 0.2) if trial < 6 else 60)
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -36,6 +36,14 @@ def test_which_commands_go_to_the_warm_process(argv: list[str], expected: bool, 
     assert warm.wanted(argv) is False
 
 
+def test_a_home_too_deep_for_a_socket_address_listens_in_a_private_folder(tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 5)
+    path = warm.socket_path(deep)
+    assert len(str(path)) < 90 and path != deep / warm.SOCKET_NAME
+    assert path.parent.stat().st_mode & 0o777 == 0o700 and path == warm.socket_path(deep)
+    assert warm.socket_path(tmp_path) == tmp_path / warm.SOCKET_NAME
+
+
 def test_the_code_fingerprint_sees_a_changed_source_file(tmp_path: Path) -> None:
     for package in warm.PACKAGES:
         (tmp_path / package).mkdir()
