@@ -50,6 +50,7 @@ WARM_COMMANDS = {("ingest",), ("summarize",), ("derive",), ("reconcile",), ("dem
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("ferry", "storage_core", "flows", "tasks", "deployments")
 CONNECT_TIMEOUT = 2.0
+FIRST_ANSWER_TIMEOUT = 60.0  # a fork and a few system calls, on however busy a machine
 DEFAULT_IDLE = 1800.0
 _in_child = False  # set in a forked child: it runs its command itself
 
@@ -79,11 +80,6 @@ def prefect_settings(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k.startswith("PREFECT_")}
 
 
-def _paths(home: Path) -> tuple[Path, Path, Path]:
-    """(socket, state file, log) of the warm process of `home`."""
-    return socket_path(home), home / STATE_NAME, home / LOG_NAME
-
-
 def socket_path(home: Path) -> Path:
     """Where the warm process of `home` listens: in `home` when that path fits a Unix socket
     address (108 bytes), else in this user's private folder under the temp folder (mode 0700,
@@ -101,19 +97,25 @@ def socket_path(home: Path) -> Path:
 
 def read_state(home: Path) -> dict[str, Any] | None:
     try:
-        return json.loads(_paths(home)[1].read_text())
+        return json.loads((home / STATE_NAME).read_text())
     except (OSError, ValueError):
         return None
 
 
 def is_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, exited but not yet waited for, does not)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 # --- the caller's side ------------------------------------------------------------------------
@@ -152,13 +154,22 @@ def delegate(argv: list[str], home: Path) -> int | None:
         socket.send_fds(sock, [b"F"], [0, 1, 2])
         sock.sendall(json.dumps(request).encode() + b"\n")
         replies = sock.makefile("rb")
-        first = json.loads(replies.readline() or b"{}")
-    except (OSError, ValueError):
+    except OSError:
         sock.close()
-        return None
+        return None  # nothing ran: run here
+    try:  # its child names itself before it runs anything; no answer at all means none ran
+        sock.settimeout(FIRST_ANSWER_TIMEOUT)
+        first = json.loads(replies.readline() or b"{}")
+    except TimeoutError:  # a child may be running it: never run it a second time here
+        sock.close()
+        sys.stderr.write(f"error: the warm ferry process did not answer in {FIRST_ANSWER_TIMEOUT:.0f} s; "
+                         f"see {home / LOG_NAME} (FERRY_WARM=0 runs commands without it)\n")
+        return 1
+    except (OSError, ValueError):
+        first = {}
     if "pid" not in first:
         sock.close()
-        return None  # refused (other code or settings): run here
+        return None  # refused (other settings) or gone before its child ran anything: run here
     sock.settimeout(None)
     child = int(first["pid"])
 
@@ -180,7 +191,7 @@ def delegate(argv: list[str], home: Path) -> int | None:
         Path(os.environ["FERRY_WARM_REPORT"]).write_text(json.dumps({"pid": child, **last}))
     if "exit" not in last:
         sys.stderr.write(f"error: the warm ferry process's command (pid {child}) ended without an exit code; "
-                         f"see {_paths(home)[2]}\n")
+                         f"see {home / LOG_NAME}\n")
         return 1
     return int(last["exit"])
 
@@ -205,7 +216,7 @@ def ensure_started(home: Path) -> None:
             if (state.get("code"), state.get("prefect")) == (code, settings):
                 return
             stop(home)
-        with _paths(home)[2].open("ab") as log:
+        with (home / LOG_NAME).open("ab") as log:
             child = subprocess.Popen(  # noqa: S603 - our own module, by the interpreter running us
                 [sys.executable, "-m", "ferry.cli.warm", str(home)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                 start_new_session=True, cwd=str(home), env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -215,7 +226,7 @@ def ensure_started(home: Path) -> None:
 
 
 def _write_state(home: Path, state: dict[str, Any]) -> None:
-    path = _paths(home)[1]
+    path = home / STATE_NAME
     tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}")
     tmp.write_text(json.dumps({**state, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
     os.replace(tmp, path)
@@ -345,8 +356,9 @@ def serve(home: Path, *, idle: float | None = None) -> None:
         _log(f"not serving: {threading.active_count()} threads after the imports")
         return
     idle = float(os.environ.get("FERRY_WARM_IDLE", DEFAULT_IDLE)) if idle is None else idle
+    state_path = home / STATE_NAME
     try:
-        sock_path, state_path, _ = _paths(home)
+        sock_path = socket_path(home)
     except OSError as exc:
         _log(f"not serving: {exc}")
         return
