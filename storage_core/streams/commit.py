@@ -146,7 +146,8 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
                     end: int | None = _apply(catalog, tables, device_id, header.stream, group, ident, location)
                 except TableMoved:  # another writer committed between our look and our commit
                     end = _apply(catalog, tables, device_id, header.stream, group, ident, location, fresh=True)
-            except BaseException as exc:  # nothing of the group is committed: each append gets it
+            except BaseException as exc:  # the catalog took nothing of the group (a table commit it
+                # missed is caught up by the stream's next append): each append gets the error
                 for pending in group:
                     pending.result, pending.error = None, exc
                 end = None
