@@ -40,7 +40,11 @@ def main() -> None:
     from ferry.cli.home import prefect_home, set_process_defaults
 
     set_process_defaults()
-    code = warm.delegate(sys.argv[1:], prefect_home())
+    try:
+        code = warm.delegate(sys.argv[1:], prefect_home())
+    except KeyboardInterrupt:  # before the warm process named its child: nothing runs there
+        sys.stderr.write("aborted\n")
+        sys.exit(130)
     if code is not None:
         sys.exit(code)
 
