@@ -13,11 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 
 import zstandard
-from mcap.data_stream import ReadDataStream
-from mcap.records import Channel, Schema
 
 from storage_core.checksums import crc32
 from storage_core.errors import FormatError, NotMcapFile
@@ -34,10 +31,9 @@ from storage_core.formats.mcap_records import (
     OP_MESSAGE,
     OP_SCHEMA,
     RECORD_HEAD,
-    channel_info,
     decompress_records,
+    learn_definition,
     parse_chunk_head,
-    schema_info,
 )
 
 TOP_LEVEL_BATCH = 10_000  # messages outside chunks (unchunked files) are handed on in batches of this many
@@ -149,14 +145,7 @@ class McapMessages:
         return batch.setdefault(channel.topic, TopicMessages())
 
     def _record(self, opcode: int, body: bytes, batch: dict[str, TopicMessages]) -> None:
-        if opcode == OP_SCHEMA:
-            schema = schema_info(Schema.read(ReadDataStream(BytesIO(body))))
-            if schema.id != 0:
-                self.schemas[schema.id] = schema
-        elif opcode == OP_CHANNEL:
-            channel = channel_info(Channel.read(ReadDataStream(BytesIO(body))))
-            self.channels[channel.id] = channel
-        else:
+        if not learn_definition(opcode, body, self.schemas, self.channels):
             self._walk_one(body, batch)
 
     def _walk_one(self, body: bytes, batch: dict[str, TopicMessages]) -> None:

@@ -11,8 +11,11 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from io import BytesIO
+
 import lz4.frame
 import zstandard
+from mcap.data_stream import ReadDataStream
 from mcap.records import AttachmentIndex, Channel, ChunkIndex, MetadataIndex, Schema
 
 from storage_core.errors import FormatError
@@ -149,6 +152,22 @@ def channel_info(record: Channel) -> ChannelInfo:
     return ChannelInfo(record.id, record.topic, record.message_encoding, record.schema_id, dict(record.metadata))
 
 
+def learn_definition(opcode: int, body: bytes | memoryview, schemas: dict[int, SchemaInfo],
+                     channels: dict[int, ChannelInfo]) -> bool:
+    """Take a Schema or Channel record into `schemas` / `channels` (schema id 0 means "no
+    schema" and is not kept); False for any other record."""
+    if opcode == OP_SCHEMA:
+        schema = schema_info(Schema.read(ReadDataStream(BytesIO(body))))
+        if schema.id != 0:
+            schemas[schema.id] = schema
+        return True
+    if opcode == OP_CHANNEL:
+        channel = channel_info(Channel.read(ReadDataStream(BytesIO(body))))
+        channels[channel.id] = channel
+        return True
+    return False
+
+
 def chunk_info(record: ChunkIndex) -> ChunkInfo:
     return ChunkInfo(
         start_offset=record.chunk_start_offset,
@@ -188,6 +207,7 @@ __all__ = [
     "chunk_info",
     "decompress_records",
     "iter_records",
+    "learn_definition",
     "message_index_count",
     "metadata_info",
     "parse_chunk_head",

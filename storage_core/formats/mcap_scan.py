@@ -13,11 +13,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from io import BytesIO
 
 import zstandard
-from mcap.data_stream import ReadDataStream
-from mcap.records import Channel, Schema
 
 from storage_core.errors import FormatError, NotMcapFile
 from storage_core.formats.block_stream import BlockStream
@@ -45,14 +42,13 @@ from storage_core.formats.mcap_records import (
     OP_SCHEMA,
     RECORD_HEAD,
     TRAILER_SIZE,
-    channel_info,
     decompress_records,
+    learn_definition,
     iter_records,
     message_index_count,
     parse_chunk_head,
     parse_trailer,
     read_string,
-    schema_info,
 )
 from storage_core.ranges.reader import RangeReader
 
@@ -88,14 +84,9 @@ class _State:
 
     def record(self, opcode: int, body: bytes | memoryview) -> None:
         """Schema, Channel and Message records, at top level or inside a chunk."""
-        if opcode == OP_SCHEMA:
-            schema = schema_info(Schema.read(ReadDataStream(BytesIO(body))))
-            if schema.id != 0:
-                self.schemas[schema.id] = schema
-        elif opcode == OP_CHANNEL:
-            channel = channel_info(Channel.read(ReadDataStream(BytesIO(body))))
-            self.channels[channel.id] = channel
-        elif opcode == OP_MESSAGE:
+        if learn_definition(opcode, body, self.schemas, self.channels):
+            return
+        if opcode == OP_MESSAGE:
             channel_id, _, log_time, _ = MESSAGE_HEAD.unpack_from(body, 0)
             self.counts[channel_id] = self.counts.get(channel_id, 0) + 1
             self.times(log_time, log_time)
