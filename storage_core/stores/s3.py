@@ -62,8 +62,16 @@ _NETWORK_ERRORS = (
     ConnectionError,
     TimeoutError,
 )
-_lean_connections = LeanConnections()  # S3Store.put's: one kept-alive connection per thread and origin
-LEAN_URL_SECONDS = 300  # a lean PUT's URL is used at once; this only bounds a clock skew
+_lean_connections = LeanConnections()  # lean PUTs and range reads: one kept-alive connection per thread and origin
+LEAN_URL_SECONDS = 300  # a lean request's URL is used at once; this only bounds a clock skew
+
+
+def _refusal(status: int, body: bytes, operation: str) -> botocore.exceptions.ClientError:
+    """A lean request's error answer as botocore would raise it, for the one translation
+    (_translated) to turn into a Ferry error."""
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": error_code(body, status), "Message": ""}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        operation)
 
 
 @contextmanager
@@ -200,17 +208,26 @@ class S3Store:
         """GET [start, end) and check the answer's Content-Range; return the streaming body and
         how many bytes it holds (fewer than asked only past the object's end)."""
         response = self._get(key, f"bytes={start}-{end - 1}", if_match)
+        try:
+            return response["Body"], self._range_answered(key, response, start, end)
+        except RangeNotHonoured:
+            response["Body"].close()
+            raise
+
+    def _range_answered(self, key: str, response: dict[str, Any], start: int, end: int) -> int:
+        """How many bytes an answer to GET [start, end) holds, by its Content-Range
+        (`response` as botocore gives it); RangeNotHonoured when the server ignored or
+        mis-answered the Range."""
         answered = _parse_content_range(response)
         if answered is None:
-            response["Body"].close()
-            raise RangeNotHonoured(f"s3://{self.bucket}/{key}: server ignored Range (200 instead of 206)", key=key)
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            raise RangeNotHonoured(f"s3://{self.bucket}/{key}: server ignored Range ({status} instead of 206)", key=key)
         if answered[0] != start or answered[1] > end:
-            response["Body"].close()
             raise RangeNotHonoured(
                 f"s3://{self.bucket}/{key}: asked for bytes [{start}, {end}), got [{answered[0]}, {answered[1]})",
                 key=key,
             )
-        return response["Body"], min(end, answered[2]) - start
+        return min(end, answered[2]) - start
 
     def get_range(self, key: str, start: int, end: int, *, if_match: str | None = None) -> bytes:
         if start < 0 or end < start:
@@ -229,8 +246,8 @@ class S3Store:
             raise ValueError(f"bad range start {start}")
         if not len(buffer):
             return 0
-        signer = self._query_signer()
-        if signer is not None and LeanConnections.usable():
+        signer = self._lean_signer()
+        if signer is not None:
             return self._lean_get_into(signer, key, start, buffer, if_match)
         with self._where(key, "read"):
             body, expected = self._get_range(key, start, start + len(buffer), if_match)
@@ -248,16 +265,9 @@ class S3Store:
             url = signer.url("GET", key, expires_in=LEAN_URL_SECONDS, params={}, headers={})
             status, got, answer = _lean_connections.send("GET", url, b"", headers, into=buffer)
             if not 200 <= status < 300:
-                raise botocore.exceptions.ClientError(
-                    {"Error": {"Code": error_code(got, status), "Message": ""},
-                     "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
-        answered = _parse_content_range({"ResponseMetadata": {"HTTPStatusCode": status}, "ContentRange": answer.get("content-range")})
-        if answered is None:
-            raise RangeNotHonoured(f"s3://{self.bucket}/{key}: server ignored Range ({status} instead of 206)", key=key)
-        if answered[0] != start or answered[1] > end:
-            raise RangeNotHonoured(
-                f"s3://{self.bucket}/{key}: asked for bytes [{start}, {end}), got [{answered[0]}, {answered[1]})", key=key)
-        expected = min(end, answered[2]) - start
+                raise _refusal(status, got, "GetObject")
+        expected = self._range_answered(
+            key, {"ResponseMetadata": {"HTTPStatusCode": status}, "ContentRange": answer.get("content-range")}, start, end)
         if got != expected:
             raise StorageUnavailable(f"s3://{self.bucket}/{key}: short read ({got} of {expected} bytes)", key=key)
         return got
@@ -300,7 +310,7 @@ class S3Store:
         body = source if isinstance(source, (bytes, bytearray)) else source.read(size)
         if len(body) != size:
             raise IntegrityError(f"{key}: expected {size} bytes, source gave {len(body)}", key=key)
-        if self._query_signer() is not None and LeanConnections.usable():
+        if self._lean_signer() is not None:
             return self._lean_put(key, bytes(body), crc32c)
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": body, "ContentLength": size}
         if crc32c is not None:
@@ -322,9 +332,7 @@ class S3Store:
         with self._where(key, "put"):
             status, reply, answer = _lean_connections.send("PUT", url, body, headers)
             if status != 200:
-                raise botocore.exceptions.ClientError(
-                    {"Error": {"Code": error_code(reply, status), "Message": ""},
-                     "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+                raise _refusal(status, reply, "PutObject")
         return ObjectMeta(key=key, size=len(body), etag=answer.get("etag", ""), crc32c=crc32c)
 
     def delete(self, key: str) -> None:
@@ -357,7 +365,7 @@ class S3Store:
             validate_key(key)
         signer = self._query_signer()
         if signer is not None:
-            failures = put_empty(lambda key: signer.url("PUT", key, expires_in=300, headers={"content-length": "0"}),
+            failures = put_empty(lambda key: signer.url("PUT", key, expires_in=LEAN_URL_SECONDS, headers={"content-length": "0"}),
                                  keys, workers=max_in_flight)
         else:
             def put(key: str) -> tuple[str, str] | None:
@@ -461,6 +469,12 @@ class S3Store:
                     signer = None
                 entry = _signers[cache_key] = (self.client, signer)
         return entry[1]
+
+    def _lean_signer(self) -> QuerySigner | None:
+        """The bulk signer when requests may go over lean connections (storage_core.stores.lean):
+        None when botocore's URLs are not of the shape it reproduces, or a proxy is set."""
+        signer = self._query_signer()
+        return signer if signer is not None and LeanConnections.usable() else None
 
     def _presign(self, operation: str, method: str, key: str, *, expires_in: int, crc32c: int | None,
                  size: int | None = None, content_type: str | None = None, if_none_match: bool = False,
