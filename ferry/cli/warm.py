@@ -205,8 +205,8 @@ def delegate(argv: list[str], home: Path) -> int | None:
 def ensure_started(home: Path) -> None:
     """Start the warm process of `home` in the background unless one (listening or still
     importing) runs this code with these Prefect settings; an outdated one is stopped first.
-    Never waits for it; two commands at once start one."""
-    if os.environ.get("FERRY_WARM", "1") == "0":
+    Never waits for it; two commands at once start one. Nothing to do in its own children."""
+    if _in_child or os.environ.get("FERRY_WARM", "1") == "0":
         return
     import fcntl
 
