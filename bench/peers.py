@@ -39,7 +39,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -309,13 +308,7 @@ class PeerBench:
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             raise RuntimeError(f"the warm-up ferry ingest failed: {done.stderr.strip()}")
-        home, deadline = Path(env["PREFECT_HOME"]), time.monotonic() + timeout
-        while not (warm.read_state(home) or {}).get("listening"):
-            if time.monotonic() > deadline:
-                log = home / warm.LOG_NAME
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
-                raise RuntimeError(f"no warm ferry process after {timeout:.0f} s; {log} ends:\n{tail}")
-            time.sleep(0.2)
+        warm.wait_listening(Path(env["PREFECT_HOME"]), timeout=timeout)
 
     def stop_warm(self) -> None:
         from ferry.cli import warm

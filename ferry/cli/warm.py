@@ -255,6 +255,24 @@ def stop(home: Path, *, timeout: float = 10.0) -> bool:
 # --- the warm process -------------------------------------------------------------------------
 
 
+def wait_listening(home: Path, *, timeout: float) -> int:
+    """The pid of the warm process of `home` once it listens (it imports Prefect first);
+    TimeoutError quoting the end of its log after `timeout` seconds."""
+    from storage_core.retry import poll
+
+    def listening() -> int | None:
+        state = read_state(home) or {}
+        pid = int(state.get("pid", 0))
+        return pid if state.get("listening") and is_alive(pid) and socket_path(home).exists() else None
+
+    try:
+        return poll(listening, timeout=timeout, what=f"the warm ferry process of {home}", every=0.1)
+    except TimeoutError as exc:
+        log = home / LOG_NAME
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
+        raise TimeoutError(f"{exc}; {log} ends:\n{tail}") from None
+
+
 def _socket_or_none(home: Path) -> Path | None:
     try:
         return socket_path(home)

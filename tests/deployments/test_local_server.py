@@ -9,7 +9,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,13 +46,7 @@ def cli_env(tmp_path: Path) -> Iterator[dict[str, str]]:
 
 def warm_process(home: Path, *, timeout: float = 180) -> int:
     """The pid of the warm ferry process of `home` once it listens (it imports Prefect first)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = warm.read_state(home)
-        if state and state["listening"] and warm.is_alive(state["pid"]) and warm.socket_path(home).exists():
-            return state["pid"]
-        time.sleep(0.2)
-    raise AssertionError(f"no warm ferry process listens in {home}: {(home / warm.LOG_NAME).read_text()}")
+    return warm.wait_listening(home, timeout=timeout)
 
 
 def commands_run_warm(home: Path) -> list[str]:
