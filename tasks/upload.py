@@ -14,6 +14,7 @@ from storage_core.keys import parse_uri
 from storage_core import manifest
 from storage_core.statmemo import StatMemo
 from storage_core.upload import transactions
+from tasks.limits import store_slot
 from tasks.retry import RETRY_POLICY
 
 
@@ -72,11 +73,13 @@ def begin_ingest(
 
 
 @task(name="upload-items", **RETRY_POLICY)
-def upload_items(item_ids: list[int]) -> BatchReport:
+def upload_items(item_ids: list[int], destination: str | None = None) -> BatchReport:
     """Upload a batch of items (one large file, or many small ones in flight at once),
-    resuming recorded uploads. A retry picks up where the failed attempt stopped."""
+    resuming recorded uploads. A retry picks up where the failed attempt stopped. While it
+    sends, it holds a slot of the `destination` store's concurrency limit (tasks/limits.py)."""
     settings = load_settings()
-    outcome = transactions.upload_items(open_default_catalog(settings), item_ids, settings=settings)
+    with store_slot(destination):
+        outcome = transactions.upload_items(open_default_catalog(settings), item_ids, settings=settings)
     return BatchReport(items=outcome.items, bytes=outcome.bytes, parts_sent=outcome.parts_sent,
                        parts_reused=outcome.parts_reused)
 
@@ -92,10 +95,19 @@ def abort(transaction_id: str, reason: str) -> TransactionInfo:
     return aborted
 
 
+@dataclass(frozen=True)
+class OpenItems:
+    destination: str  # the transaction's destination URI
+    items: list[tuple[int, int]]  # (item id, size) of the items a resume still has to upload
+
+
 @task(name="open-items")
-def open_items(transaction_id: str) -> list[tuple[int, int]]:
-    """(item id, size) of the items a resume still has to upload."""
-    return [(item.id, item.size) for item in records.open_items(open_default_catalog(), transaction_id)]
+def open_items(transaction_id: str) -> OpenItems:
+    """What a resume still has to upload, and where to."""
+    catalog = open_default_catalog()
+    owner = records.transaction_owner(catalog, transaction_id)
+    items = [(item.id, item.size) for item in records.open_items(catalog, transaction_id)]
+    return OpenItems(owner.destination if owner else "", items)
 
 
-__all__ = ["BatchReport", "BegunIngest", "abort", "begin_ingest", "complete", "open_items", "upload_items"]
+__all__ = ["BatchReport", "BegunIngest", "OpenItems", "abort", "begin_ingest", "complete", "open_items", "upload_items"]

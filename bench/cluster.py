@@ -1,0 +1,139 @@
+"""Ferry on several hosts, on one machine: the servers the hosts share, listening on the
+bridge of bench/netns.py, and `ferry worker` processes started in the hosts' namespaces.
+Used by tests/hosts and `ferry bench scale`.
+
+- SeaweedFS (`weed mini`, anonymous S3) on the bridge address;
+- a Prefect server on the bridge address, its state in a throwaway PostgreSQL database;
+- Ferry's catalog in another throwaway PostgreSQL database, which the hosts reach through a
+  TCP relay on the bridge (PostgreSQL listens on 127.0.0.1 only; its configuration is the
+  machine's, not ours). The relay can add latency (`delay_s`) where `netem` is missing.
+
+A worker on a host gets nothing from this process but the settings a real machine would
+have (`host_env`): PREFECT_API_URL, FERRY_DATABASE_URL, FERRY_STORE and AWS_*, plus
+PYTHONPATH naming this checkout (the venv's Ferry may be installed from another one).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.netns import Host, HostNetwork
+from bench.relay import TcpRelay
+from bench.seaweed import SeaweedServer
+from deployments.server import PrefectServer
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+ACCESS_KEY, SECRET_KEY = "ferry-hosts", "ferry-hosts-secret"  # anonymous SeaweedFS: any key is taken
+# schedules and late runs acted on within seconds, workers polling every second
+SERVER_ENV = {
+    "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "1",
+    "PREFECT_SERVER_SERVICES_LATE_RUNS_LOOP_SECONDS": "5",
+    "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+}
+WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+
+
+@contextmanager
+def throwaway_database(admin_url: str = PG_ADMIN_URL, *, prefix: str = "ferry_hosts") -> Iterator[str]:
+    """A fresh PostgreSQL database (its name), dropped on exit, open connections or not."""
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _database_url(admin_url: str, name: str, *, driver: str, address: str | None = None) -> str:
+    """`admin_url` pointed at database `name` with `driver`, at `address` (host:port) if given."""
+    where = admin_url.split("://", 1)[1].rsplit("/", 1)[0]  # user@host:port
+    if address is not None:
+        where = f"{where.rsplit('@', 1)[0]}@{address}" if "@" in where else address
+    return f"{driver}://{where}/{name}"
+
+
+@dataclass(frozen=True)
+class SharedServers:
+    network: HostNetwork
+    api_url: str  # the Prefect API, on the bridge
+    s3_endpoint: str  # SeaweedFS S3, on the bridge
+    catalog_url: str  # Ferry's catalog as this process (root namespace) opens it
+    host_catalog_url: str  # ... and as the hosts do, through the relay
+    seaweed: SeaweedServer
+    prefect: PrefectServer
+
+    def host_env(self, workdir: Path, store: str, **extra: str) -> dict[str, str]:
+        """Everything a worker on a host is given: a machine's settings, nothing else."""
+        venv_bin = str(Path(sys.executable).parent)
+        return {
+            "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(workdir),
+            "PYTHONPATH": str(ROOT),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_HOME": str(workdir / ".prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "DO_NOT_TRACK": "1",
+            "FERRY_HOME": str(workdir / ".ferry"),
+            "FERRY_DATABASE_URL": self.host_catalog_url,
+            "FERRY_STORE": store,
+            "FERRY_WARM": "0",
+            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            **WORKER_ENV,
+            **extra,
+        }
+
+
+@contextmanager
+def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
+                   admin_url: str = PG_ADMIN_URL) -> Iterator[SharedServers]:
+    """Start SeaweedFS, the Prefect server and the catalog relay on `network`'s bridge;
+    everything stopped and both databases dropped on exit. `delay_s`: latency the catalog
+    relay adds each way (the S3 and Prefect traffic is not delayed by this process)."""
+    with ExitStack() as stack:
+        bridge = network.bridge_ip
+        prefect_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_prefect"))
+        catalog_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_catalog"))
+        pg_host, pg_port = admin_url.split("://", 1)[1].split("@")[-1].split("/")[0].rsplit(":", 1)
+        relay = stack.enter_context(TcpRelay(bridge, (pg_host, int(pg_port)), delay_s=delay_s))
+        seaweed = SeaweedServer(workdir / "seaweed", host=bridge, extra_args=["-volume.max=200"])
+        stack.callback(seaweed.stop)
+        seaweed.start()
+        env = {**SERVER_ENV,
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": _database_url(admin_url, prefect_db, driver="postgresql+asyncpg")}
+        prefect = PrefectServer(workdir / "prefect-server", host=bridge, env=env, ui=False)
+        stack.callback(prefect.stop)
+        prefect.start(timeout=180)
+        yield SharedServers(
+            network=network,
+            api_url=prefect.api_url,
+            s3_endpoint=seaweed.endpoint,
+            catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg"),
+            host_catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg",
+                                           address=f"{bridge}:{relay.port}"),
+            seaweed=seaweed,
+            prefect=prefect,
+        )
+
+
+def start_worker(host: Host, servers: SharedServers, workdir: Path, *, pool: str, store: str,
+                 args: tuple[str, ...] = ()):
+    """`ferry worker --pool POOL` on `host`, in `workdir` (its log: workdir/worker.log)."""
+    argv = [sys.executable, "-m", "ferry.cli", "worker", "--pool", pool, "--name", f"ferry {host.namespace}", *args]
+    return host.start(argv, servers.host_env(workdir, store), cwd=workdir, log=workdir / "worker.log")
+
+
+__all__ = ["SharedServers", "shared_servers", "start_worker", "throwaway_database"]

@@ -1,0 +1,109 @@
+"""Ferry on three hosts (network namespaces), as the README's "Several machines" recipe
+sets it up: `ferry deploy --pool P --create` on one host, `ferry worker --pool P` on each,
+a backfill started from the API runs on one of them; every file is stored once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cluster import SharedServers, shared_servers, start_worker
+from bench.netns import HostNetwork
+from deployments.server import stop_group
+from tests.support.prefect_server import prefect_client_at
+
+pytestmark = pytest.mark.slow
+
+POOL = "ferry-hosts"
+BUCKET = "ferry-hosts"
+FILES = 300
+
+
+def _landing(root: Path, files: int) -> Path:
+    """DEVICE/RECORDING/files: `files` small files over 2 devices and 10 recordings."""
+    for i in range(files):
+        path = root / f"dev{i % 2}" / f"rec{i % 10:02d}" / f"part-{i:04d}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(512 + i * 7))
+    return root
+
+
+def _ferry_on(network: HostNetwork, servers: SharedServers, workdir: Path, store: str, *args: str) -> str:
+    """`ferry ARGS` on the first host, as an operator there would run it; its output."""
+    host = network.hosts[0]
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(host.command([sys.executable, "-m", "ferry.cli", *args], servers.host_env(workdir, store)),
+                          cwd=workdir, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout + done.stderr
+
+
+def _wait_workers_online(count: int, timeout: float = 120) -> None:
+    from prefect import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    deadline = time.monotonic() + timeout
+    online: list = []
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            online = client.read_workers_for_work_pool(
+                POOL, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])), limit=10, offset=0)
+        if len(online) >= count:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{len(online)} of {count} workers online after {timeout}s")
+
+
+def _bucket(endpoint: str):  # noqa: ANN202 - an S3Store
+    from storage_core.stores.s3 import S3Store, make_client
+
+    store = S3Store(BUCKET, client=make_client(endpoint_url=endpoint))
+    store.create_bucket()
+    return store
+
+
+def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwork, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch):
+    from prefect.client.schemas.objects import StateType
+    from prefect.deployments import run_deployment
+
+    from storage_core.catalog import Catalog
+    from storage_core.catalog.queries import list_objects
+
+    landing = _landing(tmp_path / "landing", FILES)
+    store_uri = f"s3://{BUCKET}"
+    with shared_servers(three_hosts, tmp_path / "servers") as servers:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ferry-hosts")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ferry-hosts-secret")
+        bucket = _bucket(servers.s3_endpoint)
+        with prefect_client_at(servers.api_url, monkeypatch):
+            deployed = _ferry_on(three_hosts, servers, tmp_path / "operator", store_uri, "deploy", "--pool", POOL, "--create",
+                                 "--limit", "3")
+            assert "ingest/reingest" in deployed
+            workers = {host.namespace: start_worker(host, servers, tmp_path / host.namespace, pool=POOL, store=store_uri)
+                       for host in three_hosts.hosts}
+            try:
+                _wait_workers_online(3)
+                run = run_deployment("ingest/reingest", parameters={"source": str(landing)}, timeout=150)
+                assert run.state is not None and run.state.type == StateType.COMPLETED, run.state
+                logs = {ns: (tmp_path / ns / "worker.log").read_text(errors="replace") for ns in workers}
+                ran_on = [ns for ns, text in logs.items() if str(run.id) in text]
+                assert len(ran_on) == 1, logs
+            finally:
+                for process in workers.values():
+                    stop_group(process, timeout=10)
+        catalog = Catalog(servers.catalog_url)
+        try:
+            objects = list_objects(catalog)
+        finally:
+            catalog.dispose()
+        keys = sorted(o.key for o in objects)
+        assert len(keys) == FILES and len(set(keys)) == FILES
+        listed = [o.key for o in bucket.list("")]
+        assert sorted(listed) == keys
+        assert bucket.client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []) == []
