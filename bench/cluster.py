@@ -6,7 +6,11 @@ Used by tests/hosts and `ferry bench scale`.
 - a Prefect server on the bridge address, its state in a throwaway PostgreSQL database;
 - Ferry's catalog in another throwaway PostgreSQL database, which the hosts reach through a
   TCP relay on the bridge (PostgreSQL listens on 127.0.0.1 only; its configuration is the
-  machine's, not ours). The relay can add latency (`delay_s`) where `netem` is missing.
+  machine's, not ours).
+
+Where the kernel has no `netem` qdisc (this project's VMs), `delay_s` puts the latency of a
+network between machines into relays instead: the hosts then reach S3 and the catalog
+through relays that hold each chunk back `delay_s` each way (the Prefect API is not delayed).
 
 A worker on a host gets nothing from this process but the settings a real machine would
 have (`host_env`): PREFECT_API_URL, FERRY_DATABASE_URL, FERRY_STORE and AWS_*, plus
@@ -68,10 +72,25 @@ class SharedServers:
     network: HostNetwork
     api_url: str  # the Prefect API, on the bridge
     s3_endpoint: str  # SeaweedFS S3, on the bridge
+    host_s3_endpoint: str  # ... as the hosts reach it (a delaying relay, or the same)
     catalog_url: str  # Ferry's catalog as this process (root namespace) opens it
     host_catalog_url: str  # ... and as the hosts do, through the relay
     seaweed: SeaweedServer
     prefect: PrefectServer
+
+    def bucket(self, name: str, *, create: bool = False):  # noqa: ANN201 - an S3Store
+        """The bucket `name` on the shared SeaweedFS as an S3Store for this process (its own
+        keys, whatever AWS_* this process has), created first when `create`."""
+        import boto3
+
+        from storage_core.stores.s3 import S3Store
+
+        client = boto3.session.Session().client("s3", endpoint_url=self.s3_endpoint, region_name="us-east-1",
+                                                aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+        store = S3Store(name, client=client)
+        if create:
+            store.create_bucket()
+        return store
 
     def host_env(self, workdir: Path, store: str, **extra: str) -> dict[str, str]:
         """Everything a worker on a host is given: a machine's settings, nothing else."""
@@ -88,7 +107,7 @@ class SharedServers:
             "FERRY_DATABASE_URL": self.host_catalog_url,
             "FERRY_STORE": store,
             "FERRY_WARM": "0",
-            "AWS_ENDPOINT_URL": self.s3_endpoint,
+            "AWS_ENDPOINT_URL": self.host_s3_endpoint,
             "AWS_ACCESS_KEY_ID": ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
             "AWS_REGION": "us-east-1",
@@ -101,8 +120,8 @@ class SharedServers:
 def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
                    admin_url: str = PG_ADMIN_URL) -> Iterator[SharedServers]:
     """Start SeaweedFS, the Prefect server and the catalog relay on `network`'s bridge;
-    everything stopped and both databases dropped on exit. `delay_s`: latency the catalog
-    relay adds each way (the S3 and Prefect traffic is not delayed by this process)."""
+    everything stopped and both databases dropped on exit. `delay_s`: latency the relays
+    to the catalog and to S3 add each way (see the module docstring)."""
     with ExitStack() as stack:
         bridge = network.bridge_ip
         prefect_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_prefect"))
@@ -112,6 +131,9 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
         seaweed = SeaweedServer(workdir / "seaweed", host=bridge, extra_args=["-volume.max=200"])
         stack.callback(seaweed.stop)
         seaweed.start()
+        s3_relay = None
+        if delay_s > 0:
+            s3_relay = stack.enter_context(TcpRelay(bridge, (bridge, seaweed.ports["s3.port"]), delay_s=delay_s))
         env = {**SERVER_ENV,
                "PREFECT_SERVER_DATABASE_CONNECTION_URL": _database_url(admin_url, prefect_db, driver="postgresql+asyncpg")}
         prefect = PrefectServer(workdir / "prefect-server", host=bridge, env=env, ui=False)
@@ -121,6 +143,7 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
             network=network,
             api_url=prefect.api_url,
             s3_endpoint=seaweed.endpoint,
+            host_s3_endpoint=f"http://{bridge}:{s3_relay.port}" if s3_relay else seaweed.endpoint,
             catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg"),
             host_catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg",
                                            address=f"{bridge}:{relay.port}"),

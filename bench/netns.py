@@ -11,8 +11,9 @@ would. Everything made is removed in `finally`, also after a failure or Ctrl-C: 
 processes still in a namespace are SIGKILLed, then the namespaces and the bridge deleted.
 
 Names carry this process's pid (`ferry<pid>h<i>`), so parallel sessions never collide.
-Needs root and `ip` (iproute2); `tc` only for a delay. `unavailable()` says why not, in one
-line, before anything is made (the tests skip with it, the bench fails with it).
+Needs root and `ip` (iproute2); `tc` and the kernel's sch_netem only for a delay.
+`unavailable()` and `netem_missing()` say why not, in one line, before anything is made (the
+tests skip with it; the bench delays in relays instead, bench/cluster.py).
 """
 
 from __future__ import annotations
@@ -52,6 +53,21 @@ def unavailable() -> str | None:
         return f"`ip netns add` is refused here: {made.stderr.strip() or made.returncode}"
     _ip("netns", "delete", probe, check=False)
     return None
+
+
+def netem_missing() -> str | None:
+    """None when `tc ... netem` delays work here, else why not (e.g. a kernel built without
+    sch_netem: "Specified qdisc kind is unknown"). Call after `unavailable()` said None."""
+    if shutil.which("tc") is None:
+        return "the `tc` command (iproute2) is missing"
+    probe = f"ferry{os.getpid()}netem"
+    _ip("netns", "add", probe)
+    try:
+        added = subprocess.run(["ip", "netns", "exec", probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+                               capture_output=True, text=True)
+        return None if added.returncode == 0 else f"netem is refused: {added.stderr.strip() or added.returncode}"
+    finally:
+        _ip("netns", "delete", probe, check=False)
 
 
 @dataclass(frozen=True)
@@ -123,8 +139,8 @@ def host_network(count: int, *, delay_ms: float | None = None, rng: random.Rando
     reason = unavailable()
     if reason is not None:
         raise ConfigError(reason)
-    if delay_ms and shutil.which("tc") is None:
-        raise ConfigError("a delay needs the `tc` command (iproute2)")
+    if delay_ms and (missing := netem_missing()) is not None:
+        raise ConfigError(f"no netem delay here: {missing}")
     subnet = _free_subnet(rng or random.Random())
     tag = f"ferry{os.getpid()}"
     bridge, bridge_ip = f"{tag}br", str(subnet.network_address + 1)
@@ -167,4 +183,4 @@ def _remove(bridge: str, hosts: Sequence[Host]) -> None:
     _ip("link", "delete", bridge, check=False)
 
 
-__all__ = ["Host", "HostNetwork", "host_network", "unavailable"]
+__all__ = ["Host", "HostNetwork", "host_network", "netem_missing", "unavailable"]

@@ -59,14 +59,6 @@ def _wait_workers_online(count: int, timeout: float = 120) -> None:
     raise AssertionError(f"{len(online)} of {count} workers online after {timeout}s")
 
 
-def _bucket(endpoint: str):  # noqa: ANN202 - an S3Store
-    from storage_core.stores.s3 import S3Store, make_client
-
-    store = S3Store(BUCKET, client=make_client(endpoint_url=endpoint))
-    store.create_bucket()
-    return store
-
-
 def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwork, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
     from prefect.client.schemas.objects import StateType
@@ -78,9 +70,7 @@ def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwo
     landing = _landing(tmp_path / "landing", FILES)
     store_uri = f"s3://{BUCKET}"
     with shared_servers(three_hosts, tmp_path / "servers") as servers:
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ferry-hosts")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ferry-hosts-secret")
-        bucket = _bucket(servers.s3_endpoint)
+        bucket = servers.bucket(BUCKET, create=True)
         with prefect_client_at(servers.api_url, monkeypatch):
             deployed = _ferry_on(three_hosts, servers, tmp_path / "operator", store_uri, "deploy", "--pool", POOL, "--create",
                                  "--limit", "3")
