@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bench.netns import Host, HostNetwork
 from bench.relay import TcpRelay
@@ -61,10 +62,14 @@ def throwaway_database(admin_url: str = PG_ADMIN_URL, *, prefix: str = "ferry_ho
 
 def _database_url(admin_url: str, name: str, *, driver: str, address: str | None = None) -> str:
     """`admin_url` pointed at database `name` with `driver`, at `address` (host:port) if given."""
-    where = admin_url.split("://", 1)[1].rsplit("/", 1)[0]  # user@host:port
-    if address is not None:
-        where = f"{where.rsplit('@', 1)[0]}@{address}" if "@" in where else address
-    return f"{driver}://{where}/{name}"
+    parts = urlsplit(admin_url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return f"{driver}://{user}{address or _address(admin_url)}/{name}"
+
+
+def _address(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or 5432}"
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
         bridge = network.bridge_ip
         prefect_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_prefect"))
         catalog_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_catalog"))
-        pg_host, pg_port = admin_url.split("://", 1)[1].split("@")[-1].split("/")[0].rsplit(":", 1)
+        pg_host, pg_port = _address(admin_url).rsplit(":", 1)
         relay = stack.enter_context(TcpRelay(bridge, (pg_host, int(pg_port)), delay_s=delay_s))
         seaweed = SeaweedServer(workdir / "seaweed", host=bridge, extra_args=["-volume.max=200"])
         stack.callback(seaweed.stop)

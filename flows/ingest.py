@@ -65,10 +65,9 @@ def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
 
 
 def _upload_and_complete(
-    transaction_id: str, items: list[tuple[int, int]], started: float, *, destination: str | None,
-    held_back: list[str] | None = None,
+    transaction_id: str, items: list[tuple[int, int]], started: float, *, held_back: list[str] | None = None
 ) -> IngestReport:
-    futures = [upload_tasks.upload_items.submit(batch, destination) for batch in batch_items(items)]
+    futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
     wait(futures)  # every batch settles first, so nothing is still sending when we abort
     reports, failure = [], None
     for future in futures:
@@ -144,15 +143,14 @@ def ingest(
         transaction_id=transaction_id,
     )
     pending = [(item.id, item.size) for item in begun.transaction.items if item.status == "pending"]
-    return _upload_and_complete(begun.transaction.id, pending, started, destination=destination, held_back=begun.held_back)
+    return _upload_and_complete(begun.transaction.id, pending, started, held_back=begun.held_back)
 
 
 @flow(name="resume-transaction", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def resume(transaction_id: str) -> IngestReport:
     """Finish an interrupted transaction: recorded uploads are reused, stored parts not resent."""
     started = time.monotonic()
-    left = upload_tasks.open_items(transaction_id)
-    return _upload_and_complete(transaction_id, left.items, started, destination=left.destination or None)
+    return _upload_and_complete(transaction_id, upload_tasks.open_items(transaction_id), started)
 
 
 __all__ = ["IngestFailed", "IngestReport", "ingest", "resume"]

@@ -73,13 +73,15 @@ def begin_ingest(
 
 
 @task(name="upload-items", **RETRY_POLICY)
-def upload_items(item_ids: list[int], destination: str | None = None) -> BatchReport:
+def upload_items(item_ids: list[int]) -> BatchReport:
     """Upload a batch of items (one large file, or many small ones in flight at once),
-    resuming recorded uploads. A retry picks up where the failed attempt stopped. While it
-    sends, it holds a slot of the `destination` store's concurrency limit (tasks/limits.py)."""
+    resuming recorded uploads. A retry picks up where the failed attempt stopped. It holds a
+    slot of its destination store's concurrency limit while it sends (tasks/limits.py)."""
     settings = load_settings()
-    with store_slot(destination):
-        outcome = transactions.upload_items(open_default_catalog(settings), item_ids, settings=settings)
+    catalog = open_default_catalog(settings)
+    # one slot of the destination store's limit (tasks/limits.py) while the batch sends
+    with store_slot(records.item_destination(catalog, item_ids[0]) if item_ids else None):
+        outcome = transactions.upload_items(catalog, item_ids, settings=settings)
     return BatchReport(items=outcome.items, bytes=outcome.bytes, parts_sent=outcome.parts_sent,
                        parts_reused=outcome.parts_reused)
 
@@ -95,19 +97,10 @@ def abort(transaction_id: str, reason: str) -> TransactionInfo:
     return aborted
 
 
-@dataclass(frozen=True)
-class OpenItems:
-    destination: str  # the transaction's destination URI
-    items: list[tuple[int, int]]  # (item id, size) of the items a resume still has to upload
-
-
 @task(name="open-items")
-def open_items(transaction_id: str) -> OpenItems:
-    """What a resume still has to upload, and where to."""
-    catalog = open_default_catalog()
-    owner = records.transaction_owner(catalog, transaction_id)
-    items = [(item.id, item.size) for item in records.open_items(catalog, transaction_id)]
-    return OpenItems(owner.destination if owner else "", items)
+def open_items(transaction_id: str) -> list[tuple[int, int]]:
+    """(item id, size) of the items a resume still has to upload."""
+    return [(item.id, item.size) for item in records.open_items(open_default_catalog(), transaction_id)]
 
 
-__all__ = ["BatchReport", "BegunIngest", "OpenItems", "abort", "begin_ingest", "complete", "open_items", "upload_items"]
+__all__ = ["BatchReport", "BegunIngest", "abort", "begin_ingest", "complete", "open_items", "upload_items"]

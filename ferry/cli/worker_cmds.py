@@ -77,9 +77,9 @@ def deploy(
     POOL; workers on any machine (`ferry worker --pool POOL`) then run their flow runs."""
     from deployments.definitions import ferry_deployments
     from deployments.pools import deploy_to_pool, ensure_pool, ensure_store_limit
-    from ferry.cli.serve_cmds import _declared_landings
+    from ferry.cli.serve_cmds import declared_landings
 
-    specs = ferry_deployments(_declared_landings(landing, every, None, None, None, config))
+    specs = ferry_deployments(declared_landings(landing, every, None, None, None, config))
     url = _connect()
     found = ensure_pool(pool, create=create, limit=limit)
     store = ensure_store_limit(_store_uri(), slots=store_limit)

@@ -70,7 +70,7 @@ def test_deploy_registers_what_prefect_yaml_lists_to_a_pool(prefect_server, tmp_
         for spec, name in zip(STANDING, report["deployments"], strict=True):
             deployment = client.read_deployment_by_name(name)
             # the flow is imported from the Ferry installed on the worker's host: no pull steps, no storage
-            assert deployment.work_pool_name == pool and not deployment.pull_steps
+            assert deployment.work_pool_name == pool and not deployment.pull_steps and deployment.path is None
             assert deployment.entrypoint == f"{spec.module}.{spec.function}"
             assert deployment.global_concurrency_limit.limit == spec.concurrency.limit
         assert client.read_global_concurrency_limit_by_name(f"ferry-store:{bucket}").limit == 3
