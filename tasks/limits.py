@@ -6,8 +6,12 @@ with `--store-limit`.
 
 Each upload task (a batch of files, or one large file) holds one slot while it transfers:
 a slot per file would cost two API calls per small file, and inside a task storage_core
-bounds its own requests (FERRY_MAX_IN_FLIGHT). Without the limit the slot is not taken
-(`strict=False`): a Prefect without it still moves the data."""
+bounds its own requests (FERRY_MAX_IN_FLIGHT). Slots are taken only with
+FERRY_STORE_LIMITS on, which `ferry worker` sets for the flow runs it starts: on one
+machine (`ferry ingest`, `ferry serve`) there is nothing to share and no limit to look up
+(Prefect would log a warning per task for a missing one). A limit that does not exist is
+not waited for (`strict=False`).
+"""
 
 from __future__ import annotations
 

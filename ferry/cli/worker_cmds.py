@@ -59,6 +59,8 @@ def worker(
     pool_limit = found.concurrency_limit if found.concurrency_limit is not None else "none"
     out.print(f"worker {worker_name!r} for pool {pool} ({'created, ' if found.created else ''}limit {pool_limit}) "
               f"at {url}; store limit {store.name} = {store.limit}", highlight=False, soft_wrap=True)
+    # the flow runs this worker starts inherit its environment: their upload tasks take store slots
+    os.environ["FERRY_STORE_LIMITS"] = "1"
     run_worker(pool, name=worker_name, runs=runs)
 
 

@@ -60,6 +60,23 @@ def _wait_workers_online(count: int, timeout: float = 120) -> None:
     raise AssertionError(f"{len(online)} of {count} workers online after {timeout}s")
 
 
+def _slots_taken(api_url: str, limit_name: str, timeout: float = 60) -> int:
+    """How many `prefect.concurrency-limit.acquired` events of `limit_name` the server has
+    (the client emits one per acquisition; the server stores them within seconds)."""
+    import httpx
+
+    body = {"filter": {"event": {"name": ["prefect.concurrency-limit.acquired"]},
+                       "resource": {"labels": {"prefect.resource.name": [limit_name]}}}, "limit": 50}
+    deadline = time.monotonic() + timeout
+    page: dict = {}
+    while time.monotonic() < deadline:
+        page = httpx.post(f"{api_url}/events/filter", json=body, timeout=10).json()
+        if page.get("total"):
+            return page["total"]
+        time.sleep(0.5)
+    raise AssertionError(f"no acquisition of {limit_name} recorded: {str(page)[:300]}")
+
+
 def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwork, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch):
     from prefect import get_client
@@ -90,6 +107,7 @@ def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwo
                 with get_client(sync_client=True) as client:  # the store's limit, every slot given back
                     limit = client.read_global_concurrency_limit_by_name(store_limit_name(store_uri))
                 assert (limit.limit, limit.active_slots) == (DEFAULT_STORE_SLOTS, 0)
+                assert _slots_taken(servers.api_url, limit.name) >= 1  # the upload tasks held slots of it
             finally:
                 for process in workers.values():
                     stop_group(process, timeout=10)
