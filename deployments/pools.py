@@ -42,7 +42,7 @@ def ensure_pool(name: str, *, create: bool, limit: int | None = None) -> PoolInf
     `create`, or is not a process pool."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
     created = False
@@ -53,9 +53,12 @@ def ensure_pool(name: str, *, create: bool, limit: int | None = None) -> PoolInf
             if not create:
                 raise ConfigError(f"no work pool {name!r}; create it with --create (a process pool)") from None
             template = ProcessWorker.get_default_base_job_template()
-            pool = client.create_work_pool(WorkPoolCreate(name=name, type=POOL_TYPE, base_job_template=template,
-                                                          concurrency_limit=limit))
-            created = True
+            try:
+                pool = client.create_work_pool(WorkPoolCreate(name=name, type=POOL_TYPE, base_job_template=template,
+                                                              concurrency_limit=limit))
+                created = True
+            except ObjectAlreadyExists:  # another machine's `--create` came first
+                pool = client.read_work_pool(name)
         if pool.type != POOL_TYPE:
             raise ConfigError(f"work pool {name!r} is a {pool.type!r} pool; Ferry's workers need a {POOL_TYPE!r} pool")
         if limit is not None and pool.concurrency_limit != limit:
@@ -69,7 +72,7 @@ def ensure_store_limit(store_uri: str, *, slots: int | None = None) -> StoreLimi
     DEFAULT_STORE_SLOTS) when missing, set to `slots` when given, else left as it is."""
     from prefect import get_client
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
-    from prefect.exceptions import ObjectNotFound
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
     name = store_limit_name(store_uri)
     with get_client(sync_client=True) as client:
@@ -77,8 +80,11 @@ def ensure_store_limit(store_uri: str, *, slots: int | None = None) -> StoreLimi
             found = client.read_global_concurrency_limit_by_name(name)
         except ObjectNotFound:
             limit = slots or DEFAULT_STORE_SLOTS
-            client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
-            return StoreLimit(name, limit, created=True)
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                return StoreLimit(name, limit, created=True)
+            except ObjectAlreadyExists:  # another machine's worker created it meanwhile
+                found = client.read_global_concurrency_limit_by_name(name)
         if slots is not None and found.limit != slots:
             client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=slots))
             return StoreLimit(name, slots, created=False)
