@@ -64,15 +64,21 @@ class ParquetRead:
     total_bytes: int  # compressed bytes of every column chunk
 
 
-def leaf_columns(metadata: pq.FileMetaData, columns: Sequence[str] | None) -> list[int]:
-    """Indices of the leaf columns under the top-level `columns` (all when None).
-    ConfigError names a column the file does not have."""
+def present_columns(metadata: pq.FileMetaData, columns: Sequence[str] | None, *, only_present: bool = False) -> list[str]:
+    """The top-level `columns` to read (all when None). ConfigError names a column the file
+    does not have, unless `only_present` leaves such columns out."""
     names = metadata.schema.to_arrow_schema().names
-    wanted = list(names) if columns is None else list(columns)
-    for name in wanted:
-        if name not in names:
-            raise ConfigError(f"no column {name!r} in this Parquet file (it has {', '.join(names)})")
-    chosen = set(wanted)
+    if columns is None:
+        return list(names)
+    absent = [name for name in columns if name not in names]
+    if absent and not only_present:
+        raise ConfigError(f"no column {absent[0]!r} in this Parquet file (it has {', '.join(names)})")
+    return [name for name in columns if name in names]
+
+
+def leaf_columns(metadata: pq.FileMetaData, columns: Sequence[str]) -> list[int]:
+    """Indices of the leaf columns under the top-level `columns`."""
+    chosen = set(columns)
     return [i for i in range(metadata.num_columns)
             if metadata.schema.column(i).path.split(".", 1)[0] in chosen]
 
@@ -111,6 +117,7 @@ def read_parquet_batches(
     *,
     store_uri: str = "",
     columns: Sequence[str] | None = None,
+    only_present: bool = False,
     keep_row_group: Callable[[pq.RowGroupMetaData], bool] | None = None,
     policy: CachePolicy = CachePolicy.ADAPTIVE,
     cache: DiskCache | None = None,
@@ -119,24 +126,27 @@ def read_parquet_batches(
     batch_rows: int = DEFAULT_BATCH_ROWS,
     row_groups_ahead: int = DEFAULT_ROW_GROUPS_AHEAD,
     max_workers: int = 8,
+    tail_size: int = PARQUET_TAIL_SIZE,
 ) -> ParquetRead:
     """Open `key` in `store` (its URI `store_uri` names cache entries) and return its batches
-    (see module). `columns` projects top-level columns; `keep_row_group(meta)` skips row
+    (see module). `columns` projects top-level columns (`only_present`: those the file has,
+    for a caller that fills the others, else ConfigError); `keep_row_group(meta)` skips row
     groups whose statistics rule them out; `crc32c` is the catalog's record, checked when
-    the object is cached. Opening costs one GET (two when the footer outgrows the tail)."""
+    the object is cached. Opening costs one GET of `tail_size` bytes (a second when the
+    footer outgrows it); a file no larger than the tail needs no other request."""
     import pyarrow.parquet as pq
 
-    reader = RangeReader.from_store(store, key, tail_size=PARQUET_TAIL_SIZE, max_workers=max_workers)
+    reader = RangeReader.from_store(store, key, tail_size=tail_size, max_workers=max_workers)
     try:
         metadata, _ = open_parquet_footer(reader)
+        columns = present_columns(metadata, columns, only_present=only_present)
         leaves = leaf_columns(metadata, columns)
         groups = tuple(g for g in range(metadata.num_row_groups)
                        if keep_row_group is None or keep_row_group(metadata.row_group(g)))
         everything = range(metadata.num_columns)
         projected, total = _bytes(metadata, groups, leaves), _bytes(metadata, range(metadata.num_row_groups), everything)
-        schema = metadata.schema.to_arrow_schema()
-        if columns is not None:
-            schema = pa_schema_of(schema, columns)
+        whole = metadata.schema.to_arrow_schema()
+        schema = pa_schema(whole, columns)
         entry = None
         if cache is not None and policy is not CachePolicy.NEVER and reader.etag:
             entry = cache.lookup(store_uri, key, reader.etag)
@@ -154,7 +164,7 @@ def read_parquet_batches(
     return ParquetRead(schema, batches, groups, entry, projected, total)
 
 
-def pa_schema_of(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
+def pa_schema(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
     """`schema` projected to `columns`, in their order."""
     import pyarrow as pa
 
@@ -175,26 +185,34 @@ def _streamed(
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(reader, metadata=metadata, page_checksum_verification=True)
-    pending: deque[tuple[int, Future[None]]] = deque()
+    pending: deque[tuple[int, Future[None] | None]] = deque()
     queue = deque(groups)
+    ahead_pool: ThreadPoolExecutor | None = None  # made on the first group the tail did not cover
+
+    def fetch_ahead(group: int) -> Future[None] | None:
+        nonlocal ahead_pool
+        ranges = [r for r in chunk_ranges(metadata, group, leaves) if reader.cached(*r) is None]
+        if not ranges:
+            return None
+        if ahead_pool is None:
+            ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="ferry-parquet-ahead")
+        return ahead_pool.submit(reader.prefetch_ranges, ranges)
+
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="ferry-parquet-ahead") as ahead_pool:
-            try:
-                while queue or pending:
-                    while queue and len(pending) <= ahead:
-                        group = queue.popleft()
-                        ranges = chunk_ranges(metadata, group, leaves)
-                        pending.append((group, ahead_pool.submit(reader.prefetch_ranges, ranges)))
-                    group, fetched = pending.popleft()
-                    fetched.result()
-                    table = parquet.read_row_group(group, columns=columns)
-                    for start, end in chunk_ranges(metadata, group, leaves):
-                        reader.discard(start, end)
-                    yield from table.to_batches(max_chunksize=batch_rows)
-            finally:
-                for _, fetched in pending:  # a consumer that stops early fetches no more
-                    fetched.cancel()
+        while queue or pending:
+            while queue and len(pending) <= ahead:
+                group = queue.popleft()
+                pending.append((group, fetch_ahead(group)))
+            group, fetched = pending.popleft()
+            if fetched is not None:
+                fetched.result()
+            table = parquet.read_row_group(group, columns=columns)
+            for start, end in chunk_ranges(metadata, group, leaves):
+                reader.discard(start, end)
+            yield from table.to_batches(max_chunksize=batch_rows)
     finally:
+        if ahead_pool is not None:  # a consumer that stops early fetches no more
+            ahead_pool.shutdown(wait=True, cancel_futures=True)
         reader.close()  # after the prefetch thread is done with it
 
 
@@ -205,5 +223,6 @@ __all__ = [
     "ParquetRead",
     "chunk_ranges",
     "leaf_columns",
+    "present_columns",
     "read_parquet_batches",
 ]
