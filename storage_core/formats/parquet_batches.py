@@ -6,7 +6,7 @@ chunks are then fetched as coalesced ranges, in parallel, `row_groups_ahead` gro
 of the consumer, every request pinned to the ETag of the first (an object replaced mid-read
 raises PreconditionFailed, versions never mix). A row group's bytes are dropped once its
 batches are handed out, so memory stays about `row_groups_ahead + 1` row groups of the
-projected columns, whatever the object's size. Pages that carry a CRC are checked.
+projected columns (compressed) plus one decoded batch, whatever the object's size. Pages that carry a CRC are checked.
 
 Cached: the whole object is copied once into `DiskCache` (size and CRC32C checked against
 what the catalog or the store recorded, and checked again on every later hit) and read
@@ -206,10 +206,11 @@ def _streamed(
             group, fetched = pending.popleft()
             if fetched is not None:
                 fetched.result()
-            table = parquet.read_row_group(group, columns=columns)
+            # batch by batch, not the whole row group at once: a group of a million rows
+            # would otherwise sit decoded in memory (and cost fresh pages) before the first batch
+            yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
             for start, end in chunk_ranges(metadata, group, leaves):
                 reader.discard(start, end)
-            yield from table.to_batches(max_chunksize=batch_rows)
     finally:
         if ahead_pool is not None:  # a consumer that stops early fetches no more
             ahead_pool.shutdown(wait=True, cancel_futures=True)
