@@ -30,6 +30,7 @@
     │   ├── CatalogUnavailable       locked, unreachable or failing database; retrying can help
     │   ├── CatalogConflict          a concurrent writer claimed the same row first
     │   ├── UnknownUpload            no such device transaction (for this device)
+    │   ├── LeaseLost                a work item's claim is gone (another worker claimed it): not finished
     │   └── TransactionStateError    an operation that the transaction's state forbids
     │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
     ├── StreamRefused                a telemetry append the stream refuses (carries committed_end, epoch)
@@ -228,6 +229,11 @@ class UnknownUpload(CatalogError):
     """No such device transaction for this device (another device's is unknown too)."""
 
 
+class LeaseLost(CatalogError):
+    """A work item may not be renewed, finished or failed by this worker: its lease ran out
+    and another worker claimed it (or it was settled already). Nothing was changed."""
+
+
 class UploadIncomplete(TransactionStateError):
     """Complete was called before every byte was uploaded; nothing was changed."""
 
@@ -356,6 +362,7 @@ __all__ = [
     "GatewayError",
     "IngestFailed",
     "IntegrityError",
+    "LeaseLost",
     "InvalidKey",
     "ManifestRefused",
     "NotMcapFile",
