@@ -47,6 +47,7 @@
     │   ├── ProductBusy              another live attempt is computing the key (retryable)
     │   └── AttemptLost              the attempt's lease expired or another commit won; nothing published
     ├── IngestFailed                 an ingest run's failure, in one line
+    ├── JobNotFinished               a fanned-out job still had items left when its parent stopped waiting
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
 
@@ -327,6 +328,12 @@ class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
 
+class JobNotFinished(FerryError):
+    """A fanned-out job's parent stopped waiting (its timeout) while items were still
+    pending or claimed: no worker is taking them. Its recorded work stands; run the
+    parent again with the same job id to go on."""
+
+
 class SummariesFailed(FerryError):
     """Some objects could not be summarized; each has its `summary_error` recorded."""
 
@@ -362,6 +369,7 @@ __all__ = [
     "GatewayError",
     "IngestFailed",
     "IntegrityError",
+    "JobNotFinished",
     "LeaseLost",
     "InvalidKey",
     "ManifestRefused",
