@@ -4,8 +4,10 @@ the children.
 
 Two ways to run the children, chosen by `FanOut.deployment`:
 - a deployment name (`ingest-items/ingest-items`): K runs through `run_deployment(...,
-  timeout=0)`, so a work pool spreads them over its workers' hosts;
-- none (tests, one machine, `ferry` without a pool): K subflows in this process, each on
+  timeout=0)`, so a work pool spreads them over its workers' hosts; "auto" (the default)
+  is the child's standing deployment (deployments/definitions.py) when the parent itself
+  runs from a deployment, else in this process;
+- none or "" (tests, one machine, `ferry` without a pool): K subflows in this process, each on
   a thread of its own that carries the parent's context (so they are its subflows).
   Against a SQLite-backed Prefect server (the test harness) their runs barely overlap:
   the server answers concurrent writes with 503 and the client backs off.
@@ -25,6 +27,7 @@ import time
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 from prefect.flows import Flow
+from prefect.runtime import deployment
 from pydantic import BaseModel, Field
 
 from storage_core.catalog.work import JobStatus
@@ -32,14 +35,18 @@ from storage_core.claims import Process
 from storage_core.errors import JobNotFinished, one_line
 from tasks import work as work_tasks
 
+AUTO = "auto"
+
+
 class FanOut(BaseModel):
     """How a fanned-out job is run (the same for every kind of job)."""
 
     claimers: int = Field(default=2, ge=1, le=256, description="Child flow runs that claim the job's items.")
     deployment: str | None = Field(
-        default=None,
+        default=AUTO,
         description="FLOW/DEPLOYMENT the children run as, so a work pool spreads them over its workers "
-        "(e.g. ingest-items/ingest-items); empty: subflows in this process.",
+        "(e.g. ingest-items/ingest-items); 'auto': the child's standing deployment when this run comes "
+        "from a deployment, else in this process; empty: subflows in this process.",
     )
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed (a third "
                                  "of it between renewals): a killed worker's item is taken over after at most this.")
@@ -82,14 +89,24 @@ class _InProcessClaimer(threading.Thread):
             self.error = exc
 
 
-def start_claimers(child: Flow, job_id: str, fan: FanOut) -> list[threading.Thread]:
-    """Start `fan.claimers` runs of `child` on the job: through `fan.deployment` (their
-    runs are created, not waited for; one idempotency key per job and claimer, so a
+def child_deployment(fan: FanOut, standing: str) -> str | None:
+    """The deployment the children run as: `fan.deployment`, with "auto" meaning
+    `standing` when this flow run comes from a deployment; None: in this process."""
+    if fan.deployment == AUTO:
+        return standing if deployment.id else None
+    return fan.deployment or None
+
+
+def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> list[threading.Thread]:
+    """Start `fan.claimers` runs of `child` on the job: as a deployment (`child_deployment`:
+    their runs are created, not waited for; one idempotency key per job and claimer, so a
     repeated parent starts none twice) or in this process (the threads to wait for)."""
     params = ClaimParams(job_id=job_id, lease_seconds=fan.lease_seconds)
-    if fan.deployment:
+    name = child_deployment(fan, standing)
+    if name:
+        get_run_logger().info("starting %d run(s) of %s for work job %s", fan.claimers, name, job_id)
         for index in range(fan.claimers):
-            run_deployment(fan.deployment, parameters={"params": params.model_dump()}, timeout=0,
+            run_deployment(name, parameters={"params": params.model_dump()}, timeout=0,
                            idempotency_key=f"{job_id}-claimer-{index}")
         return []
     claimers = [_InProcessClaimer(child, params, index) for index in range(fan.claimers)]
@@ -126,5 +143,5 @@ def child_claims(params: ClaimParams, process: Process, *, flow_run_id: str | No
     return ClaimReport(worker=loop.worker, done=list(loop.done), failed=list(loop.failed), lost=list(loop.lost))
 
 
-__all__ = ["ClaimParams", "ClaimReport", "FanOut", "child_claims",
+__all__ = ["AUTO", "ClaimParams", "ClaimReport", "FanOut", "child_claims", "child_deployment",
            "start_claimers", "wait_for_job"]

@@ -29,6 +29,9 @@ from tasks import upload as upload_tasks
 from tasks import work as work_tasks
 
 
+CHILD_DEPLOYMENT = "ingest-items/ingest-items"  # deployments/definitions.py registers it
+
+
 class IngestFanoutParams(BaseModel):
     """An ingest split into groups of recordings for several workers (the run form)."""
 
@@ -103,7 +106,8 @@ def ingest_fanout(params: IngestFanoutParams) -> IngestFanoutReport:
     job = upload_tasks.plan_ingest_job(params.source, destination, device_id=params.device,
                                        origination=params.origination, group_size=params.group_size,
                                        job_id=params.job_id, max_attempts=params.fan_out.max_attempts)
-    wait_for_job(job.id, params.fan_out, start_claimers(ingest_items, job.id, params.fan_out))
+    children = start_claimers(ingest_items, job.id, params.fan_out, standing=CHILD_DEPLOYMENT)
+    wait_for_job(job.id, params.fan_out, children)
     report = _report(job.id, job.parameters, work_tasks.job_items(job.id), time.monotonic() - started)
     create_markdown_artifact(key="ingest-fanout-report", markdown=_markdown(report), description="Ferry ingest fan-out")
     if report.failures:
@@ -144,4 +148,4 @@ def _markdown(report: IngestFanoutReport) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["IngestFanoutParams", "IngestFanoutReport", "ingest_fanout", "ingest_items"]
+__all__ = ["CHILD_DEPLOYMENT", "IngestFanoutParams", "IngestFanoutReport", "ingest_fanout", "ingest_items"]

@@ -122,3 +122,4 @@ def test_a_claimer_killed_mid_group_is_resumed_by_another_without_resending(ferr
     assert resumed.attempts == 2 and resumed.claimed_by != "killed-worker" and resumed.status == "done"
     _assert_stored_once(ferry_env, bucket, source, files, report)
     assert bucket.get_range(big.key, 0, 12 * MiB) == (source / "d1/rec0/f0.bin").read_bytes()
+

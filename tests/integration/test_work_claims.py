@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -23,6 +24,7 @@ from storage_core.catalog.work import (
     renew,
     wait_time_until_next_lease,
 )
+from storage_core.claims import run_claims
 from storage_core.errors import ConfigError, LeaseLost
 from tests.integration.test_catalog_migrations import _config
 
@@ -47,7 +49,7 @@ def _drain_into(url: str, job_id: str, worker: str, queue) -> None:  # noqa: ANN
 def _assert_each_once(catalog: Catalog, job_id: str, taken: list[list[int]], items: int) -> None:
     flat = [n for numbers in taken for n in numbers]
     assert sorted(flat) == list(range(1, items + 1))  # every item once, none twice
-    assert all(taken), "a claimer got nothing: the claims did not interleave"
+    assert sum(1 for numbers in taken if numbers) >= 2, "the claims did not interleave"
     status = job_status(catalog, job_id)
     assert (status.done, status.pending, status.claimed, status.failed) == (items, 0, 0, 0) and status.finished
     assert all(i.attempts == 1 and i.result["by"] for i in list_items(catalog, job_id))
@@ -170,4 +172,66 @@ def test_0009_downgrades_and_upgrades(catalog_url: str):
     with catalog.engine.begin() as connection:
         command.upgrade(_config(connection), "head")
     assert job_status(catalog, create_job(catalog, "ingest", {}, [{"n": 1}]).id).pending == 1
+    catalog.dispose()
+
+
+class _Flaky(Exception):
+    retryable = True
+
+
+def test_a_claim_loop_retries_retryable_failures_fails_the_rest_and_ends_when_all_are_settled(catalog_url: str):
+    catalog = Catalog(catalog_url)
+    job = create_job(catalog, "ingest", {}, [{"n": n} for n in range(1, 5)], max_attempts=3)
+    seen: list[tuple[int, int]] = []
+
+    def process(item):  # noqa: ANN001, ANN202
+        seen.append((item.number, item.attempt))
+        if item.number == 2 and item.attempt == 1:
+            raise _Flaky("network down")
+        if item.number == 3:
+            raise ValueError("not a recording")  # no retry can help
+        return {"n": item.payload["n"]}
+
+    report = run_claims(catalog, job.id, "w", process, lease=30)
+    assert report.done == (1, 2, 4) and report.failed == (3,) and report.lost == ()
+    assert (2, 2) in seen and [a for n, a in seen if n == 3] == [1]
+    items = list_items(catalog, job.id)
+    assert [(i.status, i.attempts) for i in items] == [("done", 1), ("done", 2), ("failed", 1), ("done", 1)]
+    assert items[2].error == "not a recording"
+    catalog.dispose()
+
+
+def test_a_claim_loop_takes_over_a_dead_workers_item_once_its_lease_runs_out(catalog_url: str):
+    catalog = Catalog(catalog_url)
+    job = create_job(catalog, "ingest", {}, [{"n": 1}, {"n": 2}])
+    dead = claim_next(catalog, job.id, "dead", lease=0.5)
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    report = run_claims(catalog, job.id, "survivor", lambda item: {"by": "survivor"}, lease=30, sleep=sleep)
+    assert report.done == (2, 1) and waits and max(waits) <= 0.5
+    [one, _] = list_items(catalog, job.id)
+    assert (one.attempts, one.claimed_by, one.result) == (2, "survivor", {"by": "survivor"})
+    with pytest.raises(LeaseLost):
+        finish(catalog, dead, {"by": "dead"})
+    catalog.dispose()
+
+
+def test_the_lease_is_renewed_while_a_long_item_runs(catalog_url: str):
+    catalog = Catalog(catalog_url)
+    job = create_job(catalog, "ingest", {}, [{"n": 1}])
+    stolen: list[object] = []
+
+    def slow(item):  # noqa: ANN001, ANN202 - runs 3 leases long; another claimer tries meanwhile
+        for _ in range(6):
+            time.sleep(0.3)
+            stolen.append(claim_next(catalog, job.id, "thief", lease=10))
+        return {"slow": True}
+
+    report = run_claims(catalog, job.id, "w", slow, lease=0.6)
+    assert report.done == (1,) and stolen == [None] * 6
+    assert list_items(catalog, job.id)[0].attempts == 1
     catalog.dispose()
