@@ -11,6 +11,13 @@ prefect.yaml lists the same ones for work pools (a test keeps the two in step).
 | `summarize/summarize-on-upload` | event `ferry.upload.completed` → its transaction | 4, more wait |
 | `download/restore-to-disk` | from the UI: DownloadParams | 2, more wait |
 | `derive/backfill` | from the UI: DeriveParams (product, filters, options, mode) | 1, more wait |
+| `ingest-fanout/ingest-fanout` | from the UI: a large source split per recording group for several workers | 2, more wait |
+| `ingest-items/ingest-items` | started by ingest-fanout (`claimers` runs): claims and stores groups | 16, more wait |
+| `derive-fanout/derive-fanout` | from the UI: DeriveParams split per batch of recordings | 1, more wait |
+| `derive-items/derive-items` | started by derive-fanout: claims and derives batches | 16, more wait |
+
+A fan-out parent started from a deployment runs its children as the `*-items` deployment
+(`fan_out.deployment` "auto"), so a work pool spreads them over its workers' hosts.
 
 Overlap is safe by construction, not only by the limits: ingest's planning skips bytes
 already stored and claims destinations, so two overlapping ingests store each file once.
@@ -72,6 +79,12 @@ class DeploymentSpec:
     def function(self) -> str:
         return self.entrypoint.split(":")[1]
 
+    @property
+    def flow_name(self) -> str:
+        """The flow's name in Prefect (`ingest_fanout` is the flow `ingest-fanout`): the first
+        half of `FLOW/DEPLOYMENT`."""
+        return self.function.replace("_", "-")
+
 
 def upload_completed_trigger(parameters: dict[str, Any], *, name: str) -> DeploymentEventTrigger:
     """Run once per `ferry.upload.completed` event, with `parameters` rendered from it
@@ -109,6 +122,11 @@ RECONCILE = "flows/reconcile.py:reconcile"
 SUMMARIZE = "flows/summarize.py:summarize"
 DOWNLOAD = "flows/download.py:download"
 DERIVE = "flows/derive.py:derive"
+INGEST_FANOUT = "flows/ingest_fanout.py:ingest_fanout"
+INGEST_ITEMS = "flows/ingest_fanout.py:ingest_items"
+DERIVE_FANOUT = "flows/derive.py:derive_fanout"
+DERIVE_ITEMS = "flows/derive.py:derive_items"
+CLAIMERS_LIMIT = 16  # child runs of fanned-out jobs at once; more wait their turn
 
 STANDING: tuple[DeploymentSpec, ...] = (
     DeploymentSpec(
@@ -157,6 +175,37 @@ STANDING: tuple[DeploymentSpec, ...] = (
         "(code, options, inputs) is computed, each product published atomically.",
         concurrency=Concurrency(1),  # two backfills would only wait on each other's keys
         tags=("ferry", "backfill"),
+    ),
+    DeploymentSpec(
+        name="ingest-fanout",
+        entrypoint=INGEST_FANOUT,
+        description="Ingest a large landing folder or s3://bucket/prefix with several workers: scanned once, "
+        "one work item per group of recordings (one transaction each), claimed by ingest-items runs.",
+        concurrency=Concurrency(2),
+        tags=("ferry", "backfill", "fan-out"),
+    ),
+    DeploymentSpec(
+        name="ingest-items",
+        entrypoint=INGEST_ITEMS,
+        description="Claim and store recording groups of an ingest-fanout job (started by it); a group whose "
+        "worker died is resumed once its lease runs out.",
+        concurrency=Concurrency(CLAIMERS_LIMIT),
+        tags=("ferry", "fan-out"),
+    ),
+    DeploymentSpec(
+        name="derive-fanout",
+        entrypoint=DERIVE_FANOUT,
+        description="Derive a product for many recordings with several workers: one work item per batch of "
+        "recordings, claimed by derive-items runs.",
+        concurrency=Concurrency(1),
+        tags=("ferry", "backfill", "fan-out"),
+    ),
+    DeploymentSpec(
+        name="derive-items",
+        entrypoint=DERIVE_ITEMS,
+        description="Claim and derive batches of a derive-fanout job (started by it).",
+        concurrency=Concurrency(CLAIMERS_LIMIT),
+        tags=("ferry", "fan-out"),
     ),
 )
 

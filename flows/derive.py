@@ -1,5 +1,10 @@
 """The derive flow: compute what changed of a product (e.g. `topics`) over the recordings
-an operator picks, reuse the rest. One coarse task per recording."""
+an operator picks, reuse the rest. One coarse task per recording.
+
+`derive-fanout` is the same backfill for several workers: the recordings to compute are
+split into batches, one work item each, that `derive-items` children claim from the
+catalog (flows/fanout.py); a batch whose worker died is taken over when its lease runs out.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,16 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
+from flows.fanout import ClaimParams, ClaimReport, FanOut, child_claims, start_claimers, wait_for_job
 from storage_core.catalog.views import as_utc
+from storage_core.catalog.work import ClaimedItem
 from storage_core.errors import one_line
 from tasks import derive as derive_tasks
+from tasks import work as work_tasks
 
 
 class DeriveParams(BaseModel):
@@ -72,6 +81,21 @@ def _markdown(report: DeriveReport) -> str:
     return "\n".join(lines)
 
 
+def _add(report: DeriveReport, row: derive_tasks.DerivedRow) -> None:
+    report.results.append(row)
+    report.computed += row.outcome == "computed"
+    report.reused += row.outcome == "reused"
+    report.rows += row.rows
+    report.bytes_written += row.bytes
+    report.input_bytes += row.input_bytes
+
+
+def _failed(report: DeriveReport, line: str) -> None:
+    get_run_logger().warning("deriving %s", line)
+    report.failed += 1
+    report.failures.append(line)
+
+
 @flow(name="derive", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
 def derive(params: DeriveParams = DeriveParams()) -> DeriveReport:  # noqa: B008 - a form default
     """Plan every matching recording's product (lineage key → compute, reuse, broken), then
@@ -90,19 +114,81 @@ def derive(params: DeriveParams = DeriveParams()) -> DeriveReport:  # noqa: B008
             try:
                 row = future.result()
             except Exception as exc:  # retries spent: report it, the others are published
-                get_run_logger().warning("deriving %s/%s failed: %s", p.device_id, p.recording, one_line(exc))
-                report.failed += 1
-                report.failures.append(f"{p.device_id}/{p.recording}: {one_line(exc)}")
+                _failed(report, f"{p.device_id}/{p.recording}: {one_line(exc)}")
                 continue
-            report.results.append(row)
-            report.computed += row.outcome == "computed"
-            report.reused += row.outcome == "reused"
-            report.rows += row.rows
-            report.bytes_written += row.bytes
-            report.input_bytes += row.input_bytes
+            _add(report, row)
     report.seconds = round(time.monotonic() - started, 3)
     create_markdown_artifact(key="derive-report", markdown=_markdown(report), description="Ferry derive")
     return report
 
 
-__all__ = ["DeriveParams", "DeriveReport", "derive"]
+CHILD_DEPLOYMENT = "derive-items/derive-items"  # deployments/definitions.py registers it
+
+
+class DeriveFanoutParams(DeriveParams):
+    """A derive backfill split into batches of recordings for several workers."""
+
+    batch_size: int = Field(default=4, ge=1, description="Recordings per work item.")
+    job_id: str | None = Field(default=None, description="Name the job; a job already recorded under it is "
+                               "carried on (its items stand).")
+    fan_out: FanOut = Field(default_factory=FanOut)
+
+
+def _derive_batch(item: ClaimedItem, job: dict) -> dict:
+    """Derive one batch's recordings (two at a time); a recording that fails is listed in
+    the result, the others are published (as `derive` does)."""
+    recordings = item.payload["recordings"]
+    futures = [derive_tasks.derive_recording.submit(job["product"], device, recording, options=job["options"],
+                                                    mode=job["mode"]) for device, recording in recordings]
+    results, failures = [], []
+    for (device, recording), future in zip(recordings, futures):
+        try:
+            results.append(future.result().model_dump(mode="json"))
+        except Exception as exc:  # retries spent
+            failures.append(f"{device}/{recording}: {one_line(exc)}")
+    return {"results": results, "failures": failures}
+
+
+@flow(name="derive-items", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def derive_items(params: ClaimParams) -> ClaimReport:
+    """Claim batches of a derive job and derive their recordings (a child of
+    `derive-fanout`), until every batch is settled."""
+    job = work_tasks.get_job(params.job_id).parameters
+    return child_claims(params, lambda item: _derive_batch(item, job), flow_run_id=flow_run.id)
+
+
+@flow(name="derive-fanout", log_prints=True)
+def derive_fanout(params: DeriveFanoutParams) -> DeriveReport:
+    """Plan as `derive` does, record a work job with one item per `batch_size` recordings
+    to compute, start `fan_out.claimers` `derive-items` children and wait for the job.
+    Products are claimed per key in the catalog too, so a batch taken over after its
+    worker died computes only what that worker did not publish."""
+    started = time.monotonic()
+    planned = derive_tasks.plan(params.product, device_id=params.device_id, recording=params.recording,
+                                since=params.since, until=params.until, options=params.options, mode=params.mode)
+    report = DeriveReport(product=params.product, recordings=len(planned), plan=planned)
+    todo = [[p.device_id, p.recording] for p in planned if p.action != "reuse"]
+    report.reused = len(planned) - len(todo)
+    if not params.dry_run:
+        batches = [{"recordings": todo[i:i + params.batch_size]} for i in range(0, len(todo), params.batch_size)]
+        shared = params.model_dump(mode="json", include={"product", "options", "mode"})
+        job = work_tasks.create_job("derive", shared, batches, job_id=params.job_id,
+                                    max_attempts=params.fan_out.max_attempts)
+        children = start_claimers(derive_items, job.id, params.fan_out, standing=CHILD_DEPLOYMENT)
+        wait_for_job(job.id, params.fan_out, children)
+        for item in work_tasks.job_items(job.id):
+            if item.status != "done":
+                for device, recording in item.payload["recordings"]:
+                    _failed(report, f"{device}/{recording}: {item.error}")
+                continue
+            for row in item.result["results"]:
+                _add(report, derive_tasks.DerivedRow.model_validate(row))
+            for line in item.result["failures"]:
+                _failed(report, line)
+    report.seconds = round(time.monotonic() - started, 3)
+    create_markdown_artifact(key="derive-report", markdown=_markdown(report), description="Ferry derive fan-out")
+    return report
+
+
+__all__ = ["CHILD_DEPLOYMENT", "DeriveFanoutParams", "DeriveParams", "DeriveReport", "derive", "derive_fanout",
+           "derive_items"]

@@ -64,9 +64,12 @@ def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
         return SummarizeReport(objects=len(wanted), failed=len(wanted), failures=[f"transaction {info.id}: {reason}"])
 
 
-def _upload_and_complete(
+def upload_and_complete(
     transaction_id: str, items: list[tuple[int, int]], started: float, *, held_back: list[str] | None = None
 ) -> IngestReport:
+    """Upload `items` (id, size) of an open transaction in batches, complete it and summarize
+    what it stored. IngestFailed when a batch failed: retryable (the transaction left open
+    to resume) after retryable errors, else after aborting the transaction."""
     futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
     wait(futures)  # every batch settles first, so nothing is still sending when we abort
     reports, failure = [], None
@@ -78,30 +81,19 @@ def _upload_and_complete(
     if failure is not None:
         reason = one_line(failure)
         if getattr(failure, "retryable", False):
-            raise IngestFailed(
+            raise IngestFailed(  # retryable: a resume (another worker's, in a fan-out) can finish it
                 f"transaction {transaction_id} left open after retries ({reason}); "
-                f"resume with `ferry transactions resume {transaction_id}`"
+                f"resume with `ferry transactions resume {transaction_id}`",
+                retryable=True,
             ) from failure
         upload_tasks.abort(transaction_id, reason)
         raise IngestFailed(f"transaction {transaction_id} aborted: {reason}") from failure
 
     info = upload_tasks.complete(transaction_id)
     seconds = time.monotonic() - started  # the transfer's time: summaries are not bytes moved
-    summaries = _summarize_stored(info)
-    report = IngestReport(
-        transaction_id=info.id,
-        status=info.status,
-        destination=info.destination,
-        files_stored=info.count("stored"),
-        files_skipped=info.count("skipped"),
-        bytes_stored=sum(i.size for i in info.items if i.status == "stored"),
-        parts_sent=sum(r.parts_sent for r in reports),
-        parts_reused=sum(r.parts_reused for r in reports),
-        seconds=round(seconds, 3),
-        summaries=summaries.summarized,
-        summary_failures=summaries.failed,
-        summary_errors=summaries.failures,
-        held_back=held_back or [],
+    report = transaction_report(
+        info, seconds, summaries=_summarize_stored(info), held_back=held_back,
+        parts_sent=sum(r.parts_sent for r in reports), parts_reused=sum(r.parts_reused for r in reports),
     )
     create_markdown_artifact(
         key="ingest-report",
@@ -115,6 +107,34 @@ def _upload_and_complete(
         description="Ferry ingest",
     )
     return report
+
+
+def transaction_report(
+    info: TransactionInfo,
+    seconds: float,
+    *,
+    summaries: SummarizeReport | None = None,
+    held_back: list[str] | None = None,
+    parts_sent: int = 0,
+    parts_reused: int = 0,
+) -> IngestReport:
+    """The report of a completed transaction; parts count what this run sent and reused."""
+    summaries = summaries or SummarizeReport()
+    return IngestReport(
+        transaction_id=info.id,
+        status=info.status,
+        destination=info.destination,
+        files_stored=info.count("stored"),
+        files_skipped=info.count("skipped"),
+        bytes_stored=sum(i.size for i in info.items if i.status == "stored"),
+        parts_sent=parts_sent,
+        parts_reused=parts_reused,
+        seconds=round(seconds, 3),
+        summaries=summaries.summarized,
+        summary_failures=summaries.failed,
+        summary_errors=summaries.failures,
+        held_back=held_back or [],
+    )
 
 
 @flow(name="ingest", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -143,14 +163,14 @@ def ingest(
         transaction_id=transaction_id,
     )
     pending = [(item.id, item.size) for item in begun.transaction.items if item.status == "pending"]
-    return _upload_and_complete(begun.transaction.id, pending, started, held_back=begun.held_back)
+    return upload_and_complete(begun.transaction.id, pending, started, held_back=begun.held_back)
 
 
 @flow(name="resume-transaction", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def resume(transaction_id: str) -> IngestReport:
     """Finish an interrupted transaction: recorded uploads are reused, stored parts not resent."""
     started = time.monotonic()
-    return _upload_and_complete(transaction_id, upload_tasks.open_items(transaction_id), started)
+    return upload_and_complete(transaction_id, upload_tasks.open_items(transaction_id), started)
 
 
-__all__ = ["IngestFailed", "IngestReport", "ingest", "resume"]
+__all__ = ["IngestFailed", "IngestReport", "ingest", "resume", "transaction_report", "upload_and_complete"]

@@ -30,6 +30,7 @@
     │   ├── CatalogUnavailable       locked, unreachable or failing database; retrying can help
     │   ├── CatalogConflict          a concurrent writer claimed the same row first
     │   ├── UnknownUpload            no such device transaction (for this device)
+    │   ├── LeaseLost                a work item's claim is gone (another worker claimed it): not finished
     │   └── TransactionStateError    an operation that the transaction's state forbids
     │       └── UploadIncomplete     complete before every byte was uploaded; nothing changed
     ├── StreamRefused                a telemetry append the stream refuses (carries committed_end, epoch)
@@ -46,6 +47,7 @@
     │   ├── ProductBusy              another live attempt is computing the key (retryable)
     │   └── AttemptLost              the attempt's lease expired or another commit won; nothing published
     ├── IngestFailed                 an ingest run's failure, in one line
+    ├── JobNotFinished               a fanned-out job still had items left when its parent stopped waiting
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
 
@@ -228,6 +230,11 @@ class UnknownUpload(CatalogError):
     """No such device transaction for this device (another device's is unknown too)."""
 
 
+class LeaseLost(CatalogError):
+    """A work item may not be renewed, finished or failed by this worker: its lease ran out
+    and another worker claimed it (or it was settled already). Nothing was changed."""
+
+
 class UploadIncomplete(TransactionStateError):
     """Complete was called before every byte was uploaded; nothing was changed."""
 
@@ -321,6 +328,12 @@ class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
 
+class JobNotFinished(FerryError):
+    """A fanned-out job's parent stopped waiting (its timeout) while items were still
+    pending or claimed: no worker is taking them. Its recorded work stands; run the
+    parent again with the same job id to go on."""
+
+
 class SummariesFailed(FerryError):
     """Some objects could not be summarized; each has its `summary_error` recorded."""
 
@@ -356,6 +369,8 @@ __all__ = [
     "GatewayError",
     "IngestFailed",
     "IntegrityError",
+    "JobNotFinished",
+    "LeaseLost",
     "InvalidKey",
     "ManifestRefused",
     "NotMcapFile",

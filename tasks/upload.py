@@ -7,13 +7,16 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from prefect import get_run_logger, task
 
+from storage_core import manifest
 from storage_core.catalog import TransactionInfo, open_default_catalog
 from storage_core.catalog import transactions as records
-from storage_core.config import load_settings
-from storage_core.keys import parse_uri
-from storage_core import manifest
+from storage_core.catalog import work
+from storage_core.catalog.work import JobInfo
+from storage_core.config import FerrySettings, load_settings
+from storage_core.keys import StorageUri, parse_uri
 from storage_core.statmemo import StatMemo
-from storage_core.upload import transactions
+from storage_core.upload import groups, transactions
+from storage_core.upload.groups import RecordingGroup, plan_groups
 from tasks.limits import store_slot
 from tasks.retry import RETRY_POLICY
 
@@ -29,6 +32,22 @@ class BatchReport(BaseModel):
 class BegunIngest:
     transaction: TransactionInfo
     held_back: list[str]  # one line per recording left out of it: "DEVICE/RECORDING: path: reason"
+
+
+def _scan_landing(source: str, dest: StorageUri, *, device_id: str | None, settings: FerrySettings) -> manifest.Scan:
+    """Check the destination exists and scan the source, holding back recordings with a bad
+    file; hidden files and held-back recordings are named in the run's log."""
+    transactions.require_destination(dest, settings=settings)
+    memo = StatMemo.in_home(settings.home)  # a re-scan of unchanged files reads none of them
+    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True, memo=memo)
+    logger = get_run_logger()
+    if scan.ignored:
+        shown = ", ".join(str(path) for path in scan.ignored[:5])
+        more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
+        logger.info("left out %d hidden or unfinished file(s): %s%s", len(scan.ignored), shown, more)
+    for held in scan.held_back:
+        logger.warning("held back: %s", held)
+    return scan
 
 
 @task(name="scan-and-begin")
@@ -48,17 +67,7 @@ def begin_ingest(
     dest = parse_uri(destination)
     settings = load_settings()
     catalog = open_default_catalog(settings)
-    transactions.require_destination(dest, settings=settings)
-    memo = StatMemo.in_home(settings.home)  # a re-scan of unchanged files reads none of them
-    scan = manifest.scan_source(source, device_id=device_id, settings=settings, hold_back=True, memo=memo)
-    logger = get_run_logger()
-    if scan.ignored:
-        shown = ", ".join(str(path) for path in scan.ignored[:5])
-        more = f" and {len(scan.ignored) - 5} more" if len(scan.ignored) > 5 else ""
-        logger.info("left out %d hidden or unfinished file(s): %s%s", len(scan.ignored), shown, more)
-    held_back = [str(held) for held in scan.held_back]
-    for line in held_back:
-        logger.warning("held back: %s", line)
+    scan = _scan_landing(source, dest, device_id=device_id, settings=settings)
     entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
     txn = records.begin_transaction(
         catalog,
@@ -69,7 +78,45 @@ def begin_ingest(
         flow_run_id=flow_run_id,
         transaction_id=transaction_id,
     )
-    return BegunIngest(txn, held_back)
+    return BegunIngest(txn, [str(held) for held in scan.held_back])
+
+
+@task(name="plan-ingest-job")
+def plan_ingest_job(
+    source: str,
+    destination: str,
+    *,
+    device_id: str | None,
+    origination: str,
+    group_size: int,
+    job_id: str | None,
+    max_attempts: int,
+) -> JobInfo:
+    """Scan the source once and record a work job with one item per `group_size` whole
+    recordings (their manifest entries and a transaction id fixed now). A job already
+    recorded under `job_id` is returned as it is, without scanning again (a parent run
+    repeated: its items stand). Refused like `begin_ingest`, with nothing recorded."""
+    settings = load_settings()
+    catalog = open_default_catalog(settings)
+    if job_id is not None and (found := work.get_job(catalog, job_id)) is not None:
+        return found
+    dest = parse_uri(destination)
+    scan = _scan_landing(source, dest, device_id=device_id, settings=settings)
+    groups = plan_groups(scan.entries, group_size=group_size)
+    params = {"source": source, "destination": str(dest), "device_id": device_id, "origination": origination,
+              "held_back": [str(held) for held in scan.held_back]}
+    return work.create_job(catalog, "ingest", params, [g.to_json() for g in groups], job_id=job_id,
+                           max_attempts=max_attempts)
+
+
+@task(name="begin-group", **RETRY_POLICY)
+def begin_group(
+    group: dict, destination: str, *, device_id: str | None, origination: str, flow_run_id: str | None
+) -> TransactionInfo:
+    """A recording group's transaction: begun now, or as the worker before left it."""
+    settings = load_settings()
+    return groups.begin_group(open_default_catalog(settings), RecordingGroup.from_json(group), parse_uri(destination),
+                              origination=origination, device_id=device_id, flow_run_id=flow_run_id, settings=settings)
 
 
 @task(name="upload-items", **RETRY_POLICY)
@@ -105,4 +152,5 @@ def open_items(transaction_id: str) -> list[tuple[int, int]]:
     return [(item.id, item.size) for item in records.open_items(open_default_catalog(), transaction_id)]
 
 
-__all__ = ["BatchReport", "BegunIngest", "abort", "begin_ingest", "complete", "open_items", "upload_items"]
+__all__ = ["BatchReport", "BegunIngest", "abort", "begin_group", "begin_ingest", "complete", "open_items",
+           "plan_ingest_job", "upload_items"]

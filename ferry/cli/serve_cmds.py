@@ -71,7 +71,7 @@ def _print_plan(specs, api_url: str) -> None:
         )  # fmt: skip
         limit = f"{spec.concurrency.limit}, {'cancel new' if spec.concurrency.cancel_new else 'queue'}"
         params = ", ".join(f"{k}={v}" for k, v in spec.parameters.items() if v is not None)
-        table.add_row(f"{spec.function}/{spec.name}", runs, limit, params)
+        table.add_row(f"{spec.flow_name}/{spec.name}", runs, limit, params)
     out.print(table)
 
 

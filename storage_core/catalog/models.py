@@ -6,6 +6,7 @@
     transactions ─ upload_events (at most one per transaction: the durable "completed" event)
     recordings ─< products ─< product_attempts   (derived data keyed by lineage: storage_core/products)
     devices ─< streams ─< stream_appends (telemetry: one table per stream, its committed appends)
+    work_jobs ─< work_items   (work split for several workers: each item claimed under a lease)
 
 A transaction item claims its destination while it is in flight: a partial unique index
 on (store_uri, key) over the active states makes two concurrent ingests of the same file
@@ -335,6 +336,51 @@ class StreamAppend(Base):
     committed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class WorkStatus(str, enum.Enum):
+    """A work item's life: pending → claimed (a worker holds its lease) → done, or failed
+    after its job's `max_attempts` claims; a claimed item past its lease is claimable again."""
+
+    PENDING = "pending"
+    CLAIMED = "claimed"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class WorkJob(Base):
+    """A piece of work split into items that workers on any host claim from the catalog
+    (storage_core.catalog.work): an ingest per recording group, a derive per batch."""
+
+    __tablename__ = "work_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)  # ingest | derive | restore
+    parameters: Mapped[str] = mapped_column(Text)  # JSON: what every item of the job shares
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open | finished
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class WorkItem(Base):
+    """One claimable piece of a job. `attempts` counts its claims and fences them: a
+    worker's renew, finish or fail names the attempt it holds, so a worker whose lease was
+    taken over changes nothing."""
+
+    __tablename__ = "work_items"
+    __table_args__ = (Index("ix_work_items_job_status", "job_id", "status"),)
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("work_jobs.id", ondelete="CASCADE"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[str] = mapped_column(Text)  # JSON: the recording group, the batch
+    status: Mapped[str] = mapped_column(String(16), default=WorkStatus.PENDING.value)
+    claimed_by: Mapped[str | None] = mapped_column(String(256))  # host:pid:..., for people and fencing
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)  # one line: why the last attempt failed
+    result: Mapped[str | None] = mapped_column(Text)  # JSON: what the finished item produced
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 __all__ = [
     "ACTIVE_ITEM_STATES",
     "AttemptState",
@@ -358,4 +404,7 @@ __all__ = [
     "TransactionItem",
     "TransactionStatus",
     "UploadEvent",
+    "WorkItem",
+    "WorkJob",
+    "WorkStatus",
 ]

@@ -49,7 +49,7 @@ def test_entrypoints_import_as_flows(spec, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.chdir(ROOT)  # prefect.yaml's entrypoints are relative to the checkout
     flow = load_flow_from_entrypoint(spec.entrypoint, use_placeholder_flow=False)
-    assert isinstance(flow, Flow) and flow.name == spec.function
+    assert isinstance(flow, Flow) and flow.name == spec.flow_name
 
 
 def test_landing_example_matches_what_serve_registers(entries: dict[str, dict], tmp_path: Path):

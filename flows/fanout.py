@@ -1,0 +1,147 @@
+"""What every fanned-out flow shares: a parent records a work job in the catalog, starts K
+child flow runs that claim its items (storage_core.claims), and waits for the job, not for
+the children.
+
+Two ways to run the children, chosen by `FanOut.deployment`:
+- a deployment name (`ingest-items/ingest-items`): K runs through `run_deployment(...,
+  timeout=0)`, so a work pool spreads them over its workers' hosts; "auto" (the default)
+  is the child's standing deployment (deployments/definitions.py) when the parent itself
+  runs from a deployment, else in this process;
+- none or "" (tests, one machine, `ferry` without a pool): K subflows in this process, each on
+  a thread of its own that carries the parent's context (so they are its subflows).
+  Against a SQLite-backed Prefect server (the test harness) their runs barely overlap:
+  the server answers concurrent writes with 503 and the client backs off.
+
+Either way the parent polls the job's counts in the catalog until every item is done or
+failed: a child killed with its worker cannot hang it (its items come back when their
+leases run out and the other children finish them), and `wait_timeout_seconds` bounds the
+wait when every worker is gone.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+
+from prefect import get_run_logger
+from prefect.deployments import run_deployment
+from prefect.flows import Flow
+from prefect.runtime import deployment
+from pydantic import BaseModel, Field
+
+from storage_core.catalog.work import JobStatus
+from storage_core.claims import Process
+from storage_core.errors import JobNotFinished, one_line
+from tasks import work as work_tasks
+
+AUTO = "auto"
+
+
+class FanOut(BaseModel):
+    """How a fanned-out job is run (the same for every kind of job)."""
+
+    claimers: int = Field(default=2, ge=1, le=256, description="Child flow runs that claim the job's items.")
+    deployment: str | None = Field(
+        default=AUTO,
+        description="FLOW/DEPLOYMENT the children run as, so a work pool spreads them over its workers "
+        "(e.g. ingest-items/ingest-items); 'auto': the child's standing deployment when this run comes "
+        "from a deployment, else in this process; empty: subflows in this process.",
+    )
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed (a third "
+                                 "of it between renewals): a killed worker's item is taken over after at most this.")
+    max_attempts: int = Field(default=3, ge=1, description="Claims an item gets before it is failed.")
+    poll_seconds: float = Field(default=2.0, gt=0, description="How often the parent looks at the job's counts.")
+    wait_timeout_seconds: float | None = Field(
+        default=None, gt=0, description="Give up waiting for the job after this long (empty: wait until it is done).")
+
+
+class ClaimParams(BaseModel):
+    """A child flow's parameters: which job, and its claims' lease."""
+
+    job_id: str = Field(description="The work job whose items to claim (recorded by the parent).")
+    lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed.")
+    max_wait_seconds: float = Field(default=30.0, gt=0, description="Longest sleep between claims while others hold leases.")
+
+
+class ClaimReport(BaseModel):
+    """What one child did: the item numbers it finished, failed, and lost to another worker."""
+
+    worker: str
+    done: list[int] = Field(default_factory=list)
+    failed: list[int] = Field(default_factory=list)
+    lost: list[int] = Field(default_factory=list)
+
+
+class _InProcessClaimer(threading.Thread):
+    """One child flow run as a subflow on a thread of its own; a failure is kept, not raised."""
+
+    def __init__(self, child: Flow, params: ClaimParams, index: int) -> None:
+        super().__init__(name=f"claimer-{index}", daemon=True)
+        self.child, self.params = child, params
+        self.context = contextvars.copy_context()  # the parent's flow run: the child is its subflow
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.context.run(self.child, self.params)
+        except BaseException as exc:  # noqa: BLE001 - reported by wait_for_job; its items go back to the others
+            self.error = exc
+
+
+def child_deployment(fan: FanOut, standing: str) -> str | None:
+    """The deployment the children run as: `fan.deployment`, with "auto" meaning
+    `standing` when this flow run comes from a deployment; None: in this process."""
+    if fan.deployment == AUTO:
+        return standing if deployment.id else None
+    return fan.deployment or None
+
+
+def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> list[threading.Thread]:
+    """Start `fan.claimers` runs of `child` on the job: as a deployment (`child_deployment`:
+    their runs are created, not waited for; one idempotency key per job and claimer, so a
+    repeated parent starts none twice) or in this process (the threads to wait for)."""
+    params = ClaimParams(job_id=job_id, lease_seconds=fan.lease_seconds)
+    name = child_deployment(fan, standing)
+    if name:
+        get_run_logger().info("starting %d run(s) of %s for work job %s", fan.claimers, name, job_id)
+        for index in range(fan.claimers):
+            run_deployment(name, parameters={"params": params.model_dump()}, timeout=0,
+                           idempotency_key=f"{job_id}-claimer-{index}")
+        return []
+    claimers = [_InProcessClaimer(child, params, index) for index in range(fan.claimers)]
+    for claimer in claimers:
+        claimer.start()
+    return claimers
+
+
+def wait_for_job(job_id: str, fan: FanOut, children: list[threading.Thread]) -> JobStatus:
+    """Wait until every item of the job is done or failed; its counts. In-process children
+    are waited for first (one that failed is logged: its items come back to the others).
+    JobNotFinished after `fan.wait_timeout_seconds`."""
+    started = time.monotonic()
+    for child in children:
+        child.join()
+        if getattr(child, "error", None) is not None:
+            get_run_logger().warning("claimer %s failed: %s", child.name, one_line(child.error))
+    while True:
+        status = work_tasks.job_status(job_id)
+        if status.finished:
+            return status
+        if fan.wait_timeout_seconds is not None and time.monotonic() - started > fan.wait_timeout_seconds:
+            raise JobNotFinished(f"work job {job_id} not finished after {fan.wait_timeout_seconds:g} s: "
+                                 f"{status.pending} item(s) pending, {status.claimed} claimed")
+        time.sleep(fan.poll_seconds)
+
+
+def child_claims(params: ClaimParams, process: Process, *, flow_run_id: str | None) -> ClaimReport:
+    """A child flow's body: claim the job's items with `process` until all are settled."""
+    loop = work_tasks.claim_loop(params.job_id, work_tasks.worker_name(flow_run_id), process, lease=params.lease_seconds,
+                                 max_wait=params.max_wait_seconds)
+    get_run_logger().info("%s: %d item(s) done, %d failed, %d lost to other workers", loop.worker, len(loop.done),
+                          len(loop.failed), len(loop.lost))
+    return ClaimReport(worker=loop.worker, done=list(loop.done), failed=list(loop.failed), lost=list(loop.lost))
+
+
+__all__ = ["AUTO", "ClaimParams", "ClaimReport", "FanOut", "child_claims", "child_deployment",
+           "start_claimers", "wait_for_job"]

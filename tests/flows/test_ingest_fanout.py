@@ -1,0 +1,125 @@
+"""The fanned-out ingest in-process (children as subflows) on a real Prefect API, SeaweedFS
+and SQLite: every file stored once, one transaction per recording group, and a claimer that
+dies mid-group has its transaction resumed by another (no part sent twice, no orphaned
+multipart upload)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect import flow
+
+from flows.fanout import FanOut
+from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
+from storage_core.catalog import Catalog
+from storage_core.catalog import transactions as records
+from storage_core.catalog.queries import list_objects
+from storage_core.catalog.work import claim_next, list_items
+from storage_core.checksums import crc32c
+from storage_core.keys import parse_uri
+from storage_core.upload import transactions
+from storage_core.upload.groups import RecordingGroup, begin_group
+from tasks import upload as upload_tasks
+from tests.flows.conftest import MiB, write_landing
+
+pytestmark = pytest.mark.slow  # flows against a real Prefect API
+
+LEASE = 2.0  # seconds: short, so a dead claimer's group is taken over quickly
+
+
+def _landing(root: Path, *, big: int = 0) -> tuple[Path, int]:
+    """8 recordings of 5 files on 2 devices (the first recording's first file `big` bytes
+    when asked); the folder and its number of files."""
+    files = {f"d{d}/rec{r}/f{f}.bin": 1000 + 37 * f for d in (1, 2) for r in range(4) for f in range(5)}
+    if big:
+        files["d1/rec0/f0.bin"] = big
+    return write_landing(root, files), len(files)
+
+
+def _assert_stored_once(env, bucket, source: Path, files: int, report) -> None:  # noqa: ANN001
+    catalog = Catalog(env["FERRY_DATABASE_URL"])
+    objects = list_objects(catalog)
+    assert len(objects) == files and len({o.key for o in objects}) == files
+    keys = [meta.key for meta in bucket.list("fleet/")]
+    assert len(keys) == files and sorted(keys) == sorted(o.key for o in objects)
+    for obj in objects:
+        relative = obj.key.removeprefix("fleet/")
+        assert obj.crc32c == crc32c((source / relative).read_bytes())
+    txns = records.list_transactions(catalog)
+    assert len(txns) == report.groups == len(set(report.transactions))  # one transaction per group, none more
+    assert all(t.status == "completed" for t in txns)
+    for txn in txns:  # each holds its whole group, every file settled
+        assert txn.id in report.transactions and len(txn.items) == files // report.groups
+        assert txn.count("stored") + txn.count("skipped") == len(txn.items)
+    assert bucket.list_multipart_uploads() == []
+
+
+def _params(source: Path, bucket, **fan) -> IngestFanoutParams:  # noqa: ANN001
+    return IngestFanoutParams(source=str(source), to=f"s3://{bucket.bucket}/fleet",
+                              fan_out=FanOut(claimers=2, lease_seconds=LEASE, poll_seconds=0.2, **fan))
+
+
+def test_two_claimers_store_40_files_of_8_recordings_once(ferry_env, bucket, tmp_path):
+    source, files = _landing(tmp_path / "in")
+    report = ingest_fanout(_params(source, bucket))
+    assert (report.groups, report.groups_done, report.groups_failed, report.outcome) == (8, 8, 0, "completed")
+    assert report.files_stored == files == 40 and report.files_skipped == 0
+    _assert_stored_once(ferry_env, bucket, source, files, report)
+
+    again = ingest_fanout(_params(source, bucket))  # a new job over the same files: all identical, nothing sent
+    assert again.files_stored == 0 and again.files_skipped == 40 and again.parts_sent == 0
+    assert len(list(bucket.list("fleet/"))) == 40
+
+
+def test_groups_of_recordings_are_one_transaction_each(ferry_env, bucket, tmp_path):
+    source, files = _landing(tmp_path / "in")
+    params = _params(source, bucket)
+    params.group_size = 3  # 8 recordings: groups of 3, 3 and 2
+    report = ingest_fanout(params)
+    assert report.groups == 3 and report.files_stored == files
+    sizes = sorted(len(records.get_transaction(Catalog(ferry_env["FERRY_DATABASE_URL"]), t).items)
+                   for t in report.transactions)
+    assert sizes == [10, 15, 15]
+
+
+@flow
+def _plan_only(source: str, destination: str):  # noqa: ANN202 - the parent's planning step, alone
+    return upload_tasks.plan_ingest_job(source, destination, device_id=None, origination="test", group_size=1,
+                                        job_id=None, max_attempts=3)
+
+
+def test_a_claimer_killed_mid_group_is_resumed_by_another_without_resending(ferry_env, bucket, tmp_path):
+    source, files = _landing(tmp_path / "in", big=12 * MiB)  # 3 parts of 5 MiB
+    destination = f"s3://{bucket.bucket}/fleet"
+    job = _plan_only(str(source), destination)
+    catalog = Catalog(ferry_env["FERRY_DATABASE_URL"])
+
+    # a worker claims the first group, begins its transaction, stores one small file and the
+    # first part of the big one, and dies: exactly what the catalog holds after a SIGKILL
+    dead = claim_next(catalog, job.id, "killed-worker", lease=LEASE)
+    group = RecordingGroup.from_json(dead.payload)
+    assert group.recordings == ("d1/rec0",)
+    txn = begin_group(catalog, group, parse_uri(destination), origination="test", device_id=None, flow_run_id=None)
+    big = next(i for i in txn.items if i.relative_path == "f0.bin")
+    small = next(i for i in txn.items if i.relative_path == "f1.bin")
+    transactions.upload_item(catalog, small.id)
+    records.start_item_upload(catalog, big.id)
+    upload_id = bucket.create_multipart(big.key)
+    records.record_upload_started(catalog, big.id, upload_id, 5 * MiB)
+    first = (source / "d1/rec0/f0.bin").read_bytes()[:5 * MiB]
+    etag = bucket.upload_part(big.key, upload_id, 1, first, crc32c=crc32c(first))
+    records.record_part_stored(catalog, big.id, records.RecordedPart(1, 5 * MiB, crc32c(first), etag))
+
+    params = _params(source, bucket)
+    params.job_id = job.id  # carry on the recorded job (no new scan, no new transactions)
+    report = ingest_fanout(params)
+
+    assert report.groups_done == 8 and report.files_stored == files
+    assert txn.id in report.transactions
+    assert report.parts_reused == 1  # the dead worker's part; its other two parts sent once
+    resumed = list_items(catalog, job.id)[0]
+    assert resumed.attempts == 2 and resumed.claimed_by != "killed-worker" and resumed.status == "done"
+    _assert_stored_once(ferry_env, bucket, source, files, report)
+    assert bucket.get_range(big.key, 0, 12 * MiB) == (source / "d1/rec0/f0.bin").read_bytes()
+
