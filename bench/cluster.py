@@ -158,10 +158,11 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
 
 
 def start_worker(host: Host, servers: SharedServers, workdir: Path, *, pool: str, store: str,
-                 args: tuple[str, ...] = ()):
-    """`ferry worker --pool POOL` on `host`, in `workdir` (its log: workdir/worker.log)."""
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None):
+    """`ferry worker --pool POOL ARGS` on `host`, in `workdir` (its log: workdir/worker.log),
+    with `env` added to the machine's settings."""
     argv = [sys.executable, "-m", "ferry.cli", "worker", "--pool", pool, "--name", f"ferry {host.namespace}", *args]
-    return host.start(argv, servers.host_env(workdir, store), cwd=workdir, log=workdir / "worker.log")
+    return host.start(argv, servers.host_env(workdir, store, **(env or {})), cwd=workdir, log=workdir / "worker.log")
 
 
 __all__ = ["SharedServers", "shared_servers", "start_worker", "throwaway_database"]
