@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # this process's client: the bench's API; the parent's logs stay here (the server
             # stops before a background log flush would reach it), warnings and worse only
-            logging.getLogger("prefect").setLevel(logging.WARNING)
+            for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):  # each has a level of its own
+                logging.getLogger(name).setLevel(logging.WARNING)
             with temporary_settings({PREFECT_API_URL: servers.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
                 for count in counts:
                     runs.append(run_backfill(servers, scratch, scratch / "landing", nbytes, args.files, count,
