@@ -20,7 +20,9 @@ PYTHONPATH naming this checkout (the venv's Ferry may be installed from another 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -32,6 +34,7 @@ from bench.netns import Host, HostNetwork
 from bench.relay import TcpRelay
 from bench.seaweed import SeaweedServer
 from deployments.server import PrefectServer
+from storage_core.errors import BenchmarkFailed
 
 ROOT = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -165,4 +168,33 @@ def start_worker(host: Host, servers: SharedServers, workdir: Path, *, pool: str
     return host.start(argv, servers.host_env(workdir, store, **(env or {})), cwd=workdir, log=workdir / "worker.log")
 
 
-__all__ = ["SharedServers", "shared_servers", "start_worker", "throwaway_database"]
+def run_ferry_on(host: Host, servers: SharedServers, workdir: Path, *, store: str, args: tuple[str, ...],
+                 timeout: float = 300) -> str:
+    """`ferry ARGS` on `host`, as an operator there would run it; its output. BenchmarkFailed
+    with its last line when it fails."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(host.command([sys.executable, "-m", "ferry.cli", *args], servers.host_env(workdir, store)),
+                          cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise BenchmarkFailed(f"ferry {' '.join(args)} on {host.namespace}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
+    return done.stdout + done.stderr
+
+
+def wait_workers_online(pool: str, count: int, *, timeout: float = 180) -> None:
+    """Until `count` workers of `pool` are online (this process's Prefect client asks)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
+
+    online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
+    deadline = time.monotonic() + timeout
+    found: list = []
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as client:
+            found = client.read_workers_for_work_pool(pool, worker_filter=online, limit=50, offset=0)
+        if len(found) >= count:
+            return
+        time.sleep(0.5)
+    raise BenchmarkFailed(f"{len(found)} of {count} workers of {pool} online after {timeout:g}s")
+
+
+__all__ = ["SharedServers", "run_ferry_on", "shared_servers", "start_worker", "throwaway_database", "wait_workers_online"]

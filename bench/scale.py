@@ -29,7 +29,6 @@ import argparse
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import netns
-from bench.cluster import SharedServers, shared_servers, start_worker
+from bench.cluster import SharedServers, run_ferry_on, shared_servers, start_worker, wait_workers_online
 from bench.harness import parse_size, process_cpu_seconds
 from deployments.server import stop_group
 from storage_core.errors import BenchmarkFailed, ConfigError, FerryError, one_line
@@ -77,28 +76,6 @@ def make_landing(root: Path, *, recordings: int, files: int, size: int) -> int:
     return files * size
 
 
-def _operator(servers: SharedServers, workdir: Path, store: str, *args: str) -> None:
-    """`ferry ARGS` on the first host, as an operator there would run it."""
-    host = servers.network.hosts[0]
-    workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(host.command([sys.executable, "-m", "ferry.cli", *args], servers.host_env(workdir, store)),
-                          cwd=workdir, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
-        raise BenchmarkFailed(f"ferry {' '.join(args)}: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
-
-
-def _wait_online(client, count: int, timeout: float = 180) -> None:  # noqa: ANN001 - a sync PrefectClient
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
-
-    online = WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"]))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(client.read_workers_for_work_pool(POOL, worker_filter=online, limit=50, offset=0)) >= count:
-            return
-        time.sleep(0.5)
-    raise BenchmarkFailed(f"fewer than {count} workers came online in {timeout:g}s")
-
-
 @contextmanager
 def _environ(values: dict[str, str]) -> Iterator[None]:
     """This process's environment with `values`, restored on exit (the parent flow reads
@@ -120,15 +97,14 @@ def run_backfill(servers: SharedServers, scratch: Path, landing: Path, nbytes: i
     """One fanned-out ingest of `landing` by `workers` workers on the first hosts, into a
     fresh bucket: the parent flow runs here (the operator's machine, outside the pool), its
     `workers` ingest-items children through the pool, one per host (`--runs 1`)."""
-    from prefect import get_client
-
     from flows.fanout import FanOut
     from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
 
     bucket = f"scale-{workers}w-{os.getpid()}"
     servers.bucket(bucket, create=True)
     store = f"s3://{bucket}"
-    _operator(servers, scratch / "operator", store, "deploy", "--pool", POOL, "--create")
+    run_ferry_on(servers.network.hosts[0], servers, scratch / "operator", store=store,
+                 args=("deploy", "--pool", POOL, "--create"))
     started = []
     here = {**servers.host_env(scratch / "parent", store), "FERRY_DATABASE_URL": servers.catalog_url,
             "AWS_ENDPOINT_URL": servers.s3_endpoint}
@@ -137,8 +113,7 @@ def run_backfill(servers: SharedServers, scratch: Path, landing: Path, nbytes: i
         for host in servers.network.hosts[:workers]:
             workdir = scratch / f"{workers}w" / host.namespace
             started.append((host, start_worker(host, servers, workdir, pool=POOL, store=store, args=("--runs", "1"))))
-        with get_client(sync_client=True) as client:
-            _wait_online(client, workers)
+        wait_workers_online(POOL, workers)
         weed_before = process_cpu_seconds(servers.seaweed.process.pid)
         began = time.monotonic()
         fan = FanOut(claimers=workers, deployment=CHILDREN, poll_seconds=0.5, wait_timeout_seconds=timeout)

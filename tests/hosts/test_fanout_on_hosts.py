@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from bench.cluster import SharedServers, shared_servers, start_worker
+from bench.cluster import SharedServers, run_ferry_on, shared_servers, start_worker, wait_workers_online
 from bench.netns import Host, HostNetwork
 from deployments.server import stop_group
-from tests.hosts.test_workers_on_hosts import _ferry_on, _wait_workers_online, POOL
 from tests.support.prefect_server import prefect_client_at
 
 pytestmark = pytest.mark.slow
 
+POOL = "ferry-hosts"
 BUCKET = "ferry-fanout"
 RECORDINGS, FILES, BIG = 60, 3000, 6  # BIG of the files are multipart uploads (6 MiB, 5 MiB parts)
 MiB = 1024 * 1024
@@ -102,12 +102,13 @@ def test_a_killed_workers_groups_are_finished_by_the_others(three_hosts: HostNet
     with shared_servers(three_hosts, tmp_path / "servers") as servers:
         bucket = servers.bucket(BUCKET, create=True)
         with prefect_client_at(servers.api_url, monkeypatch):
-            _ferry_on(three_hosts, servers, tmp_path / "operator", store_uri, "deploy", "--pool", POOL, "--create")
+            run_ferry_on(three_hosts.hosts[0], servers, tmp_path / "operator", store=store_uri,
+                         args=("deploy", "--pool", POOL, "--create"))
             # one flow run at a time per host: the parent takes one host, its two children the others
             workers = {host.namespace: _start(host, servers, tmp_path / host.namespace, store_uri) for host in three_hosts.hosts}
             logs = {ns: tmp_path / ns / "worker.log" for ns in workers}
             try:
-                _wait_workers_online(3)
+                wait_workers_online(POOL, 3)
                 parent = run_deployment("ingest-fanout/ingest-fanout", timeout=0, parameters={"params": {
                     "source": str(landing), "job_id": JOB, "fan_out": {"claimers": 2, "lease_seconds": LEASE, "poll_seconds": 0.5}}})
                 children = _running_children()

@@ -5,14 +5,12 @@ a backfill started from the API runs on one of them; every file is stored once."
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from bench.cluster import SharedServers, shared_servers, start_worker
+from bench.cluster import run_ferry_on, shared_servers, start_worker, wait_workers_online
 from bench.netns import HostNetwork
 from deployments.server import stop_group
 from tasks.limits import DEFAULT_STORE_SLOTS, store_limit_name
@@ -32,32 +30,6 @@ def _landing(root: Path, files: int) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(os.urandom(512 + i * 7))
     return root
-
-
-def _ferry_on(network: HostNetwork, servers: SharedServers, workdir: Path, store: str, *args: str) -> str:
-    """`ferry ARGS` on the first host, as an operator there would run it; its output."""
-    host = network.hosts[0]
-    workdir.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(host.command([sys.executable, "-m", "ferry.cli", *args], servers.host_env(workdir, store)),
-                          cwd=workdir, capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return done.stdout + done.stderr
-
-
-def _wait_workers_online(count: int, timeout: float = 120) -> None:
-    from prefect import get_client
-    from prefect.client.schemas.filters import WorkerFilter, WorkerFilterStatus
-
-    deadline = time.monotonic() + timeout
-    online: list = []
-    while time.monotonic() < deadline:
-        with get_client(sync_client=True) as client:
-            online = client.read_workers_for_work_pool(
-                POOL, worker_filter=WorkerFilter(status=WorkerFilterStatus(any_=["ONLINE"])), limit=10, offset=0)
-        if len(online) >= count:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{len(online)} of {count} workers online after {timeout}s")
 
 
 def _slots_taken(api_url: str, limit_name: str, timeout: float = 60) -> int:
@@ -91,13 +63,13 @@ def test_a_backfill_runs_on_a_worker_in_another_namespace(three_hosts: HostNetwo
     with shared_servers(three_hosts, tmp_path / "servers") as servers:
         bucket = servers.bucket(BUCKET, create=True)
         with prefect_client_at(servers.api_url, monkeypatch):
-            deployed = _ferry_on(three_hosts, servers, tmp_path / "operator", store_uri, "deploy", "--pool", POOL, "--create",
-                                 "--limit", "3")
+            deployed = run_ferry_on(three_hosts.hosts[0], servers, tmp_path / "operator", store=store_uri,
+                                    args=("deploy", "--pool", POOL, "--create", "--limit", "3"))
             assert "ingest/reingest" in deployed
             workers = {host.namespace: start_worker(host, servers, tmp_path / host.namespace, pool=POOL, store=store_uri)
                        for host in three_hosts.hosts}
             try:
-                _wait_workers_online(3)
+                wait_workers_online(POOL, 3)
                 run = run_deployment("ingest/reingest", parameters={"source": str(landing)}, timeout=150)
                 assert run.state is not None and run.state.type == StateType.COMPLETED, run.state
                 logs = {ns: (tmp_path / ns / "worker.log").read_text(errors="replace") for ns in workers}
