@@ -23,7 +23,6 @@ import logging
 import math
 import re
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -135,7 +134,7 @@ class Catalog:
         (a large share of a quick command's start-up); anything else goes through Alembic.
 
         Processes that open a new catalog at the same moment (two `ferry ingest` runs) take
-        turns: an advisory lock on PostgreSQL, a lock file beside a SQLite database (`file_lock`)."""
+        turns: an advisory lock on PostgreSQL, a lock file beside a SQLite database."""
         with _migrate_lock:
             if self.url in _migrated:
                 return
@@ -147,7 +146,7 @@ class Catalog:
 
             config = Config()
             config.set_main_option("script_location", str(MIGRATIONS))
-            with self.file_lock("migrate-lock"), self.translating(), self.engine.begin() as connection:
+            with self._across_processes(), self.translating(), self.engine.begin() as connection:
                 if connection.dialect.name == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
                 config.attributes["connection"] = connection
@@ -168,25 +167,17 @@ class Catalog:
         return versions == [head]
 
     @contextmanager
-    def file_lock(self, name: str, *, timeout: float | None = None) -> Iterator[bool]:
-        """A lock that every process using this SQLite database takes by `name`: an flock on
-        the file `DATABASE.NAME` beside it (a SQLite catalog lives on one host, so its users
-        can share a file lock; holding it takes none of the database's own locks). Yields
-        True once held, released when the block ends; False when `timeout` seconds passed
-        first (None: wait as long as it takes). Any other database (PostgreSQL, whose
-        callers lock rows instead) or an in-memory one (one process) has no such file:
-        the block runs at once, unlocked, with True."""
+    def _across_processes(self) -> Iterator[None]:
         database = make_url(self.url).database if self.engine.dialect.name == "sqlite" else None
         if not database or database == ":memory:":
-            yield True
+            yield
             return
-        with open(f"{database}.{name}", "a") as lock:
-            held = _flock(lock, timeout)
+        with open(f"{database}.migrate-lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             try:
-                yield held
+                yield
             finally:
-                if held:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     @property
     def safe_url(self) -> str:
@@ -220,25 +211,6 @@ class Catalog:
 
     def dispose(self) -> None:
         self.engine.dispose()
-
-
-_FLOCK_POLL = 0.01  # seconds between tries of a lock waited for with a timeout (flock itself has none)
-
-
-def _flock(file, timeout: float | None) -> bool:  # noqa: ANN001
-    """Take an exclusive flock on `file`, waiting at most `timeout` seconds (None: no limit)."""
-    if timeout is None:
-        fcntl.flock(file, fcntl.LOCK_EX)
-        return True
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(_FLOCK_POLL)
 
 
 def _rollback(session: Session) -> None:

@@ -13,8 +13,8 @@ is the event's name, the contract deployments trigger on.
 Several gateway replicas share one catalog, and each one's flusher emits what is pending:
 `claim_upload_event` makes one of them the only emitter of a row until it has marked it
 (PostgreSQL: the row locked FOR UPDATE SKIP LOCKED, so the other replicas pass over it;
-SQLite: a lock file beside the database). Prefect forgets event ids it has seen when it
-restarts, so emitting a row once is the catalog's job, not Prefect's.
+SQLite: the event's named lock, storage_core.catalog.locks). Prefect forgets the event ids
+it has seen when it restarts, so emitting a row once is the catalog's job, not Prefect's.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from sqlalchemy import select, text
 
 from storage_core.catalog.db import Catalog
+from storage_core.catalog.locks import named_lock
 from storage_core.catalog.models import ItemStatus, Transaction, UploadEvent
 from storage_core.errors import CatalogError
 
@@ -126,9 +127,8 @@ def claim_upload_event(catalog: Catalog, transaction_id: str, *, hold: float) ->
     complete) in a database transaction open for the block and marked in it; a holder idle
     in it longer than `hold` (a stuck process) has its session ended by the server, which
     frees the row for another emitter. SQLite has no row locks and one write lock that no
-    writer may hold while waiting on the network: a lock file beside the database (every
-    replica of a SQLite catalog is on its host), waited for at most `hold` seconds
-    (None after that), and the mark is one short write."""
+    writer may hold while waiting on the network: the event's `named_lock`, waited for at
+    most `hold` seconds (None after that), and the mark is one short write."""
     if catalog.engine.dialect.name == "postgresql":
         with catalog.session() as session:
             # SET takes no bound parameters; the value is a whole number of milliseconds
@@ -146,7 +146,7 @@ def claim_upload_event(catalog: Catalog, transaction_id: str, *, hold: float) ->
             if claim.emitted:
                 row.emitted_at = datetime.now(timezone.utc)
         return
-    with catalog.file_lock("outbox-lock", timeout=hold) as held:
+    with named_lock(catalog, f"outbox:{transaction_id}", timeout=hold) as held:
         info = get_upload_event(catalog, transaction_id) if held else None
         if info is None or info.emitted_at is not None:
             yield None

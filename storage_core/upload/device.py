@@ -15,7 +15,8 @@ records every item `uploading` with its upload id in one database transaction: a
 leaves either items complete refuses (a repeated begin finishes them; uploads created
 meanwhile are recorded by no open transaction, and reconcile aborts them) or all of them
 accounted for. Complete and abort take the transaction's row lock and re-check its state
-before committing, so a race between them ends as one or the other, never a mix.
+before committing, so a race between them ends as one or the other, never a mix; two
+completes of one transaction (from any gateway replica) take turns from their start.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
 size and every part's CRC32C (they must combine to the file's CRC32C; begin records them).
@@ -58,6 +59,7 @@ from typing import NoReturn, TypeVar
 
 from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
+from storage_core.catalog.locks import named_lock
 from storage_core.catalog.models import (
     DONE_ITEM_STATES,
     OPEN_TRANSACTION_STATES,
@@ -73,6 +75,7 @@ from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
     CatalogConflict,
+    CatalogUnavailable,
     FerryError,
     IntegrityError,
     InvalidKey,
@@ -707,8 +710,24 @@ def complete_device_upload(
     transaction's lock, in the database transaction that records the new version (an
     abort cannot come between them). New paths are put in place before the lock: an abort
     that commits first makes this call delete what it put. The staged copies stay (their
-    URLs refused while they are there); reconcile deletes them once the URLs expired."""
+    URLs refused while they are there); reconcile deletes them once the URLs expired.
+
+    Completes of one transaction take turns, whichever gateway replica runs them (the
+    transaction's `complete:` named lock in the catalog, storage_core.catalog.locks): a
+    device that sends complete again while its first is still running (a timed-out
+    answer, retried through another replica) gets the first one's answer, and neither
+    takes the other's objects for a stranger's. One that waited FERRY_CATALOG_TIMEOUT
+    for its turn raises CatalogUnavailable (retryable: a 503 the device client retries)."""
     settings = settings or load_settings()
+    scoped, _ = _check_owner(catalog, device_id, transaction_id)
+    with named_lock(catalog, f"complete:{scoped}", timeout=settings.catalog_timeout) as held:
+        if not held:
+            raise CatalogUnavailable(f"transaction {transaction_id} is being completed by another request; retry")
+        return _complete(catalog, device_id, transaction_id, settings)
+
+
+def _complete(catalog: Catalog, device_id: str, transaction_id: str, settings: FerrySettings) -> CompletedUpload:
+    """complete_device_upload's work, run in the transaction's turn."""
     txn = _completable(catalog, device_id, transaction_id)
     transaction_id = txn.id  # the catalog's (scoped_transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:

@@ -106,7 +106,7 @@ def test_a_stuck_holder_loses_its_claim_after_hold_on_postgresql(pg_url):
     assert pending_upload_events(catalog) == []
 
 
-def test_on_sqlite_a_claim_waits_at_most_hold_for_the_lock_file(sqlite_url):
+def test_on_sqlite_a_claim_waits_at_most_hold_for_the_events_lock(sqlite_url):
     catalog, other = Catalog(sqlite_url), Catalog(sqlite_url)
     [txn] = completed_transactions(catalog, 1)
     with claim_upload_event(catalog, txn, hold=5):
