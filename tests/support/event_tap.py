@@ -19,9 +19,11 @@ import httpx
 
 
 class EventTap:
-    """`posted`: every event POSTed to /events and accepted by the real API, in order."""
+    """`posted`: every event POSTed to /events and accepted by the real API, in order. It
+    listens on `host` (a free port): a bridge address when the senders run in network
+    namespaces."""
 
-    def __init__(self, api_url: str) -> None:
+    def __init__(self, api_url: str, *, host: str = "127.0.0.1") -> None:
         self.api_url = api_url.rstrip("/")
         self.posted: list[dict] = []
         self._lock = threading.Lock()
@@ -49,9 +51,9 @@ class EventTap:
             def log_message(self, *_args) -> None:  # quiet: the test reads `posted`, not a log
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Relay)
+        self._server = ThreadingHTTPServer((host, 0), Relay)
         self._server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/api"
+        self.url = f"http://{host}:{self._server.server_address[1]}/api"
         self._thread = threading.Thread(target=self._server.serve_forever, name="event-tap", daemon=True)
         self._thread.start()
 
@@ -67,8 +69,8 @@ class EventTap:
 
 
 @contextmanager
-def event_tap(api_url: str) -> Iterator[EventTap]:
-    tap = EventTap(api_url)
+def event_tap(api_url: str, *, host: str = "127.0.0.1") -> Iterator[EventTap]:
+    tap = EventTap(api_url, host=host)
     try:
         yield tap
     finally:
