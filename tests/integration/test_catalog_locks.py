@@ -1,0 +1,34 @@
+"""Named locks across the users of one catalog (storage_core.catalog.locks), on SQLite and
+PostgreSQL: each Catalog here stands for a process of its own (its own engine)."""
+
+from __future__ import annotations
+
+import time
+
+from storage_core.catalog import Catalog
+from storage_core.catalog.locks import named_lock
+
+
+def test_one_holder_at_a_time_per_name_and_names_apart(catalog_url):
+    one, other = Catalog(catalog_url), Catalog(catalog_url)
+    with named_lock(one, "complete:a", timeout=1) as held:
+        assert held
+        start = time.monotonic()
+        with named_lock(other, "complete:a", timeout=0.3) as second:
+            assert not second
+        assert time.monotonic() - start >= 0.3
+        with named_lock(other, "complete:b", timeout=0.3) as apart:
+            assert apart  # another name: no waiting
+    with named_lock(other, "complete:a", timeout=0.3) as after:
+        assert after  # let go when the block ended
+
+
+def test_a_lock_is_let_go_when_its_block_raises(catalog_url):
+    one, other = Catalog(catalog_url), Catalog(catalog_url)
+    try:
+        with named_lock(one, "outbox:t", timeout=1):
+            raise RuntimeError("the holder failed")
+    except RuntimeError:
+        pass
+    with named_lock(other, "outbox:t", timeout=0.3) as held:
+        assert held
