@@ -185,6 +185,23 @@ def test_failed_tokens_are_rate_limited_per_address(gateway_factory):
         assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+@pytest.mark.parametrize("trusted", [False, True], ids=["no-proxy-trusted", "proxy-trusted"])
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(tmp_path, bucket, sqlite_url, trusted, monkeypatch):
+    """By default X-Forwarded-For is not believed, so a guesser on loopback cannot name a new
+    address per try; with `--forwarded-allow-ips`, the proxy's header names the device."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)  # uvicorn alone would trust loopback's header
+    args = ("--forwarded-allow-ips", "127.0.0.1") if trusted else ()
+    with gateway_process(tmp_path, store_uri=f"s3://{bucket.bucket}/lake", catalog_url=sqlite_url, args=args) as gw:
+        for n in range(20):
+            forged = {"Authorization": f"Bearer ferry_dt_guess{n}", "X-Forwarded-For": f"10.0.{n}.1"}
+            refused(httpx.get(f"{gw.url}/v1/me", headers=forged), 401, "invalid or revoked")
+        next_guess = httpx.get(f"{gw.url}/v1/me", headers={"Authorization": "Bearer ferry_dt_x", "X-Forwarded-For": "10.0.0.1"})
+        if trusted:  # 10.0.0.1 has one refusal so far: its own limit is far
+            refused(next_guess, 401, "invalid or revoked")
+        else:  # every guess came from 127.0.0.1, whatever the header said
+            refused(next_guess, 429, "too many refused device tokens from 127.0.0.1")
+
+
 def test_failed_token_window_slides():
     from ferry.gateway.guard import FailedTokens
 

@@ -77,12 +77,12 @@ def _healthy(url: str) -> bool:
 def gateway_processes(
     workdir: Path, count: int, *, store_uri: str, catalog_url: str, flush_interval: float = 1,
     host: Callable[[int], str] = lambda _n: "127.0.0.1", prefix: Callable[[int], Sequence[str]] = lambda _n: (),
-    timeout: float = 300, **env: str,
+    timeout: float = 300, args: Sequence[str] = (), **env: str,
 ) -> Iterator[list[GatewayProcess]]:
     """`count` replicas of `python -m ferry.cli gateway` on one catalog and one store, each a
     process of its own listening on `host(n)` (a free port), its command run after
     `prefix(n)` (e.g. `ip netns exec NS`, to put replica n on a host of its own) with this
-    process's environment plus `env`; all started at once, yielded once every /healthz
+    process's environment plus `env` and `ferry gateway` given `args` too; all started at once, yielded once every /healthz
     answers (`timeout`: imports alone take a minute on a loaded machine), stopped when the
     block ends. Each logs to `workdir/gateway-N.log`."""
     children: list[tuple[subprocess.Popen, GatewayProcess]] = []
@@ -96,7 +96,7 @@ def gateway_processes(
             with open(log, "wb") as out:  # a file, not a pipe nobody reads while it runs
                 child = subprocess.Popen(
                     [*prefix(n), sys.executable, "-m", "ferry.cli", "gateway", "--host", address, "--port", str(port),
-                     "--flush-interval", str(flush_interval)],
+                     "--flush-interval", str(flush_interval), *args],
                     env=full_env, stdout=out, stderr=subprocess.STDOUT,
                 )
             children.append((child, GatewayProcess(f"http://{address}:{port}", child.pid, log)))
@@ -120,10 +120,10 @@ def gateway_processes(
 
 @contextmanager
 def gateway_process(workdir: Path, *, store_uri: str, catalog_url: str, flush_interval: float = 1,
-                    **env: str) -> Iterator[GatewayProcess]:
+                    args: Sequence[str] = (), **env: str) -> Iterator[GatewayProcess]:
     """One `ferry gateway` process on a free loopback port (`gateway_processes` of one)."""
     with gateway_processes(workdir, 1, store_uri=store_uri, catalog_url=catalog_url, flush_interval=flush_interval,
-                           **env) as (gateway,):
+                           args=args, **env) as (gateway,):
         yield gateway
 
 
