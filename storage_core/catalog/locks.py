@@ -39,6 +39,7 @@ _PG_LOCK_NOT_AVAILABLE = "55P03"  # SQLSTATE of a lock_timeout that expired
 _POLL = 0.01  # seconds between tries of a SQLite record lock (F_OFD_SETLK has no timeout)
 _KEY_BYTES = 7  # SQLite: the byte offset stays below 2**56, well within off_t
 _STRIPES = [threading.Lock() for _ in range(64)]  # in-memory catalogs
+LOCK_KEEPALIVE_IDLE = 30  # seconds before the lock connection's first TCP keepalive probe
 _lock_engines: dict[str, Engine] = {}
 _lock_engines_lock = threading.Lock()
 
@@ -77,7 +78,10 @@ def _lock_engine(catalog: Catalog) -> Engine:
     with _lock_engines_lock:
         engine = _lock_engines.get(catalog.url)
         if engine is None:
-            connect_args = {"connect_timeout": max(2, round(catalog.timeout))}
+            # a holder whose host died (not only its process) must not keep the lock for
+            # the kernel's 2 h keepalive default: the server drops it within ~1 min
+            connect_args = {"connect_timeout": max(2, round(catalog.timeout)), "keepalives": 1,
+                            "keepalives_idle": LOCK_KEEPALIVE_IDLE, "keepalives_interval": 10, "keepalives_count": 3}
             engine = _lock_engines[catalog.url] = create_engine(
                 catalog.engine.url, poolclass=NullPool, connect_args=connect_args)
         return engine
@@ -89,6 +93,9 @@ def _advisory_lock(catalog: Catalog, name: str, timeout: float) -> Iterator[bool
         with connection.begin():  # ended (rolled back) with the block: the lock goes with it
             # SET takes no bound parameters; the value is a whole number of milliseconds
             connection.execute(text(f"SET LOCAL lock_timeout = {max(1, round(timeout * 1000))}"))
+            # a server-wide idle_in_transaction_session_timeout would end this session (and
+            # let go of the lock) while the holder is still working under it
+            connection.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
             try:
                 with connection.begin_nested():
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _key(name, 8)})

@@ -32,3 +32,21 @@ def test_a_lock_is_let_go_when_its_block_raises(catalog_url):
         pass
     with named_lock(other, "outbox:t", timeout=0.3) as held:
         assert held
+
+
+def test_a_server_wide_idle_timeout_does_not_end_a_postgresql_lock_early(pg_url):
+    """A holder working elsewhere leaves its lock connection idle in a transaction: a
+    database default idle_in_transaction_session_timeout must not end it (and let another in)."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'ALTER DATABASE "{make_url(pg_url).database}" SET idle_in_transaction_session_timeout = 200'))
+    admin.dispose()
+    one, other = Catalog(pg_url), Catalog(pg_url)
+    with named_lock(one, "complete:slow", timeout=1) as held:
+        assert held
+        time.sleep(0.6)  # three times the server's idle limit
+        with named_lock(other, "complete:slow", timeout=0.2) as second:
+            assert not second
