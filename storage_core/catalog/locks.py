@@ -40,6 +40,8 @@ _POLL = 0.01  # seconds between tries of a SQLite record lock (F_OFD_SETLK has n
 _KEY_BYTES = 7  # SQLite: the byte offset stays below 2**56, well within off_t
 _STRIPES = [threading.Lock() for _ in range(64)]  # in-memory catalogs
 LOCK_KEEPALIVE_IDLE = 30  # seconds before the lock connection's first TCP keepalive probe
+MAX_LOCK_CONNECTIONS = 32  # per process: each held or awaited lock is a PostgreSQL connection
+_LOCK_CONNECTIONS = threading.BoundedSemaphore(MAX_LOCK_CONNECTIONS)
 _lock_engines: dict[str, Engine] = {}
 _lock_engines_lock = threading.Lock()
 
@@ -89,6 +91,19 @@ def _lock_engine(catalog: Catalog) -> Engine:
 
 @contextmanager
 def _advisory_lock(catalog: Catalog, name: str, timeout: float) -> Iterator[bool]:
+    started = time.monotonic()
+    if not _LOCK_CONNECTIONS.acquire(timeout=timeout):  # a burst of waiters: busy, not max_connections used up
+        yield False
+        return
+    try:
+        with _advisory_lock_connection(catalog, name, max(0.001, timeout - (time.monotonic() - started))) as held:
+            yield held
+    finally:
+        _LOCK_CONNECTIONS.release()
+
+
+@contextmanager
+def _advisory_lock_connection(catalog: Catalog, name: str, timeout: float) -> Iterator[bool]:
     with catalog.translating(), _lock_engine(catalog).connect() as connection:
         with connection.begin():  # ended (rolled back) with the block: the lock goes with it
             # SET takes no bound parameters; the value is a whole number of milliseconds
