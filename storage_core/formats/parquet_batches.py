@@ -145,8 +145,7 @@ def read_parquet_batches(
                        if keep_row_group is None or keep_row_group(metadata.row_group(g)))
         everything = range(metadata.num_columns)
         projected, total = _bytes(metadata, groups, leaves), _bytes(metadata, range(metadata.num_row_groups), everything)
-        whole = metadata.schema.to_arrow_schema()
-        schema = pa_schema(whole, columns)
+        schema = _projected(metadata.schema.to_arrow_schema(), columns)
         entry = None
         if cache is not None and policy is not CachePolicy.NEVER and reader.etag:
             entry = cache.lookup(store_uri, key, reader.etag)
@@ -164,7 +163,7 @@ def read_parquet_batches(
     return ParquetRead(schema, batches, groups, entry, projected, total)
 
 
-def pa_schema(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
+def _projected(schema: pa.Schema, columns: Sequence[str]) -> pa.Schema:
     """`schema` projected to `columns`, in their order."""
     import pyarrow as pa
 
