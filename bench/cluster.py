@@ -19,25 +19,22 @@ PYTHONPATH naming this checkout (the venv's Ferry may be installed from another 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bench.netns import Host, HostNetwork
+from bench.postgres import PG_ADMIN_URL, database_url, server_address, throwaway_database
 from bench.relay import TcpRelay
 from bench.seaweed import SeaweedServer
 from deployments.server import PrefectServer
 from storage_core.errors import BenchmarkFailed
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 ACCESS_KEY, SECRET_KEY = "ferry-hosts", "ferry-hosts-secret"  # anonymous SeaweedFS: any key is taken
 # schedules and late runs acted on within seconds, workers polling every second
 SERVER_ENV = {
@@ -46,33 +43,6 @@ SERVER_ENV = {
     "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
 }
 WORKER_ENV = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
-
-
-@contextmanager
-def throwaway_database(admin_url: str = PG_ADMIN_URL, *, prefix: str = "ferry_hosts") -> Iterator[str]:
-    """A fresh PostgreSQL database (its name), dropped on exit, open connections or not."""
-    import psycopg
-
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield name
-    finally:
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def _database_url(admin_url: str, name: str, *, driver: str, address: str | None = None) -> str:
-    """`admin_url` pointed at database `name` with `driver`, at `address` (host:port) if given."""
-    parts = urlsplit(admin_url)
-    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return f"{driver}://{user}{address or _address(admin_url)}/{name}"
-
-
-def _address(url: str) -> str:
-    parts = urlsplit(url)
-    return f"{parts.hostname}:{parts.port or 5432}"
 
 
 @dataclass(frozen=True)
@@ -134,7 +104,7 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
         bridge = network.bridge_ip
         prefect_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_prefect"))
         catalog_db = stack.enter_context(throwaway_database(admin_url, prefix="ferry_hosts_catalog"))
-        pg_host, pg_port = _address(admin_url).rsplit(":", 1)
+        pg_host, pg_port = server_address(admin_url).rsplit(":", 1)
         relay = stack.enter_context(TcpRelay(bridge, (pg_host, int(pg_port)), delay_s=delay_s))
         seaweed = SeaweedServer(workdir / "seaweed", host=bridge, extra_args=["-volume.max=200"])
         stack.callback(seaweed.stop)
@@ -143,7 +113,7 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
         if delay_s > 0:
             s3_relay = stack.enter_context(TcpRelay(bridge, (bridge, seaweed.ports["s3.port"]), delay_s=delay_s))
         env = {**SERVER_ENV,
-               "PREFECT_SERVER_DATABASE_CONNECTION_URL": _database_url(admin_url, prefect_db, driver="postgresql+asyncpg")}
+               "PREFECT_SERVER_DATABASE_CONNECTION_URL": database_url(admin_url, prefect_db, driver="postgresql+asyncpg")}
         prefect = PrefectServer(workdir / "prefect-server", host=bridge, env=env, ui=False)
         stack.callback(prefect.stop)
         prefect.start(timeout=180)
@@ -152,8 +122,8 @@ def shared_servers(network: HostNetwork, workdir: Path, *, delay_s: float = 0.0,
             api_url=prefect.api_url,
             s3_endpoint=seaweed.endpoint,
             host_s3_endpoint=f"http://{bridge}:{s3_relay.port}" if s3_relay else seaweed.endpoint,
-            catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg"),
-            host_catalog_url=_database_url(admin_url, catalog_db, driver="postgresql+psycopg",
+            catalog_url=database_url(admin_url, catalog_db, driver="postgresql+psycopg"),
+            host_catalog_url=database_url(admin_url, catalog_db, driver="postgresql+psycopg",
                                            address=f"{bridge}:{relay.port}"),
             seaweed=seaweed,
             prefect=prefect,
@@ -197,4 +167,4 @@ def wait_workers_online(pool: str, count: int, *, timeout: float = 180) -> None:
     raise BenchmarkFailed(f"{len(found)} of {count} workers of {pool} online after {timeout:g}s")
 
 
-__all__ = ["SharedServers", "run_ferry_on", "shared_servers", "start_worker", "throwaway_database", "wait_workers_online"]
+__all__ = ["SharedServers", "run_ferry_on", "shared_servers", "start_worker", "wait_workers_online"]
