@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
 
             # this process's client: the bench's API; the parent's logs stay here (the server
             # stops before a background log flush would reach it), warnings and worse only
+            import flows.ingest_fanout  # noqa: F401 - the rest of Prefect loads with it and sets up its logging
+
             for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):  # each has a level of its own
                 logging.getLogger(name).setLevel(logging.WARNING)
             with temporary_settings({PREFECT_API_URL: servers.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}):
