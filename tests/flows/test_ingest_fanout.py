@@ -5,6 +5,7 @@ multipart upload)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from storage_core.keys import parse_uri
 from storage_core.upload import transactions
 from storage_core.upload.groups import RecordingGroup, begin_group
 from tasks import upload as upload_tasks
-from tests.flows.conftest import MiB, write_landing
+from tests.flows.conftest import MiB, run_ferry, write_landing
 
 pytestmark = pytest.mark.slow  # flows against a real Prefect API
 
@@ -123,3 +124,15 @@ def test_a_claimer_killed_mid_group_is_resumed_by_another_without_resending(ferr
     _assert_stored_once(ferry_env, bucket, source, files, report)
     assert bucket.get_range(big.key, 0, 12 * MiB) == (source / "d1/rec0/f0.bin").read_bytes()
 
+
+
+def test_ferry_ingest_fan_out_from_the_command_line(ferry_env, bucket, tmp_path):
+    source, files = _landing(tmp_path / "in")
+    done = run_ferry(["ingest", str(source), "--to", f"s3://{bucket.bucket}/fleet", "--fan-out", "2", "--group-size", "4",
+                      "--lease", "5", "--json"], ferry_env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["groups"], report["files_stored"], report["outcome"]) == (2, files, "completed")
+    assert len(list(bucket.list("fleet/"))) == files
+    bad = run_ferry(["ingest", str(source), "--fan-out", "0"], ferry_env)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr
