@@ -136,3 +136,34 @@ def test_ferry_ingest_fan_out_from_the_command_line(ferry_env, bucket, tmp_path)
     assert len(list(bucket.list("fleet/"))) == files
     bad = run_ferry(["ingest", str(source), "--fan-out", "0"], ferry_env)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+class _Killed(BaseException):
+    """A claimer's death in the middle of a group (not an error the loop may record)."""
+
+
+def test_when_every_claimer_dies_the_parent_says_so_and_a_rerun_with_the_job_id_finishes(
+    ferry_env, bucket, tmp_path, monkeypatch
+):
+    import flows.ingest_fanout as fanout_flows
+    from storage_core.errors import JobNotFinished
+
+    source, files = _landing(tmp_path / "in")
+    real = fanout_flows._ingest_group
+
+    def dies_on_the_third_group(item, job):  # noqa: ANN001, ANN202
+        if item.number == 3:
+            raise _Killed()
+        return real(item, job)
+
+    monkeypatch.setattr(fanout_flows, "_ingest_group", dies_on_the_third_group)
+    params = _params(source, bucket)
+    params.fan_out.claimers = 1
+    params.job_id = "dies-then-carries-on"
+    with pytest.raises(JobNotFinished, match="every claimer ended with 5 item\\(s\\) pending, 1 claimed"):
+        ingest_fanout(params)
+
+    monkeypatch.setattr(fanout_flows, "_ingest_group", real)
+    report = ingest_fanout(params)  # the same job: its 2 stored groups stand, group 3 is taken over
+    assert report.groups_done == 8 and report.files_stored == files
+    _assert_stored_once(ferry_env, bucket, source, files, report)
