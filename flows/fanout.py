@@ -29,7 +29,7 @@ from uuid import UUID
 from prefect import get_client, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.flows import Flow
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from storage_core.catalog.work import JobStatus
@@ -63,7 +63,8 @@ class ClaimParams(BaseModel):
 
     job_id: str = Field(description="The work job whose items to claim (recorded by the parent).")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed.")
-    max_wait_seconds: float = Field(default=30.0, gt=0, description="Longest sleep between claims while others hold leases.")
+    max_wait_seconds: float = Field(default=30.0, gt=0,
+                                    description="Longest sleep between claims while others hold leases.")
 
 
 class ClaimReport(BaseModel):
@@ -124,14 +125,16 @@ class Claimers:
 
 def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> Claimers:
     """Start `fan.claimers` runs of `child` on the job: as a deployment (`child_deployment`:
-    their runs are created, not waited for; one idempotency key per job and claimer, so a
-    repeated parent starts none twice) or as threads of this process."""
+    their runs are created, not waited for; one idempotency key per parent run and
+    claimer, so a retried parent run starts none twice, while a new parent run carrying
+    on the job gets claimers of its own) or as threads of this process."""
     params = ClaimParams(job_id=job_id, lease_seconds=fan.lease_seconds)
     name = child_deployment(fan, standing)
     if name:
         get_run_logger().info("starting %d run(s) of %s for work job %s", fan.claimers, name, job_id)
         runs = [run_deployment(name, parameters={"params": params.model_dump()}, timeout=0,
-                               idempotency_key=f"{job_id}-claimer-{index}") for index in range(fan.claimers)]
+                               idempotency_key=f"{job_id}-{flow_run.id}-claimer-{index}")
+                for index in range(fan.claimers)]
         return Claimers(run_ids=[run.id for run in runs])
     threads = [_InProcessClaimer(child, params, index) for index in range(fan.claimers)]
     for thread in threads:
@@ -162,7 +165,8 @@ def wait_for_job(job_id: str, fan: FanOut, claimers: Claimers) -> JobStatus:
 
 def child_claims(params: ClaimParams, process: Process, *, flow_run_id: str | None) -> ClaimReport:
     """A child flow's body: claim the job's items with `process` until all are settled."""
-    loop = work_tasks.claim_loop(params.job_id, work_tasks.worker_name(flow_run_id), process, lease=params.lease_seconds,
+    worker = work_tasks.worker_name(flow_run_id)
+    loop = work_tasks.claim_loop(params.job_id, worker, process, lease=params.lease_seconds,
                                  max_wait=params.max_wait_seconds)
     get_run_logger().info("%s: %d item(s) done, %d failed, %d lost to other workers", loop.worker, len(loop.done),
                           len(loop.failed), len(loop.lost))
