@@ -210,3 +210,30 @@ def test_sigkill_of_a_fanned_out_ingest_then_the_same_job_again_stores_every_fil
     report = IngestFanoutReport.model_validate(json.loads(done.stdout))
     assert report.groups_done == 10 and report.files_stored == len(files)
     _assert_stored_once(ferry_env, bucket, source, len(files), report, killed=True)
+
+
+@pytest.mark.soak  # the 3,000 files over 60 recordings, in one process (FERRY_SOAK=1 runs it)
+def test_3000_files_of_60_recordings_with_3_claimers_one_dying_mid_group(ferry_env, bucket, tmp_path, monkeypatch,
+                                                                          pg_url):
+    import flows.ingest_fanout as fanout_flows
+
+    monkeypatch.setenv("FERRY_DATABASE_URL", pg_url)
+    env = {**ferry_env, "FERRY_DATABASE_URL": pg_url}
+    files = {f"d{d}/rec{r:02d}/f{f:02d}.bin": 500 + f for d in range(3) for r in range(20) for f in range(50)}
+    source = write_landing(tmp_path / "in", files)
+    real, calls = fanout_flows._ingest_group, []
+
+    def one_claimer_dies(item, job):  # noqa: ANN001, ANN202 - the claimer of the 10th group dies inside it
+        calls.append(item.number)
+        if len(calls) == 10:
+            raise _Killed()
+        return real(item, job)
+
+    monkeypatch.setattr(fanout_flows, "_ingest_group", one_claimer_dies)
+    params = _params(source, bucket)
+    params.fan_out.claimers, params.fan_out.lease_seconds = 3, 5.0
+    report = ingest_fanout(params)
+    assert report.groups_done == 60 and report.files_stored == 3000
+    _assert_stored_once(env, bucket, source, 3000, report)
+    died = calls[9]
+    assert [i.attempts for i in list_items(Catalog(pg_url), report.job_id) if i.number == died] == [2]
