@@ -14,8 +14,9 @@ Two ways to run the children, chosen by `FanOut.deployment`:
 
 Either way the parent polls the job's counts in the catalog until every item is done or
 failed: a child killed with its worker cannot hang it (its items come back when their
-leases run out and the other children finish them), and `wait_timeout_seconds` bounds the
-wait when every worker is gone.
+leases run out and the other children finish them). The parent gives up (JobNotFinished,
+the job's work kept for a rerun with its id) when every child has ended with items left,
+or after `wait_timeout_seconds` (children that never start: a pool without workers).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import contextvars
 import threading
 import time
 from uuid import UUID
-
 
 from prefect import get_client, get_run_logger
 from prefect.deployments import run_deployment

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.work import ClaimedItem, claim_next, fail, finish, renew, wait_time_until_next_lease
-from storage_core.errors import CatalogUnavailable, LeaseLost, one_line
+from storage_core.errors import CatalogError, LeaseLost, one_line
 from storage_core.retry import call_with_retries
 
 log = logging.getLogger(__name__)
@@ -53,13 +53,13 @@ class LoopReport:
 class LeaseKeeper:
     """Renews a claimed item's lease every `every` seconds (default a third of the lease) on
     a daemon thread while the `with` block runs. A renewal refused (LeaseLost: another
-    worker took the item over) stops it and sets `lost`; a catalog briefly unavailable is
-    tried again at the next tick (the lease has two more ticks of slack)."""
+    worker took the item over) stops it, and the item's finish or fail is refused in turn;
+    any other catalog error is tried again at the next tick (the lease has two more ticks
+    of slack)."""
 
     def __init__(self, catalog: Catalog, item: ClaimedItem, *, lease: float, every: float | None = None) -> None:
         self.catalog, self.item, self.lease = catalog, item, lease
         self.every = every if every is not None else lease / 3
-        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{item.job_id[:8]}-{item.number}", daemon=True)
 
@@ -77,9 +77,8 @@ class LeaseKeeper:
                 self.item = renew(self.catalog, self.item, lease=self.lease)
             except LeaseLost as exc:
                 log.warning("%s", exc)
-                self.lost.set()
                 return
-            except CatalogUnavailable as exc:
+            except CatalogError as exc:
                 log.warning("renewing the lease of item %d failed, trying again: %s", self.item.number, one_line(exc))
 
 
