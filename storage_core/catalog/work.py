@@ -160,6 +160,7 @@ def create_job(
     rows = [dict(job_id=job_id, number=n, payload=json.dumps(p, sort_keys=True), status=WorkStatus.PENDING.value,
                  attempts=0, updated_at=utcnow()) for n, p in enumerate(items, start=1)]
     with catalog.session() as session:
+        _lock_for_write(session, job_id)  # SQLite: read nothing before holding the write lock
         if session.get(WorkJob, job_id) is None:
             try:
                 with session.begin_nested():
@@ -288,9 +289,14 @@ def job_status(catalog: Catalog, job_id: str) -> JobStatus:
         status = JobStatus(job_id, job.kind, counts.get(WorkStatus.PENDING.value, 0),
                            counts.get(WorkStatus.CLAIMED.value, 0), counts.get(WorkStatus.DONE.value, 0),
                            counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end))
-        if status.finished and job.status != FINISHED:
-            job.status, job.finished_at = FINISHED, utcnow()
-        return status
+        marked = job.status == FINISHED
+    if status.finished and not marked:
+        # its own write transaction: on SQLite, a read snapshot turned writer while claimers
+        # write would be refused at once (SQLITE_BUSY_SNAPSHOT), not waited for
+        with catalog.session() as session:
+            session.execute(update(WorkJob).where(WorkJob.id == job_id, WorkJob.status == OPEN)
+                            .values(status=FINISHED, finished_at=utcnow()))
+    return status
 
 
 def wait_time_until_next_lease(catalog: Catalog, job_id: str, *, now: datetime | None = None) -> float | None:
