@@ -114,19 +114,18 @@ def ingest(
     else:
         source = str(Path(source).expanduser().resolve())
     use_prefect_api()
-    quiet_prefect_console(verbose)
-    if fan_out is not None:
-        from flows.fanout import FanOut
-        from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
+    from flows.fanout import FanOut
+    from flows.ingest import ingest as ingest_flow
+    from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
 
+    quiet_prefect_console(verbose)  # after importing Prefect, which sets up its logging
+    if fan_out is not None:
         report = ingest_fanout(IngestFanoutParams(
             source=source, to=to, device=device, group_size=group_size, job_id=job_id, origination="ferry ingest --fan-out",
             fan_out=FanOut(claimers=fan_out, deployment=via or None, lease_seconds=lease),
         ))
         emit_json(report) if as_json else _print_fanout(report)
     else:
-        from flows.ingest import ingest as ingest_flow
-
         transaction_id = uuid.uuid4().hex
         report = _watch_transaction(
             transaction_id,
