@@ -15,6 +15,8 @@ prefect.yaml lists the same ones for work pools (a test keeps the two in step).
 | `ingest-items/ingest-items` | started by ingest-fanout (`claimers` runs): claims and stores groups | 16, more wait |
 | `derive-fanout/derive-fanout` | from the UI: DeriveParams split per batch of recordings | 1, more wait |
 | `derive-items/derive-items` | started by derive-fanout: claims and derives batches | 16, more wait |
+| `download-fanout/download-fanout` | from the UI: DownloadParams split per batch, into a shared folder | 2, more wait |
+| `download-items/download-items` | started by download-fanout: claims and restores batches | 16, more wait |
 
 A fan-out parent started from a deployment runs its children as the `*-items` deployment
 (`fan_out.deployment` "auto"), so a work pool spreads them over its workers' hosts.
@@ -126,6 +128,8 @@ INGEST_FANOUT = "flows/ingest_fanout.py:ingest_fanout"
 INGEST_ITEMS = "flows/ingest_fanout.py:ingest_items"
 DERIVE_FANOUT = "flows/derive.py:derive_fanout"
 DERIVE_ITEMS = "flows/derive.py:derive_items"
+DOWNLOAD_FANOUT = "flows/download.py:download_fanout"
+DOWNLOAD_ITEMS = "flows/download.py:download_items"
 CLAIMERS_LIMIT = 16  # child runs of fanned-out jobs at once; more wait their turn
 
 STANDING: tuple[DeploymentSpec, ...] = (
@@ -204,6 +208,21 @@ STANDING: tuple[DeploymentSpec, ...] = (
         name="derive-items",
         entrypoint=DERIVE_ITEMS,
         description="Claim and derive batches of a derive-fanout job (started by it).",
+        concurrency=Concurrency(CLAIMERS_LIMIT),
+        tags=("ferry", "fan-out"),
+    ),
+    DeploymentSpec(
+        name="download-fanout",
+        entrypoint=DOWNLOAD_FANOUT,
+        description="Restore catalogued objects with several workers into one shared folder: planned first, "
+        "one work item per batch of recordings, claimed by download-items runs.",
+        concurrency=Concurrency(2),
+        tags=("ferry", "backfill", "fan-out"),
+    ),
+    DeploymentSpec(
+        name="download-items",
+        entrypoint=DOWNLOAD_ITEMS,
+        description="Claim and restore batches of a download-fanout job (started by it).",
         concurrency=Concurrency(CLAIMERS_LIMIT),
         tags=("ferry", "fan-out"),
     ),

@@ -4,6 +4,9 @@ Plan first (every destination checked, nothing written on any problem), then res
 recordings in coarse batches, two at a time, each retried on retryable errors and always
 resuming: a re-run after a crash fetches only what is missing. Progress is a Prefect
 progress artifact (bytes), and the outcome a table artifact (files, bytes, MB/s).
+
+`download-fanout` is the same restore for several workers writing to one shared folder:
+one work item per batch of recordings, claimed by `download-items` children (flows/fanout.py).
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ from typing import Literal
 
 from prefect import flow
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
+from flows.fanout import ClaimParams, ClaimReport, FanOut, child_claims, start_claimers, wait_for_job
+from storage_core.catalog.work import ClaimedItem
+from storage_core.errors import RestoreFailed
 from tasks import download as download_tasks
+from tasks import work as work_tasks
 
 
 class DownloadParams(BaseModel):
@@ -112,4 +120,59 @@ def download(params: DownloadParams) -> DownloadReport:
     return outcome
 
 
-__all__ = ["DownloadParams", "DownloadReport", "download"]
+CHILD_DEPLOYMENT = "download-items/download-items"  # deployments/definitions.py registers it
+
+
+class DownloadFanoutParams(DownloadParams):
+    """A restore split into batches of recordings for several workers. `dest` must be the
+    same folder for all of them (a shared file system): each writes its batches there."""
+
+    batch_bytes: int = Field(4 << 30, gt=0, description="About this many bytes of recordings per work item.")
+    job_id: str | None = Field(None, description="Name the job; a job already recorded under it is carried on.")
+    fan_out: FanOut = Field(default_factory=FanOut)
+
+
+@flow(name="download-items", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
+def download_items(params: ClaimParams) -> ClaimReport:
+    """Claim batches of a restore job and restore each (a child of `download-fanout`); a
+    batch taken over from a dead worker keeps the files it verified already (resume)."""
+    job = work_tasks.get_job(params.job_id).parameters
+    selection = download_tasks.Selection.model_validate(job["selection"])
+
+    def restore(item: ClaimedItem) -> dict:
+        batch = [download_tasks.RecordingRef.model_validate(r) for r in item.payload["recordings"]]
+        return download_tasks.restore_recordings(selection, batch, job["dest"], layout=job["layout"],
+                                                 overwrite=job["overwrite"]).model_dump(mode="json")
+
+    return child_claims(params, restore, flow_run_id=flow_run.id)
+
+
+@flow(name="download-fanout", log_prints=True)
+def download_fanout(params: DownloadFanoutParams) -> DownloadReport:
+    """Plan as `download` does (every destination checked before anything is written),
+    record one work item per batch of about `batch_bytes`, start `fan_out.claimers`
+    `download-items` children and wait for the job."""
+    started = time.monotonic()
+    selection = params.selection()
+    plan = download_tasks.plan_restore(selection, params.dest, layout=params.layout,
+                                       overwrite=params.overwrite, resume=params.resume)
+    batches = download_tasks.batch_recordings(plan.recordings, target_bytes=params.batch_bytes)
+    shared = {"selection": selection.model_dump(mode="json"), "dest": params.dest, "layout": params.layout,
+              "overwrite": params.overwrite}
+    job = work_tasks.create_job("restore", shared, [{"recordings": [r.model_dump() for r in b]} for b in batches],
+                                job_id=params.job_id, max_attempts=params.fan_out.max_attempts)
+    children = start_claimers(download_items, job.id, params.fan_out, standing=CHILD_DEPLOYMENT)
+    wait_for_job(job.id, params.fan_out, children)
+    items = work_tasks.job_items(job.id)
+    failed = [f"batch {i.number}: {i.error}" for i in items if i.status != "done"]
+    if failed:
+        raise RestoreFailed(f"work job {job.id}: {len(failed)} of {len(items)} batch(es) failed, e.g. {failed[0]}")
+    results = [download_tasks.BatchResult.model_validate(i.result) for i in items]
+    return DownloadReport(dest=params.dest, recordings=len(plan.recordings), files=sum(r.files for r in results),
+                          files_kept=plan.files_present, bytes_total=plan.bytes,
+                          bytes_fetched=sum(r.bytes_fetched for r in results),
+                          seconds=round(time.monotonic() - started, 3))
+
+
+__all__ = ["CHILD_DEPLOYMENT", "DownloadFanoutParams", "DownloadParams", "DownloadReport", "download",
+           "download_fanout", "download_items"]

@@ -14,8 +14,9 @@ Two ways to run the children, chosen by `FanOut.deployment`:
 
 Either way the parent polls the job's counts in the catalog until every item is done or
 failed: a child killed with its worker cannot hang it (its items come back when their
-leases run out and the other children finish them), and `wait_timeout_seconds` bounds the
-wait when every worker is gone.
+leases run out and the other children finish them). The parent gives up (JobNotFinished,
+the job's work kept for a rerun with its id) when every child has ended with items left,
+or after `wait_timeout_seconds` (children that never start: a pool without workers).
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
+from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import get_client, get_run_logger
 from prefect.deployments import run_deployment
 from prefect.flows import Flow
-from prefect.runtime import deployment
+from prefect.runtime import deployment, flow_run
 from pydantic import BaseModel, Field
 
 from storage_core.catalog.work import JobStatus
@@ -61,7 +63,8 @@ class ClaimParams(BaseModel):
 
     job_id: str = Field(description="The work job whose items to claim (recorded by the parent).")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed.")
-    max_wait_seconds: float = Field(default=30.0, gt=0, description="Longest sleep between claims while others hold leases.")
+    max_wait_seconds: float = Field(default=30.0, gt=0,
+                                    description="Longest sleep between claims while others hold leases.")
 
 
 class ClaimReport(BaseModel):
@@ -97,51 +100,78 @@ def child_deployment(fan: FanOut, standing: str) -> str | None:
     return fan.deployment or None
 
 
-def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> list[threading.Thread]:
+class Claimers:
+    """The children started on a job, and whether any may still settle an item: a thread
+    alive in this process, or a deployment run not yet in a final state (a run whose worker
+    was killed stays Running: it counts as alive, and the others finish its items)."""
+
+    def __init__(self, threads: list[_InProcessClaimer] = (), run_ids: list[UUID] = ()) -> None:
+        self.threads, self.run_ids = list(threads), list(run_ids)
+
+    def alive(self) -> bool:
+        if any(thread.is_alive() for thread in self.threads):
+            return True
+        if not self.run_ids:
+            return False
+        with get_client(sync_client=True) as client:
+            return any(not client.read_flow_run(run_id).state.is_final() for run_id in self.run_ids)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join()
+            if thread.error is not None:
+                get_run_logger().warning("claimer %s failed: %s", thread.name, one_line(thread.error))
+
+
+def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> Claimers:
     """Start `fan.claimers` runs of `child` on the job: as a deployment (`child_deployment`:
-    their runs are created, not waited for; one idempotency key per job and claimer, so a
-    repeated parent starts none twice) or in this process (the threads to wait for)."""
+    their runs are created, not waited for; one idempotency key per parent run and
+    claimer, so a retried parent run starts none twice, while a new parent run carrying
+    on the job gets claimers of its own) or as threads of this process."""
     params = ClaimParams(job_id=job_id, lease_seconds=fan.lease_seconds)
     name = child_deployment(fan, standing)
     if name:
         get_run_logger().info("starting %d run(s) of %s for work job %s", fan.claimers, name, job_id)
-        for index in range(fan.claimers):
-            run_deployment(name, parameters={"params": params.model_dump()}, timeout=0,
-                           idempotency_key=f"{job_id}-claimer-{index}")
-        return []
-    claimers = [_InProcessClaimer(child, params, index) for index in range(fan.claimers)]
-    for claimer in claimers:
-        claimer.start()
-    return claimers
+        runs = [run_deployment(name, parameters={"params": params.model_dump()}, timeout=0,
+                               idempotency_key=f"{job_id}-{flow_run.id}-claimer-{index}")
+                for index in range(fan.claimers)]
+        return Claimers(run_ids=[run.id for run in runs])
+    threads = [_InProcessClaimer(child, params, index) for index in range(fan.claimers)]
+    for thread in threads:
+        thread.start()
+    return Claimers(threads=threads)
 
 
-def wait_for_job(job_id: str, fan: FanOut, children: list[threading.Thread]) -> JobStatus:
-    """Wait until every item of the job is done or failed; its counts. In-process children
-    are waited for first (one that failed is logged: its items come back to the others).
-    JobNotFinished after `fan.wait_timeout_seconds`."""
+def wait_for_job(job_id: str, fan: FanOut, claimers: Claimers) -> JobStatus:
+    """Wait until every item of the job is done or failed, polling its counts in the
+    catalog; the counts. JobNotFinished when every claimer has ended with items left (they
+    all failed: nobody will take them) or after `fan.wait_timeout_seconds`; the job's
+    recorded work stands either way, and a parent run with its id carries it on."""
     started = time.monotonic()
-    for child in children:
-        child.join()
-        if getattr(child, "error", None) is not None:
-            get_run_logger().warning("claimer %s failed: %s", child.name, one_line(child.error))
     while True:
+        alive = claimers.alive()  # before the counts: a claimer that ended has settled what it could
         status = work_tasks.job_status(job_id)
+        if status.finished or not alive:
+            claimers.join()  # in-process subflows end inside the parent run
         if status.finished:
             return status
+        left = f"{status.pending} item(s) pending, {status.claimed} claimed"
+        if not alive:
+            raise JobNotFinished(f"work job {job_id}: every claimer ended with {left}; run again with its job id")
         if fan.wait_timeout_seconds is not None and time.monotonic() - started > fan.wait_timeout_seconds:
-            raise JobNotFinished(f"work job {job_id} not finished after {fan.wait_timeout_seconds:g} s: "
-                                 f"{status.pending} item(s) pending, {status.claimed} claimed")
+            raise JobNotFinished(f"work job {job_id} not finished after {fan.wait_timeout_seconds:g} s: {left}")
         time.sleep(fan.poll_seconds)
 
 
 def child_claims(params: ClaimParams, process: Process, *, flow_run_id: str | None) -> ClaimReport:
     """A child flow's body: claim the job's items with `process` until all are settled."""
-    loop = work_tasks.claim_loop(params.job_id, work_tasks.worker_name(flow_run_id), process, lease=params.lease_seconds,
+    worker = work_tasks.worker_name(flow_run_id)
+    loop = work_tasks.claim_loop(params.job_id, worker, process, lease=params.lease_seconds,
                                  max_wait=params.max_wait_seconds)
     get_run_logger().info("%s: %d item(s) done, %d failed, %d lost to other workers", loop.worker, len(loop.done),
                           len(loop.failed), len(loop.lost))
     return ClaimReport(worker=loop.worker, done=list(loop.done), failed=list(loop.failed), lost=list(loop.lost))
 
 
-__all__ = ["AUTO", "ClaimParams", "ClaimReport", "FanOut", "child_claims", "child_deployment",
+__all__ = ["AUTO", "ClaimParams", "ClaimReport", "Claimers", "FanOut", "child_claims", "child_deployment",
            "start_claimers", "wait_for_job"]

@@ -12,6 +12,10 @@ network, a catalog briefly locked, a transaction left open to resume) puts it ba
 pending for the next claimer while it has attempts left; anything else fails it for good.
 An interrupt (BaseException that is not an Exception) is not caught: the item stays
 claimed until its lease runs out, exactly as if the worker had been killed.
+
+The loop's own catalog calls (claim, finish, fail) are retried while the catalog is
+unavailable (CATALOG_ATTEMPTS, storage_core.retry's backoff): a database blip must not end
+every claimer at once and leave the job with nobody to finish it.
 """
 
 from __future__ import annotations
@@ -21,16 +25,19 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.work import ClaimedItem, claim_next, fail, finish, renew, wait_time_until_next_lease
-from storage_core.errors import CatalogUnavailable, LeaseLost, one_line
+from storage_core.errors import CatalogError, LeaseLost, one_line
+from storage_core.retry import call_with_retries
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Process = Callable[[ClaimedItem], dict[str, Any]]  # the item's result, recorded as JSON
 MIN_WAIT = 0.05  # never spin: a lease that ends "now" is looked at again after this
+CATALOG_ATTEMPTS = 6  # tries of each of the loop's catalog calls (about half a minute of backoff)
 
 
 @dataclass(frozen=True)
@@ -46,13 +53,13 @@ class LoopReport:
 class LeaseKeeper:
     """Renews a claimed item's lease every `every` seconds (default a third of the lease) on
     a daemon thread while the `with` block runs. A renewal refused (LeaseLost: another
-    worker took the item over) stops it and sets `lost`; a catalog briefly unavailable is
-    tried again at the next tick (the lease has two more ticks of slack)."""
+    worker took the item over) stops it, and the item's finish or fail is refused in turn;
+    any other catalog error is tried again at the next tick (the lease has two more ticks
+    of slack)."""
 
     def __init__(self, catalog: Catalog, item: ClaimedItem, *, lease: float, every: float | None = None) -> None:
         self.catalog, self.item, self.lease = catalog, item, lease
         self.every = every if every is not None else lease / 3
-        self.lost = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lease-{item.job_id[:8]}-{item.number}", daemon=True)
 
@@ -70,9 +77,8 @@ class LeaseKeeper:
                 self.item = renew(self.catalog, self.item, lease=self.lease)
             except LeaseLost as exc:
                 log.warning("%s", exc)
-                self.lost.set()
                 return
-            except CatalogUnavailable as exc:
+            except CatalogError as exc:
                 log.warning("renewing the lease of item %d failed, trying again: %s", self.item.number, one_line(exc))
 
 
@@ -95,35 +101,40 @@ def run_claims(
     failed: list[int] = []
     lost: list[int] = []
     while True:
-        item = claim_next(catalog, job_id, worker, lease=lease)
+        item = _retrying(lambda: claim_next(catalog, job_id, worker, lease=lease), "claim")
         if item is None:
-            wait = wait_time_until_next_lease(catalog, job_id)
+            wait = _retrying(lambda: wait_time_until_next_lease(catalog, job_id), "lease look-up")
             if wait is None:
                 return LoopReport(worker, tuple(done), tuple(failed), tuple(lost))
             sleep(min(max(wait, MIN_WAIT), max_wait))
             continue
         with LeaseKeeper(catalog, item, lease=lease) as keeper:
             try:
-                result = process(item)
+                result, error = process(item), None
             except Exception as exc:  # noqa: BLE001 - recorded with the item; the loop goes on with the next
-                outcome = _settle(lambda: fail(catalog, keeper.item, one_line(exc), retry=getattr(exc, "retryable", False)))
-                log.warning("item %d of job %s failed (%s): %s", item.number, job_id, outcome or "lost", one_line(exc))
-                if outcome is None:
-                    lost.append(item.number)
-                elif outcome == "failed":
-                    failed.append(item.number)  # "pending": back for the next claimer
-                continue
-        if _settle(lambda: finish(catalog, keeper.item, result)) is None:
+                result, error = None, exc
+        held = keeper.item  # settled once the keeper has stopped renewing it
+        if error is None:
+            outcome = _settle(lambda: finish(catalog, held, result))
+            (done if outcome is not None else lost).append(item.number)
+            continue
+        outcome = _settle(lambda: fail(catalog, held, one_line(error), retry=getattr(error, "retryable", False)))
+        log.warning("item %d of job %s failed (%s): %s", item.number, job_id, outcome or "lost", one_line(error))
+        if outcome is None:
             lost.append(item.number)
-        else:
-            done.append(item.number)
+        elif outcome == "failed":
+            failed.append(item.number)  # "pending": back for the next claimer
+
+
+def _retrying(call: Callable[[], T], what: str) -> T:
+    return call_with_retries(call, attempts=CATALOG_ATTEMPTS, what=what)
 
 
 def _settle(record: Callable[[], str | None]) -> str | None:
     """Run `record` (finish or fail): the item's new status ("" for a finish), or None when
     the claim was taken over meanwhile."""
     try:
-        return record() or ""
+        return _retrying(record, "settling a work item") or ""
     except LeaseLost as exc:
         log.warning("%s", exc)
         return None

@@ -47,6 +47,7 @@
     │   ├── ProductBusy              another live attempt is computing the key (retryable)
     │   └── AttemptLost              the attempt's lease expired or another commit won; nothing published
     ├── IngestFailed                 an ingest run's failure, in one line
+    ├── RestoreFailed                batches of a fanned-out restore that failed (each reason recorded)
     ├── JobNotFinished               a fanned-out job still had items left when its parent stopped waiting
     ├── SummariesFailed              some objects could not be summarized (each reason recorded)
     └── BenchmarkFailed              a benchmark side exited non-zero or raised
@@ -328,6 +329,12 @@ class IngestFailed(FerryError):
     """An ingest run's failure: one line saying what happened to the transaction."""
 
 
+class RestoreFailed(FerryError):
+    """Batches of a fanned-out restore failed (each reason is recorded with its work item);
+    the others are restored. A rerun with the same job id retries nothing failed: start a
+    new restore, which keeps the files already restored (resume)."""
+
+
 class JobNotFinished(FerryError):
     """A fanned-out job's parent stopped waiting (its timeout) while items were still
     pending or claimed: no worker is taking them. Its recorded work stands; run the
@@ -381,6 +388,7 @@ __all__ = [
     "ProductBusy",
     "ProductError",
     "ProductNotFound",
+    "RestoreFailed",
     "RangeNotHonoured",
     "SchemaRefused",
     "SourceChanged",

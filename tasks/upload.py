@@ -102,10 +102,10 @@ def plan_ingest_job(
         return found
     dest = parse_uri(destination)
     scan = _scan_landing(source, dest, device_id=device_id, settings=settings)
-    groups = plan_groups(scan.entries, group_size=group_size)
+    planned = plan_groups(scan.entries, group_size=group_size)
     params = {"source": source, "destination": str(dest), "device_id": device_id, "origination": origination,
               "held_back": [str(held) for held in scan.held_back]}
-    return work.create_job(catalog, "ingest", params, [g.to_json() for g in groups], job_id=job_id,
+    return work.create_job(catalog, "ingest", params, [g.to_json() for g in planned], job_id=job_id,
                            max_attempts=max_attempts)
 
 

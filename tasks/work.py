@@ -15,8 +15,9 @@ from storage_core.claims import LoopReport, Process, run_claims
 from storage_core.errors import ConfigError
 
 
-@task(name="job-status")
 def job_status(job_id: str) -> JobStatus:
+    """The job's counts. Not a task: a parent polls it every few seconds, and a task run
+    per poll would bury the run's real tasks in the UI."""
     return work.job_status(open_default_catalog(), job_id)
 
 

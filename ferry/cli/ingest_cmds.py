@@ -76,16 +76,35 @@ def _print_ingest(report: Any) -> None:
         err.print("the next ingest of this source retries the recordings held back (stored files are skipped)")
 
 
+def _print_fanout(report: Any) -> None:
+    colour = "red" if report.groups_failed else "yellow" if report.held_back else "green"
+    out.print(
+        f"[{colour}]{report.outcome}[/]: work job {report.job_id}, {report.groups} group(s) in "
+        f"{len(report.transactions)} transaction(s) → {report.destination}\n"
+        f"  stored {report.files_stored} file(s), {size_text(report.bytes_stored)}"
+        f" ({report.parts_sent} part(s) sent, {report.parts_reused} reused);"
+        f" skipped {report.files_skipped} already stored; {report.seconds:.1f}s"
+    )
+    for line in report.held_back:
+        err.print(f"[yellow]held back:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 @app.command()
 def ingest(
     source: Annotated[str, typer.Argument(help="Landing folder or bucket prefix (s3://bucket/prefix): DEVICE/RECORDING/files (or RECORDING/files with --device).")],
     to: Annotated[Optional[str], typer.Option("--to", help="Destination URI (file:///dir or s3://bucket/prefix); default FERRY_STORE.")] = None,
     device: Annotated[Optional[str], typer.Option("--device", help="Device id, when SOURCE holds one device's recordings.")] = None,
+    fan_out: Annotated[Optional[int], typer.Option("--fan-out", min=1, help="Split the ingest into one transaction per recording group, claimed by N workers (claim loops) from the catalog.")] = None,
+    group_size: Annotated[int, typer.Option("--group-size", min=1, help="With --fan-out: recordings per group.")] = 1,
+    via: Annotated[Optional[str], typer.Option("--via", help="With --fan-out: run the workers as this deployment (e.g. ingest-items/ingest-items) so a work pool spreads them; default: in this process.")] = None,
+    lease: Annotated[float, typer.Option("--lease", min=1, help="With --fan-out: seconds a claim lasts unless renewed (a dead worker's group is taken over after it).")] = 60.0,
+    job_id: Annotated[Optional[str], typer.Option("--job-id", help="With --fan-out: name the work job; an existing one is carried on.")] = None,
     as_json: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Upload a landing folder or bucket prefix into object storage, completely or not at all.
-    A recording with a bad file is held back (named, exit code 1) while the others are stored."""
+    A recording with a bad file is held back (named, exit code 1) while the others are stored.
+    With --fan-out N, each recording group is its own transaction and N workers share them."""
     from storage_core.keys import parse_uri
 
     if to is not None:
@@ -95,16 +114,25 @@ def ingest(
     else:
         source = str(Path(source).expanduser().resolve())
     use_prefect_api()
+    from flows.fanout import FanOut
     from flows.ingest import ingest as ingest_flow
+    from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
 
-    quiet_prefect_console(verbose)
-    transaction_id = uuid.uuid4().hex
-    report = _watch_transaction(
-        transaction_id,
-        lambda: ingest_flow(source, to=to, device=device, transaction_id=transaction_id),
-        show=not as_json and sys.stderr.isatty(),
-    )
-    emit_json(report) if as_json else _print_ingest(report)
+    quiet_prefect_console(verbose)  # after importing Prefect, which sets up its logging
+    if fan_out is not None:
+        report = ingest_fanout(IngestFanoutParams(
+            source=source, to=to, device=device, group_size=group_size, job_id=job_id, origination="ferry ingest --fan-out",
+            fan_out=FanOut(claimers=fan_out, deployment=via or None, lease_seconds=lease),
+        ))
+        emit_json(report) if as_json else _print_fanout(report)
+    else:
+        transaction_id = uuid.uuid4().hex
+        report = _watch_transaction(
+            transaction_id,
+            lambda: ingest_flow(source, to=to, device=device, transaction_id=transaction_id),
+            show=not as_json and sys.stderr.isatty(),
+        )
+        emit_json(report) if as_json else _print_ingest(report)
     if report.held_back:
         raise typer.Exit(1)
 

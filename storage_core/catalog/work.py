@@ -160,6 +160,7 @@ def create_job(
     rows = [dict(job_id=job_id, number=n, payload=json.dumps(p, sort_keys=True), status=WorkStatus.PENDING.value,
                  attempts=0, updated_at=utcnow()) for n, p in enumerate(items, start=1)]
     with catalog.session() as session:
+        _lock_for_write(session, job_id)  # SQLite: read nothing before holding the write lock
         if session.get(WorkJob, job_id) is None:
             try:
                 with session.begin_nested():
@@ -182,7 +183,9 @@ def get_job(catalog: Catalog, job_id: str) -> JobInfo | None:
         return None if job is None else JobInfo.of(job, _item_count(session, job_id))
 
 
-def claim_next(catalog: Catalog, job_id: str, worker: str, *, lease: float, now: datetime | None = None) -> ClaimedItem | None:
+def claim_next(
+    catalog: Catalog, job_id: str, worker: str, *, lease: float, now: datetime | None = None
+) -> ClaimedItem | None:
     """Claim the lowest-numbered item of the job that is pending, or claimed with its lease
     run out, for `lease` seconds; None when there is none right now (items may still be
     held by live leases: `wait_time_until_next_lease` says how long until one runs out)."""
@@ -205,13 +208,15 @@ def claim_next(catalog: Catalog, job_id: str, worker: str, *, lease: float, now:
                 return None
             if row.status == WorkStatus.CLAIMED.value and row.attempts >= max_attempts:
                 row.status, row.claimed_by, row.lease_until, row.updated_at = WorkStatus.FAILED.value, None, None, at
-                row.error = f"lease ran out {row.attempts} time(s): its workers stopped ({row.error or 'no error recorded'})"
+                last = row.error or "no error recorded"
+                row.error = f"lease ran out {row.attempts} time(s): its workers stopped ({last})"
                 session.flush()
                 continue
             row.status, row.claimed_by, row.attempts = WorkStatus.CLAIMED.value, worker, row.attempts + 1
             row.lease_until, row.updated_at = at + timedelta(seconds=lease), at
             session.flush()
-            return ClaimedItem(job_id, row.number, json.loads(row.payload), worker, row.attempts, as_utc(row.lease_until))
+            return ClaimedItem(job_id, row.number, json.loads(row.payload), worker, row.attempts,
+                               as_utc(row.lease_until))
 
 
 def _fenced(item: ClaimedItem):  # noqa: ANN202 - a SQL condition
@@ -232,7 +237,9 @@ def renew(catalog: Catalog, item: ClaimedItem, *, lease: float, now: datetime | 
     with catalog.session() as session:
         at = _clock(session, now)
         until = at + timedelta(seconds=lease)
-        changed = session.execute(update(WorkItem).where(_fenced(item)).values(lease_until=until, updated_at=at)).rowcount
+        changed = session.execute(
+            update(WorkItem).where(_fenced(item)).values(lease_until=until, updated_at=at)
+        ).rowcount
     if changed != 1:
         raise _lost(item, "renew")
     return ClaimedItem(item.job_id, item.number, item.payload, item.worker, item.attempt, until)
@@ -282,9 +289,14 @@ def job_status(catalog: Catalog, job_id: str) -> JobStatus:
         status = JobStatus(job_id, job.kind, counts.get(WorkStatus.PENDING.value, 0),
                            counts.get(WorkStatus.CLAIMED.value, 0), counts.get(WorkStatus.DONE.value, 0),
                            counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end))
-        if status.finished and job.status != FINISHED:
-            job.status, job.finished_at = FINISHED, utcnow()
-        return status
+        marked = job.status == FINISHED
+    if status.finished and not marked:
+        # its own write transaction: on SQLite, a read snapshot turned writer while claimers
+        # write would be refused at once (SQLITE_BUSY_SNAPSHOT), not waited for
+        with catalog.session() as session:
+            session.execute(update(WorkJob).where(WorkJob.id == job_id, WorkJob.status == OPEN)
+                            .values(status=FINISHED, finished_at=utcnow()))
+    return status
 
 
 def wait_time_until_next_lease(catalog: Catalog, job_id: str, *, now: datetime | None = None) -> float | None:
