@@ -91,7 +91,9 @@ def gateway_processes(
     try:
         for n in range(count):
             address = host(n)
-            port = free_port(address)
+            # a replica in a namespace of its own has every port free there; its address is
+            # not one this (root) namespace can bind to pick one
+            port = free_port("127.0.0.1") if prefix(n) else free_port(address)
             log = workdir / f"gateway-{n}.log"
             with open(log, "wb") as out:  # a file, not a pipe nobody reads while it runs
                 child = subprocess.Popen(
