@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 
@@ -115,6 +116,40 @@ def _translated(bucket: str, key: str | None, action: str):
 UNLOOPED_ATTEMPTS = 3
 
 
+_loader: Any = None  # botocore's JSON models (S3's API, endpoints, rules), parsed once per process
+_loader_lock = threading.Lock()
+
+
+def new_session() -> Any:
+    """A boto3 session (its own credentials and configuration) whose clients are built from
+    the process's one parsed copy of botocore's models (see `_botocore_session`)."""
+    return boto3.session.Session(botocore_session=_botocore_session())
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A fresh botocore session (its own credentials and configuration) that shares the
+    process's one data loader: each session would otherwise parse S3's models again,
+    ~0.1 CPU-s a client (two clients per command), against ~0.01 with the models shared."""
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+    return core
+
+
+def preload_models() -> None:
+    """Parse S3's models into the shared loader now, by building one client that is never
+    used (fixed keys: no credential lookup, no request). A process that forks a child per
+    command (ferry.cli.warm) calls it once; its children then build clients from the
+    parsed models."""
+    session = boto3.session.Session(botocore_session=_botocore_session(), aws_access_key_id="preload",
+                                    aws_secret_access_key="preload", region_name="us-east-1")
+    session.client("s3", config=Config(signature_version="s3v4"))
+
+
 def make_client(
     *,
     endpoint_url: str | None = None,
@@ -126,8 +161,9 @@ def make_client(
     """A boto3 S3 client configured for Ferry; credentials come from the usual AWS chain.
     `attempts` is botocore's own budget per request: 1 (no retry) for requests that a Ferry
     loop retries, so the two never multiply. Clients made from one `session` share its
-    parsed service model (~0.1 s of JSON per client otherwise)."""
-    session = session or boto3.session.Session()
+    parsed service model; sessions from `new_session` share one too (~0.1 s of JSON per
+    client otherwise)."""
+    session = session or new_session()
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -604,4 +640,4 @@ def _parse_content_range(response: dict[str, Any]) -> tuple[int, int, int] | Non
     return start, last + 1, size
 
 
-__all__ = ["S3Store", "make_client"]
+__all__ = ["S3Store", "make_client", "new_session", "preload_models"]
