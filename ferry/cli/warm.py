@@ -377,6 +377,8 @@ def _preload() -> None:
     import prefect.flow_engine  # noqa: F401
     import prefect.task_engine  # noqa: F401
     import prefect.utilities.visualization  # noqa: F401 - imported by every flow call
+    import rich.progress  # noqa: F401 - the progress bars of ingest and download
+    import storage_core.retrieve  # noqa: F401 - `download` (no flow: straight to storage_core)
     from sqlalchemy.orm import configure_mappers
 
     from storage_core.catalog import models  # noqa: F401 - the mappers configure_mappers sets up
