@@ -27,7 +27,6 @@ from typing import TypeVar
 
 import sqlalchemy.exc
 from sqlalchemy import Row, delete, distinct, func, insert, select, update
-from sqlalchemy.orm import selectinload
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -520,19 +519,6 @@ def _claim(session, store_uri: str, rows: list[dict], claims: list[dict]) -> Non
             session.execute(insert(TransactionItem), [row])
 
 
-def _whole(session, transaction_id: str) -> Transaction:
-    """The transaction with its items and their parts, loaded in three queries (not one per
-    item: a batch of small files is thousands of items)."""
-    txn = session.scalars(
-        select(Transaction).where(Transaction.id == transaction_id)
-        .options(selectinload(Transaction.items).selectinload(TransactionItem.parts))
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if txn is None:
-        raise CatalogError(f"no transaction {transaction_id!r}")
-    return txn
-
-
 def set_flow_run(catalog: Catalog, transaction_id: str, flow_run_id: str | None) -> None:
     with catalog.session() as session:
         _load(session, transaction_id).flow_run_id = flow_run_id
@@ -816,21 +802,28 @@ def _recording_id(session, device_id: str, name: str) -> int:
 
 
 def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
-    """Mark a transaction completed once every item is stored or skipped."""
+    """Mark a transaction completed once every item is stored or skipped. Its items are
+    checked by one query and viewed as rows (`_view`), not loaded as ORM objects."""
     with catalog.session() as session:
-        txn = _whole(session, transaction_id)
+        txn = session.scalars(select(Transaction).where(Transaction.id == transaction_id)
+                              .execution_options(populate_existing=True)).one_or_none()
+        if txn is None:
+            raise CatalogError(f"no transaction {transaction_id!r}")
         if txn.status == TransactionStatus.COMPLETED.value:
-            return TransactionInfo.of(txn)
+            return _view(session, txn)
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be completed")
-        unfinished = [i for i in txn.items if i.status not in DONE_ITEM_STATES]
+        unfinished = session.execute(
+            select(TransactionItem.store_uri, TransactionItem.key, TransactionItem.status)
+            .where(TransactionItem.transaction_id == txn.id, TransactionItem.status.not_in(DONE_ITEM_STATES))
+            .order_by(TransactionItem.id)
+        ).all()
         if unfinished:
             first = unfinished[0]
-            raise TransactionStateError(
-                f"transaction {txn.id} has {len(unfinished)} unfinished item(s), e.g. {first.uri} ({first.status})"
-            )
+            raise TransactionStateError(f"transaction {txn.id} has {len(unfinished)} unfinished item(s), "
+                                        f"e.g. {first.store_uri}/{first.key} ({first.status})")
         txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
-        return TransactionInfo.of(txn)
+        return _view(session, txn)
 
 
 def _completed(session, txn: Transaction) -> CompletedUpload:
