@@ -386,6 +386,28 @@ def _preload() -> None:
 
     configure_mappers()
     preload_models()
+    _complete_prefect_models()
+
+
+def _complete_prefect_models() -> None:
+    """Build the validators of Prefect's API models that it leaves to their first use (a flow
+    run's creation, an artifact's), each otherwise rebuilt in every child. A model whose
+    references cannot be resolved yet is left as it is."""
+    import pydantic
+    import prefect.artifacts
+    import prefect.client.schemas.actions
+    import prefect.client.schemas.objects
+    import prefect.client.schemas.responses
+
+    for module in (prefect.client.schemas.objects, prefect.client.schemas.actions,
+                   prefect.client.schemas.responses, prefect.artifacts):
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, pydantic.BaseModel)
+                    and value.__module__ == module.__name__ and not value.__pydantic_complete__):
+                try:
+                    value.model_rebuild()
+                except pydantic.PydanticUserError:
+                    pass
 
 
 def serve(home: Path, *, idle: float | None = None) -> None:
