@@ -379,9 +379,7 @@ def _preload() -> None:
     import prefect.utilities.visualization  # noqa: F401 - imported by every flow call
     import rich.progress  # noqa: F401 - the progress bars of ingest and download
     import storage_core.retrieve  # noqa: F401 - `download` (no flow: straight to storage_core)
-    from sqlalchemy.orm import configure_mappers
-
-    from storage_core.catalog import models  # noqa: F401 - the mappers configure_mappers sets up
+    from storage_core.catalog.models import configure_mappers
     from storage_core.stores.s3 import preload_models
 
     configure_mappers()
