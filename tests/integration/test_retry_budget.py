@@ -136,6 +136,9 @@ def test_a_request_no_loop_retries_is_retried_by_botocore_alone(bucket, s3_env, 
 def test_with_a_proxy_configured_parts_go_through_it_with_the_same_budget(bucket, s3_env, tmp_path, monkeypatch) -> None:
     """Parts are sent lean (http.client) only when no proxy is set: with HTTP_PROXY they go
     through botocore, which honours it, and still exactly FERRY_PART_ATTEMPTS times."""
+    from storage_core.stores import registry
+
+    monkeypatch.setattr(registry, "_clients", {})  # the proxied client is built for this test and dropped after it
     path = tmp_path / "just-over.bin"
     path.write_bytes(os.urandom(5 * MiB + 1))
     with failing_parts_proxy(s3_env.endpoint) as proxy:
