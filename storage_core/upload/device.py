@@ -387,8 +387,12 @@ def begin_device_upload(
             _start_uploads(catalog, txn, declared, settings)
             return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
                                         expires_in=expires_in, url_window=url_window, settings=settings)
-        except BaseException:
-            abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
+        except BaseException as exc:
+            # a retryable failure (a locked catalog, a store's 503) of a transaction the device
+            # named is left open: the device retries its begin, which finishes this one (an
+            # abort here made that retry find it aborted, and its complete refused)
+            if not (shown is not None and isinstance(exc, FerryError) and exc.retryable):
+                abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
             raise
 
 

@@ -56,6 +56,10 @@ class _FailingCreates:
 
 
 def test_begin_that_fails_midway_records_no_item_uploading_and_leaves_no_upload(gateway, monkeypatch):
+    """A retryable failure (the store's 503) halfway through begin's second step: no item is
+    recorded uploading and no upload is left; the device's retry of its begin finishes the
+    transaction (it is not aborted under the device, whose complete would then be refused).
+    A transaction the gateway named, which the device cannot ask for again, is aborted."""
     opened = device_module.open_store
 
     def failing_store(uri, settings):
@@ -63,14 +67,25 @@ def test_begin_that_fails_midway_records_no_item_uploading_and_leaves_no_upload(
         return _FailingCreates(store, fail_at=3), rest
 
     monkeypatch.setattr(device_module, "open_store", failing_store)
-    files, _ = three_files()
+    files, blobs = three_files()
     with gateway.http() as http:
         begin = http.post("/v1/uploads", json={"files": files, "transaction_id": "a" * 32})
-    assert begin.status_code == 503, begin.text
+        unnamed = http.post("/v1/uploads", json={"files": [multipart(f"cam-1/run-2/g{n}.bin", b"x" * 10) for n in range(3)]})
+    assert begin.status_code == 503 and unnamed.status_code == 503, (begin.text, unnamed.text)
     txn = records.get_transaction(gateway.catalog, "a" * 32)
-    assert txn.status == "aborted"
-    assert [(i.status, i.upload_id) for i in txn.items] == [("aborted", None)] * 3  # none recorded uploading
+    assert txn.status != "aborted"
+    assert [(i.status, i.upload_id) for i in txn.items] == [("pending", None)] * 3  # none recorded uploading
     assert gateway.store.list_multipart_uploads() == []  # the two it created were aborted
+    others = [t for t in records.list_transactions(gateway.catalog) if t.id != "a" * 32]
+    assert [t.status for t in others] == ["aborted"]
+
+    monkeypatch.setattr(device_module, "open_store", opened)  # the outage is over: the device retries
+    with gateway.http() as http:
+        again = http.post("/v1/uploads", json={"files": files, "transaction_id": "a" * 32})
+        assert again.status_code == 201, again.text
+        upload_all(again.json(), blobs)
+        done = http.post(f"/v1/uploads/{'a' * 32}/complete")
+        assert done.status_code == 200 and done.json()["files"] == 3, done.text
 
 
 def test_a_begin_killed_between_its_steps_cannot_complete_and_a_repeated_begin_finishes_it(gateway):
