@@ -160,10 +160,10 @@ def test_when_every_claimer_dies_the_parent_says_so_and_a_rerun_with_the_job_id_
     source, files = _landing(tmp_path / "in")
     real = fanout_flows._ingest_group
 
-    def dies_on_the_third_group(item, job):  # noqa: ANN001, ANN202
-        if item.number == 3:
+    def dies_on_the_third_group(claim, job):  # noqa: ANN001, ANN202
+        if claim.item.number == 3:
             raise _Killed()
-        return real(item, job)
+        return real(claim, job)
 
     monkeypatch.setattr(fanout_flows, "_ingest_group", dies_on_the_third_group)
     params = _params(source, bucket)
@@ -223,11 +223,11 @@ def test_3000_files_of_60_recordings_with_3_claimers_one_dying_mid_group(ferry_e
     source = write_landing(tmp_path / "in", files)
     real, calls = fanout_flows._ingest_group, []
 
-    def one_claimer_dies(item, job):  # noqa: ANN001, ANN202 - the claimer of the 10th group dies inside it
-        calls.append(item.number)
+    def one_claimer_dies(claim, job):  # noqa: ANN001, ANN202 - the claimer of the 10th group dies inside it
+        calls.append(claim.item.number)
         if len(calls) == 10:
             raise _Killed()
-        return real(item, job)
+        return real(claim, job)
 
     monkeypatch.setattr(fanout_flows, "_ingest_group", one_claimer_dies)
     params = _params(source, bucket)
