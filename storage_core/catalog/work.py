@@ -107,6 +107,7 @@ class JobStatus:
     done: int
     failed: int
     next_lease_end: datetime | None  # None: nothing claimed
+    last_change: datetime | None = None  # when a worker last claimed, renewed or settled any item
 
     @property
     def total(self) -> int:
@@ -320,9 +321,10 @@ def job_status(catalog: Catalog, job_id: str) -> JobStatus:
         ).tuples().all())
         next_end = session.scalar(select(func.min(WorkItem.lease_until)).where(
             WorkItem.job_id == job_id, WorkItem.status == WorkStatus.CLAIMED.value))
+        last_change = session.scalar(select(func.max(WorkItem.updated_at)).where(WorkItem.job_id == job_id))
         status = JobStatus(job_id, job.kind, counts.get(WorkStatus.PENDING.value, 0),
                            counts.get(WorkStatus.CLAIMED.value, 0), counts.get(WorkStatus.DONE.value, 0),
-                           counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end))
+                           counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end), as_utc(last_change))
         marked = job.status == FINISHED
     if status.finished and not marked:
         # its own write transaction: on SQLite, a read snapshot turned writer while claimers
