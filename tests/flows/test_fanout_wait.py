@@ -2,7 +2,7 @@
 catalog (SQLite and PostgreSQL): it ends when nobody works on the job even while a child
 still looks alive (a deployment run whose worker was killed stays Running), it outlasts a
 catalog blip and a slow item whose lease is renewed, and it does not wait forever for a
-child thread that does not end."""
+child thread that does not end; and each parent run starts claimers of its own.
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from prefect import flow
 
 from flows import fanout
-from flows.fanout import Claimers, FanOut, wait_for_job
+from flows.fanout import Claimers, FanOut, start_claimers, wait_for_job
 from storage_core.catalog import Catalog
 from storage_core.catalog.work import claim_next, create_job, finish
 from storage_core.claims import LeaseKeeper
@@ -109,3 +109,31 @@ def test_a_finished_job_is_returned_though_a_child_thread_does_not_end(catalog):
     assert _wait(job.id, fan, Claimers(threads=[stuck])).finished
     assert stuck.is_alive()
     hung.set()
+
+
+def test_each_parent_run_starts_claimers_of_its_own_and_a_retried_start_none_twice(ferry_env):
+    """The children's idempotency key names the parent run: a second parent run carrying
+    on the same job gets runs of its own (the first run's may have crashed), while a start
+    repeated inside one parent run (a retry) returns the runs it created before."""
+    from prefect import get_client
+
+    from flows.ingest_fanout import ingest_items
+
+    with get_client(sync_client=True) as client:
+        deployment_id = client.create_deployment(flow_id=client.create_flow_from_name("ingest-items"),
+                                                 name="idempotency-test")  # no worker: its runs stay scheduled
+    fan = FanOut(claimers=2, deployment="ingest-items/idempotency-test")
+
+    @flow
+    def parent() -> tuple[list, list]:
+        first = start_claimers(ingest_items, "the-same-job", fan, standing="unused").run_ids
+        return first, start_claimers(ingest_items, "the-same-job", fan, standing="unused").run_ids
+
+    try:
+        first, retried = parent()
+        second, _ = parent()
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+    assert first == retried and len(set(first)) == 2
+    assert len(set(first) | set(second)) == 4
