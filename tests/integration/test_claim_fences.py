@@ -1,8 +1,9 @@
 """A work item claim fences what its worker does beyond the item's own row, on SQLite and
 PostgreSQL with real SeaweedFS uploads: a worker whose claim was taken over (its lease ran
 out while it was cut off, or paused) can start no upload batch, complete or abort the
-group's transaction, nor turn an item another worker stored into a failed one; and a claim
-loop whose renewals keep failing stops before another worker can take its item over."""
+group's transaction, nor turn an item another worker stored into a failed one; a claim
+loop whose renewals keep failing stops before another worker can take its item over; and
+a catalog blip in the loop's own calls does not end it."""
 
 from __future__ import annotations
 
@@ -160,4 +161,31 @@ def test_a_worker_whose_renewals_fail_stops_before_another_takes_its_item_over(c
     assert 1 in reports["A"].lost and reports["A"].failed == reports["B"].failed == ()
     [item] = list_items(catalog, job.id)
     assert (item.status, item.attempts) == ("done", 2) and item.result == {"by": item.claimed_by}
+    catalog.dispose()
+
+
+def test_a_claim_loop_outlasts_catalog_blips_in_each_of_its_own_calls(catalog_url, monkeypatch):
+    """The review's hang: one CatalogUnavailable from claim_next, wait_time_until_next_lease
+    or finish ended the loop (and, in every child at once, the job). Each is tried again."""
+    catalog = Catalog(catalog_url)
+    job = create_job(catalog, "ingest", {}, [{"n": n} for n in range(3)])
+    blips: dict[str, int] = {}
+
+    def once(name: str):  # noqa: ANN202
+        real = getattr(claims, name)
+
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            blips[name] = blips.get(name, 0) + 1
+            if blips[name] == 1:
+                raise CatalogUnavailable(f"{name}: the server is restarting")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(claims, name, call)
+
+    for name in ("claim_next", "wait_time_until_next_lease", "finish"):
+        once(name)
+    report = run_claims(catalog, job.id, "w", lambda claim: {"n": claim.item.payload["n"]}, lease=30)
+    assert report.done == (1, 2, 3) and report.lost == () and report.failed == ()
+    assert all(count >= 2 for count in blips.values()), blips
+    assert [i.status for i in list_items(catalog, job.id)] == ["done"] * 3
     catalog.dispose()
