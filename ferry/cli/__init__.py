@@ -20,6 +20,7 @@ def load_commands() -> Any:
         catalog_cmds,
         gateway_cmds,
         ingest_cmds,
+        jobs_cmds,
         products_cmds,
         serve_cmds,
         server_cmds,

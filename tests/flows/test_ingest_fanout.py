@@ -225,6 +225,16 @@ def test_ferry_ingest_fan_out_from_the_command_line(ferry_env, bucket, tmp_path)
     bad = run_ferry(["ingest", str(source), "--fan-out", "0"], ferry_env)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
 
+    shown = run_ferry(["jobs", "show", report["job_id"], "--json"], ferry_env)
+    assert shown.returncode == 0, shown.stderr
+    job = json.loads(shown.stdout)
+    assert (job["job"]["kind"], job["status"]["done"], job["status"]["finished"]) == ("ingest", 2, True)
+    assert [(i["number"], i["status"], i["attempts"]) for i in job["items"]] == [(1, "done", 1), (2, "done", 1)]
+    table = run_ferry(["jobs", "show", report["job_id"]], ferry_env)
+    assert table.returncode == 0 and "2 done, 0 failed" in table.stdout
+    missing = run_ferry(["jobs", "show", "no-such-job"], ferry_env)
+    assert missing.returncode == 1 and missing.stderr.strip() == "error: no work job 'no-such-job'"
+
 
 class _Killed(BaseException):
     """A claimer's death in the middle of a group (not an error the loop may record)."""
