@@ -2,7 +2,7 @@
 catalog (SQLite and PostgreSQL): it ends when nobody works on the job even while a child
 still looks alive (a deployment run whose worker was killed stays Running), it outlasts a
 catalog blip and a slow item whose lease is renewed, and it does not wait forever for a
-child thread that does not end; and each parent run starts claimers of its own.
+child thread that does not end; and each parent run starts claimers of its own."""
 
 from __future__ import annotations
 
