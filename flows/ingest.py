@@ -51,8 +51,9 @@ class IngestReport(BaseModel):
 
 def summarize_stored(info: TransactionInfo) -> SummarizeReport:
     """Summarize the MCAP/Parquet objects the transaction stored that lack a summary (the
-    summarize flow, as a subflow). The bytes are stored and cataloged already: a summary that fails is recorded
-    and reported, never a reason to fail the ingest; `ferry summarize --missing` retries it."""
+    summarize flow, as a subflow). The bytes are stored and cataloged already: a summary
+    that fails is recorded and reported, never a reason to fail the ingest; `ferry
+    summarize --missing` retries it."""
     # an empty file has nothing to summarize
     wanted = [i for i in info.items if i.status == "stored" and i.modality in SUMMARIZABLE and i.size > 0]
     if not wanted:
