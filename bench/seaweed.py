@@ -62,22 +62,23 @@ class SeaweedServer:
     data_dir: Path
     ports: dict[str, int] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    host: str = "127.0.0.1"  # where every port listens (another address: a bridge other hosts reach)
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3.port']}"
+        return f"http://{self.host}:{self.ports['s3.port']}"
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.ports:
-            self.ports = {flag: free_port() for flag in _PORT_FLAGS}
+            self.ports = {flag: free_port(self.host) for flag in _PORT_FLAGS}
         args = [
             weed_binary(),
             "mini",
             f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={self.host}",
+            f"-ip.bind={self.host}",
             "-webdav=false",
             "-admin.ui=false",
             "-s3.port.iceberg=0",

@@ -1,4 +1,4 @@
-"""A local `prefect server start` on 127.0.0.1, and the one question every client asks
+"""A local `prefect server start` on 127.0.0.1 (or another address of this machine), and the one question every client asks
 first: is the Prefect API at this URL answering?
 
 Used by `ferry serve --start-server` and by the tests' session-wide server. The server's
@@ -89,18 +89,19 @@ def last_error_line(log: str) -> str:
 
 
 class ServerAddresses:
-    """Where a local server on `port` with state under `home` answers and logs."""
+    """Where a local server on `host`:`port` with state under `home` answers and logs."""
 
     home: Path
     port: int
+    host: str = "127.0.0.1"
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
+        return f"http://{self.host}:{self.port}/api"
 
     @property
     def ui_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -117,6 +118,7 @@ class PrefectServer(ServerAddresses):
 
     home: Path
     port: int = 0
+    host: str = "127.0.0.1"  # another address: a bridge that other hosts reach (bench/netns.py)
     env: Mapping[str, str] = field(default_factory=dict)
     ui: bool = True
     process: subprocess.Popen[bytes] | None = None
@@ -133,7 +135,7 @@ class PrefectServer(ServerAddresses):
         running, when its database URL names a sync driver, it exits (the log's last error
         line), or it does not answer within `timeout`."""
         if not self.port:
-            self.port = free_port()
+            self.port = free_port(self.host)
         env = self.child_env()
         problem = database_url_problem(env)
         if problem is not None:
@@ -141,7 +143,7 @@ class PrefectServer(ServerAddresses):
         self.home.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable, "-m", "prefect", "server", "start",
-            "--host", "127.0.0.1", "--port", str(self.port), "--analytics-off",
+            "--host", self.host, "--port", str(self.port), "--analytics-off",
             "--ui" if self.ui else "--no-ui",
         ]  # fmt: skip
         with open(self.log_path, "ab") as log:

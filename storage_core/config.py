@@ -50,6 +50,12 @@ class FerrySettings(BaseSettings):
     # request each, so this bounds what an abort of a large manifest costs (~1 s per 1,000
     # against loopback SeaweedFS on a busy 2-core machine)
     url_window: int = Field(default=1000, ge=1, le=100_000, description="single-file URLs a gateway answer carries at most")
+    # the local copies reads keep of stored objects (storage_core.ranges.cache), under home/cache
+    cache_max_bytes: int = Field(default=4 * 1024**3, ge=1, description="bytes the local disk cache may hold")
+    # across hosts only: `ferry worker` turns it on for the flow runs it starts (tasks/limits.py)
+    store_limits: bool = Field(
+        default=False, description="upload tasks hold a slot of their store's Prefect concurrency limit ferry-store:<bucket>"
+    )
     endpoint_url: str | None = Field(
         default=None, validation_alias=AliasChoices("FERRY_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
     )

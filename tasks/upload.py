@@ -17,6 +17,7 @@ from storage_core.keys import StorageUri, parse_uri
 from storage_core.statmemo import StatMemo
 from storage_core.upload import groups, transactions
 from storage_core.upload.groups import RecordingGroup, plan_groups
+from tasks.limits import store_slot
 from tasks.retry import RETRY_POLICY
 
 
@@ -122,9 +123,16 @@ def begin_group(
 def upload_items(item_ids: list[int], fence: ClaimedItem | None = None) -> BatchReport:
     """Upload a batch of items (one large file, or many small ones in flight at once),
     resuming recorded uploads. A retry picks up where the failed attempt stopped. With
-    `fence`, only while that work item claim holds (LeaseLost otherwise, nothing sent)."""
+    `fence`, only while that work item claim holds (LeaseLost otherwise, nothing sent;
+    checked once the batch may send). With FERRY_STORE_LIMITS on (`ferry worker`'s flow
+    runs), it holds a slot of its destination store's concurrency limit while it sends
+    (tasks/limits.py)."""
     settings = load_settings()
-    outcome = transactions.upload_items(open_default_catalog(settings), item_ids, settings=settings, fence=fence)
+    catalog = open_default_catalog(settings)
+    # one slot of the destination store's limit while the batch sends (tasks/limits.py)
+    store = records.item_destination(catalog, item_ids[0]) if settings.store_limits and item_ids else None
+    with store_slot(store):
+        outcome = transactions.upload_items(catalog, item_ids, settings=settings, fence=fence)
     return BatchReport(items=outcome.items, bytes=outcome.bytes, parts_sent=outcome.parts_sent,
                        parts_reused=outcome.parts_reused)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.postgres import PG_ADMIN_URL, database_url, throwaway_database
 from bench.seaweed import SeaweedServer
 from tests.support.prefect_server import prefect_client_env, prefect_server  # noqa: F401 - fixtures, one server a session
 
@@ -21,7 +22,6 @@ SECRET_KEY = "ferry-test-secret"
 # the tests of that process turn it on for themselves
 os.environ["FERRY_WARM"] = "0"
 
-PG_ADMIN_URL = os.environ.get("FERRY_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def start_test_seaweed(data: Path) -> SeaweedServer:
@@ -136,17 +136,8 @@ def pg_server() -> str:
 @pytest.fixture
 def pg_url(pg_server: str) -> Iterator[str]:
     """A throwaway PostgreSQL database for one test, dropped afterwards."""
-    import psycopg
-
-    name = f"ferry_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = pg_server.rsplit("/", 1)[0]
-    try:
-        yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
-    finally:
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(pg_server, prefix="ferry_test") as name:
+        yield database_url(pg_server, name, driver="postgresql+psycopg")
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ def load_commands() -> Any:
         server_cmds,
         stream_cmds,
         summarize_cmds,
+        worker_cmds,
     )
     from ferry.cli.common import app
 

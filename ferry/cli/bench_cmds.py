@@ -1,4 +1,4 @@
-"""`ferry bench upload|download|summary|archive|derive|stream`: pass-through to the benchmarks in `bench/`."""
+"""`ferry bench upload|download|summary|archive|derive|stream|scale`: pass-through to the benchmarks in `bench/`."""
 
 from __future__ import annotations
 
@@ -53,3 +53,9 @@ def bench_derive(ctx: typer.Context) -> None:
 def bench_stream(ctx: typer.Context) -> None:
     """Telemetry appended through the gateway (Delta commits) and read back vs pyarrow writing one Parquet file."""
     _bench("stream", ctx.args)
+
+
+@bench_app.command("scale", add_help_option=False, context_settings=_PASS_THROUGH)
+def bench_scale(ctx: typer.Context) -> None:
+    """The same backfill by 1, 2 and 3 workers on hosts of their own (network namespaces, 20 ms latency): files/s, MB/s, store CPU; needs root."""
+    _bench("scale", ctx.args)

@@ -30,6 +30,9 @@ def gateway(
     max_bytes: Annotated[Optional[int], typer.Option("--max-bytes", help="Most bytes one manifest may declare.")] = None,
     max_file_bytes: Annotated[Optional[int], typer.Option("--max-file-bytes", help="Largest file a device may send.")] = None,
     flush_interval: Annotated[float, typer.Option("--flush-interval", help="Seconds between retries of unemitted events.")] = 30,
+    forwarded_allow_ips: Annotated[Optional[str], typer.Option(
+        "--forwarded-allow-ips", help="Comma-separated addresses of proxies whose X-Forwarded-For names the device's "
+        "address (default: FORWARDED_ALLOW_IPS, else none: a device is the address that connects).")] = None,
 ) -> None:
     """Serve the device gateway: devices upload through presigned URLs into FERRY_STORE."""
     import uvicorn
@@ -75,7 +78,11 @@ def gateway(
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GATEWAY_GC_THRESHOLDS)
-    uvicorn.run(gateway_app, host=host, port=port, log_level="warning")
+    # uvicorn would otherwise believe X-Forwarded-For from loopback: a guesser there could
+    # name a new address per try and never meet the refused-token limit
+    trusted = forwarded_allow_ips if forwarded_allow_ips is not None else os.environ.get("FORWARDED_ALLOW_IPS", "")
+    uvicorn.run(gateway_app, host=host, port=port, log_level="warning",
+                proxy_headers=bool(trusted.strip()), forwarded_allow_ips=trusted.strip() or None)
 
 
 @devices_app.command("add")

@@ -36,7 +36,7 @@ def _port_taken(port: int) -> bool:
     return False
 
 
-def _declared_landings(landing: list[str], every: str | None, cron: str | None, device: str | None, to: str | None, config: Path | None):
+def declared_landings(landing: list[str], every: str | None, cron: str | None, device: str | None, to: str | None, config: Path | None):
     from deployments.landing import landing_source, load_landing_config, unique_sources
 
     sources = [landing_source(place, every=every, cron=cron, device=device, to=to) for place in landing]
@@ -94,7 +94,7 @@ def serve(
     their flow runs here until interrupted. Start backfills from the Prefect UI."""
     from deployments.definitions import ferry_deployments
 
-    specs = ferry_deployments(_declared_landings(landing, every, cron, device, to, config))
+    specs = ferry_deployments(declared_landings(landing, every, cron, device, to, config))
     if start_server and api_url:
         raise typer.BadParameter("give either --api-url or --start-server", param_hint="--start-server")
     url = f"http://127.0.0.1:{port}/api" if start_server else _api_url(api_url)

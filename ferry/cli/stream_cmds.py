@@ -145,18 +145,28 @@ def read_cmd(
     since: Annotated[Optional[str], typer.Option("--since", help="Rows with time at or after this ISO time.")] = None,
     until: Annotated[Optional[str], typer.Option("--until", help="Rows with time before this ISO time.")] = None,
     time_column: Annotated[str, typer.Option("--time-column", help="The column --since/--until filter on.")] = "time",
+    cache: Annotated[str, typer.Option("--cache", help="adaptive (cache a file on local disk when the read takes most of "
+                                       "its bytes), always, or never (range requests only).")] = "adaptive",
     as_json: JsonOpt = False,
 ) -> None:
     """Stream the committed rows out, batch by batch (never the whole table in memory)."""
+    from storage_core.config import load_settings
+    from storage_core.formats.parquet_batches import CachePolicy
+    from storage_core.ranges.cache import DiskCache
     from storage_core.streams.read import read_batches
     from storage_core.streams.table import location_of
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
+    policies = [p.value for p in CachePolicy]
+    if cache not in policies:
+        raise ConfigError(f"--cache must be one of {', '.join(policies)} (got {cache!r})")
+    settings = load_settings()
     info = _find(stream)
     schema, batches = read_batches(
-        location_of(info.table_uri), columns=[c.strip() for c in columns.split(",")] if columns else None,
+        location_of(info.table_uri, settings=settings), columns=[c.strip() for c in columns.split(",")] if columns else None,
         since=parse_time(since, "--since"), until=parse_time(until, "--until"), time_column=time_column,
+        policy=CachePolicy(cache), cache=DiskCache(settings.home / "cache", max_bytes=settings.cache_max_bytes),
     )
     if out_path == "-":
         rows = _write(schema, batches, fmt, sys.stdout.buffer)

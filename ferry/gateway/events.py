@@ -9,10 +9,11 @@ The event contract (a DeploymentEventTrigger is built on it; do not change it li
     related   [{"prefect.resource.id": "ferry.device.<device>", "prefect.resource.role": "device"}]
     payload   {"transaction_id", "device_id", "files", "bytes", "store"}
 
-Emission reads the outbox and marks a row emitted only after the emitter returned, so
-an emitter that fails leaves the row for the next `emit_pending` (the gateway's flusher thread
-calls it when a complete wakes it and on a timer; request handlers never wait on it). `PrefectEmitter` returns once the Prefect API has
-accepted the event; tests also pass a recording or failing emitter.
+Emission claims an outbox row (one gateway replica at a time: storage_core.catalog.outbox)
+and marks it emitted only after the emitter returned, so an emitter that fails leaves the
+row for the next `emit_pending` (the gateway's flusher thread calls it when a complete wakes
+it and on a timer; request handlers never wait on it). `PrefectEmitter` returns once the
+Prefect API has accepted the event; tests also pass a recording or failing emitter.
 """
 
 from __future__ import annotations
@@ -27,7 +28,12 @@ import httpx
 
 from storage_core.catalog.db import Catalog
 from storage_core.errors import EventsNotConfigured, one_line
-from storage_core.catalog.outbox import UPLOAD_COMPLETED, UploadEventInfo, mark_emitted, pending_upload_events
+from storage_core.catalog.outbox import (
+    UPLOAD_COMPLETED,
+    UploadEventInfo,
+    claim_upload_event,
+    pending_event_transactions,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +66,10 @@ class Emitter(Protocol):
         ...
 
 
-
-
 EMIT_TIMEOUT = 5.0  # seconds for one POST to Prefect: a hanging API costs the flusher this, nothing more
+# how long one replica's claim on an event keeps the others out: the emit's connect, send
+# and answer are each bounded by EMIT_TIMEOUT, with room to spare
+CLAIM_HOLD = 4 * EMIT_TIMEOUT
 
 
 class PrefectEmitter:
@@ -112,31 +119,39 @@ class PrefectEmitter:
         response.raise_for_status()
 
 
-def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100) -> list[str]:
+def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int = 100,
+                 hold: float = CLAIM_HOLD) -> list[str]:
     """Emit every recorded, unemitted upload event (oldest first) and mark each emitted.
-    Returns the transaction ids emitted now. A failing emit is logged and left pending;
+    Returns the transaction ids emitted now. Safe to run in several processes on one
+    catalog (gateway replicas): each event is claimed in the catalog first
+    (`claim_upload_event`, held at most `hold` seconds), so one of them emits it and the
+    others pass over it. A failing emit is logged and left pending;
     the rest are still tried, unless the event system could not be reached or did not
     answer in time (a connection error or timeout): then they wait for the next round
     too, so a hanging API costs one timeout per round, not one per event. The default
     emitter is a `PrefectEmitter()`."""
     emitter = emitter or PrefectEmitter()
     emitted = []
-    for info in pending_upload_events(catalog, limit=limit):
-        try:
-            emitter(upload_completed_event(info))
-        except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
-            log.warning("emitting %s for transaction %s failed: %s; the other pending events wait for the next round",
-                        UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
-            break
-        except Exception as exc:  # noqa: BLE001 - any emitter failure leaves the row pending
-            log.warning("emitting %s for transaction %s failed: %s", UPLOAD_COMPLETED, info.transaction_id, one_line(exc))
-            continue
-        mark_emitted(catalog, info.transaction_id)
-        emitted.append(info.transaction_id)
+    for transaction_id in pending_event_transactions(catalog, limit=limit):
+        with claim_upload_event(catalog, transaction_id, hold=hold) as claim:
+            if claim is None:  # emitted meanwhile, or another replica is emitting it
+                continue
+            try:
+                emitter(upload_completed_event(claim.info))
+            except (httpx.TransportError, ConnectionError, TimeoutError) as exc:
+                log.warning("emitting %s for transaction %s failed: %s; the other pending events wait for the next round",
+                            UPLOAD_COMPLETED, transaction_id, one_line(exc))
+                break
+            except Exception as exc:  # noqa: BLE001 - any emitter failure leaves the row pending
+                log.warning("emitting %s for transaction %s failed: %s", UPLOAD_COMPLETED, transaction_id, one_line(exc))
+                continue
+            claim.mark_emitted()
+        emitted.append(transaction_id)
     return emitted
 
 
 __all__ = [
+    "CLAIM_HOLD",
     "EMIT_TIMEOUT",
     "CompletedEvent",
     "Emitter",

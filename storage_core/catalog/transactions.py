@@ -221,6 +221,15 @@ def transaction_owner(catalog: Catalog, transaction_id: str) -> TransactionOwner
         return None if row is None else TransactionOwner(row.device_id, row.origination, row.status, row.destination)
 
 
+def item_destination(catalog: Catalog, item_id: int) -> str | None:
+    """The destination URI of the transaction item `item_id` belongs to; None when there is no such item."""
+    with catalog.session() as session:
+        return session.execute(
+            select(Transaction.destination).join(TransactionItem, TransactionItem.transaction_id == Transaction.id)
+            .where(TransactionItem.id == item_id)
+        ).scalar_one_or_none()
+
+
 def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int = 100) -> list[TransactionInfo]:
     with catalog.session() as session:
         query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
@@ -1002,6 +1011,7 @@ __all__ = [
     "find_transaction",
     "get_transaction",
     "in_flight_uploads",
+    "item_destination",
     "issue_single_put_urls",
     "known_object_checksums",
     "list_transactions",

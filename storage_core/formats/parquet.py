@@ -124,20 +124,13 @@ def _aggregate(metadata: "pq.FileMetaData", index: int) -> ParquetColumn:
     )
 
 
-def read_parquet_summary(
-    source: RangeReader | GetRangeAndTail, key: str | None = None, *, tail_size: int = PARQUET_TAIL_SIZE
-) -> ParquetSummary:
-    """Summarize a Parquet object from its footer (≤ 2 requests, no HEAD).
+def open_parquet_footer(reader: RangeReader) -> tuple["pq.FileMetaData", int]:
+    """The object's Parquet footer (FileMetaData) and its length, from the reader's tail (one
+    more GET only when the footer is larger than the tail).
 
     Raises `NotParquetFile` when the object does not end with `PAR1` or its footer length
     is impossible, `FormatError` when the footer does not parse.
     """
-    if isinstance(source, RangeReader):
-        reader = source
-    else:
-        if key is None:
-            raise TypeError("read_parquet_summary(store, key): key is required with a store")
-        reader = RangeReader.from_store(source, key, tail_size=tail_size)
     size = reader.size
     trailer = reader.pread(size - 8, size) if size >= 12 else b""
     if trailer[4:] != PARQUET_MAGIC:
@@ -152,9 +145,24 @@ def read_parquet_summary(
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.read_metadata(reader)
+        return pq.read_metadata(reader), footer_size
     except (pyarrow.lib.ArrowException, OSError, ValueError) as exc:
         raise FormatError(f"{reader.name}: unreadable Parquet footer: {exc}", key=reader.name) from exc
+
+
+def read_parquet_summary(
+    source: RangeReader | GetRangeAndTail, key: str | None = None, *, tail_size: int = PARQUET_TAIL_SIZE
+) -> ParquetSummary:
+    """Summarize a Parquet object from its footer (≤ 2 requests, no HEAD); the errors of
+    `open_parquet_footer`."""
+    if isinstance(source, RangeReader):
+        reader = source
+    else:
+        if key is None:
+            raise TypeError("read_parquet_summary(store, key): key is required with a store")
+        reader = RangeReader.from_store(source, key, tail_size=tail_size)
+    size = reader.size
+    metadata, footer_size = open_parquet_footer(reader)
     kv = metadata.metadata or {}
     return ParquetSummary(
         size=size,
@@ -171,4 +179,4 @@ def read_parquet_summary(
     )
 
 
-__all__ = ["ParquetColumn", "ParquetSummary", "read_parquet_summary"]
+__all__ = ["PARQUET_TAIL_SIZE", "ParquetColumn", "ParquetSummary", "open_parquet_footer", "read_parquet_summary"]

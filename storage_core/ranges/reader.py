@@ -219,6 +219,11 @@ class RangeReader(ReadOnlySeekable):
         """Bytes [start, end) if they are cached already, else None; never sends a request."""
         return self._buffer.find_region(start, max(0, min(end, self.size) - start))
 
+    def discard(self, start: int, end: int) -> None:
+        """Forget cached bytes [start, end): a reader that moves through a large object keeps
+        memory bounded by dropping what it is done with (read again, they are fetched again)."""
+        self._buffer.discard(start, end)
+
     def pread(self, start: int, end: int) -> bytes:
         """Bytes [start, end) without moving the position (cached, fetched when missing)."""
         saved = self._position

@@ -92,6 +92,31 @@ class SparseBuffer(ReadOnlySeekable):
             starts[first:last] = new_starts
             pieces[first:last] = new_pieces
 
+    def discard(self, start: int, end: int) -> None:
+        """Forget the bytes [start, end) (a reader that moves on frees what it has read);
+        pieces that reach outside the range keep their outer parts."""
+        with self._lock:
+            starts, pieces = self._starts, self._pieces
+            first = bisect_right(starts, start) - 1
+            if first < 0 or starts[first] + len(pieces[first]) <= start:
+                first += 1
+            last = bisect_left(starts, end)
+            if first >= last:
+                return
+            kept_starts: list[int] = []
+            kept: list[Piece] = []
+            head_start, head = starts[first], pieces[first]
+            if head_start < start:
+                kept_starts.append(head_start)
+                kept.append(memoryview(head)[: start - head_start])
+            tail_start, tail = starts[last - 1], pieces[last - 1]
+            if tail_start + len(tail) > end:
+                kept_starts.append(end)
+                kept.append(memoryview(tail)[end - tail_start :])
+            self._cached_bytes += sum(len(p) for p in kept) - sum(len(p) for p in pieces[first:last])
+            starts[first:last] = kept_starts
+            pieces[first:last] = kept
+
     def _locate(self, offset: int) -> int:
         """Index of the piece holding `offset`, or -1. Call with the lock held."""
         index = bisect_right(self._starts, offset) - 1

@@ -10,6 +10,7 @@ from storage_core.stores.base import ObjectStore
 from storage_core.stores.local import LocalStore
 
 _clients: dict[tuple[str | None, str | None, int, int], object] = {}
+_sessions: dict[tuple[str | None, str | None], object] = {}
 _lock = threading.Lock()
 
 
@@ -21,9 +22,14 @@ def _s3_client(settings: FerrySettings, *, attempts: int = 1) -> object:
 
     with _lock:
         if cache_key not in _clients:
+            # the looped and unlooped clients of one endpoint come from one session, which
+            # parses botocore's service model once for both
+            import boto3
+
+            session = _sessions.setdefault(cache_key[:2], boto3.session.Session())
             _clients[cache_key] = make_client(
                 endpoint_url=settings.endpoint_url, region=settings.region, max_pool_connections=pool,
-                attempts=attempts,
+                attempts=attempts, session=session,
             )
         return _clients[cache_key]
 

@@ -15,7 +15,8 @@ records every item `uploading` with its upload id in one database transaction: a
 leaves either items complete refuses (a repeated begin finishes them; uploads created
 meanwhile are recorded by no open transaction, and reconcile aborts them) or all of them
 accounted for. Complete and abort take the transaction's row lock and re-check its state
-before committing, so a race between them ends as one or the other, never a mix.
+before committing, so a race between them ends as one or the other, never a mix; begins
+and completes of one transaction (from any gateway replica) take turns from their start.
 
 A device declares, per file, its size and CRC32C; a multipart file also declares its part
 size and every part's CRC32C (they must combine to the file's CRC32C; begin records them).
@@ -50,14 +51,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import NoReturn, TypeVar
 
 from storage_core.catalog import transactions as records
 from storage_core.catalog.db import Catalog
+from storage_core.catalog.locks import named_lock
 from storage_core.catalog.models import (
     DONE_ITEM_STATES,
     OPEN_TRANSACTION_STATES,
@@ -73,6 +76,7 @@ from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
     CatalogConflict,
+    CatalogUnavailable,
     FerryError,
     IntegrityError,
     InvalidKey,
@@ -342,7 +346,9 @@ def begin_device_upload(
     complete refuses and a repeated begin finishes. Nothing is recorded when the manifest
     is refused; a destination another transaction is uploading aborts this one
     (TransactionStateError). With the device's own `transaction_id`, a
-    repeated begin (the answer was lost) returns the same transaction with fresh URLs."""
+    repeated begin (the answer was lost) returns the same transaction with fresh URLs; one
+    sent while the first still runs (through another gateway replica) waits its turn
+    (`_transaction_turn`, as complete does) and then answers so too."""
     settings = settings or load_settings()
     entries = check_manifest(device_id, files, limits)
     declared = {f.path: f for f in files}
@@ -352,36 +358,50 @@ def begin_device_upload(
         if not _TRANSACTION_ID.fullmatch(transaction_id):
             raise ManifestRefused(f"transaction id {transaction_id!r}: expected 32 lowercase hex digits")
         transaction_id = scoped_transaction_id(catalog, device_id, transaction_id)
-        existing = records.find_transaction(catalog, transaction_id)
-        if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
-            if sorted(i.source_path for i in existing.items) != sorted(declared):
-                raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
-            if existing.status in OPEN_TRANSACTION_STATES:  # a begin that died before its second step
-                _start_uploads(catalog, existing, declared, settings)
-            return device_upload_status(catalog, device_id, shown, part_crc32c=crcs,
-                                        with_urls=existing.status in OPEN_TRANSACTION_STATES,
+    with nullcontext() if transaction_id is None else _transaction_turn(catalog, transaction_id, shown, settings):
+        if transaction_id is not None:
+            existing = records.find_transaction(catalog, transaction_id)
+            if existing is not None:  # a repeated begin (the device lost the answer): the same transaction
+                if sorted(i.source_path for i in existing.items) != sorted(declared):
+                    raise TransactionStateError(f"transaction {transaction_id} was begun with a different manifest")
+                if existing.status in OPEN_TRANSACTION_STATES:  # a begin that died before its second step
+                    _start_uploads(catalog, existing, declared, settings)
+                return device_upload_status(catalog, device_id, shown, part_crc32c=crcs,
+                                            with_urls=existing.status in OPEN_TRANSACTION_STATES,
+                                            expires_in=expires_in, url_window=url_window, settings=settings)
+        _replaced_versions(catalog, destination.store_uri,  # refused before anything is recorded
+                           [(f.path, records.destination_key(destination, e), f.size, f.crc32c)
+                            for f, e in zip(files, entries)], declared)
+        try:
+            txn = records.begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
+                                            source_kind=SourceKind.DEVICE, device_id=device_id,
+                                            transaction_id=transaction_id)
+        except CatalogConflict:  # the same id begun concurrently (by a caller that takes no turn): retry begin
+            raise TransactionStateError(f"transaction {transaction_id} is being begun; retry") from None
+        busy = [i for i in txn.items if i.skip_reason == SkipReason.BUSY]
+        if busy:
+            abort_device_upload(catalog, device_id, txn.id, reason=f"not started: {busy[0].uri} {busy[0].error}",
+                                settings=settings)
+            raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
+        try:
+            _start_uploads(catalog, txn, declared, settings)
+            return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
                                         expires_in=expires_in, url_window=url_window, settings=settings)
-    _replaced_versions(catalog, destination.store_uri,  # refused before anything is recorded
-                       [(f.path, records.destination_key(destination, e), f.size, f.crc32c)
-                        for f, e in zip(files, entries)], declared)
-    try:
-        txn = records.begin_transaction(catalog, entries, destination=destination, origination=ORIGINATION,
-                                        source_kind=SourceKind.DEVICE, device_id=device_id,
-                                        transaction_id=transaction_id)
-    except CatalogConflict:  # the same id begun concurrently: the loser retries begin
-        raise TransactionStateError(f"transaction {transaction_id} is being begun; retry") from None
-    busy = [i for i in txn.items if i.skip_reason == SkipReason.BUSY]
-    if busy:
-        abort_device_upload(catalog, device_id, txn.id, reason=f"not started: {busy[0].uri} {busy[0].error}",
-                            settings=settings)
-        raise TransactionStateError(f"{busy[0].uri} is {busy[0].error}")
-    try:
-        _start_uploads(catalog, txn, declared, settings)
-        return device_upload_status(catalog, device_id, shown or txn.id, part_crc32c=crcs, with_urls=True,
-                                    expires_in=expires_in, url_window=url_window, settings=settings)
-    except BaseException:
-        abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
-        raise
+        except BaseException:
+            abort_device_upload(catalog, device_id, txn.id, reason="begin failed", settings=settings)
+            raise
+
+
+@contextmanager
+def _transaction_turn(catalog: Catalog, scoped: str, shown: str, settings: FerrySettings) -> Iterator[None]:
+    """One begin or complete of a device transaction at a time, across gateway replicas:
+    the transaction's named lock in the catalog (storage_core.catalog.locks), waited for at
+    most FERRY_CATALOG_TIMEOUT, then CatalogUnavailable (the gateway answers 503 with
+    Retry-After, and the device client retries)."""
+    with named_lock(catalog, f"transaction:{scoped}", timeout=settings.catalog_timeout) as held:
+        if not held:
+            raise CatalogUnavailable(f"transaction {shown} is busy with another request of its device; retry")
+        yield
 
 
 def _start_uploads(catalog: Catalog, txn: TransactionInfo, declared: dict[str, DeviceFile],
@@ -707,8 +727,22 @@ def complete_device_upload(
     transaction's lock, in the database transaction that records the new version (an
     abort cannot come between them). New paths are put in place before the lock: an abort
     that commits first makes this call delete what it put. The staged copies stay (their
-    URLs refused while they are there); reconcile deletes them once the URLs expired."""
+    URLs refused while they are there); reconcile deletes them once the URLs expired.
+
+    Completes (and begins) of one transaction take turns, whichever gateway replica runs
+    them (`_transaction_turn`): a device that sends complete again while its first is
+    still running (a timed-out answer, retried through another replica) gets the first
+    one's answer, and neither takes the other's objects for a stranger's. One that waited
+    FERRY_CATALOG_TIMEOUT for its turn raises CatalogUnavailable (retryable: a 503 the
+    device client retries)."""
     settings = settings or load_settings()
+    scoped, _ = _check_owner(catalog, device_id, transaction_id)
+    with _transaction_turn(catalog, scoped, transaction_id, settings):
+        return _complete(catalog, device_id, transaction_id, settings)
+
+
+def _complete(catalog: Catalog, device_id: str, transaction_id: str, settings: FerrySettings) -> CompletedUpload:
+    """complete_device_upload's work, run in the transaction's turn."""
     txn = _completable(catalog, device_id, transaction_id)
     transaction_id = txn.id  # the catalog's (scoped_transaction_id)
     if txn.status == TransactionStatus.COMPLETED.value:

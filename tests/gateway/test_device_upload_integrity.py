@@ -155,11 +155,13 @@ def test_client_keeps_its_state_file_unless_the_gateway_lists_every_file_stored(
 # --- complete racing abort ------------------------------------------------------------------
 
 
-def _race_trials(gw_url: str, catalog, store, token: str, trials: int) -> dict[str, int]:
-    """`trials` uploaded transactions, each completed and aborted at once from two threads;
-    every one must end wholly completed or wholly aborted."""
+def _race_trials(gw_url: str, catalog, store, token: str, trials: int, *, abort_url: str | None = None) -> dict[str, int]:
+    """`trials` uploaded transactions, each completed (through `gw_url`) and aborted (through
+    `abort_url`, another replica, or the same gateway) at once from two threads; every one
+    must end wholly completed or wholly aborted."""
     outcomes = {"completed": 0, "aborted": 0}
     headers = {"Authorization": f"Bearer {token}"}
+    through = {"complete": gw_url, "abort": abort_url or gw_url}
     with httpx.Client(base_url=gw_url, headers=headers, timeout=60) as http:
         for trial in range(trials):
             blobs = {f"cam-1/race-{trial}/one.bin": os.urandom(2000), f"cam-1/race-{trial}/two.bin": os.urandom(3000)}
@@ -177,7 +179,7 @@ def _race_trials(gw_url: str, catalog, store, token: str, trials: int) -> dict[s
             hold_abort = (trial % 5) * 0.04
 
             def call(action: str) -> None:
-                with httpx.Client(base_url=gw_url, headers=headers, timeout=60) as own:
+                with httpx.Client(base_url=through[action], headers=headers, timeout=60) as own:
                     start.wait()
                     if action == "abort":
                         time.sleep(hold_abort)

@@ -7,84 +7,27 @@ import json
 import os
 import select
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
 
-from deployments.server import free_port
 from ferry.gateway.app import FailedTokenLimit
 from storage_core.catalog import Catalog
 from storage_core.catalog.devices import add_device_token
 from storage_core.catalog.outbox import pending_upload_events
 from tests.gateway.test_gateway import refused, single, upload_all
-from tests.support.gateway import running_gateway
+from tests.support.gateway import gateway_process, running_gateway
 
 MiB = 1024 * 1024
-ROOT = Path(__file__).resolve().parents[2]
 
 
-# --- helpers: a gateway process, its memory, raw HTTP, a prober ---------------------------------
-
-
-@dataclass
-class GatewayProcess:
-    url: str
-    pid: int
-    log: Path
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (peak) of the gateway process, in bytes."""
-        values = {}
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            name, _, rest = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                values[name] = int(rest.split()[0]) * 1024
-        return values
-
-
-@contextmanager
-def gateway_process(tmp_path: Path, bucket, catalog_url: str, **env: str) -> Iterator[GatewayProcess]:
-    """`python -m ferry.cli gateway` on a free loopback port, until the block ends."""
-    port = free_port()
-    log = tmp_path / "gateway.log"
-    full_env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "FERRY_HOME": str(tmp_path / "home"),
-        "FERRY_STORE": f"s3://{bucket.bucket}/lake", "FERRY_DATABASE_URL": catalog_url, **env,
-    }
-    with open(log, "wb") as out:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ferry.cli", "gateway", "--port", str(port), "--flush-interval", "1"],
-            env=full_env, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert child.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"the gateway did not start: {log.read_text()}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        yield GatewayProcess(url, child.pid, log)
-    finally:
-        child.terminate()
-        try:
-            child.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+# --- helpers: raw HTTP, a prober -----------------------------------------------------------------
 
 
 @dataclass
@@ -180,7 +123,7 @@ def post_junk(url: str, total: int, *, token: str | None = None, chunked: bool =
 def test_600_mb_of_junk_does_not_grow_the_gateway_and_healthz_keeps_answering(tmp_path, bucket, sqlite_url):
     token = add_device_token(Catalog(sqlite_url), "cam-1").token
     total = 600 * 1000 * 1000
-    with gateway_process(tmp_path, bucket, sqlite_url) as gw, Prober(gw.url).running() as probe:
+    with gateway_process(tmp_path, store_uri=f"s3://{bucket.bucket}/lake", catalog_url=sqlite_url) as gw, Prober(gw.url).running() as probe:
         time.sleep(0.5)
         before = gw.memory()
         results = {
@@ -240,6 +183,23 @@ def test_failed_tokens_are_rate_limited_per_address(gateway_factory):
         refused(httpx.post(f"{url}/v1/uploads", content=b"x" * 1000, headers={"Authorization": "Bearer ferry_dt_c"}),
                 429, "too many refused")  # no further guess is even looked at
         assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["no-proxy-trusted", "proxy-trusted"])
+def test_a_forwarded_address_counts_only_from_a_trusted_proxy(tmp_path, bucket, sqlite_url, trusted, monkeypatch):
+    """By default X-Forwarded-For is not believed, so a guesser on loopback cannot name a new
+    address per try; with `--forwarded-allow-ips`, the proxy's header names the device."""
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)  # uvicorn alone would trust loopback's header
+    args = ("--forwarded-allow-ips", "127.0.0.1") if trusted else ()
+    with gateway_process(tmp_path, store_uri=f"s3://{bucket.bucket}/lake", catalog_url=sqlite_url, args=args) as gw:
+        for n in range(20):
+            forged = {"Authorization": f"Bearer ferry_dt_guess{n}", "X-Forwarded-For": f"10.0.{n}.1"}
+            refused(httpx.get(f"{gw.url}/v1/me", headers=forged), 401, "invalid or revoked")
+        next_guess = httpx.get(f"{gw.url}/v1/me", headers={"Authorization": "Bearer ferry_dt_x", "X-Forwarded-For": "10.0.0.1"})
+        if trusted:  # 10.0.0.1 has one refusal so far: its own limit is far
+            refused(next_guess, 401, "invalid or revoked")
+        else:  # every guess came from 127.0.0.1, whatever the header said
+            refused(next_guess, 429, "too many refused device tokens from 127.0.0.1")
 
 
 def test_failed_token_window_slides():
@@ -340,7 +300,8 @@ def test_a_hanging_prefect_delays_events_not_devices_and_each_is_delivered_once(
     catalog = Catalog(sqlite_url)
     tokens = {d: add_device_token(catalog, d).token for d in ("cam-1", "cam-2", "cam-3")}
     try:
-        with gateway_process(tmp_path, bucket, sqlite_url, PREFECT_API_URL=prefect.url) as gw, \
+        with gateway_process(tmp_path, store_uri=f"s3://{bucket.bucket}/lake", catalog_url=sqlite_url,
+                             PREFECT_API_URL=prefect.url) as gw, \
                 Prober(gw.url).running() as probe:
             answers, took = {}, []
             for device, token in tokens.items():

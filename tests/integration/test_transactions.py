@@ -19,6 +19,7 @@ from storage_core.catalog.transactions import (
     begin_transaction,
     complete_transaction,
     get_transaction,
+    item_destination,
     open_items,
     stale_transactions,
 )
@@ -60,6 +61,8 @@ def test_ingest_records_everything_and_skips_identical_bytes(catalog_url, bucket
     assert (big.store_uri, big.key, big.source_kind) == (f"s3://{bucket.bucket}", "raw/robot1/run1/log.mcap", "file")
     assert big.crc32c == crc32c((source / "robot1/run1/log.mcap").read_bytes()) and big.parts_stored == 3
     assert bucket.list_multipart_uploads() == []
+    assert item_destination(catalog, big.id) == f"s3://{bucket.bucket}/raw"  # whose store limit an upload task takes
+    assert item_destination(catalog, 10**9) is None
 
     again = ingest_all(catalog, source, f"s3://{bucket.bucket}/raw", settings)
     assert again.count("skipped") == 2 and again.status == "completed"

@@ -35,6 +35,10 @@ def test_a_file_is_appended_once_and_read_back_exactly(gateway, parquet_source, 
     dataset = open_dataset(location_of(get_stream(gateway.catalog, "cam-1/state").table_uri))  # noqa: F841 - DuckDB scans it
     count, distinct, total = duckdb.sql("select count(*), count(distinct seq), sum(seq) from dataset").fetchall()[0]
     assert (count, distinct, total) == (20_000, 20_000, sum(range(20_000)))
+    polars = pytest.importorskip("polars")  # through its own Delta reader
+    location = location_of(get_stream(gateway.catalog, "cam-1/state").table_uri)
+    frame = polars.read_delta(location.uri, storage_options=location.storage_options).sort("seq")
+    assert frame.to_arrow().cast(telemetry(1).schema).equals(telemetry(20_000))  # polars says large_string
     info = get_stream(gateway.catalog, "cam-1/state")
     assert (info.committed_end, info.table_format, info.epoch) == (20_000, "delta", 1)
     assert info.table_uri == f"s3://{gateway.store.bucket}/lake/streams/cam-1/state"

@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from storage_core.catalog.streams import get_stream
 from storage_core.device.frame import decode_blocks
 from storage_core.device.stream import stream_append
 from storage_core.errors import CatalogUnavailable, CorruptFrame
+from storage_core.streams.read import open_dataset
+from storage_core.streams.table import location_of
 from tests.streams.conftest import telemetry
 from tests.streams.test_stream_append import committed
 
@@ -143,6 +146,24 @@ def test_read_as_arrow_and_framed(gateway, cli_env, parquet_source, tmp_path) ->
     missing = ferry("stream", "show", "cam-9/none", env=cli_env)
     _, stderr = missing.communicate(timeout=120)
     assert missing.returncode == 1 and stderr.decode().startswith("error: no stream 'cam-9/none'")
+
+
+def test_read_through_the_local_cache(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
+    stream_append([parquet_source(12_000)], stream="state", gateway=gateway.url, token=gateway.token,
+                  batch_rows=5_000, state_file=tmp_path / "s.json")
+    for _ in range(2):  # filled, then read from the cache
+        read = ferry("stream", "read", "cam-1/state", "--cache", "always", "--format", "parquet",
+                     "--out", str(tmp_path / "out.parquet"), env=cli_env)
+        _, stderr = read.communicate(timeout=300)
+        assert read.returncode == 0, stderr.decode()
+        assert pq.read_table(tmp_path / "out.parquet").sort_by("seq").equals(telemetry(12_000))
+    cached = [p for p in (Path(cli_env["FERRY_HOME"]) / "cache").rglob("*") if p.is_file() and p.suffix != ".json"]
+    files = open_dataset(location_of(get_stream(gateway.catalog, "cam-1/state").table_uri)).files
+    assert len(cached) == len(files) > 0  # one verified copy per file the Delta log names
+    bad = ferry("stream", "read", "cam-1/state", "--cache", "sometimes", env=cli_env)
+    _, stderr = bad.communicate(timeout=120)
+    assert bad.returncode == 1
+    assert stderr.decode().splitlines() == ["error: --cache must be one of adaptive, always, never (got 'sometimes')"]
 
 
 @pytest.mark.slow

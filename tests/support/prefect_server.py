@@ -14,12 +14,12 @@ version). Importable by any test package:
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
+from bench.postgres import database_url, throwaway_database
 from deployments.server import PrefectServer
 
 # Fast loops so schedules and triggers act within seconds, not a minute.
@@ -33,22 +33,15 @@ TEST_SERVER_ENV = {
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[PrefectServer]:
-    import psycopg
-
     home = tmp_path_factory.mktemp("prefect-server")
-    name = f"ferry_prefect_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    where = pg_server.split("://", 1)[1].rsplit("/", 1)[0]
-    env = {**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"postgresql+asyncpg://{where}/{name}"}
-    server = PrefectServer(home, env=env, ui=True)
-    try:
-        server.start(timeout=120)
-        yield server
-    finally:
-        server.stop()
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with throwaway_database(pg_server, prefix="ferry_prefect") as name:
+        url = database_url(pg_server, name, driver="postgresql+asyncpg")
+        server = PrefectServer(home, env={**TEST_SERVER_ENV, "PREFECT_SERVER_DATABASE_CONNECTION_URL": url}, ui=True)
+        try:
+            server.start(timeout=120)
+            yield server
+        finally:
+            server.stop()
 
 
 @contextmanager

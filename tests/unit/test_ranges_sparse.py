@@ -184,3 +184,19 @@ def test_new_bytes_cut_an_older_region_and_later_writes_to_the_source_do_not_lea
     assert buffer.find_region(0, 20) == b"aaaaabbbaaaaaaacc" + b"aaa"
     buffer.add_region(0, b"d" * 20)  # one region covering every piece replaces them all
     assert buffer.find_region(0, 20) == b"d" * 20 and buffer.cached_bytes == 20
+
+
+def test_discard_forgets_a_range_and_keeps_what_lies_outside_it() -> None:
+    buffer = SparseBuffer(100)
+    buffer.add_region(0, bytes(range(30)))
+    buffer.add_region(50, bytes(range(50, 80)))
+    buffer.discard(20, 60)
+
+    assert buffer.regions == [(0, 20), (60, 80)]
+    assert buffer.cached_bytes == 40
+    assert buffer.find_region(60, 20) == bytes(range(60, 80))
+    assert buffer.find_region(0, 20) == bytes(range(20))
+    buffer.discard(0, 100)
+    assert buffer.regions == [] and buffer.cached_bytes == 0
+    buffer.discard(10, 20)  # nothing there: nothing happens
+    assert buffer.regions == []
