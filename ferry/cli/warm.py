@@ -362,16 +362,58 @@ def _drain_prefect(timeout: float = 10.0) -> None:
         sys.stderr.write(f"warning: Prefect's last logs may be missing: {exc}\n")
 
 
+def _preload() -> None:
+    """Import and build once, here, what every command's child would otherwise do again on
+    its first flow run: measured in a child, ~0.65 CPU-s of a 1,000-file ingest's ~2.4
+    (fastapi and Prefect's engines, imported by the first flow call; SQLAlchemy's mapper
+    configuration, at the first ORM query; S3's models, parsed for each boto3 client).
+    Not flows.derive: its +30 MiB (pyarrow) would count in every child's resident set, and
+    derive imports it in a fraction of a second."""
+    import anyio.from_thread  # noqa: F401 - Prefect's sync engines run their client calls through it
+    import fastapi.encoders  # noqa: F401 - a flow run's parameters are serialized with it
+    import flows.ingest  # noqa: F401
+    import flows.summarize  # noqa: F401
+    import prefect  # noqa: F401
+    import prefect.flow_engine  # noqa: F401
+    import prefect.task_engine  # noqa: F401
+    import prefect.utilities.visualization  # noqa: F401 - imported by every flow call
+    import rich.progress  # noqa: F401 - the progress bars of ingest and download
+    import storage_core.retrieve  # noqa: F401 - `download` (no flow: straight to storage_core)
+    from storage_core.catalog.models import configure_mappers
+    from storage_core.stores.s3 import preload_models
+
+    configure_mappers()
+    preload_models()
+    _complete_prefect_models()
+
+
+def _complete_prefect_models() -> None:
+    """Build the validators of Prefect's API models that it leaves to their first use (a flow
+    run's creation, an artifact's), each otherwise rebuilt in every child. A model whose
+    references cannot be resolved yet is left as it is."""
+    import pydantic
+    import prefect.artifacts
+    import prefect.client.schemas.actions
+    import prefect.client.schemas.objects
+    import prefect.client.schemas.responses
+
+    for module in (prefect.client.schemas.objects, prefect.client.schemas.actions,
+                   prefect.client.schemas.responses, prefect.artifacts):
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, pydantic.BaseModel)
+                    and value.__module__ == module.__name__ and not value.__pydantic_complete__):
+                try:
+                    value.model_rebuild()
+                except pydantic.PydanticUserError:
+                    pass
+
+
 def serve(home: Path, *, idle: float | None = None) -> None:
     """Import everything a flow command needs, then fork one child per command until idle."""
     from ferry.cli import load_commands
 
     load_commands()
-    # what most commands import on first use; not flows.derive: its +30 MiB (pyarrow) would
-    # count in every child's resident set, and derive imports it in a fraction of a second
-    import flows.ingest  # noqa: F401
-    import flows.summarize  # noqa: F401
-    import prefect  # noqa: F401
+    _preload()
 
     if threading.active_count() != 1:  # a fork copies no thread but ours: none may be running
         _log(f"not serving: {threading.active_count()} threads after the imports")

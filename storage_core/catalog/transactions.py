@@ -21,13 +21,12 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import delete, distinct, func, insert, select, update
-from sqlalchemy.orm import selectinload
+from sqlalchemy import Row, delete, distinct, func, insert, select, update
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.models import (
@@ -530,19 +529,6 @@ def _claim(session, store_uri: str, rows: list[dict], claims: list[dict]) -> Non
             session.execute(insert(TransactionItem), [row])
 
 
-def _whole(session, transaction_id: str) -> Transaction:
-    """The transaction with its items and their parts, loaded in three queries (not one per
-    item: a batch of small files is thousands of items)."""
-    txn = session.scalars(
-        select(Transaction).where(Transaction.id == transaction_id)
-        .options(selectinload(Transaction.items).selectinload(TransactionItem.parts))
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if txn is None:
-        raise CatalogError(f"no transaction {transaction_id!r}")
-    return txn
-
-
 def set_flow_run(catalog: Catalog, transaction_id: str, flow_run_id: str | None) -> None:
     with catalog.session() as session:
         _load(session, transaction_id).flow_run_id = flow_run_id
@@ -563,37 +549,61 @@ def start_item_upload(catalog: Catalog, item_id: int) -> ItemUpload:
 def start_items_upload(catalog: Catalog, item_ids: Iterable[int]) -> list[ItemUpload]:
     """`start_item_upload` for a batch of items, in one database transaction (one commit
     for a batch of small files, not one each), in the order given. Nothing changes when
-    one of them is refused."""
+    one of them is refused. Set-based: rows read without ORM objects (a batch of small
+    files is hundreds of items), one UPDATE per 500 items started."""
     ids = list(item_ids)
+    items = TransactionItem.__table__
     with catalog.session() as session:
-        loaded: dict[int, TransactionItem] = {}
+        rows: dict[int, Row] = {}
         for chunk in _chunks(ids):
-            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
-                selectinload(TransactionItem.parts), selectinload(TransactionItem.transaction))
-            loaded.update((item.id, item) for item in session.scalars(query))
-        missing = [i for i in ids if i not in loaded]
+            rows.update((row.id, row) for row in session.execute(select(items).where(items.c.id.in_(chunk))))
+        missing = [i for i in ids if i not in rows]
         if missing:
             raise CatalogError(f"no transaction item {missing[0]}")
-        return [_start_upload(loaded[i]) for i in ids]
+        txn_status = dict(session.execute(select(Transaction.id, Transaction.status).where(
+            Transaction.id.in_({row.transaction_id for row in rows.values()}))).all())
+        parts = _recorded_parts(session, [i for i in ids if rows[i].upload_id])
+        started = [_start_upload(rows[i], txn_status[rows[i].transaction_id], parts.get(i, ())) for i in ids]
+        uploading = [s.item.id for s in started if not s.item.done]
+        for chunk in _chunks(uploading):
+            session.execute(update(TransactionItem).where(TransactionItem.id.in_(chunk))
+                            .values(status=ItemStatus.UPLOADING.value, updated_at=_now())
+                            .execution_options(synchronize_session=False))
+        if uploading:
+            session.execute(update(Transaction).where(Transaction.id.in_({rows[i].transaction_id for i in uploading}))
+                            .values(status=TransactionStatus.UPLOADING.value, updated_at=_now())
+                            .execution_options(synchronize_session=False))
+        return started
 
 
-def _start_upload(item: TransactionItem) -> ItemUpload:
+def _recorded_parts(session, item_ids: list[int]) -> dict[int, tuple[RecordedPart, ...]]:
+    """The parts recorded for each of the items, by part number."""
+    parts: dict[int, list[RecordedPart]] = {}
+    for chunk in _chunks(item_ids):
+        query = select(MultipartPart.item_id, MultipartPart.part_number, MultipartPart.size, MultipartPart.crc32c,
+                       MultipartPart.etag).where(MultipartPart.item_id.in_(chunk)).order_by(
+            MultipartPart.item_id, MultipartPart.part_number)
+        for item_id, number, size, crc32c, etag in session.execute(query):
+            parts.setdefault(item_id, []).append(RecordedPart(number, size, crc32c, etag))
+    return {item_id: tuple(recorded) for item_id, recorded in parts.items()}
+
+
+def _start_upload(item: Row, txn_status: str, parts: tuple[RecordedPart, ...]) -> ItemUpload:
+    """The item (a transaction_items row) as it is once started; refused ones raise (see
+    `start_item_upload`). Writes nothing: the caller records the start."""
     if item.status in DONE_ITEM_STATES:
-        return ItemUpload(ItemInfo.of(item), ())
+        return ItemUpload(ItemInfo.of(item, parts_stored=len(parts)), ())
     if item.status not in ACTIVE_ITEM_STATES:
-        raise TransactionStateError(f"item {item.uri} is {item.status}; it cannot be uploaded")
-    txn = item.transaction
-    if txn.status not in OPEN_TRANSACTION_STATES:
-        raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be uploaded")
+        raise TransactionStateError(f"item {item.store_uri}/{item.key} is {item.status}; it cannot be uploaded")
+    if txn_status not in OPEN_TRANSACTION_STATES:
+        raise TransactionStateError(f"transaction {item.transaction_id} is {txn_status}; it cannot be uploaded")
     if item.source_kind == SourceKind.DEVICE.value:
         raise TransactionStateError(
-            f"transaction {txn.id} is a device upload: only the device can send its bytes "
-            f"(`ferry device-upload` resumes it); `ferry transactions abort {txn.id}` gives it up"
+            f"transaction {item.transaction_id} is a device upload: only the device can send its bytes "
+            f"(`ferry device-upload` resumes it); `ferry transactions abort {item.transaction_id}` gives it up"
         )
-    item.status = ItemStatus.UPLOADING.value
-    txn.status = TransactionStatus.UPLOADING.value
-    parts = tuple(RecordedPart(p.part_number, p.size, p.crc32c, p.etag) for p in item.parts) if item.upload_id else ()
-    return ItemUpload(ItemInfo.of(item), parts)
+    info = replace(ItemInfo.of(item, parts_stored=len(parts)), status=ItemStatus.UPLOADING.value)
+    return ItemUpload(info, parts if item.upload_id else ())
 
 
 @dataclass(frozen=True)
@@ -716,18 +726,17 @@ def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str
 
 def record_items_stored(catalog: Catalog, verified: Iterable[VerifiedItem]) -> None:
     """`record_item_stored` for a group of items, in one database transaction: a batch of
-    small files costs one commit, not one per file."""
+    small files costs one commit, not one per file (and no ORM object per file)."""
     verified = list(verified)
+    items = TransactionItem.__table__
     with catalog.session() as session:
-        items: dict[int, TransactionItem] = {}
+        rows: dict[int, Row] = {}
         for chunk in _chunks([v.item_id for v in verified]):
-            query = select(TransactionItem).where(TransactionItem.id.in_(chunk)).options(
-                selectinload(TransactionItem.transaction))
-            items.update((item.id, item) for item in session.scalars(query))
-        missing = [v.item_id for v in verified if v.item_id not in items]
+            rows.update((row.id, row) for row in session.execute(select(items).where(items.c.id.in_(chunk))))
+        missing = [v.item_id for v in verified if v.item_id not in rows]
         if missing:
             raise CatalogError(f"no transaction item {missing[0]}")
-        _store_all(session, [(items[v.item_id], v.crc32c, v.etag) for v in verified])
+        _store_all(session, [(rows[v.item_id], v.crc32c, v.etag) for v in verified])
 
 
 def _insert_unless_there(session, row) -> bool:
@@ -742,44 +751,64 @@ def _insert_unless_there(session, row) -> bool:
 
 
 def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
+    """`_store_all` for one ORM item, which is then reloaded from the row when next read."""
+    session.flush()  # its pending changes first: the statements below do not go through it
     _store_all(session, [(item, crc32c, etag)])
+    session.expire(item)
 
 
-def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> None:
+def _store_all(session, verified: list[tuple[TransactionItem | Row, int, str]]) -> None:
     """Items stored, their devices, recordings and stored objects upserted (each looked up
-    once for the group, not once per item)."""
+    once for the group, not once per item). Set-based: one executemany for the items, one
+    for the objects already cataloged and one for the new ones; the items may be ORM
+    objects or transaction_items rows (only their columns are read), and ORM objects in
+    the session are not refreshed (`_store` expires its item)."""
     now = _now()
-    devices: set[str] = set()
-    recordings: dict[tuple[str, str], Recording] = {}
+    recording_ids: dict[tuple[str, str], int] = {}
     for item, _, _ in verified:
-        if item.device_id not in devices and session.get(Device, item.device_id) is None:
-            _insert_unless_there(session, Device(id=item.device_id))
-        devices.add(item.device_id)
         where = (item.device_id, item.recording)
-        if where not in recordings:
-            find = select(Recording).where(Recording.device_id == item.device_id, Recording.name == item.recording)
-            recording = session.scalar(find)
-            if recording is None and not _insert_unless_there(
-                    session, recording := Recording(device_id=item.device_id, name=item.recording)):
-                recording = session.scalar(find)
-            recordings[where] = recording
-    stored: dict[tuple[str, str], StoredObject] = {}
+        if where not in recording_ids:
+            recording_ids[where] = _recording_id(session, *where)
+    flow_runs = dict(session.execute(select(Transaction.id, Transaction.flow_run_id).where(
+        Transaction.id.in_({item.transaction_id for item, _, _ in verified}))).all())
+    existing: dict[tuple[str, str], int] = {}
     for store_uri in {item.store_uri for item, _, _ in verified}:
         keys = [item.key for item, _, _ in verified if item.store_uri == store_uri]
         for chunk in _chunks(sorted(set(keys))):
-            query = select(StoredObject).where(StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
-            stored.update(((obj.store_uri, obj.key), obj) for obj in session.scalars(query))
+            query = select(StoredObject.key, StoredObject.id).where(StoredObject.store_uri == store_uri,
+                                                                     StoredObject.key.in_(chunk))
+            existing.update(((store_uri, key), object_id) for key, object_id in session.execute(query))
+    updates, inserts = [], {}
     for item, crc32c, etag in verified:
-        item.status, item.crc32c, item.etag, item.error = ItemStatus.STORED.value, crc32c, etag, None
-        obj = stored.get((item.store_uri, item.key))
-        if obj is None:
-            obj = stored[(item.store_uri, item.key)] = StoredObject(store_uri=item.store_uri, key=item.key)
-            session.add(obj)
-        obj.recording_id = recordings[(item.device_id, item.recording)].id
-        obj.relative_path, obj.modality = item.relative_path, item.modality
-        obj.size, obj.crc32c, obj.etag = item.size, crc32c, etag
-        obj.transaction_id, obj.flow_run_id = item.transaction_id, item.transaction.flow_run_id
-        obj.stored_at = now
+        values = dict(recording_id=recording_ids[(item.device_id, item.recording)], relative_path=item.relative_path,
+                      modality=item.modality, size=item.size, crc32c=crc32c, etag=etag,
+                      transaction_id=item.transaction_id, flow_run_id=flow_runs.get(item.transaction_id), stored_at=now)
+        object_id = existing.get((item.store_uri, item.key))
+        if object_id is not None:
+            updates.append(dict(id=object_id, **values))
+        else:  # the last of two items to one place wins, as it does for an existing object
+            inserts[(item.store_uri, item.key)] = dict(store_uri=item.store_uri, key=item.key, **values)
+    if updates:
+        session.execute(update(StoredObject), updates)
+    if inserts:
+        session.execute(insert(StoredObject), list(inserts.values()))
+    session.execute(update(TransactionItem), [
+        dict(id=item.id, status=ItemStatus.STORED.value, crc32c=crc32c, etag=etag, error=None, updated_at=now)
+        for item, crc32c, etag in verified])
+
+
+def _recording_id(session, device_id: str, name: str) -> int:
+    """The id of the recording `name` of the device, both created when new."""
+    if session.get(Device, device_id) is None:
+        _insert_unless_there(session, Device(id=device_id))
+    find = select(Recording.id).where(Recording.device_id == device_id, Recording.name == name)
+    recording_id = session.scalar(find)
+    if recording_id is None:
+        recording = Recording(device_id=device_id, name=name)
+        if _insert_unless_there(session, recording):
+            return recording.id
+        recording_id = session.scalar(find)
+    return recording_id
 
 
 # --- complete / abort ------------------------------------------------------------------------
@@ -787,30 +816,34 @@ def _store_all(session, verified: list[tuple[TransactionItem, int, str]]) -> Non
 
 def complete_transaction(catalog: Catalog, transaction_id: str, *, fence: ClaimedItem | None = None) -> TransactionInfo:
     """Mark a transaction completed once every item is stored or skipped, under its lock.
-    With `fence` (the work item claim the caller holds it under), only while that claim
-    stands, checked in the same database transaction: LeaseLost, nothing changed, when
-    another worker has claimed the item meanwhile."""
+    Its items are checked by one query and viewed as rows (`_view`), not loaded as ORM
+    objects. With `fence` (the work item claim the caller holds it under), only while that
+    claim stands, checked in the same database transaction: LeaseLost, nothing changed,
+    when another worker has claimed the item meanwhile."""
     with catalog.session() as session:
         if fence is not None:
             hold_claim(session, fence)
-        _locked(session, transaction_id)
-        txn = _whole(session, transaction_id)
+        txn = _locked(session, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
-            return TransactionInfo.of(txn)
+            return _view(session, txn)
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; it cannot be completed")
-        unfinished = [i for i in txn.items if i.status not in DONE_ITEM_STATES]
+        unfinished = session.execute(
+            select(TransactionItem.store_uri, TransactionItem.key, TransactionItem.status)
+            .where(TransactionItem.transaction_id == txn.id, TransactionItem.status.not_in(DONE_ITEM_STATES))
+            .order_by(TransactionItem.id)
+        ).all()
         if unfinished:
             first = unfinished[0]
-            raise TransactionStateError(
-                f"transaction {txn.id} has {len(unfinished)} unfinished item(s), e.g. {first.uri} ({first.status})"
-            )
+            raise TransactionStateError(f"transaction {txn.id} has {len(unfinished)} unfinished item(s), "
+                                        f"e.g. {first.store_uri}/{first.key} ({first.status})")
         txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
-        return TransactionInfo.of(txn)
+        return _view(session, txn)
 
 
 def _completed(session, txn: Transaction) -> CompletedUpload:
-    return CompletedUpload(TransactionInfo.of(txn), UploadEventInfo.of(session.get(UploadEvent, txn.id), txn))
+    """The view is read from the rows (`_view`): `_store_all` leaves the ORM items as they were loaded."""
+    return CompletedUpload(_view(session, txn), UploadEventInfo.of(session.get(UploadEvent, txn.id), txn))
 
 
 def completed_upload(catalog: Catalog, transaction_id: str) -> CompletedUpload | None:
@@ -863,8 +896,8 @@ def complete_verified_upload(
                         raise TransactionStateError(
                             f"{item.source_path}: the stored version changed since this upload began; it was not replaced")
                 verified.update((v.item_id, v) for v in replace())
-            for v in verified.values():
-                _store(session, _load_item(session, v.item_id), v.crc32c, v.etag)
+            session.flush()  # pending ORM changes first: _store_all's statements do not go through the items
+            _store_all(session, [(_load_item(session, v.item_id), v.crc32c, v.etag) for v in verified.values()])
             txn.status, txn.finished_at, txn.error = TransactionStatus.COMPLETED.value, _now(), None
             record_upload_event(session, txn)
             session.flush()

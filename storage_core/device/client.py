@@ -17,9 +17,7 @@ transaction lists every declared file, with its size, as stored.
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import logging
 import os
 import threading
 import time
@@ -33,6 +31,7 @@ from typing import Any
 import httpx
 
 from storage_core.checksums import combine_parts, crc32c_of_stream
+from storage_core.device.http import GatewayHttp
 from storage_core.errors import ConfigError, FerryError, GatewayError
 from storage_core.manifest import scan_folder
 from storage_core.parts import DEFAULT_PART_SIZE, choose_part_size, split_parts
@@ -45,9 +44,6 @@ READ_CHUNK = 1 * MiB
 # trip for its answer (AWS's S3 performance guidelines, too, spread a transfer over
 # several connections)
 DEFAULT_PARALLEL = 4
-log = logging.getLogger(__name__)
-
-
 
 
 @dataclass(frozen=True)
@@ -62,23 +58,6 @@ class DeviceUploadReport:
     event_id: str | None
 
 
-_warned_plain_http: set[str] = set()  # gateways already warned about, once per process
-
-
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.lower() == "localhost"
-
-
-def _warn_plain_http(url: httpx.URL) -> None:
-    """A token sent in clear to another machine can be read on the way: say so, once."""
-    if url.scheme == "http" and not _loopback(url.host) and str(url) not in _warned_plain_http:
-        _warned_plain_http.add(str(url))
-        log.warning("the device token is sent to %s over plain http, readable on the network; use https://", url)
-
-
 # what each answer must hold for the client to go on (a wrong URL, a proxy's page, a
 # different version's answer fail here, as one line, instead of deep in the upload)
 _STATE_KEYS = ("transaction_id", "status", "files")
@@ -88,76 +67,48 @@ _URL_KEYS = ("url", "headers", "size", "part_number")
 
 
 class GatewayClient:
-    """The gateway's HTTP API, one method per route. Errors become GatewayError, and so does
-    an answer that is not the gateway's (not JSON, or without the fields the client uses)."""
+    """The gateway's upload routes, one method per route. Errors become GatewayError, and so
+    does an answer that is not the gateway's (not JSON, or without the fields the client
+    uses): storage_core.device.http reads every answer."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 60) -> None:
-        self.http = httpx.Client(
-            base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-        )
-        _warn_plain_http(self.http.base_url)
+        self.gateway = GatewayHttp(base_url, token, timeout=timeout)
 
     def close(self) -> None:
-        self.http.close()
-
-    def _unexpected(self, path: str, what: str) -> GatewayError:
-        return GatewayError(f"unexpected answer from the gateway at {self.http.base_url} ({path}): {what}")
-
-    def _call(self, method: str, path: str, body: Any = None, *, keys: tuple[str, ...] = ()) -> dict[str, Any]:
-        try:
-            response = self.http.request(method, path, json=body)
-        except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach the gateway at {self.http.base_url}: {exc}", retryable=True) from exc
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        status = response.status_code
-        if not response.is_success:
-            detail = answer.get("detail") if isinstance(answer, dict) else None
-            if not isinstance(detail, str):
-                detail = response.text[:200]
-            detail = (detail.strip().splitlines() or ["(no detail)"])[0]
-            raise GatewayError(f"gateway refused ({status}): {detail}", status=status, retryable=status >= 500)
-        if not isinstance(answer, dict):
-            raise self._unexpected(path, f"{status} {response.headers.get('content-type', 'no content type')}, not a JSON object")
-        missing = [k for k in keys if k not in answer]
-        if missing:
-            raise self._unexpected(path, f"no {', '.join(missing)}")
-        return answer
+        self.gateway.close()
 
     def _state(self, path: str, answer: dict[str, Any], declared: set[str] | None = None) -> dict[str, Any]:
         """`answer` once it is a transaction state in the form the upload uses, naming only
         `declared` paths (when given)."""
         files = answer["files"]
         if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
-            raise self._unexpected(path, "files is not a list of objects")
+            raise self.gateway.unexpected(path, "files is not a list of objects")
         for f in files:
             missing = [k for k in _FILE_KEYS + (_MULTIPART_KEYS if f.get("multipart") else ()) if k not in f]
             if missing:
-                raise self._unexpected(path, f"file {f.get('path')!r} has no {', '.join(missing)}")
+                raise self.gateway.unexpected(path, f"file {f.get('path')!r} has no {', '.join(missing)}")
             if not isinstance(f["urls"], list) or not all(isinstance(u, dict) for u in f["urls"]):
-                raise self._unexpected(path, f"file {f['path']!r}: urls is not a list of objects")
+                raise self.gateway.unexpected(path, f"file {f['path']!r}: urls is not a list of objects")
             missing = sorted({k for u in f["urls"] for k in _URL_KEYS if k not in u})
             if missing:
-                raise self._unexpected(path, f"file {f['path']!r}: a URL without {', '.join(missing)}")
+                raise self.gateway.unexpected(path, f"file {f['path']!r}: a URL without {', '.join(missing)}")
             if declared is not None and f["path"] not in declared:
-                raise self._unexpected(path, f"a path this device did not declare: {f['path']!r}")
+                raise self.gateway.unexpected(path, f"a path this device did not declare: {f['path']!r}")
         return answer
 
     def me(self) -> str:
-        return self._call("GET", "/v1/me", keys=("device_id",))["device_id"]
+        return self.gateway.call("GET", "/v1/me", keys=("device_id",))["device_id"]
 
     def begin(self, files: list[dict[str, Any]], transaction_id: str, *, replace: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {"files": files, "transaction_id": transaction_id}
         if replace:
             body["replace"] = True
-        answer = self._call("POST", "/v1/uploads", body, keys=_STATE_KEYS)
+        answer = self.gateway.call("POST", "/v1/uploads", json=body, keys=_STATE_KEYS)
         return self._state("/v1/uploads", answer, {f["path"] for f in files})
 
     def status(self, transaction_id: str) -> dict[str, Any]:
         path = f"/v1/uploads/{transaction_id}"
-        return self._state(path, self._call("GET", path, keys=_STATE_KEYS))
+        return self._state(path, self.gateway.call("GET", path, keys=_STATE_KEYS))
 
     def urls(self, transaction_id: str, part_crc32c: dict[str, list[int]] | None = None, *,
              paths: list[str] | None = None) -> dict[str, Any]:
@@ -167,13 +118,14 @@ class GatewayClient:
         if paths is not None:
             body["paths"] = paths
         path = f"/v1/uploads/{transaction_id}/urls"
-        return self._state(path, self._call("POST", path, body, keys=_STATE_KEYS), None if paths is None else set(paths))
+        answer = self.gateway.call("POST", path, json=body, keys=_STATE_KEYS)
+        return self._state(path, answer, None if paths is None else set(paths))
 
     def complete(self, transaction_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/uploads/{transaction_id}/complete", keys=("status", "files", "bytes"))
+        return self.gateway.call("POST", f"/v1/uploads/{transaction_id}/complete", keys=("status", "files", "bytes"))
 
     def abort(self, transaction_id: str) -> dict[str, Any]:
-        return self._call("POST", f"/v1/uploads/{transaction_id}/abort", keys=("status",))
+        return self.gateway.call("POST", f"/v1/uploads/{transaction_id}/abort", keys=("status",))
 
 
 # --- the manifest, with checksums computed once --------------------------------------------

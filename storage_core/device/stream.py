@@ -30,8 +30,8 @@ from typing import Any
 
 import httpx
 
-from storage_core.device.client import _warn_plain_http
 from storage_core.device.frame import Kind, decode_blocks, encode_frame
+from storage_core.device.http import GatewayHttp
 from storage_core.errors import (
     AppendDiverged,
     AppendOutOfRange,
@@ -47,7 +47,7 @@ DEFAULT_BATCH_ROWS = 5_000
 DEFAULT_INFLIGHT = 8  # appends in flight (memory: 8 frames): they queue behind the commit running and go in its successor, one group
 COMPRESSIONS = ("zstd", "lz4", "none")
 _REFUSALS: dict[str, type[StreamRefused]] = {
-    "out_of_range": AppendOutOfRange, "diverged": AppendDiverged, "stale_epoch": StaleEpoch, "schema": SchemaRefused,
+    cls.reason: cls for cls in (AppendOutOfRange, AppendDiverged, StaleEpoch, SchemaRefused)
 }
 
 
@@ -62,67 +62,50 @@ class StreamAppendReport:
     bytes_sent: int  # frame bytes of the committed batches
 
 
+def _stream_refusal(answer: dict[str, Any], detail: str) -> StreamRefused | None:
+    """A refusal naming a stream reason, as its StreamRefused class (with the stream's end)."""
+    refusal = _REFUSALS.get(answer.get("reason"))
+    if refusal is None:
+        return None
+    return refusal(detail, committed_end=answer.get("committed_end"), epoch=answer.get("epoch"))
+
+
 class StreamClient:
     """The gateway's stream routes. Refusals with a stream reason become their StreamRefused
     class (carrying the committed end); other failures GatewayError (5xx and a lost link:
-    retryable)."""
+    retryable), as storage_core.device.http reads every answer."""
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 120) -> None:
-        self.http = httpx.Client(base_url=base_url.rstrip("/"), headers={"Authorization": f"Bearer {token}"},
-                                 timeout=timeout)
-        _warn_plain_http(self.http.base_url)
+        self.gateway = GatewayHttp(base_url, token, timeout=timeout, refusal=_stream_refusal)
 
     def close(self) -> None:
-        self.http.close()
-
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise GatewayError(f"cannot reach the gateway at {self.http.base_url}: {exc}", retryable=True) from exc
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not isinstance(answer, dict):
-            raise GatewayError(f"unexpected answer from the gateway ({path}): {response.status_code}, not a JSON object",
-                               status=response.status_code, retryable=response.status_code >= 500)
-        if response.is_success:
-            return answer
-        detail = str(answer.get("detail") or "(no detail)").splitlines()[0]
-        refusal = _REFUSALS.get(answer.get("reason"))
-        if refusal is not None:
-            raise refusal(detail, committed_end=answer.get("committed_end"), epoch=answer.get("epoch"))
-        status = response.status_code
-        raise GatewayError(f"gateway refused ({status}): {detail}", status=status, retryable=status >= 500)
+        self.gateway.close()
 
     def me(self) -> str:
-        return self._call("GET", "/v1/me")["device_id"]
+        return self.gateway.call("GET", "/v1/me", keys=("device_id",))["device_id"]
 
     def show(self, device: str, name: str) -> dict[str, Any]:
-        return self._call("GET", f"/v1/streams/{device}/{name}")
+        return self.gateway.call("GET", f"/v1/streams/{device}/{name}", keys=("epoch", "committed_end"))
 
     def list(self) -> list[dict[str, Any]]:
-        return self._call("GET", "/v1/streams")["streams"]
+        return self.gateway.call("GET", "/v1/streams", keys=("streams",))["streams"]
 
     def read(self, device: str, name: str, *, columns: list[str] | None = None) -> Iterator[bytes]:
         """The stream's committed rows as an Arrow IPC stream, served in CRC32C blocks and
         verified block by block as they arrive (CorruptFrame names a bad block's offset)."""
         params = {"format": "framed", **({"columns": ",".join(columns)} if columns else {})}
         try:
-            with self.http.stream("GET", f"/v1/streams/{device}/{name}/rows", params=params) as response:
+            with self.gateway.http.stream("GET", f"/v1/streams/{device}/{name}/rows", params=params) as response:
                 if not response.is_success:
                     response.read()
-                    detail = response.json().get("detail") if "json" in response.headers.get("content-type", "") else None
-                    raise GatewayError(f"gateway refused ({response.status_code}): {detail or response.text[:200]}",
-                                       status=response.status_code, retryable=response.status_code >= 500)
+                    raise self.gateway.refused(response)
                 yield from decode_blocks(response.iter_bytes())
         except httpx.TransportError as exc:
             raise GatewayError(f"reading {device}/{name} from the gateway was cut: {exc}", retryable=True) from exc
 
     def append(self, device: str, name: str, frame: bytes) -> dict[str, Any]:
-        return self._call("POST", f"/v1/streams/{device}/{name}/append", content=frame,
-                          headers={"Content-Type": "application/octet-stream"})
+        return self.gateway.call("POST", f"/v1/streams/{device}/{name}/append", keys=("result", "committed_end"),
+                                 content=frame, headers={"Content-Type": "application/octet-stream"})
 
 
 # --- input files, cut the same way on every run ---------------------------------------------

@@ -7,7 +7,8 @@ size and CRC32C the catalog recorded is one GET and no HEAD (the plan already an
 what a HEAD would: asking for one byte more than recorded shows an object that grew).
 
 What holds on failure: nothing is ever visible at the final path unless it is complete
-and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder). The
+and verified (`os.replace` of a fsynced `.part` file, then a fsync of the folder: at once,
+or once per folder for many files, see `sync_folder`). The
 `.part` file is removed when the download fails inside this process; one left by a
 killed process is truncated and reused by the next run. With `overwrite` false an
 existing file is never clobbered, even one created after planning (the rename is a
@@ -59,6 +60,7 @@ DEFAULT_MAX_WORKERS = 4
 _DESTINATION_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS}
 
 OnProgress = Callable[[int], None]
+SyncFolder = Callable[[Path], None]  # makes the renames made so far in a folder durable
 log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
@@ -121,13 +123,16 @@ def download_object(
     on_progress: OnProgress | None = None,
     stop: threading.Event | None = None,
     budget: TransferBudget | None = None,
+    sync_folder: SyncFolder = fsync_dir,
 ) -> Path:
     """Download `write.source` to `write.dest`; return the path.
 
     Each thread of `ranges_pool` keeps one `chunk_size` buffer for its life (see
     `_range_buffer`): give it a pool that ends with the download, as `download` does.
     With `budget`, every GET holds its bytes in it while in flight (many small objects
-    and the ranges of large ones share one bound).
+    and the ranges of large ones share one bound). `sync_folder(folder)` is called after
+    the rename into `folder` (default: fsync it now); a caller placing many files may defer
+    it, and must then fsync every such folder before it reports them durable.
 
     Raises IntegrityError (size or CRC32C mismatch), PreconditionFailed (the object changed
     after the HEAD), AccessDenied / StorageError naming the path (not writable, no space),
@@ -138,7 +143,7 @@ def download_object(
     stop = stop or threading.Event()
     if _answered_by_plan(write, chunk_size):
         return _download_whole(write, overwrite=overwrite, retry=retry, on_progress=on_progress, stop=stop,
-                               budget=budget)
+                               budget=budget, sync_folder=sync_folder)
     meta = _with_retries(lambda: source.store.head(key), retry=retry, stop=stop)
     if source.size is not None and meta.size != source.size:
         raise IntegrityError(
@@ -198,15 +203,16 @@ def download_object(
         raise
     stack.close()
     os.close(fd)
-    return _put_in_place(write, overwrite=overwrite)
+    return _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
 
 
-def _put_in_place(write: PlannedWrite, *, overwrite: bool) -> Path:
-    """The verified, fsynced `.part` file renamed to its destination, the rename made durable."""
+def _put_in_place(write: PlannedWrite, *, overwrite: bool, sync_folder: SyncFolder) -> Path:
+    """The verified, fsynced `.part` file renamed to its destination, the rename handed to
+    `sync_folder` to be made durable."""
     try:
         with _disk(write.dest, write.source.key):
             _install(write.part, write.dest, overwrite=overwrite)
-            fsync_dir(write.dest.parent)
+            sync_folder(write.dest.parent)
     finally:
         write.part.unlink(missing_ok=True)
     return write.dest
@@ -229,6 +235,7 @@ def _download_whole(
     on_progress: OnProgress | None,
     stop: threading.Event,
     budget: TransferBudget | None,
+    sync_folder: SyncFolder,
 ) -> Path:
     """One GET for a small object the catalog describes, checked against its recorded size
     and CRC32C, written to `.part`, fsynced and renamed. The same guarantees as the ranged path."""
@@ -260,7 +267,7 @@ def _download_whole(
         os.close(fd)
     if on_progress is not None:
         on_progress(size)
-    return _put_in_place(write, overwrite=overwrite)
+    return _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
 
 
 def _get_whole(write: PlannedWrite, size: int) -> memoryview:
@@ -405,5 +412,5 @@ def _sleep(seconds: float, stops: tuple[threading.Event, ...]) -> None:
             raise _Cancelled()
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_WORKERS", "DEFAULT_RETRY", "OnProgress", "RetryPolicy",
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_WORKERS", "DEFAULT_RETRY", "OnProgress", "RetryPolicy", "SyncFolder",
            "download_object", "plan_ranges"]

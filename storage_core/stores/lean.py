@@ -1,6 +1,6 @@
 """Lean requests: signed by the bulk signer (storage_core.stores.presign) and sent over
 plain `http.client` connections, one per thread, kept alive from request to request.
-S3Store sends its PUTs of small objects and its range reads this way, and `put_empty`
+S3Store sends its PUTs of small objects, its multipart parts and its range reads this way, and `put_empty`
 thousands of empty objects at once (a bounded pool).
 
 Why not botocore's `put_object`: it spends ~1.3 ms of CPU a request (measured: 2,000 empty
@@ -68,7 +68,7 @@ class LeanConnections:
                 self._opened.add(connection)
         return held[origin]
 
-    def send(self, method: str, url: str, body: bytes, headers: dict[str, str], *,
+    def send(self, method: str, url: str, body: bytes | memoryview, headers: dict[str, str], *,
              into: memoryview | None = None) -> tuple[int, bytes | int, dict[str, str]]:
         """(status, body, headers) of one request. With `into` (a Range request), a 206
         answer's body is read into it and its length given instead (at most len(into) bytes:
@@ -80,9 +80,12 @@ class LeanConnections:
         for attempt in range(2):
             connection = self._connection(parts.scheme, parts.netloc, fresh=attempt > 0)
             try:
+                if connection.sock is None:
+                    connection.connect()  # within CONNECT_TIMEOUT
+                # sending a body (a 16 MiB part) and waiting for the answer: a socket's timeout
+                # bounds a whole sendall, so the connect timeout would fail a slow link
+                connection.sock.settimeout(READ_TIMEOUT)
                 connection.request(method, target, body=body, headers=headers)
-                if connection.sock is not None:
-                    connection.sock.settimeout(READ_TIMEOUT)
                 response = connection.getresponse()
                 answer = {k.lower(): v for k, v in response.getheaders()}
                 if into is None or not 200 <= response.status < 300:

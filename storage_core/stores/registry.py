@@ -18,15 +18,15 @@ def _s3_client(settings: FerrySettings, *, attempts: int = 1) -> object:
     # boto3 clients are thread-safe and costly to build: share one per endpoint and budget
     pool = max(settings.max_concurrency * 2, settings.max_in_flight) + 4
     cache_key = (settings.endpoint_url, settings.region, pool, attempts)
-    from storage_core.stores.s3 import make_client  # boto3 loads only for an s3:// store
+    from storage_core.stores.s3 import make_client, new_session  # boto3 loads only for an s3:// store
 
     with _lock:
         if cache_key not in _clients:
-            # the looped and unlooped clients of one endpoint come from one session, which
-            # parses botocore's service model once for both
-            import boto3
-
-            session = _sessions.setdefault(cache_key[:2], boto3.session.Session())
+            # the looped and unlooped clients of one endpoint come from one session (and every
+            # session from the process's one parsed copy of botocore's models: new_session)
+            if cache_key[:2] not in _sessions:
+                _sessions[cache_key[:2]] = new_session()
+            session = _sessions[cache_key[:2]]
             _clients[cache_key] = make_client(
                 endpoint_url=settings.endpoint_url, region=settings.region, max_pool_connections=pool,
                 attempts=attempts, session=session,

@@ -8,7 +8,9 @@ Choices that are not boto3's defaults, and why:
 - path-style addressing when an endpoint URL is set (local servers have no DNS buckets);
 - the CRT transfer path is never used: it ignores `endpoint_url`;
 - presigned URLs after the first are signed by storage_core.stores.presign (botocore's own
-  first URL sets their shape): botocore spends ~0.75 ms of CPU on each.
+  first URL sets their shape): botocore spends ~0.75 ms of CPU on each;
+- small PUTs, multipart parts and range reads are sent lean (storage_core.stores.lean:
+  signed by that signer, over kept-alive `http.client` connections) unless a proxy is set.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, BinaryIO
 
 import boto3
 import botocore.exceptions
+import botocore.session
 import urllib3.exceptions
 from botocore.config import Config
 
@@ -113,6 +116,40 @@ def _translated(bucket: str, key: str | None, action: str):
 UNLOOPED_ATTEMPTS = 3
 
 
+_loader: Any = None  # botocore's JSON models (S3's API, endpoints, rules), parsed once per process
+_loader_lock = threading.Lock()
+
+
+def new_session() -> Any:
+    """A boto3 session (its own credentials and configuration) whose clients are built from
+    the process's one parsed copy of botocore's models (see `_botocore_session`)."""
+    return boto3.session.Session(botocore_session=_botocore_session())
+
+
+def _botocore_session() -> botocore.session.Session:
+    """A fresh botocore session (its own credentials and configuration) that shares the
+    process's one data loader: each session would otherwise parse S3's models again,
+    ~0.1 CPU-s a client (two clients per command), against ~0.01 with the models shared."""
+    global _loader
+    core = botocore.session.get_session()
+    with _loader_lock:
+        if _loader is None:
+            _loader = core.get_component("data_loader")
+        else:
+            core.register_component("data_loader", _loader)
+    return core
+
+
+def preload_models() -> None:
+    """Parse S3's models into the shared loader now, by building one client that is never
+    used (fixed keys: no credential lookup, no request). A process that forks a child per
+    command (ferry.cli.warm) calls it once; its children then build clients from the
+    parsed models."""
+    session = boto3.session.Session(botocore_session=_botocore_session(), aws_access_key_id="preload",
+                                    aws_secret_access_key="preload", region_name="us-east-1")
+    session.client("s3", config=Config(signature_version="s3v4"))
+
+
 def make_client(
     *,
     endpoint_url: str | None = None,
@@ -124,8 +161,9 @@ def make_client(
     """A boto3 S3 client configured for Ferry; credentials come from the usual AWS chain.
     `attempts` is botocore's own budget per request: 1 (no retry) for requests that a Ferry
     loop retries, so the two never multiply. Clients made from one `session` share its
-    parsed service model (~0.1 s of JSON per client otherwise)."""
-    session = session or boto3.session.Session()
+    parsed service model; sessions from `new_session` share one too (~0.1 s of JSON per
+    client otherwise)."""
+    session = session or new_session()
     config = Config(
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
@@ -324,18 +362,24 @@ class S3Store:
     def _lean_put(self, key: str, body: bytes, crc32c: int | None) -> ObjectMeta:
         """One PUT signed by the bulk signer and sent over a kept-alive `http.client`
         connection (storage_core.stores.lean): ~0.3 ms of CPU where botocore's
-        put_object spends ~3.5 ms, which bounded uploads of many small files. The same
-        headers are signed and sent (Content-Length, the CRC32C the store checks); the same
-        errors come out."""
+        put_object spends ~3.5 ms, which bounded uploads of many small files."""
         url = self.presign_put(key, expires_in=LEAN_URL_SECONDS, crc32c=crc32c, size=len(body))
+        answer = self._lean_write(key, url, body, crc32c, action="put", operation="PutObject")
+        return ObjectMeta(key=key, size=len(body), etag=answer.get("etag", ""), crc32c=crc32c)
+
+    def _lean_write(self, key: str, url: str, body: bytes | memoryview, crc32c: int | None, *,
+                    action: str, operation: str) -> dict[str, str]:
+        """Send `body` to the presigned PUT `url` over a lean connection with the headers it
+        was signed with (Content-Length, the CRC32C the store checks); the answer's headers.
+        A refusal comes out as the same Ferry error botocore's would (`_translated`)."""
         headers = {"Content-Length": str(len(body))}
         if crc32c is not None:
             headers["x-amz-checksum-crc32c"] = to_header(crc32c)
-        with self._where(key, "put"):
+        with self._where(key, action):
             status, reply, answer = _lean_connections.send("PUT", url, body, headers)
             if status != 200:
-                raise _refusal(status, reply, "PutObject")
-        return ObjectMeta(key=key, size=len(body), etag=answer.get("etag", ""), crc32c=crc32c)
+                raise _refusal(status, reply, operation)
+        return answer
 
     def delete(self, key: str) -> None:
         with self._where(key, "delete"):
@@ -390,7 +434,19 @@ class S3Store:
             return self.client.create_multipart_upload(Bucket=self.bucket, Key=key)["UploadId"]
 
     def upload_part(self, key: str, upload_id: str, part_number: int, data: bytes, *, crc32c: int) -> str:
-        with self._where(key, f"upload part {part_number} of"):
+        """The part's ETag. Sent lean (signed by the bulk signer, over a kept-alive
+        `http.client` connection, the bytes handed to the socket as they are) unless a proxy
+        is configured or the signer cannot sign for this client: then through botocore.
+        Either way exactly one request, whose CRC32C the store checks (the part loop retries)."""
+        action = f"upload part {part_number} of"
+        if self._lean_signer() is not None:
+            url = self.presign_upload_part(key, upload_id, part_number, expires_in=LEAN_URL_SECONDS, crc32c=crc32c,
+                                           size=len(data))
+            etag = self._lean_write(key, url, data, crc32c, action=action, operation="UploadPart").get("etag")
+            if not etag:
+                raise StorageUnavailable(f"{action} s3://{self.bucket}/{key}: the answer names no ETag", key=key)
+            return etag
+        with self._where(key, action):
             response = self.client.upload_part(
                 Bucket=self.bucket,
                 Key=key,
@@ -584,4 +640,4 @@ def _parse_content_range(response: dict[str, Any]) -> tuple[int, int, int] | Non
     return start, last + 1, size
 
 
-__all__ = ["S3Store", "make_client"]
+__all__ = ["S3Store", "make_client", "new_session", "preload_models"]

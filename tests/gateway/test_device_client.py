@@ -249,10 +249,45 @@ def test_answers_that_are_not_the_gateways_are_one_line_errors(not_a_gateway, tm
     )
 
 
+def test_the_stream_client_reads_answers_as_the_upload_client_does(not_a_gateway):
+    """One client core (storage_core.device.http): the same one-line errors and retry flags,
+    plus the stream's own refusals as their StreamRefused class."""
+    from storage_core.device.stream import StreamClient
+    from storage_core.errors import AppendOutOfRange, StaleEpoch
+
+    url, answer = not_a_gateway
+    client = StreamClient(url, "ferry_dt_x")
+    try:
+        refusal = {"detail": "beyond the end\nmore", "reason": "out_of_range", "committed_end": 7, "epoch": 2}
+        answer["value"] = (409, "application/json", json.dumps(refusal).encode())
+        with pytest.raises(AppendOutOfRange) as caught:
+            client.append("cam-1", "imu", b"frame")
+        assert (str(caught.value), caught.value.committed_end, caught.value.epoch) == ("beyond the end", 7, 2)
+        answer["value"] = (409, "application/json", json.dumps({**refusal, "reason": "stale_epoch"}).encode())
+        with pytest.raises(StaleEpoch):
+            client.append("cam-1", "imu", b"frame")
+        cases = [  # (status, content type, body), the call, the message holds, retryable
+            ((200, "text/html", b"<html>\n<body>welcome</body>\n</html>"), client.me, "not a JSON object", False),
+            ((200, "application/json", b'{"hello": 1}'), client.list, "no streams", False),
+            ((502, "text/html", b"<html>\nBad gateway\n</html>"), client.me, "gateway refused (502): <html>", True),
+            ((409, "application/json", b'{"detail": "no", "reason": "other"}'), client.me, "gateway refused (409): no", False),
+            ((404, "application/json", json.dumps({"detail": "no such stream\nat all"}).encode()),
+             lambda: list(client.read("cam-1", "imu")), "gateway refused (404): no such stream", False),
+        ]
+        for value, call, expected, retryable in cases:
+            answer["value"] = value
+            assert expected in one_line_gateway_error(call)
+            with pytest.raises(GatewayError) as caught:
+                call()
+            assert bool(caught.value.retryable) is retryable
+    finally:
+        client.close()
+
+
 def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):
     from storage_core.device.client import GatewayClient
 
-    with caplog.at_level("WARNING", logger="storage_core.device.client"):
+    with caplog.at_level("WARNING", logger="storage_core.device.http"):
         for url in ("http://127.0.0.1:8470", "http://localhost:8470", "http://[::1]:8470", "https://gw.example:8470"):
             GatewayClient(url, "ferry_dt_x").close()
         assert caplog.records == []

@@ -298,6 +298,30 @@ def test_one_failing_file_stops_the_call_and_leaves_no_part_files(local_store, o
         assert (out / name).read_bytes() == good[name.rsplit("/", 1)[1]]
 
 
+def test_many_files_in_one_folder_cost_one_folder_fsync_each_folder(any_store, out, monkeypatch):
+    """The renames are made durable once per folder at the end of the call, not once per
+    file; a call that fails still syncs the folders of the files it placed."""
+    synced: list[Path] = []
+    real = diskio.fsync_dir
+    monkeypatch.setattr("storage_core.download.api.fsync_dir", lambda folder: synced.append(folder) or real(folder))
+    monkeypatch.setattr(transfer, "fsync_dir", lambda folder: pytest.fail(f"a per-file fsync of {folder}"))
+    sources = []
+    for i in range(20):
+        body = os.urandom(5_000 + i)
+        put(any_store, f"seg{i}", body)
+        sources.append(source(any_store, f"seg{i}", body, rel=f"{'ab'[i % 2]}/seg{i}"))
+    download(sources, out, max_files=4)
+    assert sorted(synced) == [out / "dev1/rec1/video/a", out / "dev1/rec1/video/b"]
+    assert len(files(out)) == 20
+
+    synced.clear()
+    put(any_store, "seg3", b"not what the catalog recorded")
+    with pytest.raises(IntegrityError, match="seg3"):
+        download(sources, out / "again", max_files=1)
+    placed = {(out / "again" / name).parent for name in files(out / "again")}
+    assert placed and placed <= set(synced)
+
+
 def test_a_failing_progress_callback_stops_the_download_cleanly(local_store, out):
     data = os.urandom(3 * MiB)
     put(local_store, "k", data)

@@ -131,3 +131,27 @@ def test_a_request_no_loop_retries_is_retried_by_botocore_alone(bucket, s3_env, 
 
     assert listed == ["robot-1/run-1/a.bin"]
     assert proxy.listings == 3  # two 503s, then the answer: botocore's standard mode, nothing above it
+
+
+def test_with_a_proxy_configured_parts_go_through_it_with_the_same_budget(bucket, s3_env, tmp_path, monkeypatch) -> None:
+    """Parts are sent lean (http.client) only when no proxy is set: with HTTP_PROXY they go
+    through botocore, which honours it, and still exactly FERRY_PART_ATTEMPTS times."""
+    from storage_core.stores import registry
+
+    monkeypatch.setattr(registry, "_clients", {})  # the proxied client is built for this test and dropped after it
+    path = tmp_path / "just-over.bin"
+    path.write_bytes(os.urandom(5 * MiB + 1))
+    with failing_parts_proxy(s3_env.endpoint) as proxy:
+        monkeypatch.setenv("FERRY_ENDPOINT_URL", s3_env.endpoint)  # the store itself; the proxy as a proxy
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("FERRY_PART_ATTEMPTS", "2")
+        monkeypatch.setenv("FERRY_MULTIPART_THRESHOLD", str(5 * MiB))
+        monkeypatch.setenv("FERRY_PART_SIZE", str(5 * MiB))
+        settings = load_settings()
+        store, _ = open_store(f"s3://{bucket.bucket}", settings)
+        with pytest.raises(PartUploadFailed):
+            upload_file(store, path, "budget/proxied.bin", part_size=settings.part_size,
+                        max_concurrency=1, part_attempts=settings.part_attempts)
+
+    assert proxy.part_puts == Counter({1: 2})
+    assert bucket.list_multipart_uploads() == []
