@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from flows.fanout import ClaimParams, ClaimReport, FanOut, child_claims, start_claimers, wait_for_job
 from storage_core.catalog.views import as_utc
-from storage_core.catalog.work import ClaimedItem
+from storage_core.claims import Claim
 from storage_core.errors import one_line
 from tasks import derive as derive_tasks
 from tasks import work as work_tasks
@@ -134,10 +134,12 @@ class DeriveFanoutParams(DeriveParams):
     fan_out: FanOut = Field(default_factory=FanOut)
 
 
-def _derive_batch(item: ClaimedItem, job: dict) -> dict:
+def _derive_batch(claim: Claim, job: dict) -> dict:
     """Derive one batch's recordings (two at a time); a recording that fails is listed in
-    the result, the others are published (as `derive` does)."""
-    recordings = item.payload["recordings"]
+    the result, the others are published (as `derive` does). Nothing starts once the claim
+    is lost; a publish is a compare-and-set of its own (storage_core.products)."""
+    claim.check()
+    recordings = claim.item.payload["recordings"]
     futures = [derive_tasks.derive_recording.submit(job["product"], device, recording, options=job["options"],
                                                     mode=job["mode"]) for device, recording in recordings]
     results, failures = [], []
@@ -154,7 +156,7 @@ def derive_items(params: ClaimParams) -> ClaimReport:
     """Claim batches of a derive job and derive their recordings (a child of
     `derive-fanout`), until every batch is settled."""
     job = work_tasks.get_job(params.job_id).parameters
-    return child_claims(params, lambda item: _derive_batch(item, job), flow_run_id=flow_run.id)
+    return child_claims(params, lambda claim: _derive_batch(claim, job), flow_run_id=flow_run.id)
 
 
 @flow(name="derive-fanout", log_prints=True)

@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, model_validator
 
 from flows.fanout import ClaimParams, ClaimReport, FanOut, child_claims, start_claimers, wait_for_job
-from storage_core.catalog.work import ClaimedItem
+from storage_core.claims import Claim
 from storage_core.errors import RestoreFailed
 from tasks import download as download_tasks
 from tasks import work as work_tasks
@@ -139,8 +139,9 @@ def download_items(params: ClaimParams) -> ClaimReport:
     job = work_tasks.get_job(params.job_id).parameters
     selection = download_tasks.Selection.model_validate(job["selection"])
 
-    def restore(item: ClaimedItem) -> dict:
-        batch = [download_tasks.RecordingRef.model_validate(r) for r in item.payload["recordings"]]
+    def restore(claim: Claim) -> dict:
+        claim.check()
+        batch = [download_tasks.RecordingRef.model_validate(r) for r in claim.item.payload["recordings"]]
         return download_tasks.restore_recordings(selection, batch, job["dest"], layout=job["layout"],
                                                  overwrite=job["overwrite"]).model_dump(mode="json")
 

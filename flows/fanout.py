@@ -15,8 +15,12 @@ Two ways to run the children, chosen by `FanOut.deployment`:
 Either way the parent polls the job's counts in the catalog until every item is done or
 failed: a child killed with its worker cannot hang it (its items come back when their
 leases run out and the other children finish them). The parent gives up (JobNotFinished,
-the job's work kept for a rerun with its id) when every child has ended with items left,
-or after `wait_timeout_seconds` (children that never start: a pool without workers).
+one line naming the job; its recorded work kept for a rerun with its id) when every child
+has ended with items left, when no worker has touched any of the job's items for
+`stall_seconds` while some are left (every child is gone, even one whose run still reads
+Running because its worker was killed, or none ever started: a pool without workers), or
+after `wait_timeout_seconds` if set. There is no overall timeout by default: a large job
+may rightly take hours, and the stall check already ends a wait that nobody works for.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ from pydantic import BaseModel, Field
 
 from storage_core.catalog.work import JobStatus
 from storage_core.claims import Process
-from storage_core.errors import JobNotFinished, one_line
+from storage_core.errors import CatalogError, JobNotFinished, one_line
 from tasks import work as work_tasks
 
 AUTO = "auto"
+CHILD_MAX_WAIT = 30.0  # a child's longest sleep between claims (ClaimParams.max_wait_seconds)
 
 
 class FanOut(BaseModel):
@@ -55,7 +60,17 @@ class FanOut(BaseModel):
     max_attempts: int = Field(default=3, ge=1, description="Claims an item gets before it is failed.")
     poll_seconds: float = Field(default=2.0, gt=0, description="How often the parent looks at the job's counts.")
     wait_timeout_seconds: float | None = Field(
-        default=None, gt=0, description="Give up waiting for the job after this long (empty: wait until it is done).")
+        default=None, gt=0, description="Give up waiting for the job after this long (empty: wait until it is done "
+        "or stalled).")
+    stall_seconds: float | None = Field(
+        default=None, gt=0, description="Give up when no claimer has claimed, renewed or settled any item for this "
+        "long while items are left (its claimers are gone or never started); empty: 3 leases + 60 s.")
+
+    def stall_limit(self) -> float:
+        """`stall_seconds`, or longer than a live claimer can go without touching an item:
+        it renews every third of a lease and claims a lease's end after at most
+        CHILD_MAX_WAIT seconds."""
+        return self.stall_seconds if self.stall_seconds is not None else 3 * self.lease_seconds + 2 * CHILD_MAX_WAIT
 
 
 class ClaimParams(BaseModel):
@@ -63,7 +78,7 @@ class ClaimParams(BaseModel):
 
     job_id: str = Field(description="The work job whose items to claim (recorded by the parent).")
     lease_seconds: float = Field(default=60.0, gt=0, description="How long a claim lasts unless renewed.")
-    max_wait_seconds: float = Field(default=30.0, gt=0,
+    max_wait_seconds: float = Field(default=CHILD_MAX_WAIT, gt=0,
                                     description="Longest sleep between claims while others hold leases.")
 
 
@@ -116,10 +131,15 @@ class Claimers:
         with get_client(sync_client=True) as client:
             return any(not client.read_flow_run(run_id).state.is_final() for run_id in self.run_ids)
 
-    def join(self) -> None:
+    def join(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds in all for the threads to end (a claim loop ends at
+        its next look at a finished job); one still running is left behind, with a warning."""
+        deadline = time.monotonic() + timeout
         for thread in self.threads:
-            thread.join()
-            if thread.error is not None:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                get_run_logger().warning("claimer %s still running after %g s; not waited for", thread.name, timeout)
+            elif thread.error is not None:
                 get_run_logger().warning("claimer %s failed: %s", thread.name, one_line(thread.error))
 
 
@@ -145,21 +165,37 @@ def start_claimers(child: Flow, job_id: str, fan: FanOut, *, standing: str) -> C
 def wait_for_job(job_id: str, fan: FanOut, claimers: Claimers) -> JobStatus:
     """Wait until every item of the job is done or failed, polling its counts in the
     catalog; the counts. JobNotFinished when every claimer has ended with items left (they
-    all failed: nobody will take them) or after `fan.wait_timeout_seconds`; the job's
-    recorded work stands either way, and a parent run with its id carries it on."""
-    started = time.monotonic()
+    all failed: nobody will take them), when no item has changed for `fan.stall_limit()`
+    seconds with items left, or after `fan.wait_timeout_seconds`; the job's recorded work
+    stands either way, and a parent run with its id carries it on. A poll the catalog
+    cannot answer right now is tried again at the next one."""
+    started = changed_at = time.monotonic()
+    stall, seen, status = fan.stall_limit(), None, None
+    rerun = "run again with its job id"
     while True:
         alive = claimers.alive()  # before the counts: a claimer that ended has settled what it could
-        status = work_tasks.job_status(job_id)
-        if status.finished or not alive:
-            claimers.join()  # in-process subflows end inside the parent run
-        if status.finished:
+        try:
+            status = work_tasks.job_status(job_id)
+        except CatalogError as exc:
+            if not exc.retryable:
+                raise
+            get_run_logger().warning("work job %s: its counts could not be read, trying again: %s", job_id,
+                                     one_line(exc))
+        now = time.monotonic()
+        if status is not None and status.finished:
+            claimers.join(timeout=stall)  # in-process subflows end inside the parent run
             return status
-        left = f"{status.pending} item(s) pending, {status.claimed} claimed"
+        if status is not None and status.last_change != seen:  # a claim, renewal or settle since the last poll
+            seen, changed_at = status.last_change, now
+        left = "items left" if status is None else f"{status.pending} item(s) pending, {status.claimed} claimed"
         if not alive:
-            raise JobNotFinished(f"work job {job_id}: every claimer ended with {left}; run again with its job id")
-        if fan.wait_timeout_seconds is not None and time.monotonic() - started > fan.wait_timeout_seconds:
-            raise JobNotFinished(f"work job {job_id} not finished after {fan.wait_timeout_seconds:g} s: {left}")
+            claimers.join(timeout=stall)
+            raise JobNotFinished(f"work job {job_id}: every claimer ended with {left}; {rerun}")
+        if now - changed_at > stall:
+            raise JobNotFinished(f"work job {job_id}: no claimer has touched its items for {stall:g} s, with {left} "
+                                 f"(its claimers are gone or never started); {rerun}")
+        if fan.wait_timeout_seconds is not None and now - started > fan.wait_timeout_seconds:
+            raise JobNotFinished(f"work job {job_id} not finished after {fan.wait_timeout_seconds:g} s: {left}; {rerun}")
         time.sleep(fan.poll_seconds)
 
 

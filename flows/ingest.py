@@ -13,8 +13,9 @@ from pydantic import BaseModel, computed_field
 
 from flows.summarize import SummarizeParams, SummarizeReport, summarize
 from storage_core.catalog import TransactionInfo
+from storage_core.claims import Claim
 from storage_core.config import load_settings
-from storage_core.errors import FerryError, IngestFailed, one_line
+from storage_core.errors import FerryError, IngestFailed, LeaseLost, one_line
 from storage_core.modalities import SUMMARIZABLE
 from storage_core.upload import batch_items
 from tasks import upload as upload_tasks
@@ -48,10 +49,11 @@ class IngestReport(BaseModel):
         return self.status
 
 
-def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
-    """Summarize the MCAP/Parquet objects the transaction stored (the summarize flow, as a
-    subflow). The bytes are stored and cataloged already: a summary that fails is recorded
-    and reported, never a reason to fail the ingest; `ferry summarize --missing` retries it."""
+def summarize_stored(info: TransactionInfo) -> SummarizeReport:
+    """Summarize the MCAP/Parquet objects the transaction stored that lack a summary (the
+    summarize flow, as a subflow). The bytes are stored and cataloged already: a summary
+    that fails is recorded and reported, never a reason to fail the ingest; `ferry
+    summarize --missing` retries it."""
     # an empty file has nothing to summarize
     wanted = [i for i in info.items if i.status == "stored" and i.modality in SUMMARIZABLE and i.size > 0]
     if not wanted:
@@ -65,19 +67,36 @@ def _summarize_stored(info: TransactionInfo) -> SummarizeReport:
 
 
 def upload_and_complete(
-    transaction_id: str, items: list[tuple[int, int]], started: float, *, held_back: list[str] | None = None
+    transaction_id: str,
+    items: list[tuple[int, int]],
+    started: float,
+    *,
+    held_back: list[str] | None = None,
+    claim: Claim | None = None,
 ) -> IngestReport:
     """Upload `items` (id, size) of an open transaction in batches, complete it and summarize
     what it stored. IngestFailed when a batch failed: retryable (the transaction left open
-    to resume) after retryable errors, else after aborting the transaction."""
-    futures = [upload_tasks.upload_items.submit(batch) for batch in batch_items(items)]
+    to resume) after retryable errors, else after aborting the transaction.
+
+    With `claim` (the work item a fanned-out group is held under), every step runs only
+    while that claim holds: checked here before the batches and before complete or abort,
+    and in the catalog by each batch and by the complete or abort itself. LeaseLost leaves
+    the transaction as it is, for the worker that holds the item now."""
+    fence = claim.item if claim is not None else None
+    check = claim.check if claim is not None else _no_claim
+    check()
+    futures = [upload_tasks.upload_items.submit(batch, fence) for batch in batch_items(items)]
     wait(futures)  # every batch settles first, so nothing is still sending when we abort
-    reports, failure = [], None
+    reports, failures = [], []
     for future in futures:
         try:
             reports.append(future.result())
         except FerryError as exc:  # anything else is a bug: it propagates, the transaction stays open to resume
-            failure = failure or exc
+            failures.append(exc)
+    lost = [exc for exc in failures if isinstance(exc, LeaseLost)]
+    if lost:
+        raise lost[0]  # not ours to abort or resume any more
+    failure = failures[0] if failures else None
     if failure is not None:
         reason = one_line(failure)
         if getattr(failure, "retryable", False):
@@ -86,13 +105,15 @@ def upload_and_complete(
                 f"resume with `ferry transactions resume {transaction_id}`",
                 retryable=True,
             ) from failure
-        upload_tasks.abort(transaction_id, reason)
+        check()
+        upload_tasks.abort(transaction_id, reason, fence)
         raise IngestFailed(f"transaction {transaction_id} aborted: {reason}") from failure
 
-    info = upload_tasks.complete(transaction_id)
+    check()
+    info = upload_tasks.complete(transaction_id, fence)
     seconds = time.monotonic() - started  # the transfer's time: summaries are not bytes moved
     report = transaction_report(
-        info, seconds, summaries=_summarize_stored(info), held_back=held_back,
+        info, seconds, summaries=summarize_stored(info), held_back=held_back,
         parts_sent=sum(r.parts_sent for r in reports), parts_reused=sum(r.parts_reused for r in reports),
     )
     create_markdown_artifact(
@@ -107,6 +128,10 @@ def upload_and_complete(
         description="Ferry ingest",
     )
     return report
+
+
+def _no_claim() -> None:
+    """A transaction no work item claim holds: nothing to check."""
 
 
 def transaction_report(
@@ -173,4 +198,5 @@ def resume(transaction_id: str) -> IngestReport:
     return upload_and_complete(transaction_id, upload_tasks.open_items(transaction_id), started)
 
 
-__all__ = ["IngestFailed", "IngestReport", "ingest", "resume", "transaction_report", "upload_and_complete"]
+__all__ = ["IngestFailed", "IngestReport", "ingest", "resume", "summarize_stored", "transaction_report",
+           "upload_and_complete"]

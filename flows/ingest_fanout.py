@@ -20,9 +20,9 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, computed_field
 
 from flows.fanout import ClaimParams, ClaimReport, FanOut, child_claims, start_claimers, wait_for_job
-from flows.ingest import IngestReport, transaction_report, upload_and_complete
+from flows.ingest import IngestReport, summarize_stored, transaction_report, upload_and_complete
 from storage_core.catalog import TransactionStatus
-from storage_core.catalog.work import ClaimedItem
+from storage_core.claims import Claim
 from storage_core.config import load_settings
 from storage_core.errors import IngestFailed
 from tasks import upload as upload_tasks
@@ -74,16 +74,19 @@ class IngestFanoutReport(BaseModel):
         return "completed"
 
 
-def _ingest_group(item: ClaimedItem, job: dict) -> IngestReport:
-    """Store one recording group: begin its transaction, or resume it, or report it done."""
+def _ingest_group(claim: Claim, job: dict) -> IngestReport:
+    """Store one recording group: begin its transaction, or resume it, or report it done
+    (summarizing what a worker before left unsummarized). Each step only while the claim
+    holds (upload_and_complete)."""
     started = time.monotonic()
-    info = upload_tasks.begin_group(item.payload, job["destination"], device_id=job["device_id"],
+    claim.check()
+    info = upload_tasks.begin_group(claim.item.payload, job["destination"], device_id=job["device_id"],
                                     origination=job["origination"], flow_run_id=flow_run.id)
     if info.status == TransactionStatus.ABORTED.value:  # its id is spent: no retry can store the group
         raise IngestFailed(f"transaction {info.id} was aborted: {info.error}")
-    if info.status == TransactionStatus.COMPLETED.value:  # a worker completed it and died before saying so
-        return transaction_report(info, 0.0)
-    return upload_and_complete(info.id, upload_tasks.open_items(info.id), started)
+    if info.status == TransactionStatus.COMPLETED.value:  # a worker completed it and died before saying so,
+        return transaction_report(info, 0.0, summaries=summarize_stored(info))  # maybe before summarizing
+    return upload_and_complete(info.id, upload_tasks.open_items(info.id), started, claim=claim)
 
 
 @flow(name="ingest-items", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=True)
@@ -92,7 +95,8 @@ def ingest_items(params: ClaimParams) -> ClaimReport:
     until every group is stored or failed; a group another worker holds is taken over when
     its lease runs out."""
     job = work_tasks.get_job(params.job_id).parameters
-    return child_claims(params, lambda item: _ingest_group(item, job).model_dump(mode="json"), flow_run_id=flow_run.id)
+    return child_claims(params, lambda claim: _ingest_group(claim, job).model_dump(mode="json"),
+                        flow_run_id=flow_run.id)
 
 
 @flow(name="ingest-fanout", log_prints=True)

@@ -336,9 +336,9 @@ class RestoreFailed(FerryError):
 
 
 class JobNotFinished(FerryError):
-    """A fanned-out job's parent stopped waiting (its timeout) while items were still
-    pending or claimed: no worker is taking them. Its recorded work stands; run the
-    parent again with the same job id to go on."""
+    """A fanned-out job's parent stopped waiting while items were still pending or claimed:
+    every claimer ended, or none touched an item for its stall limit, or its timeout
+    passed. Its recorded work stands; run the parent again with the same job id to go on."""
 
 
 class SummariesFailed(FerryError):

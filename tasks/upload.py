@@ -11,7 +11,7 @@ from storage_core import manifest
 from storage_core.catalog import TransactionInfo, open_default_catalog
 from storage_core.catalog import transactions as records
 from storage_core.catalog import work
-from storage_core.catalog.work import JobInfo
+from storage_core.catalog.work import ClaimedItem, JobInfo
 from storage_core.config import FerrySettings, load_settings
 from storage_core.keys import StorageUri, parse_uri
 from storage_core.statmemo import StatMemo
@@ -120,28 +120,36 @@ def begin_group(
 
 
 @task(name="upload-items", **RETRY_POLICY)
-def upload_items(item_ids: list[int]) -> BatchReport:
+def upload_items(item_ids: list[int], fence: ClaimedItem | None = None) -> BatchReport:
     """Upload a batch of items (one large file, or many small ones in flight at once),
     resuming recorded uploads. A retry picks up where the failed attempt stopped. With
-    FERRY_STORE_LIMITS on (`ferry worker`'s flow runs), it holds a slot of its destination
-    store's concurrency limit while it sends (tasks/limits.py)."""
+    `fence`, only while that work item claim holds (LeaseLost otherwise, nothing sent;
+    checked once the batch may send). With FERRY_STORE_LIMITS on (`ferry worker`'s flow
+    runs), it holds a slot of its destination store's concurrency limit while it sends
+    (tasks/limits.py)."""
     settings = load_settings()
     catalog = open_default_catalog(settings)
     # one slot of the destination store's limit while the batch sends (tasks/limits.py)
     store = records.item_destination(catalog, item_ids[0]) if settings.store_limits and item_ids else None
     with store_slot(store):
-        outcome = transactions.upload_items(catalog, item_ids, settings=settings)
+        outcome = transactions.upload_items(catalog, item_ids, settings=settings, fence=fence)
     return BatchReport(items=outcome.items, bytes=outcome.bytes, parts_sent=outcome.parts_sent,
                        parts_reused=outcome.parts_reused)
 
 
 @task(name="complete-transaction")
-def complete(transaction_id: str) -> TransactionInfo:
-    return records.complete_transaction(open_default_catalog(), transaction_id)
+def complete(transaction_id: str, fence: ClaimedItem | None = None) -> TransactionInfo:
+    """Complete the transaction; with `fence`, only while that work item claim holds."""
+    return records.complete_transaction(open_default_catalog(), transaction_id, fence=fence)
 
 
 @task(name="abort-transaction")
-def abort(transaction_id: str, reason: str) -> TransactionInfo:
+def abort(transaction_id: str, reason: str, fence: ClaimedItem | None = None) -> TransactionInfo:
+    """Abort the transaction; with `fence`, only while that work item claim holds (and
+    marked aborted before its uploads are)."""
+    if fence is not None:
+        return transactions.abort_claimed_transaction(open_default_catalog(), transaction_id, reason=reason,
+                                                      fence=fence)
     [aborted] = transactions.abort_transactions(open_default_catalog(), [transaction_id], reason=reason)
     return aborted
 

@@ -47,6 +47,7 @@ from storage_core.catalog.models import (
 )
 from storage_core.catalog.outbox import UploadEventInfo, record_upload_event
 from storage_core.catalog.views import ItemInfo, TransactionInfo, as_utc
+from storage_core.catalog.work import ClaimedItem, hold_claim
 from storage_core.errors import CatalogConflict, CatalogError, TransactionStateError, UploadIncomplete
 from storage_core.keys import StorageUri, join_key
 from storage_core.manifest import ManifestEntry
@@ -703,12 +704,15 @@ def record_part_stored(catalog: Catalog, item_id: int, part: RecordedPart) -> No
 
 def record_item_failed(catalog: Catalog, item_id: int, error: str, *, final: bool) -> None:
     """Record why the item's upload failed; `final` marks it failed, otherwise it stays
-    open (resumable, or with an upload that abort or reconcile must still clean up)."""
+    open (resumable, or with an upload that abort or reconcile must still clean up). Only
+    an open (pending or uploading) item changes: one stored, skipped, failed or aborted
+    meanwhile (another worker resumed its transaction and finished it) keeps its outcome."""
     with catalog.session() as session:
-        item = _load_item(session, item_id)
-        item.error = error
-        if final:
-            item.status = ItemStatus.FAILED.value
+        session.execute(update(TransactionItem)
+                        .where(TransactionItem.id == item_id, TransactionItem.status.in_(ACTIVE_ITEM_STATES))
+                        .values(error=error, updated_at=_now(),
+                                **({"status": ItemStatus.FAILED.value} if final else {}))
+                        .execution_options(synchronize_session=False))
 
 
 def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str) -> ItemInfo:
@@ -810,14 +814,16 @@ def _recording_id(session, device_id: str, name: str) -> int:
 # --- complete / abort ------------------------------------------------------------------------
 
 
-def complete_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
-    """Mark a transaction completed once every item is stored or skipped. Its items are
-    checked by one query and viewed as rows (`_view`), not loaded as ORM objects."""
+def complete_transaction(catalog: Catalog, transaction_id: str, *, fence: ClaimedItem | None = None) -> TransactionInfo:
+    """Mark a transaction completed once every item is stored or skipped, under its lock.
+    Its items are checked by one query and viewed as rows (`_view`), not loaded as ORM
+    objects. With `fence` (the work item claim the caller holds it under), only while that
+    claim stands, checked in the same database transaction: LeaseLost, nothing changed,
+    when another worker has claimed the item meanwhile."""
     with catalog.session() as session:
-        txn = session.scalars(select(Transaction).where(Transaction.id == transaction_id)
-                              .execution_options(populate_existing=True)).one_or_none()
-        if txn is None:
-            raise CatalogError(f"no transaction {transaction_id!r}")
+        if fence is not None:
+            hold_claim(session, fence)
+        txn = _locked(session, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
             return _view(session, txn)
         if txn.status not in OPEN_TRANSACTION_STATES:
@@ -946,7 +952,9 @@ class AbortedUpload:
     single_puts: tuple[int, ...] = ()
 
 
-def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) -> AbortedUpload:
+def abort_before_cleanup(
+    catalog: Catalog, transaction_id: str, *, reason: str, fence: ClaimedItem | None = None
+) -> AbortedUpload:
     """Abort first, clean up second: under the transaction's lock, refuse a completed
     transaction (TransactionStateError) and otherwise mark it and its open items aborted
     (one UPDATE), returning where they may have put bytes. Once this commits no complete
@@ -955,8 +963,11 @@ def abort_before_cleanup(catalog: Catalog, transaction_id: str, *, reason: str) 
     transaction aborted and deletes it too. A cleanup that fails leaves uploads that no
     open transaction records, which reconcile aborts. Reads only the open items' columns
     that say where their bytes may be (not a view of every item: that alone took ~2 s for
-    10,000 items on PostgreSQL)."""
+    10,000 items on PostgreSQL). With `fence`, as `complete_transaction`: only while that
+    work item claim stands (LeaseLost, nothing changed)."""
     with catalog.session() as session:
+        if fence is not None:
+            hold_claim(session, fence)
         txn = _locked(session, transaction_id)
         if txn.status == TransactionStatus.COMPLETED.value:
             raise TransactionStateError(f"transaction {txn.id} is completed; it cannot be aborted")

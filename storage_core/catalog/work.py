@@ -15,9 +15,13 @@ Every claim counts one attempt, and the attempt number fences the claim: `renew`
 `finish` and `fail` change the item only while it is still claimed by that worker in that
 attempt, else LeaseLost and nothing changes. A lease that ran out is lost only once another
 worker claims the item: until then its holder may still renew or finish it (its work is
-not wasted; nobody else has started). An item whose lease ran out `max_attempts` times is
-failed at the next claim instead of handed out again (a poison item must not kill every
-worker in turn).
+not wasted; nobody else has started). Work a claim guards beyond its own row is fenced
+the same way: `hold_claim` checks the claim inside the caller's database transaction (an
+upload transaction's complete or abort commits only while the claim stands), and
+`check_claim` refuses a claim whose lease is nearly out before a long step begins.
+
+An item whose lease ran out `max_attempts` times is failed at the next claim instead of
+handed out again (a poison item must not kill every worker in turn).
 
 Time is the database's clock on PostgreSQL (`clock_timestamp()`: workers on several hosts
 compare leases against one clock) and this host's on SQLite (which only one host can
@@ -103,6 +107,7 @@ class JobStatus:
     done: int
     failed: int
     next_lease_end: datetime | None  # None: nothing claimed
+    last_change: datetime | None = None  # when a worker last claimed, renewed or settled any item
 
     @property
     def total(self) -> int:
@@ -231,6 +236,36 @@ def _lost(item: ClaimedItem, what: str) -> LeaseLost:
                      f"its claim (attempt {item.attempt}) was taken over or settled")
 
 
+CLAIM_MARGIN = 0.25  # check_claim refuses a claim with less than this share of its lease left
+
+
+def hold_claim(session: Session, item: ClaimedItem) -> None:
+    """Inside a caller's database transaction: lock the item's row until that transaction
+    ends, and raise LeaseLost unless `item`'s claim still holds it. A write guarded by this
+    (catalog.transactions' fenced complete and abort) commits only while the claim stands,
+    and no other worker can claim the item before it has committed (PostgreSQL: the row
+    lock, which SKIP LOCKED passes over; SQLite: the database write lock)."""
+    _lock_for_write(session, item.job_id)
+    row = session.scalars(select(WorkItem.number).where(_fenced(item)).with_for_update()).first()
+    if row is None:
+        raise _lost(item, "go on with")
+
+
+def check_claim(catalog: Catalog, item: ClaimedItem, *, now: datetime | None = None) -> None:
+    """LeaseLost unless `item`'s claim still holds the item with at least CLAIM_MARGIN of
+    its lease (as last renewed) left: a worker asks before starting a long step (an upload
+    batch), so it never starts one when another worker may take the item over meanwhile."""
+    with catalog.session() as session:
+        at = _clock(session, now)
+        row = session.execute(select(WorkItem.lease_until, WorkItem.updated_at).where(_fenced(item))).first()
+    if row is None:
+        raise _lost(item, "go on with")
+    until, since = as_utc(row.lease_until), as_utc(row.updated_at)
+    if (until - at) < (until - since) * CLAIM_MARGIN:
+        raise LeaseLost(f"work item {item.number} of job {item.job_id}: the lease of {item.worker} "
+                        f"(attempt {item.attempt}) is about to run out; it starts nothing more")
+
+
 def renew(catalog: Catalog, item: ClaimedItem, *, lease: float, now: datetime | None = None) -> ClaimedItem:
     """Extend the claim to `lease` seconds from now; the item with its new `lease_until`.
     LeaseLost when another worker has claimed it meanwhile (or it was settled)."""
@@ -286,9 +321,10 @@ def job_status(catalog: Catalog, job_id: str) -> JobStatus:
         ).tuples().all())
         next_end = session.scalar(select(func.min(WorkItem.lease_until)).where(
             WorkItem.job_id == job_id, WorkItem.status == WorkStatus.CLAIMED.value))
+        last_change = session.scalar(select(func.max(WorkItem.updated_at)).where(WorkItem.job_id == job_id))
         status = JobStatus(job_id, job.kind, counts.get(WorkStatus.PENDING.value, 0),
                            counts.get(WorkStatus.CLAIMED.value, 0), counts.get(WorkStatus.DONE.value, 0),
-                           counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end))
+                           counts.get(WorkStatus.FAILED.value, 0), as_utc(next_end), as_utc(last_change))
         marked = job.status == FINISHED
     if status.finished and not marked:
         # its own write transaction: on SQLite, a read snapshot turned writer while claimers
@@ -322,15 +358,18 @@ def list_items(catalog: Catalog, job_id: str) -> list[WorkItemInfo]:
 
 
 __all__ = [
+    "CLAIM_MARGIN",
     "ClaimedItem",
     "JobInfo",
     "JobStatus",
     "WorkItemInfo",
+    "check_claim",
     "claim_next",
     "create_job",
     "fail",
     "finish",
     "get_job",
+    "hold_claim",
     "job_status",
     "list_items",
     "renew",

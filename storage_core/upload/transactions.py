@@ -26,6 +26,7 @@ from storage_core.catalog.models import SourceKind
 from storage_core.budget import TransferBudget
 from storage_core.catalog.transactions import ObjectVersion, RecordedPart, VerifiedItem, destination_key
 from storage_core.catalog.views import ItemInfo, TransactionInfo
+from storage_core.catalog.work import ClaimedItem, check_claim
 from storage_core.config import FerrySettings, load_settings
 from storage_core.errors import (
     AbortFailed,
@@ -190,6 +191,7 @@ def upload_items(
     *,
     settings: FerrySettings | None = None,
     on_progress: OnProgress | None = None,
+    fence: ClaimedItem | None = None,
 ) -> BatchOutcome:
     """Upload a batch of transaction items, several at once: up to `settings.max_in_flight`
     requests (small files' PUTs and large files' parts alike) holding at most
@@ -202,8 +204,15 @@ def upload_items(
     On the first failure no further item is started, the running ones finish, and
     everything stored is recorded before the failure is raised (as `upload_item` records
     it: retryable leaves the item resumable, anything else marks it failed). A retry of
-    the batch skips the stored items."""
+    the batch skips the stored items.
+
+    With `fence` (the work item claim the batch runs under), nothing starts unless that
+    claim still holds with time to spare (catalog.work.check_claim): LeaseLost, nothing
+    changed. A batch already running when the claim is lost runs to its end (its items are
+    the same bytes to the same keys); the claim's complete or abort is fenced again."""
     settings = settings or load_settings()
+    if fence is not None:
+        check_claim(catalog, fence)
     batch = records.start_items_upload(catalog, item_ids)
     started = [s for s in batch if not s.item.done]
     budget = TransferBudget.shared(requests=settings.max_in_flight, nbytes=settings.max_concurrency * settings.part_size)
@@ -327,18 +336,7 @@ def abort_transactions(
             except AbortFailed as exc:
                 failures.append(one_line(exc))
             continue
-        failed_here = []
-        for upload in records.in_flight_uploads(catalog, transaction_id):
-            label = f"{upload.store_uri}/{upload.key} (upload {upload.upload_id})"
-            try:
-                store, _ = open_store(upload.store_uri, settings)
-                store.abort_multipart(upload.key, upload.upload_id)
-            except BucketNotFound:
-                # the bucket was deleted: no upload of it can remain, so there is nothing to abort
-                log.warning("abort of upload %s: its bucket no longer exists", label)
-            except FerryError as exc:
-                log.warning("abort of upload %s failed: %s", label, exc)
-                failed_here.append(f"{label}: {one_line(exc)}")
+        failed_here = _abort_uploads(records.in_flight_uploads(catalog, transaction_id), settings)
         if failed_here:
             results.append(records.record_abort_incomplete(catalog, transaction_id, failed_here[0]))
         else:
@@ -349,5 +347,40 @@ def abort_transactions(
     return results
 
 
-__all__ = ["BatchOutcome", "ItemOutcome", "abort_transactions", "prepare_manifest", "require_destination", "upload_item",
-           "upload_items"]
+def abort_claimed_transaction(
+    catalog: Catalog, transaction_id: str, *, reason: str, fence: ClaimedItem, settings: FerrySettings | None = None
+) -> TransactionInfo:
+    """Abort a transaction held under a work item claim (a fanned-out ingest's group):
+    abort first, clean up second. The transaction is marked aborted only while `fence`
+    still holds the item, in one database transaction (LeaseLost, nothing changed and no
+    upload touched, when another worker has claimed it: its uploads are that worker's
+    now); then its in-flight multipart uploads are aborted. AbortFailed when one could not
+    be: the transaction is aborted all the same, and reconcile aborts uploads that no open
+    transaction records."""
+    settings = settings or load_settings()
+    aborted = records.abort_before_cleanup(catalog, transaction_id, reason=reason, fence=fence)
+    failed = _abort_uploads(aborted.uploads, settings)
+    if failed:
+        raise AbortFailed(f"{len(failed)} multipart abort(s) failed, e.g. {failed[0]}; retry with `ferry reconcile`")
+    return records.get_transaction(catalog, transaction_id)
+
+
+def _abort_uploads(uploads: Iterable[records.InFlightUpload], settings: FerrySettings) -> list[str]:
+    """Abort each multipart upload in the store; a line per upload that could not be."""
+    failed = []
+    for upload in uploads:
+        label = f"{upload.store_uri}/{upload.key} (upload {upload.upload_id})"
+        try:
+            store, _ = open_store(upload.store_uri, settings)
+            store.abort_multipart(upload.key, upload.upload_id)
+        except BucketNotFound:
+            # the bucket was deleted: no upload of it can remain, so there is nothing to abort
+            log.warning("abort of upload %s: its bucket no longer exists", label)
+        except FerryError as exc:
+            log.warning("abort of upload %s failed: %s", label, exc)
+            failed.append(f"{label}: {one_line(exc)}")
+    return failed
+
+
+__all__ = ["BatchOutcome", "ItemOutcome", "abort_claimed_transaction", "abort_transactions", "prepare_manifest",
+           "require_destination", "upload_item", "upload_items"]

@@ -9,25 +9,33 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from prefect import flow
+from sqlalchemy import select
 
+import flows.ingest_fanout as fanout_flows
 from flows.fanout import FanOut
+from flows.ingest import IngestReport
 from flows.ingest_fanout import IngestFanoutParams, IngestFanoutReport, ingest_fanout
 from storage_core.catalog import Catalog
 from storage_core.catalog import transactions as records
+from storage_core.catalog.models import StoredObject
 from storage_core.catalog.queries import list_objects
-from storage_core.catalog.work import claim_next, job_status, list_items
+from storage_core.catalog.summaries import get_summary
+from storage_core.catalog.work import ClaimedItem, claim_next, job_status, list_items
 from storage_core.checksums import crc32c
-from storage_core.errors import CatalogError
+from storage_core.claims import Claim, LeaseKeeper
+from storage_core.errors import CatalogError, LeaseLost
 from storage_core.keys import parse_uri
 from storage_core.retry import poll
 from storage_core.upload import transactions
 from storage_core.upload.groups import RecordingGroup, begin_group
 from tasks import upload as upload_tasks
 from tests.flows.conftest import MiB, run_ferry, write_landing
+from tests.integration.test_summaries import mcap_bytes
 
 pytestmark = pytest.mark.slow  # flows against a real Prefect API
 
@@ -135,6 +143,77 @@ def test_a_claimer_killed_mid_group_is_resumed_by_another_without_resending(ferr
 
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def claims_env(request, ferry_env, monkeypatch) -> dict[str, str]:  # noqa: ANN001
+    """ferry_env with its catalog on SQLite or on a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        return ferry_env
+    url = request.getfixturevalue("pg_url")
+    monkeypatch.setenv("FERRY_DATABASE_URL", url)
+    return {**ferry_env, "FERRY_DATABASE_URL": url}
+
+
+def _one_group(claim: Claim, job) -> IngestReport:  # noqa: ANN001 - a child's work on one claimed group, alone
+    @flow
+    def one_group() -> IngestReport:
+        return fanout_flows._ingest_group(claim, job.parameters)
+
+    return one_group()
+
+
+def _taken_over(catalog: Catalog, job_id: str) -> tuple[ClaimedItem, ClaimedItem]:
+    """Group 1 claimed by A, whose lease ran out, then by B: (A's stale claim, B's)."""
+    stale = claim_next(catalog, job_id, "A", lease=0.2)
+    time.sleep(0.4)
+    return stale, claim_next(catalog, job_id, "B", lease=60)
+
+
+def test_a_claimer_whose_group_was_taken_over_sends_completes_and_aborts_nothing(claims_env, bucket, tmp_path):
+    """A was paused past its lease and B claimed the group; A's own clock has not noticed
+    (its keeper's check passes), but the catalog has: A's batches start nothing and its
+    transaction is left as it was, open for B, which stores the group alone."""
+    source, files = _landing(tmp_path / "in", big=12 * MiB)
+    job = _plan_only(str(source), f"s3://{bucket.bucket}/fleet")
+    catalog = Catalog(claims_env["FERRY_DATABASE_URL"])
+    stale, current = _taken_over(catalog, job.id)
+    group = RecordingGroup.from_json(stale.payload)
+
+    with pytest.raises(LeaseLost):
+        _one_group(Claim(stale, LeaseKeeper(catalog, stale, lease=60)), job)
+    left = records.get_transaction(catalog, group.transaction_id)
+    assert left.status in ("pending", "uploading") and left.count("stored") == 0 and left.count("aborted") == 0
+    assert list(bucket.list("fleet/")) == [] and bucket.list_multipart_uploads() == []
+
+    report = _one_group(Claim(current, LeaseKeeper(catalog, current, lease=60)), job)
+    assert report.status == "completed" and report.files_stored == 5 and report.parts_reused == 0
+    assert bucket.get_range("fleet/d1/rec0/f0.bin", 0, 12 * MiB) == (source / "d1/rec0/f0.bin").read_bytes()
+    assert bucket.list_multipart_uploads() == []
+
+
+def test_a_group_completed_by_a_worker_that_died_before_summarizing_is_summarized_by_the_next(
+    ferry_env, bucket, tmp_path
+):
+    root = tmp_path / "in"
+    (root / "d1/rec0").mkdir(parents=True)
+    (root / "d1/rec0/log.mcap").write_bytes(mcap_bytes({"/imu": 3}))
+    job = _plan_only(str(root), f"s3://{bucket.bucket}/fleet")
+    catalog = Catalog(ferry_env["FERRY_DATABASE_URL"])
+    dead = claim_next(catalog, job.id, "died-after-complete", lease=LEASE)
+    txn = begin_group(catalog, RecordingGroup.from_json(dead.payload), parse_uri(f"s3://{bucket.bucket}/fleet"),
+                      origination="test", device_id=None, flow_run_id=None)
+    transactions.upload_items(catalog, [i.id for i in txn.items])
+    records.complete_transaction(catalog, txn.id)  # ... and killed before summarizing
+    with catalog.session() as session:
+        [object_id] = session.scalars(select(StoredObject.id)).all()
+    assert get_summary(catalog, object_id).summary is None
+
+    params = _params(root, bucket)
+    params.job_id = job.id
+    report = ingest_fanout(params)
+    assert report.groups_done == 1 and report.transactions == [txn.id] and report.summaries == 1
+    assert get_summary(catalog, object_id).summary["message_count"] == 3
+
+
 def test_ferry_ingest_fan_out_from_the_command_line(ferry_env, bucket, tmp_path):
     source, files = _landing(tmp_path / "in")
     done = run_ferry(["ingest", str(source), "--to", f"s3://{bucket.bucket}/fleet", "--fan-out", "2", "--group-size", "4",
@@ -164,16 +243,15 @@ class _Killed(BaseException):
 def test_when_every_claimer_dies_the_parent_says_so_and_a_rerun_with_the_job_id_finishes(
     ferry_env, bucket, tmp_path, monkeypatch
 ):
-    import flows.ingest_fanout as fanout_flows
     from storage_core.errors import JobNotFinished
 
     source, files = _landing(tmp_path / "in")
     real = fanout_flows._ingest_group
 
-    def dies_on_the_third_group(item, job):  # noqa: ANN001, ANN202
-        if item.number == 3:
+    def dies_on_the_third_group(claim, job):  # noqa: ANN001, ANN202
+        if claim.item.number == 3:
             raise _Killed()
-        return real(item, job)
+        return real(claim, job)
 
     monkeypatch.setattr(fanout_flows, "_ingest_group", dies_on_the_third_group)
     params = _params(source, bucket)
@@ -225,19 +303,17 @@ def test_sigkill_of_a_fanned_out_ingest_then_the_same_job_again_stores_every_fil
 @pytest.mark.soak  # the issue's 3,000 files over 60 recordings, in one process (FERRY_SOAK=1 runs it)
 def test_3000_files_of_60_recordings_with_3_claimers_one_dying_mid_group(ferry_env, bucket, tmp_path, monkeypatch,
                                                                           pg_url):
-    import flows.ingest_fanout as fanout_flows
-
     monkeypatch.setenv("FERRY_DATABASE_URL", pg_url)
     env = {**ferry_env, "FERRY_DATABASE_URL": pg_url}
     files = {f"d{d}/rec{r:02d}/f{f:02d}.bin": 500 + f for d in range(3) for r in range(20) for f in range(50)}
     source = write_landing(tmp_path / "in", files)
     real, calls = fanout_flows._ingest_group, []
 
-    def one_claimer_dies(item, job):  # noqa: ANN001, ANN202 - the claimer of the 10th group dies inside it
-        calls.append(item.number)
+    def one_claimer_dies(claim, job):  # noqa: ANN001, ANN202 - the claimer of the 10th group dies inside it
+        calls.append(claim.item.number)
         if len(calls) == 10:
             raise _Killed()
-        return real(item, job)
+        return real(claim, job)
 
     monkeypatch.setattr(fanout_flows, "_ingest_group", one_claimer_dies)
     params = _params(source, bucket)

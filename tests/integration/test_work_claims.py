@@ -184,7 +184,8 @@ def test_a_claim_loop_retries_retryable_failures_fails_the_rest_and_ends_when_al
     job = create_job(catalog, "ingest", {}, [{"n": n} for n in range(1, 5)], max_attempts=3)
     seen: list[tuple[int, int]] = []
 
-    def process(item):  # noqa: ANN001, ANN202
+    def process(claim):  # noqa: ANN001, ANN202
+        item = claim.item
         seen.append((item.number, item.attempt))
         if item.number == 2 and item.attempt == 1:
             raise _Flaky("network down")
@@ -211,7 +212,7 @@ def test_a_claim_loop_takes_over_a_dead_workers_item_once_its_lease_runs_out(cat
         waits.append(seconds)
         time.sleep(seconds)
 
-    report = run_claims(catalog, job.id, "survivor", lambda item: {"by": "survivor"}, lease=30, sleep=sleep)
+    report = run_claims(catalog, job.id, "survivor", lambda claim: {"by": "survivor"}, lease=30, sleep=sleep)
     assert report.done == (2, 1) and waits and max(waits) <= 0.5
     [one, _] = list_items(catalog, job.id)
     assert (one.attempts, one.claimed_by, one.result) == (2, "survivor", {"by": "survivor"})
@@ -225,7 +226,7 @@ def test_the_lease_is_renewed_while_a_long_item_runs(catalog_url: str):
     job = create_job(catalog, "ingest", {}, [{"n": 1}])
     stolen: list[object] = []
 
-    def slow(item):  # noqa: ANN001, ANN202 - runs 3 leases long; another claimer tries meanwhile
+    def slow(claim):  # noqa: ANN001, ANN202 - runs 3 leases long; another claimer tries meanwhile
         for _ in range(6):
             time.sleep(0.3)
             stolen.append(claim_next(catalog, job.id, "thief", lease=10))
