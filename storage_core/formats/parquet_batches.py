@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from storage_core.errors import ConfigError
 from storage_core.formats.parquet import PARQUET_TAIL_SIZE, open_parquet_footer
 from storage_core.ranges.cache import CachedObject, DiskCache
-from storage_core.ranges.plan import ByteRange
+from storage_core.ranges.plan import ByteRange, missing
 from storage_core.ranges.reader import RangeReader
 from storage_core.stores.base import GetRangeAndTail
 
@@ -184,14 +184,14 @@ def _streamed(
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(reader, metadata=metadata, page_checksum_verification=True)
-    pending: deque[tuple[int, Future[None] | None]] = deque()
+    pending: deque[tuple[int, list[ByteRange], Future[None] | None]] = deque()
     queue = deque(groups)
     ahead_pool: ThreadPoolExecutor | None = None  # made on the first group the tail did not cover
 
-    def fetch_ahead(group: int) -> Future[None] | None:
+    def fetch_ahead(ranges: list[ByteRange]) -> Future[None] | None:
         nonlocal ahead_pool
-        ranges = [r for r in chunk_ranges(metadata, group, leaves) if reader.cached(*r) is None]
-        if not ranges:
+        cached = reader.regions
+        if not any(missing(cached, start, end) for start, end in ranges):  # the tail holds them: no thread
             return None
         if ahead_pool is None:
             ahead_pool = ThreadPoolExecutor(1, thread_name_prefix="ferry-parquet-ahead")
@@ -201,14 +201,15 @@ def _streamed(
         while queue or pending:
             while queue and len(pending) <= ahead:
                 group = queue.popleft()
-                pending.append((group, fetch_ahead(group)))
-            group, fetched = pending.popleft()
+                ranges = chunk_ranges(metadata, group, leaves)
+                pending.append((group, ranges, fetch_ahead(ranges)))
+            group, ranges, fetched = pending.popleft()
             if fetched is not None:
                 fetched.result()
             # batch by batch, not the whole row group at once: a group of a million rows
             # would otherwise sit decoded in memory (and cost fresh pages) before the first batch
             yield from parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
-            for start, end in chunk_ranges(metadata, group, leaves):
+            for start, end in ranges:
                 reader.discard(start, end)
     finally:
         if ahead_pool is not None:  # a consumer that stops early fetches no more
