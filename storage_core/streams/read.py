@@ -74,12 +74,11 @@ def open_dataset(location: TableLocation) -> ds.Dataset:
 def _table_store(location: TableLocation):  # noqa: ANN202
     """The store holding the table's files, its URI (which names cache entries), and a
     function from a file URI the Delta log gives to the file's key in that store."""
-    from storage_core.stores.registry import open_store
+    from storage_core.stores.registry import open_store, split_object_uri
 
     if location.uri.startswith("s3://"):
-        bucket = location.uri.removeprefix("s3://").split("/", 1)[0]
-        store_uri = f"s3://{bucket}"
-        return open_store(store_uri)[0], store_uri, lambda uri: uri.removeprefix(store_uri + "/")
+        store_uri, _ = split_object_uri(location.uri)
+        return open_store(store_uri)[0], store_uri, lambda uri: split_object_uri(uri)[1]
     folder = location.uri.rstrip("/")
     return open_store(f"file://{folder}")[0], f"file://{folder}", lambda uri: _path(uri).removeprefix(folder + "/")
 
