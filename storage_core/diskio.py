@@ -237,7 +237,20 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """`data` at `path`, whole or not at all: written beside it (`.part`), fsynced, renamed
+    into place, the rename made durable."""
+    partial = path.with_name(path.name + ".part")
+    with open(partial, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+    fsync_dir(path.parent)
+
+
 __all__ = [
+    "write_atomic",
     "COPY_PIECE",
     "DIRECT_ALIGN",
     "WRITEBACK_EVERY",

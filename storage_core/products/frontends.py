@@ -16,7 +16,7 @@ from storage_core.catalog.db import Catalog
 from storage_core.catalog.products import get_product as catalog_get_product
 from storage_core.checksums import crc32c
 from storage_core.config import FerrySettings, load_settings
-from storage_core.diskio import fsync_dir
+from storage_core.diskio import write_atomic
 from storage_core.errors import IntegrityError, ObjectNotFound, ProductNotFound
 from storage_core.keys import join_key
 from storage_core.products.publish import MANIFEST, Manifest, ProductFile, read_manifest
@@ -32,13 +32,7 @@ def products_cache() -> Path | None:
 
 def _write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".part")
-    with open(partial, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)
-    fsync_dir(path.parent)
+    write_atomic(path, data)
 
 
 def _check(file: ProductFile, data: bytes, where: str) -> bytes:

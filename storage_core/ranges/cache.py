@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from storage_core.checksums import crc32c, crc32c_of_stream, to_hex
-from storage_core.diskio import fsync_dir
+from storage_core.diskio import write_atomic
 from storage_core.errors import IntegrityError
 from storage_core.ranges.reader import DEFAULT_PART_SIZE, RangeReader
 
@@ -116,20 +116,10 @@ class DiskCache:
             os.replace(part, path)
         finally:
             part.unlink(missing_ok=True)
-        self._write_record(path, {"store": store_uri, "key": key, "etag": reader.etag, "size": length, "crc32c": value})
-        fsync_dir(path.parent)
+        record = {"store": store_uri, "key": key, "etag": reader.etag, "size": length, "crc32c": value}
+        write_atomic(path.with_name(path.name + RECORD_SUFFIX), json.dumps(record).encode())  # fsyncs the folder too
         self._evict(keep=path)
         return CachedObject(path, length, value, reader.etag)
-
-    @staticmethod
-    def _write_record(path: Path, record: dict) -> None:
-        record_path = path.with_name(path.name + RECORD_SUFFIX)
-        temporary = record_path.with_name(record_path.name + PART_SUFFIX)
-        with open(temporary, "w") as out:
-            json.dump(record, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temporary, record_path)
 
     # --- size ------------------------------------------------------------------------------
     def entries(self) -> list[Path]:
