@@ -66,19 +66,23 @@ class Emitter(Protocol):
         ...
 
 
-EMIT_TIMEOUT = 5.0  # seconds for one POST to Prefect: a hanging API costs the flusher this, nothing more
+EMIT_TIMEOUT = 5.0  # seconds to connect to Prefect and to send one event: an API that is down costs this
+# seconds to wait for Prefect's answer. Generous: an answer that comes after the emitter gave
+# up leaves the row pending, and the next round sends the event again (same id; Prefect
+# stores it once). A Prefect server busy with a test suite's runs took over 5 s to answer.
+EMIT_ANSWER_TIMEOUT = 30.0
 # how long one replica's claim on an event keeps the others out: the emit's connect, send
-# and answer are each bounded by EMIT_TIMEOUT, with room to spare
-CLAIM_HOLD = 4 * EMIT_TIMEOUT
+# and answer each bounded as above, with room to spare
+CLAIM_HOLD = 2 * (2 * EMIT_TIMEOUT + EMIT_ANSWER_TIMEOUT)
 
 
 class PrefectEmitter:
     """Send events to one Prefect API: `api_url`, else PREFECT_API_URL where the emitter
     is built (the gateway's threads do not see settings changed later in other threads).
 
-    Each call makes one POST of the event to `/events` within `timeout` seconds (connect,
-    send and answer each bounded) and returns only once the API accepted it; it raises
-    otherwise, and the caller's next round sends it again. Plain httpx, not Prefect's
+    Each call makes one POST of the event to `/events` (connect and send each bounded by
+    `timeout` seconds, the answer by `answer_timeout`) and returns only once the API
+    accepted it; it raises otherwise, and the caller's next round sends it again. Plain httpx, not Prefect's
     client: that one retries a timed-out request up to PREFECT_CLIENT_MAX_RETRIES times
     with backoff, so a hanging API held one emit for minutes. Not `prefect.events.emit_event`
     either: its events worker sends in the background, logs a failure and drops the event,
@@ -88,11 +92,12 @@ class PrefectEmitter:
     server that no trigger listens to.
     """
 
-    def __init__(self, api_url: str | None = None, *, timeout: float = EMIT_TIMEOUT):
+    def __init__(self, api_url: str | None = None, *, timeout: float = EMIT_TIMEOUT,
+                 answer_timeout: float = EMIT_ANSWER_TIMEOUT):
         from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
 
         self.api_url = api_url or PREFECT_API_URL.value()
-        self.timeout = timeout
+        self.timeout = httpx.Timeout(timeout, read=answer_timeout)
         self.headers: dict[str, str] = {}
         if auth := PREFECT_API_AUTH_STRING.value():
             self.headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
@@ -152,6 +157,7 @@ def emit_pending(catalog: Catalog, emitter: Emitter | None = None, *, limit: int
 
 __all__ = [
     "CLAIM_HOLD",
+    "EMIT_ANSWER_TIMEOUT",
     "EMIT_TIMEOUT",
     "CompletedEvent",
     "Emitter",

@@ -246,11 +246,13 @@ class FakePrefect:
     reads the request and never answers; otherwise it records each POSTed body and answers
     200. Released hanging connections are closed unanswered (the event was not delivered)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, hanging: bool = True, answer_after: float = 0.0) -> None:
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/api"
+        self.answer_after = answer_after  # seconds between recording a body and answering it
         self.hanging = threading.Event()
-        self.hanging.set()
+        if hanging:
+            self.hanging.set()
         self.received: list[list[dict]] = []
         self.hung = 0
         self._held: list[socket.socket] = []
@@ -281,7 +283,11 @@ class FakePrefect:
             self._held.append(conn)
             return
         self.received.append(json.loads(body))
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        time.sleep(self.answer_after)
+        try:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        except OSError:  # the sender gave up waiting
+            pass
         conn.close()
 
     def come_back(self) -> None:
@@ -350,14 +356,39 @@ def test_a_hanging_prefect_delays_events_not_devices_and_each_is_delivered_once(
         assert event["event"] == "ferry.upload.completed" and event["resource"]["ferry.device.id"] == device
 
 
+def test_a_prefect_slow_to_answer_is_waited_for_not_sent_the_event_again(gateway_factory):
+    """A busy Prefect answers after the connect timeout: the emitter waits for the answer
+    (its own, longer bound) instead of giving up and sending the event a second time."""
+    from ferry.gateway.events import PrefectEmitter
+
+    prefect = FakePrefect(hanging=False, answer_after=1.5)
+    try:
+        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=0.5, answer_timeout=10),
+                                                 flush_interval=0.2)
+        token = add_device_token(catalog, "cam-1").token
+        data = os.urandom(1000)
+        with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
+            upload_all(state, {"cam-1/r/a.bin": data})
+            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
+            deadline = time.monotonic() + 20
+            while pending_upload_events(catalog):
+                assert time.monotonic() < deadline, "the event was never marked emitted"
+                time.sleep(0.05)
+            time.sleep(1.0)  # more flusher rounds: nothing is sent again
+    finally:
+        prefect.close()
+    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
+
+
 def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
-    """The fast variant of the one above: the gateway in a thread, the real emitter with a
-    1 s timeout, Prefect hanging for one complete, then back."""
+    """The fast variant of the one above: the gateway in a thread, the real emitter with
+    1 s timeouts, Prefect hanging for one complete, then back."""
     from ferry.gateway.events import PrefectEmitter
 
     prefect = FakePrefect()
     try:
-        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1), flush_interval=0.2)
+        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1, answer_timeout=1), flush_interval=0.2)
         token = add_device_token(catalog, "cam-1").token
         data = os.urandom(1000)
         with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:

@@ -9,6 +9,8 @@ forwarded to the real API and answered with its answer.
 from __future__ import annotations
 
 import json
+import select
+import socket
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -18,14 +20,25 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 
 
+def _sender_gone(sock: socket.socket) -> bool:
+    """Whether the sender closed its end (it gave up waiting): its socket reads as ended."""
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class EventTap:
-    """`posted`: every event POSTed to /events and accepted by the real API, in order. It
-    listens on `host` (a free port): a bridge address when the senders run in network
-    namespaces."""
+    """`posted`: every event POSTed to /events and accepted by the real API, in order, with
+    whether the API's answer reached the sender (`answered`: False when the sender had given
+    up waiting, so it must send the event again). It listens on `host` (a free port): a
+    bridge address when the senders run in network namespaces."""
 
     def __init__(self, api_url: str, *, host: str = "127.0.0.1") -> None:
         self.api_url = api_url.rstrip("/")
-        self.posted: list[dict] = []
+        self.posted: list[tuple[dict, bool]] = []
         self._lock = threading.Lock()
         self._http = httpx.Client(timeout=30)
         tap = self
@@ -36,15 +49,25 @@ class EventTap:
                 path = self.path.removeprefix("/api")
                 headers = {k: v for k, v in self.headers.items() if k.lower() in ("content-type", "authorization")}
                 answer = tap._http.request(self.command, tap.api_url + path, content=body, headers=headers)
+                answered = self._answer(answer)
                 if self.command == "POST" and path.rstrip("/") == "/events" and answer.is_success:
                     with tap._lock:
-                        tap.posted.extend(json.loads(body))
-                self.send_response(answer.status_code)
-                self.send_header("Content-Length", str(len(answer.content)))
-                if "content-type" in answer.headers:
-                    self.send_header("Content-Type", answer.headers["content-type"])
-                self.end_headers()
-                self.wfile.write(answer.content)
+                        tap.posted.extend((event, answered) for event in json.loads(body))
+
+            def _answer(self, answer: httpx.Response) -> bool:
+                if _sender_gone(self.connection):
+                    return False
+                try:
+                    self.send_response(answer.status_code)
+                    self.send_header("Content-Length", str(len(answer.content)))
+                    if "content-type" in answer.headers:
+                        self.send_header("Content-Type", answer.headers["content-type"])
+                    self.end_headers()
+                    self.wfile.write(answer.content)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    return False
+                return True
 
             do_GET = do_POST = _relay
 
@@ -60,7 +83,14 @@ class EventTap:
     def sent(self) -> Counter[str]:
         """How many times each event id was accepted."""
         with self._lock:
-            return Counter(event["id"] for event in self.posted)
+            return Counter(event["id"] for event, _answered in self.posted)
+
+    def answered(self) -> Counter[str]:
+        """How many times each event id was accepted and its sender told so. More than once
+        is a sender sending an event it knew was delivered (two emitters of one event); an
+        event accepted again after an answer that never reached its sender is not that."""
+        with self._lock:
+            return Counter(event["id"] for event, answered in self.posted if answered)
 
     def close(self) -> None:
         self._server.shutdown()
