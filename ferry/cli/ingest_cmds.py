@@ -20,9 +20,9 @@ from ferry.cli.common import (
     app,
     emit_json,
     err,
+    flow_runs_here,
     open_default_catalog,
     out,
-    quiet_prefect_console,
     size_text,
     transactions_app,
     use_prefect_api,
@@ -118,20 +118,22 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
     from flows.ingest_fanout import IngestFanoutParams, ingest_fanout
 
-    quiet_prefect_console(verbose)  # after importing Prefect, which sets up its logging
     if fan_out is not None:
-        report = ingest_fanout(IngestFanoutParams(
-            source=source, to=to, device=device, group_size=group_size, job_id=job_id, origination="ferry ingest --fan-out",
-            fan_out=FanOut(claimers=fan_out, deployment=via or None, lease_seconds=lease),
-        ))
+        with flow_runs_here(verbose):
+            report = ingest_fanout(IngestFanoutParams(
+                source=source, to=to, device=device, group_size=group_size, job_id=job_id,
+                origination="ferry ingest --fan-out",
+                fan_out=FanOut(claimers=fan_out, deployment=via or None, lease_seconds=lease),
+            ))
         emit_json(report) if as_json else _print_fanout(report)
     else:
         transaction_id = uuid.uuid4().hex
-        report = _watch_transaction(
-            transaction_id,
-            lambda: ingest_flow(source, to=to, device=device, transaction_id=transaction_id),
-            show=not as_json and sys.stderr.isatty(),
-        )
+        with flow_runs_here(verbose):
+            report = _watch_transaction(
+                transaction_id,
+                lambda: ingest_flow(source, to=to, device=device, transaction_id=transaction_id),
+                show=not as_json and sys.stderr.isatty(),
+            )
         emit_json(report) if as_json else _print_ingest(report)
     if report.held_back:
         raise typer.Exit(1)
@@ -200,8 +202,9 @@ def transactions_resume(
     use_prefect_api()
     from flows.ingest import resume
 
-    quiet_prefect_console(verbose)
-    report = _watch_transaction(transaction_id, lambda: resume(transaction_id), show=not as_json and sys.stderr.isatty())
+    with flow_runs_here(verbose):
+        report = _watch_transaction(transaction_id, lambda: resume(transaction_id),
+                                    show=not as_json and sys.stderr.isatty())
     emit_json(report) if as_json else _print_ingest(report)
 
 
@@ -218,8 +221,8 @@ def reconcile(
     use_prefect_api()
     from flows.reconcile import reconcile as reconcile_flow
 
-    quiet_prefect_console(verbose)
-    report = reconcile_flow(older_than_minutes=older_than, action=action)
+    with flow_runs_here(verbose):
+        report = reconcile_flow(older_than_minutes=older_than, action=action)
     if as_json:
         emit_json(report)
     else:
@@ -250,8 +253,7 @@ def demo(
     from flows.ingest import ingest as ingest_flow
     from storage_core.catalog.queries import list_recordings
 
-    quiet_prefect_console(verbose)
-    with tempfile.TemporaryDirectory(prefix="ferry-demo-") as tmp:
+    with flow_runs_here(verbose), tempfile.TemporaryDirectory(prefix="ferry-demo-") as tmp:
         landing = make_landing(Path(tmp) / "landing")
         if not as_json:
             out.print(f"generated a landing folder at {landing}; ingesting it…")

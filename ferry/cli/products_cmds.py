@@ -17,10 +17,10 @@ from ferry.cli.common import (
     app,
     emit_json,
     err,
+    flow_runs_here,
     open_default_catalog,
     out,
     parse_time,
-    quiet_prefect_console,
     size_text,
     use_prefect_api,
 )
@@ -82,8 +82,8 @@ def derive(
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{'.'.join(map(str, first['loc']))}: {str(first['msg']).removeprefix('Value error, ')}") from None
-    quiet_prefect_console(verbose)
-    report = derive_flow(params)
+    with flow_runs_here(verbose):
+        report = derive_flow(params)
     if as_json:
         emit_json(report)
     else:

@@ -16,9 +16,9 @@ from ferry.cli.common import (
     app,
     emit_json,
     err,
+    flow_runs_here,
     out,
     parse_time,
-    quiet_prefect_console,
     size_text,
     use_prefect_api,
 )
@@ -121,8 +121,8 @@ def summarize(
     params = _params(device_id=device, since=since_at, until=until_at, transaction_id=transaction, force=force or None)
     from flows.summarize import summarize as summarize_flow
 
-    quiet_prefect_console(verbose)
-    report = summarize_flow(params)
+    with flow_runs_here(verbose):
+        report = summarize_flow(params)
     if as_json:
         emit_json(report)
     else:

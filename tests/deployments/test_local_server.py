@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,33 @@ def test_ingest_starts_the_server_and_the_next_ingest_reuses_it(cli_env: dict[st
     with urllib.request.urlopen(request, timeout=30) as response:
         runs = json.loads(response.read())
     assert len([r for r in runs if r["state_type"] == "COMPLETED"]) >= 2
+
+    # the CLI's own flow runs send no heartbeats (ending a run waited up to 1 s for Prefect's
+    # heartbeat thread), unless the user asks for them
+    (landing / "c.txt").write_bytes(b"beat\n")
+    asked = ferry(["ingest", str(tmp_path / "landing"), "--json"],
+                  {**cli_env, "PREFECT_API_URL": server.api_url, "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}, tmp_path)
+    assert asked.returncode == 0, asked.stderr
+    request = urllib.request.Request(f"{server.api_url}/flow_runs/filter", method="POST",
+                                     data=json.dumps({"sort": "EXPECTED_START_TIME_DESC", "limit": 1}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        beating = {json.loads(response.read())[0]["id"]}
+    deadline = time.monotonic() + 60
+    while not (beats := _heartbeat_runs(server.api_url)) >= beating:
+        assert time.monotonic() < deadline, f"no heartbeat of the run that asked for them: {beats}"
+        time.sleep(0.5)
+    assert beats == beating, "a run that did not ask for heartbeats sent them"
+
+
+def _heartbeat_runs(api_url: str) -> set[str]:
+    """The flow runs that sent Prefect a heartbeat event."""
+    body = json.dumps({"filter": {"event": {"name": ["prefect.flow-run.heartbeat"]}}, "limit": 50}).encode()
+    request = urllib.request.Request(f"{api_url}/events/filter", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        events = json.loads(response.read())["events"]
+    return {e["resource"]["prefect.resource.id"].removeprefix("prefect.flow-run.") for e in events}
 
 
 def test_a_dead_or_recycled_pid_is_stale_and_stop_forgets_it(tmp_path: Path) -> None:
