@@ -23,7 +23,9 @@ from pyarrow import fs
 
 from storage_core.errors import ConfigError, StorageUnavailable, one_line
 from storage_core.formats.parquet_batches import CachePolicy, read_parquet_batches
+from storage_core.keys import parse_uri
 from storage_core.ranges.cache import DiskCache
+from storage_core.stores.s3_reads import S3RangeReads
 from storage_core.streams.table import TableLocation
 
 FILES_AHEAD = 4  # files opened (their tail GET sent) ahead of the one being read
@@ -73,12 +75,15 @@ def open_dataset(location: TableLocation) -> ds.Dataset:
 
 def _table_store(location: TableLocation):  # noqa: ANN202
     """The store holding the table's files, its URI (which names cache entries), and a
-    function from a file URI the Delta log gives to the file's key in that store."""
+    function from a file URI the Delta log gives to the file's key in that store. In S3,
+    reads signed with the location's own endpoint and keys (storage_core.stores.s3_reads:
+    no botocore client to build), else the usual S3Store."""
     from storage_core.stores.registry import open_store, split_object_uri
 
     if location.uri.startswith("s3://"):
         store_uri, _ = split_object_uri(location.uri)
-        return open_store(store_uri)[0], store_uri, lambda uri: split_object_uri(uri)[1]
+        store = S3RangeReads.from_options(parse_uri(store_uri).root, location.storage_options)
+        return store or open_store(store_uri)[0], store_uri, lambda uri: split_object_uri(uri)[1]
     folder = location.uri.rstrip("/")
     return open_store(f"file://{folder}")[0], f"file://{folder}", lambda uri: _path(uri).removeprefix(folder + "/")
 
