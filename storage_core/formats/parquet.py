@@ -138,14 +138,20 @@ def open_parquet_footer(reader: RangeReader) -> tuple["pq.FileMetaData", int]:
     (footer_size,) = struct.unpack("<I", trailer[:4])
     if footer_size + 12 > size:
         raise NotParquetFile(f"{reader.name}: Parquet footer length {footer_size} exceeds the file", key=reader.name)
-    # cache what pyarrow will read (the last 64 KiB, or the whole footer) in at most one GET
-    reader.prefetch_range(max(0, size - max(footer_size + 8, PARQUET_TAIL_SIZE)), size)
-    reader.seek(0)
-    import pyarrow.lib  # imported here: MCAP-only users do not pay for pyarrow
+    import pyarrow as pa  # imported here: MCAP-only users do not pay for pyarrow
+    import pyarrow.lib
     import pyarrow.parquet as pq
 
+    whole = reader.cached(0, size) if reader.tail_start == 0 else None
+    if whole is not None:  # the opening GET brought it all: pyarrow parses it in memory, no Python reads
+        source = pa.BufferReader(pa.py_buffer(whole))
+    else:
+        # cache what pyarrow will read (the last 64 KiB, or the whole footer) in at most one GET
+        reader.prefetch_range(max(0, size - max(footer_size + 8, PARQUET_TAIL_SIZE)), size)
+        reader.seek(0)
+        source = reader
     try:
-        return pq.read_metadata(reader), footer_size
+        return pq.read_metadata(source), footer_size
     except (pyarrow.lib.ArrowException, OSError, ValueError) as exc:
         raise FormatError(f"{reader.name}: unreadable Parquet footer: {exc}", key=reader.name) from exc
 

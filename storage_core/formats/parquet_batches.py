@@ -1,7 +1,8 @@
 """A stored Parquet object read as a stream of Arrow record batches, by range requests or
 from the verified local disk cache, as `CachePolicy` decides.
 
-Streaming: one suffix GET learns size, ETag and footer; each row group's projected column
+Streaming: one suffix GET learns size, ETag and footer (an object no larger than that tail
+is then read from it, no other request); each row group's projected column
 chunks are then fetched as coalesced ranges, in parallel, `row_groups_ahead` groups ahead
 of the consumer, every request pinned to the ETag of the first (an object replaced mid-read
 raises PreconditionFailed, versions never mix). A row group's bytes are dropped once its
@@ -154,9 +155,15 @@ def read_parquet_batches(
     except BaseException:
         reader.close()
         raise
-    if entry is not None:
+    whole = reader.cached(0, reader.size) if entry is None and reader.tail_start == 0 else None
+    if entry is not None or whole is not None:
         reader.close()
-        local = pq.ParquetFile(entry.path, page_checksum_verification=True)
+        # a local file, or an object the opening GET brought whole: read by pyarrow itself,
+        # not through a Python file object (whose every read holds the GIL and copies)
+        import pyarrow as pa
+
+        source = entry.path if entry is not None else pa.BufferReader(pa.py_buffer(whole))
+        local = pq.ParquetFile(source, metadata=metadata if entry is None else None, page_checksum_verification=True)
         batches = local.iter_batches(batch_size=batch_rows, row_groups=list(groups), columns=columns) if groups else iter(())
     else:
         batches = _streamed(reader, metadata, groups, leaves, columns, batch_rows=batch_rows, ahead=row_groups_ahead)

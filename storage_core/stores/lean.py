@@ -31,6 +31,7 @@ from storage_core.errors import StorageUnavailable
 
 ATTEMPTS = 3
 CONNECT_TIMEOUT, READ_TIMEOUT = 5.0, 60.0
+LEAN_URL_SECONDS = 300  # a lean request's URL is used at once; this only bounds a clock skew
 _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 
 
@@ -69,12 +70,16 @@ class LeanConnections:
         return held[origin]
 
     def send(self, method: str, url: str, body: bytes | memoryview, headers: dict[str, str], *,
-             into: memoryview | None = None) -> tuple[int, bytes | int, dict[str, str]]:
+             into: memoryview | None = None, at_most: int | None = None) -> tuple[int, bytes | int, dict[str, str]]:
         """(status, body, headers) of one request. With `into` (a Range request), a 206
         answer's body is read into it and its length given instead (at most len(into) bytes:
-        no more was asked for); another 2xx answer (a Range ignored) is left unread, its
-        connection closed. A kept-alive connection the server closed is replaced and the
-        request sent once more; StorageUnavailable when none answers."""
+        no more was asked for); with `at_most` (a Range request too), a 206 answer's body is
+        returned as it is read (one allocation), refused when it says it holds more than
+        `at_most` bytes. Either way another 2xx answer (a Range ignored) is left unread, its
+        connection closed, and its body given as 0 or b"". A kept-alive connection the
+        server closed is replaced and the request sent once more; StorageUnavailable when
+        none answers."""
+        ranged = into is not None or at_most is not None
         parts = urlsplit(url)
         target = f"{parts.path}?{parts.query}" if parts.query else parts.path
         for attempt in range(2):
@@ -88,11 +93,17 @@ class LeanConnections:
                 connection.request(method, target, body=body, headers=headers)
                 response = connection.getresponse()
                 answer = {k.lower(): v for k, v in response.getheaders()}
-                if into is None or not 200 <= response.status < 300:
+                if not ranged or not 200 <= response.status < 300:
                     return response.status, response.read(), answer
                 if response.status != 206:
                     connection.close()
-                    return response.status, 0, answer
+                    return response.status, 0 if into is not None else b"", answer
+                if into is None:
+                    if response.length is None or response.length > at_most:
+                        connection.close()
+                        raise http.client.HTTPException(f"the answer holds {response.length} bytes, "
+                                                        f"at most {at_most} were asked for")
+                    return response.status, response.read(), answer
                 got = 0
                 while got < len(into) and (n := response.readinto(into[got:])):
                     got += n
@@ -148,4 +159,4 @@ def put_empty(sign: Callable[[str], str], keys: list[str], *, workers: int) -> l
         connections.close()
 
 
-__all__ = ["LeanConnections", "error_code", "put_empty"]
+__all__ = ["LEAN_URL_SECONDS", "LeanConnections", "error_code", "put_empty"]

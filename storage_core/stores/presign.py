@@ -11,6 +11,11 @@ differs only in its key, its extra query parameters (`partNumber`, `uploadId`) a
 signed headers, each canonicalized as the SigV4 specification says ("Authenticating
 Requests: Using Query Parameters"); tests/unit/test_presign.py checks them against botocore
 signing the same request at the same instant.
+
+`QuerySigner.for_endpoint` signs without a botocore client, for a reader that holds its
+credentials already (a stream table's location): an explicit endpoint takes path-style
+URLs, as Ferry's clients are configured for one (storage_core.stores.s3.make_client), so
+there is nothing for botocore to decide; building a client would cost ~0.15 s of CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
@@ -30,6 +36,15 @@ _PROBE_KEY = "ferry-presign-probe"
 @lru_cache(maxsize=1024)  # the names and most values repeat from URL to URL
 def _uri_encode(value: str, keep_slash: bool = False) -> str:
     return quote(value, safe="-_.~/" if keep_slash else "-_.~")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Credentials given explicitly (the shape of botocore's frozen credentials)."""
+
+    access_key: str
+    secret_key: str
+    token: str | None = None
 
 
 class QuerySigner:
@@ -49,11 +64,29 @@ class QuerySigner:
         self.host = parts.netloc
         self.base_path = parts.path[: -len(_PROBE_KEY)]  # "/bucket/" (path style) or "/" (virtual host)
         self._keys: dict[tuple[str, str], bytes] = {}
-        self._credentials()  # AttributeError (then botocore signs) when the client holds none we can read
+        # what the client signs with (refreshed by botocore); AttributeError (then botocore
+        # signs) when the client holds none we can read
+        self._credentials: Callable[[], Any] = client._request_signer._credentials.get_frozen_credentials
+        self._credentials()
 
-    def _credentials(self):  # noqa: ANN202
-        credentials = self.client._request_signer._credentials  # what the client signs with (refreshed by botocore)
-        return credentials.get_frozen_credentials()
+    @classmethod
+    def for_endpoint(cls, endpoint_url: str, bucket: str, *, region: str, keys: Keys, clock=time.time) -> QuerySigner:  # noqa: ANN001
+        """A signer for `bucket` behind the S3-compatible `endpoint_url`, path-style (see
+        module), with `keys`; no botocore client is built. ValueError for an endpoint that
+        is not an http(s) URL."""
+        parts = urlsplit(endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError(f"not an S3 endpoint URL: {endpoint_url!r}")
+        signer = cls.__new__(cls)
+        signer.client, signer.bucket, signer.clock = None, bucket, clock
+        signer.region, signer.service = region, "s3"
+        default_port = {"http": ":80", "https": ":443"}[parts.scheme]
+        # the Host header http.client sends (and botocore signs) leaves a default port out
+        signer.origin, signer.host = f"{parts.scheme}://{parts.netloc}", parts.netloc.removesuffix(default_port)
+        signer.base_path = f"{parts.path.rstrip('/')}/{quote(bucket, safe='-_.~')}/"
+        signer._keys = {}
+        signer._credentials = lambda: keys
+        return signer
 
     def _signing_key(self, secret: str, day: str) -> bytes:
         key = self._keys.get((secret, day))
@@ -97,4 +130,4 @@ class QuerySigner:
         return f"{self.origin}{path}?{canonical_query}&X-Amz-Signature={signature}"
 
 
-__all__ = ["QuerySigner"]
+__all__ = ["Keys", "QuerySigner"]

@@ -33,26 +33,20 @@ from botocore.config import Config
 from storage_core.checksums import from_header, to_header
 from storage_core.errors import (
     AccessDenied,
-    BucketNotFound,
     IntegrityError,
-    ObjectNotFound,
-    PreconditionFailed,
     RangeNotHonoured,
     StorageError,
     StorageUnavailable,
-    UploadNotFound,
 )
 from storage_core.keys import validate_key
 from storage_core.stores.base import ObjectMeta, PendingUpload, StoredPart, Tail
-from storage_core.stores.lean import LeanConnections, error_code, put_empty
+from storage_core.stores.lean import LEAN_URL_SECONDS, LeanConnections, error_code, put_empty
 from storage_core.stores.presign import QuerySigner
+from storage_core.stores.s3_errors import refused
 
 log = logging.getLogger(__name__)
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)")
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
-_DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "InvalidToken", "ExpiredToken"}
-_UNAVAILABLE = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 _NETWORK_ERRORS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -66,7 +60,6 @@ _NETWORK_ERRORS = (
     TimeoutError,
 )
 _lean_connections = LeanConnections()  # lean PUTs and range reads: one kept-alive connection per thread and origin
-LEAN_URL_SECONDS = 300  # a lean request's URL is used at once; this only bounds a clock skew
 
 
 def _refusal(status: int, body: bytes, operation: str) -> botocore.exceptions.ClientError:
@@ -79,32 +72,15 @@ def _refusal(status: int, body: bytes, operation: str) -> botocore.exceptions.Cl
 
 @contextmanager
 def _translated(bucket: str, key: str | None, action: str):
-    """The one place botocore and urllib3 errors become Ferry errors (original kept as __cause__)."""
+    """The one place botocore and urllib3 errors become Ferry errors (original kept as __cause__);
+    a refusal's code and status are mapped by storage_core.stores.s3_errors."""
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     try:
         yield
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
-        code = str(error.get("Code", ""))
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        message = error.get("Message") or code
-        if code == "NoSuchBucket":
-            raise BucketNotFound(f"bucket {bucket!r} does not exist", key=key) from exc
-        if code in _NOT_FOUND or status == 404 and code != "NoSuchUpload":
-            raise ObjectNotFound(f"no such object: {where}", key=key) from exc
-        if code in _DENIED or status == 403:
-            raise AccessDenied(f"access denied to {where} ({code}): check credentials and permissions", key=key) from exc
-        if code == "PreconditionFailed" or status == 412:
-            if action == "read":
-                raise PreconditionFailed(f"{where} changed while it was being read", key=key) from exc
-            raise PreconditionFailed(f"{action} {where}: refused, the object exists or changed meanwhile", key=key) from exc
-        if code in ("BadDigest", "InvalidDigest", "XAmzContentChecksumMismatch"):
-            raise IntegrityError(f"{action} {where}: the server received bytes that fail their CRC32C", key=key, retryable=True) from exc
-        if code == "NoSuchUpload":
-            raise UploadNotFound(f"{action} {where}: the multipart upload no longer exists", key=key) from exc
-        if code in _UNAVAILABLE or (status or 0) >= 500:
-            raise StorageUnavailable(f"{action} {where}: server error {code or status}", key=key) from exc
-        raise StorageError(f"{action} {where}: {code}: {message}", key=key) from exc
+        raise refused(bucket, key, action, code=str(error.get("Code", "")), message=error.get("Message") or "",
+                      status=exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")) from exc
     except botocore.exceptions.NoCredentialsError as exc:
         raise AccessDenied(f"no S3 credentials found for {where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY", key=key) from exc
     except _NETWORK_ERRORS as exc:

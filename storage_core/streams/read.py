@@ -4,8 +4,13 @@ The table's Parquet files are the ones its Delta log names, so a file written by
 that never landed is never read. Each file is read by storage_core.formats.parquet_batches:
 its projected column chunks by ETag-pinned range requests (or from the verified disk
 cache, as the CachePolicy decides), row groups that the time bounds rule out skipped by
-their statistics, a few files opened ahead of the consumer. Memory stays a few row groups
-per file opened ahead, whatever the table's size.
+their statistics, a few files opened ahead of the consumer. A file the log says is at most
+WHOLE_FILE_SIZE comes whole in its one GET (a stream's files are mostly one append each);
+a larger one streams by row groups. Memory stays a few row groups (or one small file) per
+file opened ahead, whatever the table's size.
+
+In S3 the GETs are signed with the location's own endpoint and keys and sent lean
+(storage_core.stores.s3_reads): no botocore client is built for a read.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,12 +29,17 @@ from pyarrow import fs
 
 from storage_core.errors import ConfigError, StorageUnavailable, one_line
 from storage_core.formats.parquet_batches import CachePolicy, read_parquet_batches
+from storage_core.keys import parse_uri
 from storage_core.ranges.cache import DiskCache
+from storage_core.stores.s3_reads import S3RangeReads
 from storage_core.streams.table import TableLocation
 
 FILES_AHEAD = 4  # files opened (their tail GET sent) ahead of the one being read
 # a stream's files are one append or one compaction each: most arrive whole with their tail
 TAIL_SIZE = 1024 * 1024
+# a file the Delta log says is no larger is fetched whole by its one GET: the streamed path
+# would hold its tail and a few of its row groups anyway, and pays a round trip for each
+WHOLE_FILE_SIZE = 8 * 1024 * 1024
 
 
 def _filesystem(location: TableLocation) -> fs.FileSystem:
@@ -46,16 +57,23 @@ def _filesystem(location: TableLocation) -> fs.FileSystem:
     return s3
 
 
-def _committed(location: TableLocation) -> tuple[list[str], pa.Schema]:
-    """The URIs of the Parquet files the Delta log names, and the table's schema."""
+def _committed(location: TableLocation) -> tuple[list[str], pa.Schema, list[int | None]]:
+    """The URIs of the Parquet files the Delta log names, the table's schema, and each
+    file's size as the log records it (None where the log's add actions do not line up
+    with the URIs, which then cost nothing but the whole-file GET)."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
     try:
         table = DeltaTable(location.uri, storage_options=location.storage_options)
-        return table.file_uris(), pa.schema(table.schema())
+        files, schema = table.file_uris(), pa.schema(table.schema())
+        adds = pa.table(table.get_add_actions(flatten=True))
     except (DeltaError, OSError) as exc:
         raise StorageUnavailable(f"stream table {location.uri}: {one_line(exc)}") from exc
+    paths, sizes = adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist()
+    if len(paths) != len(files) or not all(uri.endswith(unquote(path)) for uri, path in zip(files, paths)):
+        return files, schema, [None] * len(files)
+    return files, schema, sizes
 
 
 def _path(uri: str) -> str:
@@ -67,18 +85,21 @@ def open_dataset(location: TableLocation) -> ds.Dataset:
     Parquet files the Delta log names, read by pyarrow's own S3 client (a dataset over
     delta-rs's filesystem sometimes aborts the process at exit, delta-io/delta-rs#2184),
     under the table's schema (a file written before a column was added reads it as nulls)."""
-    files, schema = _committed(location)
+    files, schema, _ = _committed(location)
     return ds.dataset([_path(f) for f in files], schema=schema, format="parquet", filesystem=_filesystem(location))
 
 
 def _table_store(location: TableLocation):  # noqa: ANN202
     """The store holding the table's files, its URI (which names cache entries), and a
-    function from a file URI the Delta log gives to the file's key in that store."""
+    function from a file URI the Delta log gives to the file's key in that store. In S3,
+    reads signed with the location's own endpoint and keys (storage_core.stores.s3_reads:
+    no botocore client to build), else the usual S3Store."""
     from storage_core.stores.registry import open_store, split_object_uri
 
     if location.uri.startswith("s3://"):
         store_uri, _ = split_object_uri(location.uri)
-        return open_store(store_uri)[0], store_uri, lambda uri: split_object_uri(uri)[1]
+        store = S3RangeReads.from_options(parse_uri(store_uri).root, location.storage_options)
+        return store or open_store(store_uri)[0], store_uri, lambda uri: split_object_uri(uri)[1]
     folder = location.uri.rstrip("/")
     return open_store(f"file://{folder}")[0], f"file://{folder}", lambda uri: _path(uri).removeprefix(folder + "/")
 
@@ -135,7 +156,7 @@ def read_batches(
     """(schema, batches) of the committed rows, file by file in the Delta log's order;
     `since` (inclusive) and `until` (exclusive) filter on `time_column`. ConfigError names a
     column the table does not have. `cache` and `policy`: see parquet_batches."""
-    files, table_schema = _committed(location)
+    files, table_schema, sizes = _committed(location)
     names = table_schema.names
     wanted = columns or names
     bounded = since is not None or until is not None
@@ -153,23 +174,24 @@ def read_batches(
         upper = pc.field(time_column) < pa.scalar(until)
         condition = upper if condition is None else condition & upper
 
-    def open_file(uri: str) -> Iterator[pa.RecordBatch]:
+    def open_file(uri: str, size: int | None) -> Iterator[pa.RecordBatch]:
         """The file's batches, its first row group decoded already: opened FILES_AHEAD at a
         time, small files are fetched and decoded in parallel, not one after another."""
+        tail_size = size if size is not None and 0 < size <= WHOLE_FILE_SIZE else TAIL_SIZE
         read = read_parquet_batches(store, key_of(uri), store_uri=store_uri, columns=needed, only_present=True,
                                     keep_row_group=keep, policy=policy, cache=cache, batch_rows=batch_rows,
-                                    tail_size=TAIL_SIZE)
+                                    tail_size=tail_size)
         first = next(read.batches, None)
         return itertools.chain([first] if first is not None else [], read.batches)
 
     def batches() -> Iterator[pa.RecordBatch]:
         with ThreadPoolExecutor(FILES_AHEAD, thread_name_prefix="ferry-stream-open") as pool:
             opened: deque[Future[Iterator[pa.RecordBatch]]] = deque()
-            queue = deque(files)
+            queue = deque(zip(files, sizes))
             try:
                 while queue or opened:
                     while queue and len(opened) < FILES_AHEAD:
-                        opened.append(pool.submit(open_file, queue.popleft()))
+                        opened.append(pool.submit(open_file, *queue.popleft()))
                     for batch in opened.popleft().result():
                         batch = _conform(batch, read_schema)
                         if condition is not None:

@@ -213,3 +213,15 @@ def test_an_unknown_column_or_a_missing_cache_is_one_clear_error(bucket) -> None
         read_parquet_batches(bucket, "c.parquet", columns=["speed"])
     with pytest.raises(ConfigError, match="ALWAYS needs a DiskCache"):
         read_parquet_batches(bucket, "c.parquet", policy=CachePolicy.ALWAYS)
+
+
+@pytest.mark.parametrize("tail_size", [64 * 1024, 8 * 1024 * 1024], ids=["by-ranges", "whole-in-the-tail"])
+def test_a_page_damaged_in_the_store_fails_its_crc(any_store, tail_size) -> None:
+    data = bytearray(parquet_bytes(telemetry()))
+    chunk = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(3).column(5)  # blob: incompressible
+    data[chunk.data_page_offset + 200] ^= 0x01
+    store_object(any_store, "d.parquet", bytes(data))
+
+    read = read_parquet_batches(any_store, "d.parquet", policy=CachePolicy.NEVER, tail_size=tail_size)
+    with pytest.raises(OSError, match="CRC"):
+        collect(read)

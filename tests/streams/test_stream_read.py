@@ -70,3 +70,37 @@ def test_a_wide_read_goes_through_the_verified_cache(gps, tmp_path) -> None:  # 
 def test_an_unknown_column_is_named(gps) -> None:  # noqa: ANN001
     with pytest.raises(ConfigError, match="no column 'altitude'"):
         read_batches(gps, columns=["seq", "altitude"])
+
+
+def test_each_committed_file_costs_one_get_and_no_botocore_client(gps, monkeypatch) -> None:  # noqa: ANN001
+    import storage_core.stores.registry as registry
+    from storage_core.stores.s3_reads import S3RangeReads
+
+    sent: list[str] = []
+    for name in ("get_tail", "get_range"):
+        original = getattr(S3RangeReads, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            sent.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(S3RangeReads, name, counted)
+
+    def no_store(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("a read of an S3 table built a botocore client")
+
+    monkeypatch.setattr(registry, "open_store", no_store)
+    ours = table_of(*read_batches(gps))
+
+    assert ours.num_rows == 2_000
+    assert sent == ["get_tail"] * 4  # one per file the log names: each small file arrives whole
+
+
+def test_files_larger_than_the_whole_file_size_stream_by_ranges(gps, monkeypatch) -> None:  # noqa: ANN001
+    import storage_core.streams.read as read_module
+
+    monkeypatch.setattr(read_module, "WHOLE_FILE_SIZE", 1024)
+    monkeypatch.setattr(read_module, "TAIL_SIZE", 1024)
+    ours = table_of(*read_batches(gps))
+
+    assert ours.equals(open_dataset(gps).to_table().sort_by("seq"))

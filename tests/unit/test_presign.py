@@ -13,7 +13,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from storage_core.stores.presign import QuerySigner
+from storage_core.stores.presign import Keys, QuerySigner
 
 KEYS = ["lake/cam-1/run 1/a.mcap", "lake/dev/ünï/çode+plus=eq&amp.bin", "k~tilde/(paren)/*star*/!bang'", "a/b%25c"]
 
@@ -59,3 +59,21 @@ def test_a_url_without_signed_headers_matches_botocore():
     reference = s3.generate_presigned_url("put_object", Params={"Bucket": "b-1", "Key": "x/y.bin"}, ExpiresIn=60)
     signer = QuerySigner(s3, "b-1", clock=lambda: same_instant(reference))
     assert parsed(signer.url("PUT", "x/y.bin", expires_in=60)) == parsed(reference)
+
+
+@pytest.mark.parametrize("endpoint", ["http://127.0.0.1:8333", "https://s3.example.org:443/base/", "http://seaweed:80"])
+@pytest.mark.parametrize("token", [None, "FQoGZXIvYXdzEXAMPLE//token=="], ids=["keys", "session-token"])
+@pytest.mark.parametrize("key", KEYS)
+def test_a_signer_without_a_client_matches_botocore_path_style(endpoint, token, key):
+    s3 = client(endpoint, token)
+    reference = s3.generate_presigned_url("get_object", Params={"Bucket": "fleet-data", "Key": key}, ExpiresIn=300)
+    keys = Keys("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", token)
+    signer = QuerySigner.for_endpoint(endpoint, "fleet-data", region="eu-west-3", keys=keys,
+                                      clock=lambda: same_instant(reference))
+    assert parsed(signer.url("GET", key, expires_in=300)) == parsed(reference)
+
+
+@pytest.mark.parametrize("endpoint", ["s3.example.org", "ftp://host", "http://host/?x=1"])
+def test_a_signer_refuses_what_is_not_an_endpoint_url(endpoint):
+    with pytest.raises(ValueError, match="not an S3 endpoint URL"):
+        QuerySigner.for_endpoint(endpoint, "b-1", region="us-east-1", keys=Keys("a", "b"))
