@@ -226,7 +226,7 @@ class PendingAppend:
     """One append waiting for its stream's group commit, and then its answer."""
 
     header: Any  # storage_core.streams.commit.AppendHeader
-    frame: Any  # storage_core.device.frame.Frame
+    rows: Any  # its body decoded (a pyarrow Table), or the refusal decoding it raised
     digest: str  # sha256 of the frame's body
     result: Any = None  # its AppendResult, once done
     error: BaseException | None = None  # or its refusal
