@@ -46,7 +46,7 @@ from storage_core.retry import backoff_delays
 DEFAULT_BATCH_ROWS = 5_000
 # Appends in flight: those reaching the gateway while a commit runs go in its successor, one
 # group, so the window is what makes groups large (half of it per group at a steady pace).
-# Memory: at most DEFAULT_INFLIGHT frames and DEFAULT_INFLIGHT_BYTES of them (and one frame more).
+# Memory: at most DEFAULT_INFLIGHT frames, and DEFAULT_INFLIGHT_BYTES of them and one frame more.
 DEFAULT_INFLIGHT = 32
 DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024
 COMPRESSIONS = ("zstd", "lz4", "none")
@@ -209,9 +209,9 @@ class _Append:
 
 def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dict[str, Any]], window: int, *,
                            window_bytes: int | None = None) -> Iterator[tuple[_Append, dict[str, Any]]]:
-    """Send up to `window` appends at once, holding at most `window_bytes` of frames in
-    flight besides the first (None: no byte bound), and yield each with its answer in the
-    order sent. An append refused as beyond the end while its predecessor was
+    """Send up to `window` appends at once, and no further one while `window_bytes` of frames
+    are in flight (so at most that and one frame more; None: no byte bound), and yield each
+    with its answer in the order sent. An append refused as beyond the end while its predecessor was
     still in flight is sent again once the predecessor is acknowledged. The first failure is
     raised after the appends in flight have finished (none is sent again)."""
     queue: deque[tuple[_Append, Future[dict[str, Any]]]] = deque()
@@ -261,8 +261,8 @@ def stream_append(
     inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
 ) -> StreamAppendReport:
     """Append `files` in order to the device's stream `stream` (see the module docstring).
-    Up to `inflight` appends (and `inflight_bytes` of frames, besides one) are in flight at
-    once, acknowledged in order (the gateway
+    Up to `inflight` appends (and `inflight_bytes` of frames and one frame more) are in flight
+    at once, acknowledged in order (the gateway
     holds one that arrives before its predecessor for a moment; one it refused meanwhile is
     sent again once its predecessor is acknowledged). Retryable failures (lost link, 5xx)
     resend the same frame, up to `attempts` times each;
