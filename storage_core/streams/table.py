@@ -176,7 +176,7 @@ class DeltaStreamTable:
         refreshed, never on a later one: TableMoved if someone else committed since (no
         retry that could put these rows after rows it has not seen). Returns the new table
         version. The first append creates the table."""
-        from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, write_deltalake
+        from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, WriterProperties, write_deltalake
         from deltalake.exceptions import CommitFailedError
 
         checkpoint = self._table is not None and (self._table.version() + 1) % CHECKPOINT_INTERVAL == 0
@@ -186,6 +186,9 @@ class DeltaStreamTable:
                 write_deltalake(
                     self._table if self._table is not None else self.location.uri, data, mode="append",
                     schema_mode="merge" if schema_changed else None, storage_options=self.location.storage_options,
+                    # zstd, not delta-rs's snappy: ~40% smaller files for the same encoding time,
+                    # so the store's PUT (the larger part of a commit's cost) is shorter
+                    writer_properties=WriterProperties(compression="ZSTD"),
                     commit_properties=CommitProperties(
                         max_commit_retries=0, app_transactions=[Transaction(app_id, end)],
                         custom_metadata={f"{META_PREFIX}{k}": str(v) for k, v in info.items()},
