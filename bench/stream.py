@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-stream-") as scratch, seaweed_server(auth=True) as target:
+        # SeaweedFS allocates a bucket's volumes at its first write (~0.2 s): paid here, not by
+        # whichever side writes first (pyarrow write, which paid it alone until now)
+        target.client().put_object(Bucket=target.bucket, Key="warm-up", Body=b"x")
         saved = {k: os.environ.get(k) for k in target.env}
         os.environ.update(target.env)  # this process's gateway reaches the store the usual way
         try:
