@@ -34,6 +34,7 @@ from typing import Any
 # bench.upload): the table compares appends and reads, not interpreter start-up.
 import boto3  # noqa: F401 - the ferry sides resolve credentials with it
 import deltalake  # noqa: F401 - imported by the ferry sides, outside their timed calls
+import httpcore  # noqa: F401 - httpx imports it (and trio with it, ~0.12 s) when the ferry append side makes its client
 import pyarrow.parquet as pq
 from pyarrow import fs
 
