@@ -21,9 +21,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+import anyio.to_thread
+from anyio import CapacityLimiter
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.concurrency import run_in_threadpool
 
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.streams import StreamInfo, get_stream, list_streams, stream_id
@@ -34,6 +35,9 @@ from storage_core.keys import StorageUri
 from storage_core.streams.commit import append_frame
 from storage_core.streams.read import ipc_chunks, read_batches
 from storage_core.streams.table import StreamTables, location_of
+
+
+APPEND_THREADS = 128  # appends of all streams in the gateway's threads at once (the others wait for one)
 
 
 def stream_answer(info: StreamInfo) -> dict[str, Any]:
@@ -61,6 +65,9 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
     """Add the stream routes to `app`; `device` is the app's token check (`Depends(...)`,
     a default value: these annotations are strings, resolved in this module)."""
     tables = StreamTables()
+    # An append's thread waits for its group's commit: a device's window of appends in flight
+    # (32 by default) holds as many threads, so they get their own, not the other routes' 40.
+    appends = CapacityLimiter(APPEND_THREADS)
 
     def own(device_id: str, owner: str) -> None:
         if owner != device_id:
@@ -83,7 +90,7 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
                 raise ManifestRefused(f"the frame names stream {frame.header.get('stream')!r}, the URL {name!r}")
             return asdict(append_frame(catalog, tables, device_id, frame, destination=destination, settings=settings))
 
-        return await run_in_threadpool(commit)
+        return await anyio.to_thread.run_sync(commit, limiter=appends)
 
     @app.get("/v1/streams/{owner}/{name}")
     def show(owner: str, name: str, device_id: str = device) -> dict[str, Any]:

@@ -79,7 +79,9 @@ class LockedStream:
         self._session.flush()
 
     def record(self, append: CommittedAppend, *, arrow_schema: str | None) -> None:
-        """The append is committed in the table: the stream's end moves past it (never back)."""
+        """The append is committed in the table: the stream's end moves past it (never back).
+        Written with the session's next query or its commit, so a group's appends go to the
+        database together."""
         row = self._row
         if append.first_offset != row.committed_end:
             raise CatalogError(f"stream {row.id}: append at {append.first_offset} recorded at end {row.committed_end}")
@@ -90,7 +92,6 @@ class LockedStream:
         if arrow_schema is not None:
             row.arrow_schema = arrow_schema
         row.updated_at = utcnow()
-        self._session.flush()
 
 
 def _insert_if_absent(session: Session, values: dict) -> None:

@@ -44,7 +44,11 @@ from storage_core.errors import (
 from storage_core.retry import backoff_delays
 
 DEFAULT_BATCH_ROWS = 5_000
-DEFAULT_INFLIGHT = 8  # appends in flight (memory: 8 frames): they queue behind the commit running and go in its successor, one group
+# Appends in flight: those reaching the gateway while a commit runs go in its successor, one
+# group, so the window is what makes groups large (half of it per group at a steady pace).
+# Memory: at most DEFAULT_INFLIGHT frames, and DEFAULT_INFLIGHT_BYTES of them and one frame more.
+DEFAULT_INFLIGHT = 32
+DEFAULT_INFLIGHT_BYTES = 32 * 1024 * 1024
 COMPRESSIONS = ("zstd", "lz4", "none")
 _REFUSALS: dict[str, type[StreamRefused]] = {
     cls.reason: cls for cls in (AppendOutOfRange, AppendDiverged, StaleEpoch, SchemaRefused)
@@ -203,22 +207,27 @@ class _Append:
     frame: bytes
 
 
-def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dict[str, Any]],
-                           window: int) -> Iterator[tuple[_Append, dict[str, Any]]]:
-    """Send up to `window` appends at once and yield each with its answer in the order sent
-    (memory: `window` frames). An append refused as beyond the end while its predecessor was
+def _acknowledged_in_order(items: Iterator[_Append], send: Callable[[bytes], dict[str, Any]], window: int, *,
+                           window_bytes: int | None = None) -> Iterator[tuple[_Append, dict[str, Any]]]:
+    """Send up to `window` appends at once, and no further one while `window_bytes` of frames
+    are in flight (so at most that and one frame more; None: no byte bound), and yield each
+    with its answer in the order sent. An append refused as beyond the end while its predecessor was
     still in flight is sent again once the predecessor is acknowledged. The first failure is
     raised after the appends in flight have finished (none is sent again)."""
     queue: deque[tuple[_Append, Future[dict[str, Any]]]] = deque()
+    held = 0  # frame bytes in flight
     acknowledged_end: int | None = None  # the committed end the previous answer reported
     with ThreadPoolExecutor(window, thread_name_prefix="ferry-append") as pool:
         try:
             while True:
-                while len(queue) < window and (item := next(items, None)) is not None:
+                while (len(queue) < window and (not queue or window_bytes is None or held < window_bytes)
+                       and (item := next(items, None)) is not None):
                     queue.append((item, pool.submit(send, item.frame)))
+                    held += len(item.frame)
                 if not queue:
                     return
                 item, future = queue.popleft()
+                held -= len(item.frame)
                 try:
                     answer = future.result()
                 except AppendOutOfRange as exc:
@@ -249,15 +258,18 @@ def stream_append(
     state_file: str | os.PathLike[str] | None = None,
     attempts: int = 5,
     inflight: int = DEFAULT_INFLIGHT,
+    inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
 ) -> StreamAppendReport:
     """Append `files` in order to the device's stream `stream` (see the module docstring).
-    Up to `inflight` appends are in flight at once, acknowledged in order (the gateway
+    Up to `inflight` appends (and `inflight_bytes` of frames and one frame more) are in flight
+    at once, acknowledged in order (the gateway
     holds one that arrives before its predecessor for a moment; one it refused meanwhile is
     sent again once its predecessor is acknowledged). Retryable failures (lost link, 5xx)
     resend the same frame, up to `attempts` times each;
     a refusal raises its StreamRefused (a fenced epoch, a refused schema) or GatewayError."""
-    if batch_rows < 1 or inflight < 1:
-        raise ConfigError(f"batch rows and appends in flight must be at least 1 (got {batch_rows}, {inflight})")
+    if batch_rows < 1 or inflight < 1 or inflight_bytes < 1:
+        raise ConfigError(f"batch rows, appends and bytes in flight must be at least 1 (got {batch_rows}, {inflight}, "
+                          f"{inflight_bytes})")
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)} (got {compression!r})")
     paths = [Path(f) for f in files]
@@ -313,7 +325,7 @@ def stream_append(
                         table, offset = table.slice(end - offset), end
                     yield _Append(offset, table.num_rows, encode_append(stream, state["epoch"], offset, table, compression))
 
-            for item, answer in _acknowledged_in_order(pending(), send, inflight):
+            for item, answer in _acknowledged_in_order(pending(), send, inflight, window_bytes=inflight_bytes):
                 if answer["result"] == "duplicate":
                     duplicates += 1
                 else:
@@ -332,6 +344,7 @@ __all__ = [
     "COMPRESSIONS",
     "DEFAULT_BATCH_ROWS",
     "DEFAULT_INFLIGHT",
+    "DEFAULT_INFLIGHT_BYTES",
     "StreamAppendReport",
     "StreamClient",
     "cut_batches",

@@ -8,15 +8,16 @@ offset order:
     first offset below the committed end     the committed append at that offset with the
                                              same rows and digest: a duplicate, acknowledged
                                              without writing; anything else: AppendDiverged
-    first offset at the committed end        rows decoded and counted, schema checked, then
-                                             committed
+    first offset at the committed end        rows counted (decoded as the append arrived),
+                                             schema checked, then committed
 
 Group commit: the appends of one stream that reach this process while an earlier commit
 of the stream is running (a client's appends in flight) wait for it, and the next of them
 commits all that are waiting in ONE Delta commit (app transaction = the end after the
 last) and one catalog transaction, each append still judged and answered on its own. The
 table's cost per commit (a log listing, a Parquet file, a log entry) is paid once per
-group instead of once per append.
+group instead of once per append. An append's body is decoded before it queues, beside the
+commit running; a body that does not decode is refused in the append's turn, as before.
 
 Before judging, the table's version is compared with the catalog's: a table ahead of the
 catalog (the gateway died between the two commits) takes the catalog forward from the
@@ -136,7 +137,11 @@ def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: 
     if in_order_wait > 0:
         tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
                             current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
-    mine = PendingAppend(header, frame, hashlib.sha256(frame.body).hexdigest())
+    try:  # decoded here, beside the commit running, not in the group's turn
+        rows: pa.Table | BaseException = _decode(frame.body, header)
+    except REFUSALS as exc:  # answered in the append's turn, as before (a fenced epoch comes first)
+        rows = exc
+    mine = PendingAppend(header, rows, hashlib.sha256(frame.body).hexdigest())
     queue = tables.enqueue(ident, mine)
     with queue.commit_lock:  # held by the group's committer until every answer is set
         if not mine.done:
@@ -205,7 +210,9 @@ class _Judge:
             self._raise_epoch(header.epoch)
             pending.result = AppendResult(ident, "duplicate", header.offset, header.rows, self.end, header.epoch, done[2])
             return
-        data = _decode(pending.frame.body, header)
+        data = pending.rows
+        if isinstance(data, BaseException):
+            raise data
         self.schema = merge_schema(self.schema, data.schema)
         self._raise_epoch(header.epoch)
         self.end += header.rows

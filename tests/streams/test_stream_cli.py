@@ -42,7 +42,9 @@ def cli_env(gateway, tmp_path: Path, sqlite_url: str) -> dict[str, str]:  # noqa
 
 
 def _kill_and_rerun(gateway, cli_env, source: Path, rows: int, batch: int) -> None:  # noqa: ANN001
-    args = ("stream", "append", "state", str(source), "--gateway", gateway.url, "--batch-rows", str(batch), "--json")
+    # a small window, so that the kill finds appends committed and others not yet sent
+    args = ("stream", "append", "state", str(source), "--gateway", gateway.url, "--batch-rows", str(batch),
+            "--inflight", "4", "--json")
     first = ferry(*args, env=cli_env)
     deadline = time.monotonic() + 600
     while True:  # kill once some, not all, appends are committed

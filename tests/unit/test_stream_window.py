@@ -53,3 +53,21 @@ def test_a_refusal_that_no_acknowledgement_explains_is_raised() -> None:
 
     with pytest.raises(AppendOutOfRange):
         list(_acknowledged_in_order(iter([_Append(500, 100, b"500")]), send, 3))
+
+
+def test_the_window_holds_no_more_bytes_than_its_bound_and_one_frame() -> None:
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def send(frame: bytes) -> dict:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        threading.Event().wait(0.01)  # the gateway's commit: the others keep arriving meanwhile
+        with lock:
+            state["now"] -= 1
+        return {"result": "committed", "committed_end": int(frame[:8]) + 100}
+
+    items = iter([_Append(i * 100, 100, b"%08d" % (i * 100) + bytes(92)) for i in range(20)])
+    answered = [item.offset for item, _ in _acknowledged_in_order(items, send, 10, window_bytes=250)]
+    assert answered == [i * 100 for i in range(20)]
+    assert 1 <= state["most"] <= 3  # 250 bytes of 100-byte frames: two, then one more
