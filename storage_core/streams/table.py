@@ -176,7 +176,14 @@ class DeltaStreamTable:
         refreshed, never on a later one: TableMoved if someone else committed since (no
         retry that could put these rows after rows it has not seen). Returns the new table
         version. The first append creates the table."""
-        from deltalake import CommitProperties, DeltaTable, PostCommitHookProperties, Transaction, WriterProperties, write_deltalake
+        from deltalake import (
+            CommitProperties,
+            DeltaTable,
+            PostCommitHookProperties,
+            Transaction,
+            WriterProperties,
+            write_deltalake,
+        )
         from deltalake.exceptions import CommitFailedError
 
         checkpoint = self._table is not None and (self._table.version() + 1) % CHECKPOINT_INTERVAL == 0
