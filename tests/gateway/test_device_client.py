@@ -127,7 +127,13 @@ def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
             time.sleep(0.05)
         child.send_signal(signal.SIGKILL)
         child.wait()
-        present = http.get(f"/v1/uploads/{txn}").json()["files"][0]["parts_present"]
+        # a part whose whole body was sent before the kill is still being stored: wait until
+        # what the server holds stops changing (seen: 1 part present just after the kill, 3 a moment later)
+        present, deadline = None, time.monotonic() + 30
+        while (now := http.get(f"/v1/uploads/{txn}").json()["files"][0]["parts_present"]) != present:
+            assert time.monotonic() < deadline, "the parts present kept changing after the kill"
+            present = now
+            time.sleep(1.0)
         assert 1 <= len(present) < 5
     finally:
         if child.poll() is None:
