@@ -127,8 +127,9 @@ def claim_upload_event(catalog: Catalog, transaction_id: str, *, hold: float) ->
     complete) in a database transaction open for the block and marked in it; a holder idle
     in it longer than `hold` (a stuck process) has its session ended by the server, which
     frees the row for another emitter. SQLite has no row locks and one write lock that no
-    writer may hold while waiting on the network: the event's `named_lock`, waited for at
-    most `hold` seconds (None after that), and the mark is one short write."""
+    writer may hold while waiting on the network: the event's `named_lock`, tried once (a
+    held one is passed over at once, as SKIP LOCKED does; its holder is alive, since the
+    lock dies with its process), and the mark is one short write."""
     if catalog.engine.dialect.name == "postgresql":
         with catalog.session() as session:
             # SET takes no bound parameters; the value is a whole number of milliseconds
@@ -146,7 +147,7 @@ def claim_upload_event(catalog: Catalog, transaction_id: str, *, hold: float) ->
             if claim.emitted:
                 row.emitted_at = datetime.now(timezone.utc)
         return
-    with named_lock(catalog, f"outbox:{transaction_id}", timeout=hold) as held:
+    with named_lock(catalog, f"outbox:{transaction_id}", timeout=0) as held:
         info = get_upload_event(catalog, transaction_id) if held else None
         if info is None or info.emitted_at is not None:
             yield None
