@@ -356,31 +356,6 @@ def test_a_hanging_prefect_delays_events_not_devices_and_each_is_delivered_once(
         assert event["event"] == "ferry.upload.completed" and event["resource"]["ferry.device.id"] == device
 
 
-def test_a_prefect_slow_to_answer_is_waited_for_not_sent_the_event_again(gateway_factory):
-    """A busy Prefect answers after the connect timeout: the emitter waits for the answer
-    (its own, longer bound) instead of giving up and sending the event a second time."""
-    from ferry.gateway.events import PrefectEmitter
-
-    prefect = FakePrefect(hanging=False, answer_after=1.5)
-    try:
-        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=0.5, answer_timeout=10),
-                                                 flush_interval=0.2)
-        token = add_device_token(catalog, "cam-1").token
-        data = os.urandom(1000)
-        with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
-            state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
-            upload_all(state, {"cam-1/r/a.bin": data})
-            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
-            deadline = time.monotonic() + 20
-            while pending_upload_events(catalog):
-                assert time.monotonic() < deadline, "the event was never marked emitted"
-                time.sleep(0.05)
-            time.sleep(1.0)  # more flusher rounds: nothing is sent again
-    finally:
-        prefect.close()
-    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
-
-
 def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
     """The fast variant of the one above: the gateway in a thread, the real emitter with
     1 s timeouts, Prefect hanging for one complete, then back."""
@@ -388,12 +363,11 @@ def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
 
     prefect = FakePrefect()
     try:
-        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1, answer_timeout=1), flush_interval=0.2)
+        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1, answer_timeout=1),
+                                                 flush_interval=0.2)
         token = add_device_token(catalog, "cam-1").token
-        data = os.urandom(1000)
         with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
-            state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
-            upload_all(state, {"cam-1/r/a.bin": data})
+            state = _one_file_uploaded(http)
             start = time.monotonic()
             done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
             took = time.monotonic() - start
@@ -406,12 +380,44 @@ def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
             assert http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()["event_emitted"] is False
             replay_took = time.monotonic() - start
             prefect.come_back()
-            deadline = time.monotonic() + 20
-            while pending_upload_events(catalog):
-                assert time.monotonic() < deadline, "the event was not delivered once Prefect came back"
-                time.sleep(0.05)
+            _wait_emitted(catalog, "the event was not delivered once Prefect came back")
             time.sleep(0.5)  # more flusher rounds: nothing is sent again
     finally:
         prefect.close()
     assert done["status"] == "completed" and took < 5 and replay_took < 5
     assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
+
+
+def test_a_prefect_slow_to_answer_is_waited_for_not_sent_the_event_again(gateway_factory):
+    """A busy Prefect answers after the connect timeout: the emitter waits for the answer
+    (its own, longer bound) instead of giving up and sending the event a second time."""
+    from ferry.gateway.events import PrefectEmitter
+
+    prefect = FakePrefect(hanging=False, answer_after=1.5)
+    try:
+        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=0.5, answer_timeout=10),
+                                                 flush_interval=0.2)
+        token = add_device_token(catalog, "cam-1").token
+        with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
+            state = _one_file_uploaded(http)
+            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
+            _wait_emitted(catalog, "the event was never marked emitted")
+            time.sleep(1.0)  # more flusher rounds: nothing is sent again
+    finally:
+        prefect.close()
+    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
+
+
+def _one_file_uploaded(http: httpx.Client) -> dict:
+    """A begun transaction of cam-1 with its one file uploaded, not completed: its state."""
+    data = os.urandom(1000)
+    state = http.post("/v1/uploads", json={"files": [single("cam-1/r/a.bin", data)]}).json()
+    upload_all(state, {"cam-1/r/a.bin": data})
+    return state
+
+
+def _wait_emitted(catalog: Catalog, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while pending_upload_events(catalog):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
