@@ -250,7 +250,6 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 __all__ = [
-    "write_atomic",
     "COPY_PIECE",
     "DIRECT_ALIGN",
     "WRITEBACK_EVERY",
@@ -263,4 +262,5 @@ __all__ = [
     "preallocate",
     "start_writeback",
     "write_all",
+    "write_atomic",
 ]

@@ -32,6 +32,7 @@ import httpx
 
 from storage_core.checksums import combine_parts, crc32c_of_stream
 from storage_core.device.http import GatewayHttp
+from storage_core.diskio import write_atomic
 from storage_core.errors import ConfigError, FerryError, GatewayError
 from storage_core.manifest import scan_folder
 from storage_core.parts import DEFAULT_PART_SIZE, choose_part_size, split_parts
@@ -176,11 +177,7 @@ def build_manifest(folder: Path, device: str, *, part_size: int, previous: dict[
 
 
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
-    tmp = folder / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, folder / STATE_FILE)
+    write_atomic(folder / STATE_FILE, json.dumps(state).encode())
 
 
 def _read_state(folder: Path) -> dict[str, Any] | None:

@@ -32,6 +32,7 @@ import httpx
 
 from storage_core.device.frame import Kind, decode_blocks, encode_frame
 from storage_core.device.http import GatewayHttp
+from storage_core.diskio import write_atomic
 from storage_core.errors import (
     AppendDiverged,
     AppendOutOfRange,
@@ -179,11 +180,7 @@ def _identity(path: Path) -> dict[str, Any]:
 
 
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(state))
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state).encode())
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:

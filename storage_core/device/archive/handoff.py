@@ -36,7 +36,7 @@ from pathlib import Path
 from storage_core.device.archive.format import ARCHIVE_SUFFIX
 from storage_core.device.archive.reader import archive_identity
 from storage_core.device.archive.retention import Budget, not_uploaded
-from storage_core.device.archive.writer import fsync_folder
+from storage_core.diskio import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ def _remove(folder: Path, path: Path, keep: bool) -> None:
         target = folder / UPLOADED
         target.mkdir(exist_ok=True)
         os.replace(path, target / path.name)
-        fsync_folder(target)
+        fsync_dir(target)
     else:
         path.unlink(missing_ok=True)
-    fsync_folder(folder)
+    fsync_dir(folder)
 
 
 def hand_off(
@@ -210,7 +210,7 @@ def _retain(root: Path, keep_bytes: int | None, keep_archives: int | None) -> tu
         oldest.unlink()
         dropped.append(oldest.name)
     if dropped:
-        fsync_folder(uploaded_dir)
+        fsync_dir(uploaded_dir)
     return dropped, budget.exceeded(waiting)
 
 

@@ -37,6 +37,7 @@ from storage_core.device.archive.format import (
 )
 from storage_core.device.archive.reader import archive_identity
 from storage_core.device.archive.scan import ArchiveReader, ArchiveScan, DamagedRange, Message, mapped, scan_archive
+from storage_core.diskio import fsync_dir
 from storage_core.errors import ArchiveError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -114,14 +115,6 @@ class _Output:
         self.path.unlink(missing_ok=True)
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_recovered(source: Path, output: Path, lost: PossiblyLost | None = None) -> tuple[ArchiveScan, bool]:
     """Every intact message of `source` into `output` (through a .recovering file, fsynced
     and renamed; refused when `output` exists), with the source's possibly-lost ranges and
@@ -147,7 +140,7 @@ def _write_recovered(source: Path, output: Path, lost: PossiblyLost | None = Non
         temp.unlink()
         raise ConfigError(f"{output} exists; recovery never overwrites a file")
     os.rename(temp, output)
-    _fsync_folder(output.parent)
+    fsync_dir(output.parent)
     return scan, True
 
 
@@ -192,7 +185,7 @@ def _quarantine(folder: Path, source: Path, ranges: list[tuple[int, int]], reaso
         json.dump({**reason, "source": source.name, "saved": [p.name for p in saved]}, handle, indent=2)
         handle.flush()
         os.fsync(handle.fileno())
-    _fsync_folder(target)
+    fsync_dir(target)
     return [*saved, note]
 
 
@@ -208,8 +201,8 @@ def quarantine_archive(folder: Path, path: Path, reason: str) -> Path:
         handle.flush()
         os.fsync(handle.fileno())
     os.rename(path, destination)
-    _fsync_folder(target)
-    _fsync_folder(folder)
+    fsync_dir(target)
+    fsync_dir(folder)
     log.warning("quarantined %s: %s", path, reason)
     return destination
 
@@ -250,13 +243,13 @@ def _recover_open(folder: Path, source: Path, reserved_end: int | None) -> Recov
         scan = scan_archive(final)
         if scan.closed and scan.intact:
             source.unlink()
-            _fsync_folder(folder)
+            fsync_dir(folder)
             return _report(source, final, scan, [])
         moved = quarantine_archive(folder, source, f"{final.name} exists and is not a valid archive")
         return _report(source, None, ArchiveScan(source, 0), [moved])
     if source.stat().st_size == 0:  # created, nothing reached the disk
         source.unlink()
-        _fsync_folder(folder)
+        fsync_dir(folder)
         return _report(source, None, ArchiveScan(source, 0), [])
     preview = scan_archive(source)
     if preview.archive_sequence is None and preview.records == 0:
@@ -274,7 +267,7 @@ def _recover_open(folder: Path, source: Path, reserved_end: int | None) -> Recov
         quarantined = _quarantine(folder, source, [(d.start, d.end) for d in preview.damaged], reason)
     scan, _ = _write_recovered(source, final, lost)
     source.unlink()
-    _fsync_folder(folder)
+    fsync_dir(folder)
     if scan.damaged:
         log.warning("recovered %s: %d records; damaged bytes saved in %s", final, scan.records, folder / QUARANTINE)
     if lost is not None:

@@ -76,6 +76,7 @@ from storage_core.device.archive.mcap_file import COMPRESSIONS, McapFile
 from storage_core.device.archive.recover import RecoveryReport, recover_folder
 from storage_core.device.archive.retention import Budget, not_uploaded
 from storage_core.device.archive.syncer import GroupSyncer
+from storage_core.diskio import fsync_dir, write_atomic
 from storage_core.errors import ArchiveError, ArchiveFolderFull, ConfigError
 
 log = logging.getLogger(__name__)
@@ -151,14 +152,6 @@ class _OpenArchive:
 
     def info(self, path: Path | None = None) -> ArchiveInfo:
         return ArchiveInfo(path or self.open_path, self.sequence, self.first_record, self.records, self.written + self.pending)
-
-
-def fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _describe(exc: OSError, what: str, path: Path) -> ArchiveError:
@@ -308,14 +301,9 @@ class ArchiveWriter:
         """The counters (`next_record`: the reserved end unless given), durable before the
         archive or the record numbers they cover are used."""
         with self._state_lock:
-            tmp = self.folder / (STATE_FILE + ".tmp")
-            with open(tmp, "w") as handle:
-                value = self._reserved if next_record is None else next_record
-                json.dump({"next_archive": self._next_archive, "next_record": value}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.folder / STATE_FILE)
-            fsync_folder(self.folder)
+            value = self._reserved if next_record is None else next_record
+            write_atomic(self.folder / STATE_FILE,
+                         json.dumps({"next_archive": self._next_archive, "next_record": value}).encode())
 
     def _reserve(self, end: int) -> None:
         """Make record numbers below `end` ours (durably) unless they are already."""
@@ -483,7 +471,7 @@ class ArchiveWriter:
             )
             if self.durability is not Durability.CLOSE:
                 file.flush()
-                fsync_folder(self.folder)  # the .open file itself survives a power loss
+                fsync_dir(self.folder)  # the .open file itself survives a power loss
         except BaseException:
             file.close()
             raise
@@ -577,7 +565,7 @@ class ArchiveWriter:
                 archive.closed = True
                 archive.file.close()
         os.rename(archive.open_path, archive.final_path)
-        fsync_folder(self.folder)
+        fsync_dir(self.folder)
         self._notify(self.on_close, archive.info(archive.final_path))
 
     def _notify(self, callback: Callable[[ArchiveInfo], object] | None, info: ArchiveInfo) -> None:
@@ -650,5 +638,4 @@ __all__ = [
     "Durability",
     "WhenFull",
     "WriterReport",
-    "fsync_folder",
 ]
