@@ -16,6 +16,9 @@ Sides (each in its own fresh process, bench.harness; SeaweedFS on loopback, SQLi
 - `ferry read compacted` the same after `ferry stream compact` (Delta OPTIMIZE + checkpoint).
 
 MB is the rows' Arrow size in memory (the same for every side), so MB/s and rows/s agree.
+Each side also shows the CPU seconds of its own process, of this process (the gateway:
+busy only during `ferry append`) and of the store: on two cores shared by all three, a
+side cannot take less wall time than half their sum.
 Targets (PASS/FAIL): ferry append ≥ 0.8× pyarrow write, ferry read ≥ 1.0× pyarrow read.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import threading
@@ -38,7 +42,7 @@ import httpcore  # noqa: F401 - httpx imports it (and trio with it, ~0.12 s) whe
 import pyarrow.parquet as pq
 from pyarrow import fs
 
-from bench.harness import format_table, ratio, run_python, seaweed_server
+from bench.harness import format_table, process_cpu_seconds, ratio, run_python, seaweed_server
 from storage_core.device.stream import cut_batches, stream_append
 from storage_core.streams.read import read_batches
 from storage_core.streams.table import location_of
@@ -114,6 +118,26 @@ def ferry_read_side(table_uri: str) -> dict[str, Any]:
 
 # --- the run --------------------------------------------------------------------------------------
 
+CPU_COLUMNS = ("side CPU s", "gateway CPU s", "store CPU s")
+
+
+def _cpu(target: Any, run: Any, name: str, *args: Any, **kwargs: Any) -> Any:
+    """`run(name, ...)`'s Result, with the CPU seconds its side's process, this process (the
+    gateway's, idle but for the ferry append) and the store spent meanwhile: on two cores
+    shared by all three, their sum is what bounds the side's wall time."""
+    gateway, store = _own_cpu_seconds(), process_cpu_seconds(target.server_pid)
+    result = run(name, *args, **kwargs)
+    result.extra.update({"side CPU s": f"{result.extra['cpu_seconds']:.2f}",
+                         "gateway CPU s": f"{_own_cpu_seconds() - gateway:.2f}",
+                         "store CPU s": f"{process_cpu_seconds(target.server_pid) - store:.2f}"})
+    return result
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 
 def _serve(app: Any) -> tuple[str, Any, threading.Thread]:
     import uvicorn
@@ -162,21 +186,23 @@ def main(argv: list[str] | None = None) -> int:
             url, server, thread = _serve(app)
             try:
                 results = [
-                    run_python("pyarrow write", pyarrow_write_side, str(source), target.bucket, args.batch_rows,
-                               nbytes=nbytes, env=target.env),
-                    run_python("ferry append", ferry_append_side, str(source), url, token, args.batch_rows,
-                               f"{scratch}/state.json", nbytes=nbytes, env=target.env),
+                    _cpu(target, run_python, "pyarrow write", pyarrow_write_side, str(source), target.bucket,
+                         args.batch_rows, nbytes=nbytes, env=target.env),
+                    _cpu(target, run_python, "ferry append", ferry_append_side, str(source), url, token,
+                         args.batch_rows, f"{scratch}/state.json", nbytes=nbytes, env=target.env),
                 ]
                 info = get_stream(catalog, "bench-robot/bench")
                 reads = [
-                    run_python("pyarrow read", pyarrow_read_side, target.bucket, nbytes=nbytes, env=target.env),
-                    run_python("ferry read", ferry_read_side, info.table_uri, nbytes=nbytes, env=target.env),
+                    _cpu(target, run_python, "pyarrow read", pyarrow_read_side, target.bucket, nbytes=nbytes,
+                         env=target.env),
+                    _cpu(target, run_python, "ferry read", ferry_read_side, info.table_uri, nbytes=nbytes,
+                         env=target.env),
                 ]
                 started = time.perf_counter()
                 compact_stream(catalog, "bench-robot/bench")
                 compact_seconds = time.perf_counter() - started
-                reads.append(run_python("ferry read compacted", ferry_read_side, info.table_uri, nbytes=nbytes,
-                                        env=target.env))
+                reads.append(_cpu(target, run_python, "ferry read compacted", ferry_read_side, info.table_uri,
+                                  nbytes=nbytes, env=target.env))
             finally:
                 server.should_exit = True
                 thread.join(timeout=10)
@@ -192,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.name}: {r.extra.get('rows')} rows, not {args.rows}", file=sys.stderr)
             return 1
     title = f"{args.rows:,} telemetry rows ({nbytes / 1e6:.1f} MB in Arrow), batches of {args.batch_rows:,}"
-    print(format_table(f"append: {title}", results, baseline="pyarrow write", extra_columns=("appends",)))
-    print(format_table(f"read: {title}", reads, baseline="pyarrow read"))
+    print(format_table(f"append: {title}", results, baseline="pyarrow write", extra_columns=(*CPU_COLUMNS, "appends")))
+    print(format_table(f"read: {title}", reads, baseline="pyarrow read", extra_columns=CPU_COLUMNS))
     for r in (*results, *reads):
         print(f"{r.name}: {args.rows / r.seconds:,.0f} rows/s")
     print(f"ferry stream compact (between the two ferry reads): {compact_seconds:.2f} s")
