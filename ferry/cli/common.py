@@ -121,14 +121,32 @@ def flow_runs_here(verbose: bool) -> Iterator[None]:
     automation that marks silent runs crashed), and its heartbeat thread sleeps in 1 s steps,
     so ending each flow run waited up to 1 s for it: 0.79 s of a 1.21 s one-file ingest
     (cProfile, warm server). Runs of deployments, on workers, keep Prefect's default."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    import prefect.context
 
     quiet_prefect_console(verbose)
     if any(os.environ.get(name) for name in HEARTBEAT_VARIABLES):
         yield
         return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+    context = prefect.context.get_settings_context()
+    with prefect.context.SettingsContext(profile=context.profile, settings=without_heartbeats(context.settings)):
         yield
+
+
+_heartbeats_off: list[tuple[Any, Any]] = []  # (Prefect settings, the same without heartbeats): the last pair
+
+
+def without_heartbeats(settings: Any) -> Any:
+    """Prefect's `settings` with flow-run heartbeats off, copied once per settings object:
+    a copy validates every setting again (~30 ms), and ferry.cli.warm makes it before it
+    forks the commands' processes, which then only look it up."""
+    for original, updated in _heartbeats_off:
+        if original is settings:
+            return updated
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
+
+    updated = settings.copy_with_update(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
+    _heartbeats_off[:] = [(settings, updated)]
+    return updated
 
 
 def open_default_catalog():

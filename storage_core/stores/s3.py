@@ -321,6 +321,21 @@ class S3Store:
                 for item in page.get("Contents", []):
                     yield ObjectMeta(item["Key"], int(item["Size"]), item["ETag"], item.get("LastModified"))
 
+    def probe(self, prefix: str = "") -> None:
+        """One listing of at most one key under `prefix`, for its answer only: BucketNotFound,
+        AccessDenied or StorageUnavailable as `list` would raise them. Sent lean where it can
+        be: a process's first botocore request costs ~40 ms of CPU (its endpoint rules and
+        handlers), more than a one-file ingest's upload."""
+        signer = self._lean_signer()
+        if signer is None:
+            next(iter(self.list(prefix)), None)
+            return
+        url = signer.url("GET", "", expires_in=LEAN_URL_SECONDS, params={"list-type": "2", "max-keys": "1", "prefix": prefix})
+        with self._where(None, "list"):
+            status, reply, _ = _lean_connections.send("GET", url, b"", {})
+            if status != 200:
+                raise _refusal(status, reply, "ListObjectsV2")
+
     # --- writes ----------------------------------------------------------------------
     def put(self, key: str, source: BinaryIO | bytes, *, size: int, crc32c: int | None = None) -> ObjectMeta:
         body = source if isinstance(source, (bytes, bytearray)) else source.read(size)

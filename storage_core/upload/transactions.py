@@ -13,8 +13,8 @@ of: `resume` or `abort` applies to every open transaction, and the catalog's
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 import time
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -64,8 +64,12 @@ def require_destination(destination: StorageUri, *, settings: FerrySettings | No
     as the store raises it); nothing is recorded. Credentials that may write but not list
     pass: the upload itself is the test of what they may do."""
     store, prefix = open_store(destination, settings)
+    probe = f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME
     try:
-        next(iter(store.list(f"{prefix}/{_PROBE_NAME}" if prefix else _PROBE_NAME)), None)
+        if hasattr(store, "probe"):  # S3: one lean request
+            store.probe(probe)
+        else:
+            next(iter(store.list(probe)), None)
     except AccessDenied:
         pass
 

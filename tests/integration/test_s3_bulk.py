@@ -102,6 +102,28 @@ def test_small_puts_go_lean_and_fail_as_botocore_puts_do(bucket, monkeypatch):
     assert sorted(o.key for o in bucket.list("lean/")) == ["lean/a.bin"]
 
 
+def test_a_probe_goes_lean_and_fails_as_a_listing_does(bucket, monkeypatch):
+    """S3Store.probe (a destination's check before an ingest begins) sends one lean listing,
+    no botocore request, and refuses a missing bucket and wrong keys as `list` would."""
+    from storage_core.errors import AccessDenied, BucketNotFound
+
+    def no_botocore(*_, **__):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("botocore called: the lean path was not taken")
+
+    monkeypatch.setattr(bucket.unlooped_client, "get_paginator", no_botocore)
+    bucket.probe("raw/.ferry-probe")  # an empty bucket answers too
+    bucket.put("raw/a.bin", b"x", size=1)
+    bucket.probe("raw/a")
+    missing = S3Store("no-such-bucket-here", client=bucket.client, unlooped_client=bucket.unlooped_client)
+    with pytest.raises(BucketNotFound):
+        missing.probe("raw/")
+    session = boto3.session.Session(aws_access_key_id="nobody", aws_secret_access_key="wrong", region_name="us-east-1")
+    stranger = S3Store(bucket.bucket, client=session.client("s3", endpoint_url=bucket.client.meta.endpoint_url,
+                                                            config=Config(s3={"addressing_style": "path"})))
+    with pytest.raises(AccessDenied):
+        stranger.probe("raw/")
+
+
 def test_range_reads_go_lean_and_fail_as_botocore_reads_do(bucket, monkeypatch):
     from storage_core.errors import ObjectNotFound
 
