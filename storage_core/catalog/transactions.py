@@ -91,15 +91,16 @@ def _locked(session, transaction_id: str) -> Transaction:
 
 def _view(session, txn: Transaction) -> TransactionInfo:
     """`txn` with its items read as plain rows (one SELECT, and one counting parts), not as
-    ORM objects: viewing a 10,000-item transaction costs tenths of a second, not seconds."""
+    ORM objects, through the session's connection: the ORM's result processing of the same
+    rows took ~0.25 s of a 1,000-item transaction's completion."""
     session.flush()
-    parts = dict(session.execute(
+    connection = session.connection()
+    parts = dict(connection.execute(
         select(MultipartPart.item_id, func.count()).join(TransactionItem)
         .where(TransactionItem.transaction_id == txn.id).group_by(MultipartPart.item_id)
     ).tuples().all())
-    rows = session.execute(
-        select(TransactionItem.__table__).where(TransactionItem.transaction_id == txn.id).order_by(TransactionItem.id)
-    )
+    items = TransactionItem.__table__
+    rows = connection.execute(select(items).where(items.c.transaction_id == txn.id).order_by(items.c.id))
     return TransactionInfo.of(txn, items=tuple(ItemInfo.of(row, parts_stored=parts.get(row.id, 0)) for row in rows))
 
 

@@ -82,10 +82,9 @@ def test_reconcile_aborts_stale_transactions_and_orphans(ferry_env, bucket, tmp_
         if part.number == 2:
             raise StorageUnavailable("connection lost as the process died (simulated)")
 
-    monkeypatch.setattr(transactions._CatalogJournal, "part_stored", die_after_two)
-    with pytest.raises(StorageUnavailable):
+    with monkeypatch.context() as patched, pytest.raises(StorageUnavailable):  # the fixtures' settings stay
+        patched.setattr(transactions._CatalogJournal, "part_stored", die_after_two)
         upload_item(catalog, txn.items[0].id, settings=load_settings(max_concurrency=1))
-    monkeypatch.undo()
     orphan = bucket.create_multipart("nobody/knows/this.bin")  # an upload no transaction records
     assert len(bucket.list_multipart_uploads()) == 2
 

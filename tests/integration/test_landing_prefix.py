@@ -82,10 +82,10 @@ def test_a_bucket_prefix_is_ingested_and_an_unchanged_rerun_reads_nothing(
     def no_reads(self, entry):
         raise AssertionError(f"{entry.path} was read again")
 
-    monkeypatch.setattr(transactions._SourceOpener, "__call__", no_reads)
-    again = ingest(catalog, source, f"s3://{bucket.bucket}/raw", settings)
+    with monkeypatch.context() as patched:  # the fixtures' settings stay
+        patched.setattr(transactions._SourceOpener, "__call__", no_reads)
+        again = ingest(catalog, source, f"s3://{bucket.bucket}/raw", settings)
     assert again.count("skipped") == 3 and again.status == "completed"
-    monkeypatch.undo()
 
     # a replaced object (same size, new bytes, new ETag) is read and stored again
     new = drop(landing_bucket, {"incoming/robot1/run1/cam/0001.h264": 3000})

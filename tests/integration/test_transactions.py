@@ -188,11 +188,10 @@ def test_resume_of_a_changed_source_fails_and_abort_cleans_its_upload(sqlite_url
         original(self, part)
         raise StorageUnavailable("connection lost (simulated)")
 
-    monkeypatch.setattr(transactions._CatalogJournal, "part_stored", die_after_one)
     settings = load_settings(part_size=5 * MiB, multipart_threshold=5 * MiB, max_concurrency=1, part_attempts=1)
-    with pytest.raises(StorageUnavailable):
+    with monkeypatch.context() as patched, pytest.raises(StorageUnavailable):  # the fixtures' settings stay
+        patched.setattr(transactions._CatalogJournal, "part_stored", die_after_one)
         upload_item(catalog, txn.items[0].id, settings=settings)
-    monkeypatch.undo()
     with open(source / "dev/rec/big.bin", "ab") as f:
         f.write(b"the recorder appended more")
     with pytest.raises(SourceChanged):
