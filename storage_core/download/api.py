@@ -24,6 +24,7 @@ from storage_core.download.transfer import (
     RetryPolicy,
     _Cancelled,
     download_object,
+    make_folders,
 )
 from storage_core.diskio import fsync_dir
 from storage_core.errors import ConfigError, StorageError
@@ -86,6 +87,7 @@ def download(
     missing = [write for write in plan if not write.present]
     if not missing:
         return [write.dest for write in plan]
+    make_folders(missing)  # once per folder, not once per file
     progress = _serialized(on_progress)
     folders = _DeferredFolderSync()
     stop = threading.Event()
@@ -95,7 +97,7 @@ def download(
         futures: list[Future[Path]] = [
             files_pool.submit(download_object, write, ranges_pool=ranges_pool, chunk_size=chunk_size,
                               overwrite=overwrite, retry=retry, on_progress=progress, stop=stop, budget=budget,
-                              sync_folder=folders.add)
+                              sync_folder=folders.add, folder_made=True)
             for write in missing
         ]
         try:

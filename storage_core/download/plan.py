@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +47,7 @@ class PlannedWrite:
     dest: Path
     present: bool = False
 
-    @property
+    @cached_property  # asked several times per file
     def part(self) -> Path:
         return self.dest.with_name(self.dest.name + PART_SUFFIX)
 
