@@ -162,6 +162,8 @@ class _DeferredFolderSync:
         self._lock = threading.Lock()
 
     def add(self, folder: Path) -> None:
+        if folder in self._folders:  # most files go to a folder added already: no lock to wait for
+            return
         with self._lock:
             self._folders.add(folder)
 

@@ -493,6 +493,9 @@ class S3Store:
         first use and shared by every S3Store over them; None when botocore's URLs are not
         of the shape it reproduces (then botocore signs each URL)."""
         cache_key = (id(self.client), self.bucket)
+        entry = _signers.get(cache_key)  # without the lock (asked once a request): entries are replaced whole
+        if entry is not None and entry[0] is self.client:
+            return entry[1]
         with _signers_lock:
             entry = _signers.get(cache_key)
             if entry is None or entry[0] is not self.client:
