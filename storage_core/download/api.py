@@ -9,8 +9,9 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
+from queue import Empty, SimpleQueue
 
 from storage_core.budget import TransferBudget
 from storage_core.config import FerrySettings
@@ -24,6 +25,7 @@ from storage_core.download.transfer import (
     RetryPolicy,
     _Cancelled,
     download_object,
+    make_folders,
 )
 from storage_core.diskio import fsync_dir
 from storage_core.errors import ConfigError, StorageError
@@ -86,34 +88,49 @@ def download(
     missing = [write for write in plan if not write.present]
     if not missing:
         return [write.dest for write in plan]
+    make_folders(missing)  # once per folder, not once per file
     progress = _serialized(on_progress)
     folders = _DeferredFolderSync()
     stop = threading.Event()
     budget = TransferBudget(requests=max_files, nbytes=max_workers * chunk_size)
-    with ThreadPoolExecutor(max_workers, thread_name_prefix="ferry-range") as ranges_pool, \
-            ThreadPoolExecutor(min(max_files, len(missing)), thread_name_prefix="ferry-file") as files_pool:
-        futures: list[Future[Path]] = [
-            files_pool.submit(download_object, write, ranges_pool=ranges_pool, chunk_size=chunk_size,
-                              overwrite=overwrite, retry=retry, on_progress=progress, stop=stop, budget=budget,
-                              sync_folder=folders.add)
-            for write in missing
-        ]
-        try:
-            wait(futures, return_when=FIRST_EXCEPTION)
-        finally:
-            # on a failure (or Ctrl-C) stop everything still queued or running, then wait
-            # for the running files to clean up their `.part` files
-            if any(f.done() and f.exception() is not None for f in futures) or not all(f.done() for f in futures):
+    queue: SimpleQueue[PlannedWrite] = SimpleQueue()
+    for write in missing:
+        queue.put(write)
+    failures: list[BaseException] = []
+
+    def fetch_files() -> None:
+        """Take the next file until none is left or the download stops (a few threads do
+        this, each a loop: no future, queue entry and wake-up per file)."""
+        while not stop.is_set():
+            try:
+                write = queue.get_nowait()
+            except Empty:
+                return
+            try:
+                download_object(write, ranges_pool=ranges_pool, chunk_size=chunk_size, overwrite=overwrite,
+                                retry=retry, on_progress=progress, stop=stop, budget=budget,
+                                sync_folder=folders.add, folder_made=True)
+            except BaseException as exc:  # noqa: BLE001 - kept, then raised by the caller's thread
+                failures.append(exc)
                 stop.set()
-                for future in futures:
-                    future.cancel()
-            wait(futures)
+                return
+
+    threads = min(max_files, len(missing))
+    with ThreadPoolExecutor(max_workers, thread_name_prefix="ferry-range") as ranges_pool, \
+            ThreadPoolExecutor(threads, thread_name_prefix="ferry-file") as files_pool:
+        workers = [files_pool.submit(fetch_files) for _ in range(threads)]
+        try:
+            wait(workers)
+        finally:
+            # on an interrupt (Ctrl-C) stop everything, then wait for the running files to
+            # clean up their `.part` files
+            stop.set()
+            wait(workers)
             unsynced = folders.sync_all()  # the files placed are made durable, whatever else failed
-    errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
-    real = [e for e in errors if not isinstance(e, _Cancelled)]
+    real = [e for e in failures if not isinstance(e, _Cancelled)]
     if real:
         raise real[0]
-    if errors or any(f.cancelled() for f in futures):
+    if failures:
         raise RuntimeError("download cancelled")  # only reachable through an interrupt
     if unsynced is not None:
         raise StorageError(f"cannot make the files written to {unsynced.filename} durable: "
@@ -145,6 +162,8 @@ class _DeferredFolderSync:
         self._lock = threading.Lock()
 
     def add(self, folder: Path) -> None:
+        if folder in self._folders:  # most files go to a folder added already: no lock to wait for
+            return
         with self._lock:
             self._folders.add(folder)
 

@@ -22,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +47,7 @@ class PlannedWrite:
     dest: Path
     present: bool = False
 
-    @property
+    @cached_property  # asked several times per file
     def part(self) -> Path:
         return self.dest.with_name(self.dest.name + PART_SUFFIX)
 
@@ -208,13 +209,17 @@ def _collisions(writes: list[PlannedWrite]) -> list[PlanProblem]:
             problems.append(PlanProblem(
                 "duplicate", f"{write.source.key} and {first.source.key} would both be written to {write.dest}",
                 key=write.source.key, path=write.dest))
+    owned_above: dict[Path, list[Path]] = {}  # folder -> the planned files among it and its parents
     for write in owner.values():
-        for parent in write.dest.parents:
-            other = owner.get(parent)
-            if other is not None:
-                problems.append(PlanProblem(
-                    "conflict", f"{parent} would be both the file for {other.source.key} and a folder for {write.source.key}",
-                    key=write.source.key, path=parent))
+        folder = write.dest.parent
+        above = owned_above.get(folder)
+        if above is None:  # once per folder, not once per file: its writes share every parent
+            above = owned_above[folder] = [p for p in (folder, *folder.parents) if p in owner]
+        for parent in above:
+            other = owner[parent]
+            problems.append(PlanProblem(
+                "conflict", f"{parent} would be both the file for {other.source.key} and a folder for {write.source.key}",
+                key=write.source.key, path=parent))
         other = owner.get(write.part)
         if other is not None:
             problems.append(PlanProblem(
@@ -275,11 +280,13 @@ def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool, r
     """What the file system already holds that would make a write fail or clobber a file."""
     problems: list[PlanProblem] = []
     folders: dict[Path, str | None] = {}  # folder -> problem (None: fine), shared by many segments
+    existing: set[Path] = set()  # the folders that exist (a file can only be in the way in one of them)
 
     def folder_problem(folder: Path) -> str | None:
         if folder in folders:
             return folders[folder]
         if os.path.lexists(folder):
+            existing.add(folder)
             if not folder.is_dir():
                 reason = f"{folder} exists and is not a folder"
             elif not os.access(folder, os.W_OK | os.X_OK):
@@ -298,19 +305,28 @@ def _disk_problems(writes: list[PlannedWrite], root: Path, *, overwrite: bool, r
         dest = write.dest
         if write.present:
             continue
-        if os.path.isdir(dest) and not os.path.islink(dest):
+        folder = dest.parent
+        reason = folder_problem(folder)
+        info = _lstat(dest) if folder in existing else None  # no stat of each file of a new folder
+        if info is not None and stat.S_ISDIR(info.st_mode):
             problems.append(PlanProblem("exists", f"{dest} is an existing folder; cannot write {write.source.key} there",
                                         key=write.source.key, path=dest))
-        elif os.path.lexists(dest) and not overwrite:
+        elif info is not None and not overwrite:
             hint = "it differs from the stored object; " if resume else ""
             problems.append(PlanProblem("exists", f"{dest} already exists ({hint}pass overwrite=True to replace it"
                                         f"{'' if resume else ', or resume=True to keep identical files'})",
                                         key=write.source.key, path=dest))
-        reason = folder_problem(dest.parent)
         if reason and reason not in reported:  # one line per bad folder, not one per segment
             reported.add(reason)
             problems.append(PlanProblem("not_writable", reason, key=write.source.key, path=dest.parent))
     return problems
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 __all__ = ["LAYOUTS", "Layout", "PART_SUFFIX", "PlanProblem", "PlannedWrite", "WritePlanError", "destination", "plan_writes"]

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -124,6 +124,7 @@ def download_object(
     stop: threading.Event | None = None,
     budget: TransferBudget | None = None,
     sync_folder: SyncFolder = fsync_dir,
+    folder_made: bool = False,
 ) -> Path:
     """Download `write.source` to `write.dest`; return the path.
 
@@ -133,6 +134,8 @@ def download_object(
     and the ranges of large ones share one bound). `sync_folder(folder)` is called after
     the rename into `folder` (default: fsync it now); a caller placing many files may defer
     it, and must then fsync every such folder before it reports them durable.
+    `folder_made`: the caller has created `write.dest`'s folder (one mkdir per folder, not
+    one per file).
 
     Raises IntegrityError (size or CRC32C mismatch), PreconditionFailed (the object changed
     after the HEAD), AccessDenied / StorageError naming the path (not writable, no space),
@@ -143,7 +146,7 @@ def download_object(
     stop = stop or threading.Event()
     if _answered_by_plan(write, chunk_size):
         return _download_whole(write, overwrite=overwrite, retry=retry, on_progress=on_progress, stop=stop,
-                               budget=budget, sync_folder=sync_folder)
+                               budget=budget, sync_folder=sync_folder, folder_made=folder_made)
     meta = _with_retries(lambda: source.store.head(key), retry=retry, stop=stop)
     if source.size is not None and meta.size != source.size:
         raise IntegrityError(
@@ -151,12 +154,9 @@ def download_object(
         )
     expected = source.crc32c if source.crc32c is not None else meta.crc32c
     with _disk(part, key):
-        part.parent.mkdir(parents=True, exist_ok=True)
-        # A `.part` left by a killed run is ours: unlink it rather than truncate it, since a
-        # run killed between link and unlink leaves it as a second name of the final file.
-        # O_EXCL also refuses to follow a symlink planted at that name.
-        part.unlink(missing_ok=True)
-        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)  # RDWR: copy_range reads back
+        if not folder_made:
+            part.parent.mkdir(parents=True, exist_ok=True)
+        fd = _create_part(part, os.O_RDWR)  # RDWR: copy_range reads back
     failed = threading.Event()
     futures: list[Future[int]] = []
     stack = ExitStack()
@@ -206,16 +206,56 @@ def download_object(
     return _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
 
 
+def make_folders(writes: list[PlannedWrite]) -> None:
+    """Create the destination folder of every write, each once (for `folder_made`), raising
+    AccessDenied / StorageError naming the folder and the key of its first write."""
+    firsts: dict[Path, str] = {}
+    for write in writes:
+        firsts.setdefault(write.dest.parent, write.source.key)
+    for folder, key in firsts.items():
+        with _disk(folder, key):
+            folder.mkdir(parents=True, exist_ok=True)
+
+
+def _create_part(part: Path, access: int) -> int:
+    """`part` created new and opened (`access`: os.O_WRONLY or os.O_RDWR). O_EXCL refuses to
+    follow a symlink planted at that name. A `.part` left by a killed run is ours: unlinked
+    and created again rather than truncated, since a run killed between link and unlink
+    leaves it as a second name of the final file."""
+    flags = access | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        return os.open(part, flags, 0o644)
+    except FileExistsError:
+        part.unlink(missing_ok=True)
+        return os.open(part, flags, 0o644)
+
+
 def _put_in_place(write: PlannedWrite, *, overwrite: bool, sync_folder: SyncFolder) -> Path:
     """The verified, fsynced `.part` file renamed to its destination, the rename handed to
     `sync_folder` to be made durable."""
+    part = write.part
     try:
         with _disk(write.dest, write.source.key):
-            _install(write.part, write.dest, overwrite=overwrite)
+            linked = _install(part, write.dest, overwrite=overwrite)
             sync_folder(write.dest.parent)
-    finally:
-        write.part.unlink(missing_ok=True)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    if linked:  # the `.part` name is a second name of the placed file
+        part.unlink(missing_ok=True)
     return write.dest
+
+
+_seen = threading.local()
+
+
+def _reads_of(store: object) -> tuple[bool, bool, bool]:
+    """Whether `store` has GetRange, GetRangeInto, CopyRange. A runtime protocol check costs
+    ~20 µs and a small file asked three; each thread asks again only when its store changes."""
+    if getattr(_seen, "store", None) is not store:
+        _seen.kinds = (isinstance(store, GetRange), isinstance(store, GetRangeInto), isinstance(store, CopyRange))
+        _seen.store = store
+    return _seen.kinds
 
 
 def _answered_by_plan(write: PlannedWrite, chunk_size: int) -> bool:
@@ -223,8 +263,10 @@ def _answered_by_plan(write: PlannedWrite, chunk_size: int) -> bool:
     in a store read over the network (a local store's HEAD is a stat and its copy is pinned
     by its open handle: it keeps the ranged path)."""
     source = write.source
-    return (source.size is not None and source.crc32c is not None and 0 < source.size <= chunk_size
-            and isinstance(source.store, GetRange) and not isinstance(source.store, CopyRange))
+    if source.size is None or source.crc32c is None or not 0 < source.size <= chunk_size:
+        return False
+    get_range, _, copy_range = _reads_of(source.store)
+    return get_range and not copy_range
 
 
 def _download_whole(
@@ -236,26 +278,32 @@ def _download_whole(
     stop: threading.Event,
     budget: TransferBudget | None,
     sync_folder: SyncFolder,
+    folder_made: bool,
 ) -> Path:
     """One GET for a small object the catalog describes, checked against its recorded size
     and CRC32C, written to `.part`, fsynced and renamed. The same guarantees as the ranged path."""
     source, key, part = write.source, write.source.key, write.part
     size = source.size
     assert size is not None and source.crc32c is not None
-    with _disk(part, key):
-        part.parent.mkdir(parents=True, exist_ok=True)
-        part.unlink(missing_ok=True)  # see download_object: a killed run's `.part` is ours
-    with budget.hold(size) if budget is not None else nullcontext():
-        data = _with_retries(lambda: _get_whole(write, size), retry=retry, stop=stop)
-        actual = crc32c(data)
-        if actual != source.crc32c:
-            raise IntegrityError(
-                f"{_uri(write)}: CRC32C {to_hex(actual)} does not match the expected {to_hex(source.crc32c)}; "
-                f"nothing was written to {write.dest}",
-                key=key,
-            )
+    if not folder_made:
         with _disk(part, key):
-            fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            part.parent.mkdir(parents=True, exist_ok=True)
+    with budget.hold(size) if budget is not None else nullcontext():
+        try:
+            data = _with_retries(lambda: _get_whole(write, size), retry=retry, stop=stop)
+            actual = crc32c(data)
+            if actual != source.crc32c:
+                raise IntegrityError(
+                    f"{_uri(write)}: CRC32C {to_hex(actual)} does not match the expected {to_hex(source.crc32c)}; "
+                    f"nothing was written to {write.dest}",
+                    key=key,
+                )
+            with _disk(part, key):
+                fd = _create_part(part, os.O_WRONLY)
+        except BaseException:
+            with suppress(OSError):  # a `.part` a killed run left goes too; the first error is the one raised
+                part.unlink(missing_ok=True)
+            raise
         try:
             with _disk(part, key):
                 write_all(fd, data, 0)
@@ -274,7 +322,7 @@ def _get_whole(write: PlannedWrite, size: int) -> memoryview:
     """The object's bytes, asking for one byte more than recorded: an object that grew
     answers with more, one that shrank with less (IntegrityError either way)."""
     store, key = write.source.store, write.source.key
-    if isinstance(store, GetRangeInto):
+    if _reads_of(store)[1]:
         view = memoryview(bytearray(size + 1))
         got = store.get_range_into(key, 0, view)
     else:  # a store (or test wrapper) that only returns bytes
@@ -286,10 +334,11 @@ def _get_whole(write: PlannedWrite, size: int) -> memoryview:
     return view[:size]
 
 
-def _install(part: Path, dest: Path, *, overwrite: bool) -> None:
+def _install(part: Path, dest: Path, *, overwrite: bool) -> bool:
+    """`part` placed at `dest`; True when `part` is still there (linked: a second name)."""
     if overwrite:
         os.replace(part, dest)
-        return
+        return False
     try:
         os.link(part, dest)  # unlike rename, refuses to replace a file that appeared since planning
     except FileExistsError as exc:
@@ -300,6 +349,8 @@ def _install(part: Path, dest: Path, *, overwrite: bool) -> None:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         os.replace(part, dest)  # no hard links on this file system: plain atomic rename
+        return False
+    return True
 
 
 def _fetch_range(
@@ -413,4 +464,4 @@ def _sleep(seconds: float, stops: tuple[threading.Event, ...]) -> None:
 
 
 __all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_WORKERS", "DEFAULT_RETRY", "OnProgress", "RetryPolicy", "SyncFolder",
-           "download_object", "plan_ranges"]
+           "download_object", "make_folders", "plan_ranges"]

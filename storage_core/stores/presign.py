@@ -93,7 +93,7 @@ class QuerySigner:
         if key is None:
             key = ("AWS4" + secret).encode()
             for part in (day, self.region, self.service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             self._keys = {(secret, day): key}  # one day's key; a new day or new secret replaces it
         return key
 
@@ -102,9 +102,12 @@ class QuerySigner:
         """A URL for `method` on `key`, valid `expires_in` seconds; the client must send
         `headers` exactly (each is signed), and `params` are part of the request."""
         credentials = self._credentials()
-        now = time.gmtime(self.clock())
-        amz_date, day = time.strftime("%Y%m%dT%H%M%SZ", now), time.strftime("%Y%m%d", now)
-        scope = f"{day}/{self.region}/{self.service}/aws4_request"
+        second = int(self.clock())
+        stamp = getattr(self, "_stamp", None)
+        if stamp is None or stamp[0] != second:  # the date strings change once a second, not once a URL
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            stamp = self._stamp = (second, amz_date, amz_date[:8], f"{amz_date[:8]}/{self.region}/{self.service}/aws4_request")
+        _, amz_date, day, scope = stamp
         signed = {"host": self.host, **{name.lower(): " ".join(value.split()) for name, value in (headers or {}).items()}}
         signed_names = ";".join(sorted(signed))
         query = {
@@ -126,7 +129,7 @@ class QuerySigner:
             "".join(f"{name}:{signed[name]}\n" for name in sorted(signed)), signed_names, "UNSIGNED-PAYLOAD",
         ])
         string_to_sign = "\n".join([ALGORITHM, amz_date, scope, hashlib.sha256(canonical_request.encode()).hexdigest()])
-        signature = hmac.new(self._signing_key(credentials.secret_key, day), string_to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._signing_key(credentials.secret_key, day), string_to_sign.encode(), "sha256").hex()
         return f"{self.origin}{path}?{canonical_query}&X-Amz-Signature={signature}"
 
 

@@ -67,7 +67,7 @@ def open_store(uri: str | StorageUri, settings: FerrySettings | None = None) -> 
     store = S3Store(
         location.root,
         client=_s3_client(settings),
-        unlooped_client=_s3_client(settings, attempts=UNLOOPED_ATTEMPTS),
+        unlooped_factory=lambda: _s3_client(settings, attempts=UNLOOPED_ATTEMPTS),
         multipart_threshold=settings.multipart_threshold,
     )
     return store, location.prefix

@@ -19,7 +19,7 @@ import http.client
 import logging
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, BinaryIO
@@ -188,6 +188,7 @@ class S3Store:
         region: str | None = None,
         multipart_threshold: int = 16 * 1024 * 1024,
         max_pool_connections: int = 16,
+        unlooped_factory: Callable[[], Any] | None = None,
     ) -> None:
         self.bucket = bucket
         self.uri = f"s3://{bucket}"
@@ -198,10 +199,25 @@ class S3Store:
         self.client = client or make_client(
             endpoint_url=endpoint_url, region=region, max_pool_connections=max_pool_connections
         )
-        self.unlooped_client = unlooped_client or (client if client is not None else make_client(
-            endpoint_url=endpoint_url, region=region, max_pool_connections=max_pool_connections,
-            attempts=UNLOOPED_ATTEMPTS,
-        ))
+        if unlooped_client is None and unlooped_factory is None:
+            unlooped_client = client if client is not None else make_client(
+                endpoint_url=endpoint_url, region=region, max_pool_connections=max_pool_connections,
+                attempts=UNLOOPED_ATTEMPTS,
+            )
+        # `unlooped_factory` builds it at first use: a command that only reads and writes
+        # objects (a download of small files, lean requests) never needs it, and building a
+        # botocore client costs ~20 ms of CPU
+        self._unlooped_client, self._unlooped_factory = unlooped_client, unlooped_factory
+        self._unlooped_lock = threading.Lock()
+
+    @property
+    def unlooped_client(self) -> Any:
+        if self._unlooped_client is None:
+            with self._unlooped_lock:
+                if self._unlooped_client is None:
+                    assert self._unlooped_factory is not None
+                    self._unlooped_client = self._unlooped_factory()
+        return self._unlooped_client
 
     def _where(self, key: str | None, action: str):
         if key is not None:
@@ -508,6 +524,9 @@ class S3Store:
         first use and shared by every S3Store over them; None when botocore's URLs are not
         of the shape it reproduces (then botocore signs each URL)."""
         cache_key = (id(self.client), self.bucket)
+        entry = _signers.get(cache_key)  # without the lock (asked once a request): entries are replaced whole
+        if entry is not None and entry[0] is self.client:
+            return entry[1]
         with _signers_lock:
             entry = _signers.get(cache_key)
             if entry is None or entry[0] is not self.client:
