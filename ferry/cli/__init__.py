@@ -33,6 +33,21 @@ def load_commands() -> Any:
     return app
 
 
+_command: Any = None
+
+
+def click_command() -> Any:
+    """The Typer app as a click command, built once per process: what `app()` builds again
+    on each call (~20 ms of a command's child in the warm process, ferry.cli.warm, which
+    builds it before it forks)."""
+    global _command
+    if _command is None:
+        import typer.main
+
+        _command = typer.main.get_command(load_commands())
+    return _command
+
+
 def main() -> None:
     """Entry point: map every failure to one line and a non-zero exit.
 
@@ -55,9 +70,8 @@ def main() -> None:
     from ferry.cli.common import err
     from storage_core.errors import FerryError, one_line
 
-    app = load_commands()
     try:
-        code = app(standalone_mode=False)
+        code = click_command()(standalone_mode=False)
     except FerryError as exc:
         err.print(f"[red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
         sys.exit(1)
@@ -76,4 +90,4 @@ def main() -> None:
     sys.exit(code if isinstance(code, int) else 0)
 
 
-__all__ = ["load_commands", "main"]
+__all__ = ["click_command", "load_commands", "main"]

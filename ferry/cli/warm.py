@@ -368,7 +368,7 @@ def _preload() -> None:
     (fastapi and Prefect's engines, imported by the first flow call; SQLAlchemy's mapper
     configuration, at the first ORM query; S3's models, parsed for each boto3 client), and
     ~0.15 s more of each one-file ingest (its two S3 clients, the heartbeat-less copy of
-    Prefect's settings, anyio's asyncio backend and flows.ingest_fanout).
+    Prefect's settings, anyio's asyncio backend and flows.ingest_fanout, the click command).
     Not flows.derive: its +30 MiB (pyarrow) would count in every child's resident set, and
     derive imports it in a fraction of a second."""
     import anyio._backends._asyncio  # noqa: F401 - loaded by the first anyio call (a flow run's client)
@@ -384,11 +384,13 @@ def _preload() -> None:
     import prefect.utilities.visualization  # noqa: F401 - imported by every flow call
     import rich.progress  # noqa: F401 - the progress bars of ingest and download
     import storage_core.retrieve  # noqa: F401 - `download` (no flow: straight to storage_core)
+    from ferry.cli import click_command
     from ferry.cli.common import without_heartbeats
     from storage_core.catalog.models import configure_mappers
     from storage_core.stores.registry import preload_clients
     from storage_core.stores.s3 import preload_models
 
+    click_command()
     configure_mappers()
     preload_models()
     preload_clients()
