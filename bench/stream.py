@@ -15,6 +15,8 @@ Sides (each in its own fresh process, bench.harness; SeaweedFS on loopback, SQLi
                     (`storage_core.streams.read.read_batches`): one small file per append;
 - `ferry read compacted` the same after `ferry stream compact` (Delta OPTIMIZE + checkpoint).
 
+With `--repeat N` each side runs N times, interleaved (each append run to a new stream and
+a new object; the reads read the first run's), and the median run is shown.
 MB is the rows' Arrow size in memory (the same for every side), so MB/s and rows/s agree.
 Each side also shows the CPU seconds of its own process, of this process (the gateway:
 busy only during `ferry append`) and of the store: on two cores shared by all three, a
@@ -42,7 +44,7 @@ import httpcore  # noqa: F401 - httpx imports it (and trio with it, ~0.12 s) whe
 import pyarrow.parquet as pq
 from pyarrow import fs
 
-from bench.harness import format_table, process_cpu_seconds, ratio, run_python, seaweed_server
+from bench.harness import format_table, median_run, process_cpu_seconds, ratio, run_python, seaweed_server
 from storage_core.device.stream import cut_batches, stream_append
 from storage_core.streams.read import read_batches
 from storage_core.streams.table import location_of
@@ -88,24 +90,24 @@ def _s3fs() -> Any:
 # --- sides (module level: each runs in a child) -------------------------------------------------
 
 
-def pyarrow_write_side(source: str, bucket: str, batch_rows: int) -> dict[str, Any]:
+def pyarrow_write_side(source: str, bucket: str, batch_rows: int, key: str) -> dict[str, Any]:
     rows = 0
-    with pq.ParquetWriter(f"{bucket}/direct/telemetry.parquet", _schema(), filesystem=_s3fs(), compression="zstd") as writer:
+    with pq.ParquetWriter(f"{bucket}/{key}", _schema(), filesystem=_s3fs(), compression="zstd") as writer:
         for table in cut_batches(Path(source), batch_rows):
             writer.write_table(table)
             rows += table.num_rows
     return {"rows": rows}
 
 
-def ferry_append_side(source: str, gateway: str, token: str, batch_rows: int, state: str) -> dict[str, Any]:
-    report = stream_append([source], stream="bench", gateway=gateway, token=token, batch_rows=batch_rows,
+def ferry_append_side(source: str, gateway: str, token: str, batch_rows: int, state: str, stream: str) -> dict[str, Any]:
+    report = stream_append([source], stream=stream, gateway=gateway, token=token, batch_rows=batch_rows,
                            state_file=state)
     return {"rows": report.rows_sent, "appends": report.batches_sent}
 
 
-def pyarrow_read_side(bucket: str) -> dict[str, Any]:
+def pyarrow_read_side(bucket: str, key: str) -> dict[str, Any]:
     rows = 0
-    with _s3fs().open_input_file(f"{bucket}/direct/telemetry.parquet") as handle:
+    with _s3fs().open_input_file(f"{bucket}/{key}") as handle:
         for batch in pq.ParquetFile(handle).iter_batches(batch_size=65_536):
             rows += batch.num_rows
     return {"rows": rows}
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferry bench stream", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="rows appended (default 200,000)")
     parser.add_argument("--batch-rows", type=int, default=5_000, help="rows per append (default 5,000)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="runs per side, interleaved (each append run to a new stream and object); the median is shown")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="ferry-bench-stream-") as scratch, seaweed_server(auth=True) as target:
@@ -185,24 +189,27 @@ def main(argv: list[str] | None = None) -> int:
                              settings=load_settings())
             url, server, thread = _serve(app)
             try:
-                results = [
-                    _cpu(target, run_python, "pyarrow write", pyarrow_write_side, str(source), target.bucket,
-                         args.batch_rows, nbytes=nbytes, env=target.env),
-                    _cpu(target, run_python, "ferry append", ferry_append_side, str(source), url, token,
-                         args.batch_rows, f"{scratch}/state.json", nbytes=nbytes, env=target.env),
-                ]
-                info = get_stream(catalog, "bench-robot/bench")
-                reads = [
-                    _cpu(target, run_python, "pyarrow read", pyarrow_read_side, target.bucket, nbytes=nbytes,
-                         env=target.env),
-                    _cpu(target, run_python, "ferry read", ferry_read_side, info.table_uri, nbytes=nbytes,
-                         env=target.env),
-                ]
+                def side(name: str, func: Any, *side_args: Any) -> Any:
+                    return _cpu(target, run_python, name, func, *side_args, nbytes=nbytes, env=target.env)
+
+                writes, appends = [], []
+                for run in range(args.repeat):  # interleaved, so drift in the machine hits both sides
+                    writes.append(side("pyarrow write", pyarrow_write_side, str(source), target.bucket, args.batch_rows,
+                                       f"direct/telemetry-{run}.parquet"))
+                    appends.append(side("ferry append", ferry_append_side, str(source), url, token, args.batch_rows,
+                                        f"{scratch}/state-{run}.json", f"bench-{run}"))
+                results = [median_run(writes), median_run(appends)]
+                info = get_stream(catalog, "bench-robot/bench-0")
+                direct, plain, compacted = [], [], []
+                for _ in range(args.repeat):
+                    direct.append(side("pyarrow read", pyarrow_read_side, target.bucket, "direct/telemetry-0.parquet"))
+                    plain.append(side("ferry read", ferry_read_side, info.table_uri))
                 started = time.perf_counter()
-                compact_stream(catalog, "bench-robot/bench")
+                compact_stream(catalog, "bench-robot/bench-0")
                 compact_seconds = time.perf_counter() - started
-                reads.append(_cpu(target, run_python, "ferry read compacted", ferry_read_side, info.table_uri,
-                                  nbytes=nbytes, env=target.env))
+                for _ in range(args.repeat):
+                    compacted.append(side("ferry read compacted", ferry_read_side, info.table_uri))
+                reads = [median_run(direct), median_run(plain), median_run(compacted)]
             finally:
                 server.should_exit = True
                 thread.join(timeout=10)
