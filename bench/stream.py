@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import tempfile
 import threading
@@ -127,17 +126,12 @@ def _cpu(target: Any, run: Any, name: str, *args: Any, **kwargs: Any) -> Any:
     """`run(name, ...)`'s Result, with the CPU seconds its side's process, this process (the
     gateway's, idle but for the ferry append) and the store spent meanwhile: on two cores
     shared by all three, their sum is what bounds the side's wall time."""
-    gateway, store = _own_cpu_seconds(), process_cpu_seconds(target.server_pid)
+    gateway, store = process_cpu_seconds(os.getpid()), process_cpu_seconds(target.server_pid)
     result = run(name, *args, **kwargs)
     result.extra.update({"side CPU s": f"{result.extra['cpu_seconds']:.2f}",
-                         "gateway CPU s": f"{_own_cpu_seconds() - gateway:.2f}",
+                         "gateway CPU s": f"{process_cpu_seconds(os.getpid()) - gateway:.2f}",
                          "store CPU s": f"{process_cpu_seconds(target.server_pid) - store:.2f}"})
     return result
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 

@@ -83,13 +83,13 @@ class PrefectEmitter:
     Each call makes one POST of the event to `/events` (connect and send each bounded by
     `timeout` seconds, the answer by `answer_timeout`) and returns only once the API
     accepted it; it raises otherwise, and the caller's next round sends it again. Plain
-    httpx, not Prefect's client: that one retries a timed-out request up to PREFECT_CLIENT_MAX_RETRIES times
-    with backoff, so a hanging API held one emit for minutes. Not `prefect.events.emit_event`
-    either: its events worker sends in the background, logs a failure and drops the event,
-    so returning from it is no proof of delivery. The API key (PREFECT_API_KEY) or basic
-    auth string (PREFECT_API_AUTH_STRING) is sent as Prefect's own client sends it. With no
-    API configured it raises rather than fall back to Prefect's ephemeral API, a throwaway
-    server that no trigger listens to.
+    httpx, not Prefect's client: that one retries a timed-out request up to
+    PREFECT_CLIENT_MAX_RETRIES times with backoff, so a hanging API held one emit for
+    minutes. Not `prefect.events.emit_event` either: its events worker sends in the
+    background, logs a failure and drops the event, so returning from it is no proof of
+    delivery. The API key (PREFECT_API_KEY) or basic auth string (PREFECT_API_AUTH_STRING)
+    is sent as Prefect's own client sends it. With no API configured it raises rather than
+    fall back to Prefect's ephemeral API, a throwaway server that no trigger listens to.
     """
 
     def __init__(self, api_url: str | None = None, *, timeout: float = EMIT_TIMEOUT,

@@ -730,7 +730,7 @@ def record_item_stored(catalog: Catalog, item_id: int, *, crc32c: int, etag: str
     and stored object upserted."""
     with catalog.session() as session:
         item = _load_item(session, item_id)
-        _store(session, item, crc32c, etag)
+        _store_all(session, [(item, crc32c, etag)])  # expires `item`: read again below
         return ItemInfo.of(item)
 
 
@@ -758,11 +758,6 @@ def _insert_unless_there(session, row) -> bool:
         return True
     except sqlalchemy.exc.IntegrityError:
         return False
-
-
-def _store(session, item: TransactionItem, crc32c: int, etag: str) -> None:
-    """`_store_all` for one ORM item, which is then reloaded from the row when next read."""
-    _store_all(session, [(item, crc32c, etag)])
 
 
 def _store_all(session, verified: list[tuple[TransactionItem | Row, int, str]]) -> None:
