@@ -359,31 +359,22 @@ def test_a_hanging_prefect_delays_events_not_devices_and_each_is_delivered_once(
 def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
     """The fast variant of the one above: the gateway in a thread, the real emitter with
     1 s timeouts, Prefect hanging for one complete, then back."""
-    from ferry.gateway.events import PrefectEmitter
-
-    prefect = FakePrefect()
-    try:
-        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=1, answer_timeout=1),
-                                                 flush_interval=0.2)
-        token = add_device_token(catalog, "cam-1").token
-        with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
-            state = _one_file_uploaded(http)
-            start = time.monotonic()
-            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
-            took = time.monotonic() - start
-            deadline = time.monotonic() + 10
-            while prefect.hung == 0:
-                assert time.monotonic() < deadline, "the flusher never sent to Prefect"
-                time.sleep(0.02)
-            start = time.monotonic()
-            assert http.get("/healthz").status_code == 200
-            assert http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()["event_emitted"] is False
-            replay_took = time.monotonic() - start
-            prefect.come_back()
-            _wait_emitted(catalog, "the event was not delivered once Prefect came back")
-            time.sleep(0.5)  # more flusher rounds: nothing is sent again
-    finally:
-        prefect.close()
+    with _gateway_emitting_to(FakePrefect(), gateway_factory, timeout=1, answer_timeout=1) as (prefect, catalog, http):
+        state = _one_file_uploaded(http)
+        start = time.monotonic()
+        done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
+        took = time.monotonic() - start
+        deadline = time.monotonic() + 10
+        while prefect.hung == 0:
+            assert time.monotonic() < deadline, "the flusher never sent to Prefect"
+            time.sleep(0.02)
+        start = time.monotonic()
+        assert http.get("/healthz").status_code == 200
+        assert http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()["event_emitted"] is False
+        replay_took = time.monotonic() - start
+        prefect.come_back()
+        _wait_emitted(catalog, "the event was not delivered once Prefect came back")
+        time.sleep(0.5)  # more flusher rounds: nothing is sent again
     assert done["status"] == "completed" and took < 5 and replay_took < 5
     assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
 
@@ -391,21 +382,30 @@ def test_complete_does_not_wait_for_a_hanging_prefect(gateway_factory):
 def test_a_prefect_slow_to_answer_is_waited_for_not_sent_the_event_again(gateway_factory):
     """A busy Prefect answers after the connect timeout: the emitter waits for the answer
     (its own, longer bound) instead of giving up and sending the event a second time."""
+    slow = FakePrefect(hanging=False, answer_after=1.5)
+    with _gateway_emitting_to(slow, gateway_factory, timeout=0.5, answer_timeout=10) as (prefect, catalog, http):
+        state = _one_file_uploaded(http)
+        done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
+        _wait_emitted(catalog, "the event was never marked emitted")
+        time.sleep(1.0)  # more flusher rounds: nothing is sent again
+    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
+
+
+@contextmanager
+def _gateway_emitting_to(prefect: FakePrefect, gateway_factory, *, timeout: float,  # noqa: ANN001
+                         answer_timeout: float) -> Iterator[tuple[FakePrefect, Catalog, httpx.Client]]:
+    """A gateway in a thread whose real emitter sends to `prefect` (closed on exit, its
+    received events kept), and a client of it with cam-1's token."""
     from ferry.gateway.events import PrefectEmitter
 
-    prefect = FakePrefect(hanging=False, answer_after=1.5)
     try:
-        catalog, _emitter, app = gateway_factory(emitter=PrefectEmitter(prefect.url, timeout=0.5, answer_timeout=10),
-                                                 flush_interval=0.2)
+        catalog, _emitter, app = gateway_factory(
+            emitter=PrefectEmitter(prefect.url, timeout=timeout, answer_timeout=answer_timeout), flush_interval=0.2)
         token = add_device_token(catalog, "cam-1").token
         with running_gateway(app) as url, httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as http:
-            state = _one_file_uploaded(http)
-            done = http.post(f"/v1/uploads/{state['transaction_id']}/complete").json()
-            _wait_emitted(catalog, "the event was never marked emitted")
-            time.sleep(1.0)  # more flusher rounds: nothing is sent again
+            yield prefect, catalog, http
     finally:
         prefect.close()
-    assert [event["id"] for body in prefect.received for event in body] == [done["event_id"]]
 
 
 def _one_file_uploaded(http: httpx.Client) -> dict:
