@@ -25,6 +25,11 @@ variable of the caller reaches it, and HOME is a scratch folder, so no side read
 config files. The order of the sides rotates each round (a side's speed can depend on the
 one before it). After each side its bytes are checked (an upload's prefix holds N objects of
 the expected total size, a download's folder N files of it); uploads are deleted afterwards.
+The many-file download folders are kept until the job's last round has run: on an ext4
+without a journal (these VMs' root file system), creating a file skips every inode freed
+in the last 1-6 minutes, one look at the inode table each (ext4's `recently_deleted`), so
+the side after a deletion of 1,000 files paid for it (a third of a download's perf samples,
+its system time 0.3-1.1 s from run to run).
 A peer whose binary is missing is reported as skipped, with its install hint.
 
 Targets (printed as PASS/FAIL, never asserted in tests): ferry end to end >= 1.0x the best
@@ -288,6 +293,7 @@ class PeerBench:
         self.target, self.scratch, self.api_url, self.curl = target, scratch, api_url, curl
         self.binaries = {peer: find_binary(peer) for peer in peers}
         self.env = peer_env(target, scratch / "peer-home")
+        self.kept: list[Path] = []  # many-file download folders, deleted after the job's last round
         self.sources: dict[Job, Path] = {}
 
     def _source(self, job: Job) -> Path:
@@ -334,10 +340,15 @@ class PeerBench:
         if self.curl and not job.many:
             makers["curl"] = lambda run: self._curl(job, source, data_prefix, run)
         runs: dict[str, list[Result]] = {name: [] for name in makers}
-        for round_ in range(repeat):
-            for name in rotated(list(makers), round_):
-                settle()
-                runs[name].append(makers[name](round_))
+        try:
+            for round_ in range(repeat):
+                for name in rotated(list(makers), round_):
+                    settle()
+                    runs[name].append(makers[name](round_))
+        finally:
+            for out in self.kept:
+                shutil.rmtree(out, ignore_errors=True)
+            self.kept.clear()
         return JobReport(job, [median_run(r) for r in runs.values()], skipped)
 
     # each side checks its own bytes right after it ran
@@ -394,7 +405,10 @@ class PeerBench:
 
     def _check_download(self, job: Job, name: str, out: Path, result: Result) -> Result:
         found = folder_contents(out)
-        shutil.rmtree(out, ignore_errors=True)
+        if job.many:  # deleted when the job's rounds are done (see the module docstring)
+            self.kept.append(out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
         if found != (job.files, job.nbytes):
             raise BenchmarkFailed(f"{name}: wrote {found[0]} files, {found[1]} bytes; expected {job.files}, {job.nbytes}")
         return _with_rate(result, job)

@@ -21,8 +21,16 @@ loopback S3 ran at 420-1,060 MB/s here, depending on whether the kernel had just
 pages to reuse (2.2-2.4 s of system time when it had not); around it, 1,130-1,190 MB/s
 with 0.3 s of system time either way.
 
-`_pwrite`, `_allocate`, `_copy_file_range` and `_open_direct` are the seams where tests
-inject ENOSPC, EACCES and file systems without O_DIRECT.
+`open_unnamed` creates a file with no name yet (O_TMPFILE) that `name_unnamed` links to its
+name once it is complete and fsynced: a process killed in between leaves nothing behind,
+and ext4 allocates its inode without holding the folder's lock (O_CREAT holds it), so
+threads placing many small files in one folder wait less on each other. 1,000 files of 100 KiB by 16 threads, each fsynced,
+8 interleaved rounds here: median 0.61 s (0.88 s of system time) unnamed then linked,
+against 0.95 s (1.44 s) created as a named `.part`, linked to its name and unlinked, and
+0.85 s created at the final name without any fsync.
+
+`_pwrite`, `_allocate`, `_copy_file_range`, `_open_direct`, `_open_unnamed` and `_link` are
+the seams where tests inject ENOSPC, EACCES and file systems without O_DIRECT or O_TMPFILE.
 """
 
 from __future__ import annotations
@@ -228,6 +236,50 @@ def crc32c_of_fd(fd: int, start: int, end: int, *, buffer: memoryview) -> int:
     return value
 
 
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+# An unnamed file gets its name by linking /proc/self/fd/N with AT_SYMLINK_FOLLOW (linking
+# the descriptor itself, AT_EMPTY_PATH, needs CAP_DAC_READ_SEARCH); without /proc, no O_TMPFILE.
+_CAN_NAME_UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
+# the file system cannot make unnamed files, or give one a name: write a named file instead
+_NO_UNNAMED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS, errno.EPERM, errno.EXDEV, errno.EMLINK}
+_link = os.link
+
+
+def _open_unnamed(folder: Path) -> int:
+    return os.open(folder, os.O_WRONLY | _O_TMPFILE | os.O_CLOEXEC, 0o644)
+
+
+def open_unnamed(folder: Path) -> int | None:
+    """A new, empty file in `folder` without a name, open for writing (give it one with
+    `name_unnamed`; closed unnamed, it is gone). None where this platform or file system
+    cannot make one. Other OSErrors (a missing folder, EACCES, ENOSPC) are raised."""
+    if not _CAN_NAME_UNNAMED:
+        return None
+    try:
+        return _open_unnamed(folder)
+    except OSError as exc:
+        if exc.errno in _NO_UNNAMED:
+            return None
+        raise
+
+
+def name_unnamed(fd: int, path: Path) -> bool:
+    """Give the unnamed file open as `fd` the name `path`; never replaces anything
+    (FileExistsError when `path` exists). False when this file system cannot link it (the
+    caller writes a named file instead); other OSErrors are raised."""
+    try:
+        # src_dir_fd makes CPython call linkat, which honours follow_symlinks (plain link()
+        # would link the /proc symlink itself); the path is absolute, so the fd is not used
+        _link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd, follow_symlinks=True)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_UNNAMED:
+            return False
+        raise
+    return True
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename or new name in `folder` durable."""
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
@@ -259,6 +311,8 @@ __all__ = [
     "copy_range",
     "crc32c_of_fd",
     "fsync_dir",
+    "name_unnamed",
+    "open_unnamed",
     "preallocate",
     "start_writeback",
     "write_all",

@@ -32,7 +32,15 @@ from typing import BinaryIO
 
 from storage_core.budget import TransferBudget
 from storage_core.checksums import combine_parts, crc32c, to_hex
-from storage_core.diskio import RangeWriter, aligned_buffer, fsync_dir, preallocate, write_all
+from storage_core.diskio import (
+    RangeWriter,
+    aligned_buffer,
+    fsync_dir,
+    name_unnamed,
+    open_unnamed,
+    preallocate,
+    write_all,
+)
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
     AccessDenied,
@@ -281,7 +289,8 @@ def _download_whole(
     folder_made: bool,
 ) -> Path:
     """One GET for a small object the catalog describes, checked against its recorded size
-    and CRC32C, written to `.part`, fsynced and renamed. The same guarantees as the ranged path."""
+    and CRC32C, written to a file without a name (or a `.part` one), fsynced and linked to
+    its destination. The same guarantees as the ranged path."""
     source, key, part = write.source, write.source.key, write.part
     size = source.size
     assert size is not None and source.crc32c is not None
@@ -298,24 +307,58 @@ def _download_whole(
                     f"nothing was written to {write.dest}",
                     key=key,
                 )
-            with _disk(part, key):
-                fd = _create_part(part, os.O_WRONLY)
+            placed = _place_unnamed(write, data, overwrite=overwrite, sync_folder=sync_folder)
+            if placed is None:
+                _write_part(write, data)
         except BaseException:
             with suppress(OSError):  # a `.part` a killed run left goes too; the first error is the one raised
                 part.unlink(missing_ok=True)
             raise
-        try:
-            with _disk(part, key):
-                write_all(fd, data, 0)
-                os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            part.unlink(missing_ok=True)
-            raise
-        os.close(fd)
     if on_progress is not None:
         on_progress(size)
-    return _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
+    return placed or _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
+
+
+def _write_part(write: PlannedWrite, data: memoryview) -> None:
+    """`data` in a new `.part` file, fsynced (the caller removes it on failure)."""
+    with _disk(write.part, write.source.key):
+        fd = _create_part(write.part, os.O_WRONLY)
+        try:
+            write_all(fd, data, 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _place_unnamed(write: PlannedWrite, data: memoryview, *, overwrite: bool, sync_folder: SyncFolder) -> Path | None:
+    """The verified bytes of a small object written to a file without a name (diskio:
+    cheaper than a `.part`, and nothing to clean up after a kill), fsynced, then linked to
+    its destination (with `overwrite`, linked to its `.part` name and renamed over it). None
+    where the file system cannot: the caller writes a `.part` file instead."""
+    dest, key = write.dest, write.source.key
+    with _disk(dest, key):
+        fd = open_unnamed(dest.parent)
+    if fd is None:
+        return None
+    try:
+        with _disk(dest, key):
+            write_all(fd, data, 0)
+            os.fsync(fd)
+            if not overwrite:
+                try:
+                    if not name_unnamed(fd, dest):
+                        return None
+                except FileExistsError as exc:
+                    raise _appeared(dest) from exc
+            else:  # the caller removes the `.part` name if the rename fails
+                write.part.unlink(missing_ok=True)
+                if not name_unnamed(fd, write.part):
+                    return None
+                os.replace(write.part, dest)
+            sync_folder(dest.parent)
+    finally:
+        os.close(fd)
+    return dest
 
 
 def _get_whole(write: PlannedWrite, size: int) -> memoryview:
@@ -342,15 +385,19 @@ def _install(part: Path, dest: Path, *, overwrite: bool) -> bool:
     try:
         os.link(part, dest)  # unlike rename, refuses to replace a file that appeared since planning
     except FileExistsError as exc:
-        raise WritePlanError([PlanProblem(
-            "exists", f"{dest} appeared during the download; left untouched (pass overwrite=True to replace it)",
-            path=dest)]) from exc
+        raise _appeared(dest) from exc
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
         os.replace(part, dest)  # no hard links on this file system: plain atomic rename
         return False
     return True
+
+
+def _appeared(dest: Path) -> WritePlanError:
+    return WritePlanError([PlanProblem(
+        "exists", f"{dest} appeared during the download; left untouched (pass overwrite=True to replace it)",
+        path=dest)])
 
 
 def _fetch_range(

@@ -349,6 +349,82 @@ def test_a_file_that_appears_during_the_download_is_not_clobbered(local_store, o
     assert dest.read_bytes() == b"someone else's file" and leftovers(out) == []
 
 
+# --- a small S3 object: one GET, written to a file without a name, then linked -------------
+
+
+def _small_sources(bucket, count: int) -> tuple[list[DownloadSource], dict[str, bytes]]:
+    bodies = {f"seg{i}": os.urandom(3_000 + i) for i in range(count)}
+    for key, body in bodies.items():
+        put(bucket, key, body)
+    return [source(bucket, key, body, rel=key) for key, body in bodies.items()], bodies
+
+
+def _assert_whole(out: Path, bodies: dict[str, bytes]) -> None:
+    placed = {p.name: p.read_bytes() for p in (out / "dev1/rec1/video").iterdir()}
+    assert placed == bodies
+
+
+def test_small_objects_are_written_unnamed_and_never_as_part_files(bucket, out, monkeypatch):
+    """A small object the catalog describes is written to an O_TMPFILE file and linked to
+    its name once complete and fsynced: no `.part` name is ever made."""
+    named: list[str] = []
+    monkeypatch.setattr(transfer, "_create_part", lambda part, access: named.append(part) or pytest.fail(part))
+    sources, bodies = _small_sources(bucket, 8)
+    download(sources, out, max_files=4)
+    _assert_whole(out, bodies)
+    assert named == [] and leftovers(out) == []
+
+
+@pytest.mark.parametrize("missing", ["O_TMPFILE", "linking"])
+def test_where_unnamed_files_cannot_be_made_a_part_file_is_written_instead(bucket, out, monkeypatch, missing):
+    def unsupported(*args, **kwargs):
+        raise OSError(errno.EOPNOTSUPP, "not supported (injected)")
+
+    if missing == "O_TMPFILE":
+        monkeypatch.setattr(diskio, "_open_unnamed", unsupported)
+    else:  # a file system that makes the file but cannot link it
+        monkeypatch.setattr(diskio, "_link", lambda *args, **kwargs: unsupported())
+    sources, bodies = _small_sources(bucket, 6)
+    download(sources, out, max_files=3)
+    _assert_whole(out, bodies)
+    assert leftovers(out) == []
+
+
+def test_overwrite_of_small_objects_replaces_and_leaves_no_part_file(bucket, out):
+    sources, bodies = _small_sources(bucket, 4)
+    folder = out / "dev1/rec1/video"
+    folder.mkdir(parents=True)
+    for name in bodies:
+        (folder / name).write_bytes(b"old copy")
+    (folder / "seg1.part").write_bytes(b"left by a killed run")
+    download(sources, out, overwrite=True)
+    _assert_whole(out, bodies)
+    assert leftovers(out) == []
+
+
+def test_a_small_file_that_appears_during_the_download_is_not_clobbered(bucket, out):
+    data = os.urandom(10_000)
+    put(bucket, "k", data)
+    dest = out / "dev1/rec1/video/seg.bin"
+
+    class Racing(Wrapped):
+        def get_range(self, key, start, end, *, if_match=None):
+            dest.write_bytes(b"someone else's file")
+            return super().get_range(key, start, end, if_match=if_match)
+
+    with pytest.raises(WritePlanError, match="appeared during the download"):
+        download(source(Racing(bucket), "k", data), out)
+    assert dest.read_bytes() == b"someone else's file" and leftovers(out) == []
+
+
+def test_no_space_for_a_small_object_is_a_clear_error_with_nothing_left(bucket, tiny_tmpfs):
+    data = os.urandom(2 * MiB)  # one GET (at most one range); the tmpfs holds 1 MiB
+    put(bucket, "k", data)
+    with pytest.raises(StorageError, match="no space left on device"):
+        download(source(bucket, "k", data), tiny_tmpfs)
+    assert files(tiny_tmpfs) == []
+
+
 # --- a LocalStore source: copied through a reused buffer, not ranged GETs ------------------
 
 
