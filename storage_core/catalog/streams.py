@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage_core.catalog.db import Catalog
+from storage_core.catalog.db import Catalog, insert_if_absent
 from storage_core.catalog.models import Stream, StreamAppend, utcnow
 from storage_core.errors import CatalogError
 
@@ -94,15 +94,6 @@ class LockedStream:
         row.updated_at = utcnow()
 
 
-def _insert_if_absent(session: Session, values: dict) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: racing first appends both go on to the lock."""
-    if session.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    session.execute(insert(Stream).values(**values).on_conflict_do_nothing(index_elements=["id"]))
-
-
 @contextmanager
 def locked_stream(catalog: Catalog, device_id: str, name: str, *, table_uri: str, table_format: str) -> Iterator[LockedStream]:
     """The stream's row (created at epoch 0, end 0 on first use) locked until the block
@@ -112,10 +103,10 @@ def locked_stream(catalog: Catalog, device_id: str, name: str, *, table_uri: str
     ident = stream_id(device_id, name)
     now = utcnow()
     with catalog.session() as session:
-        _insert_if_absent(session, {
+        insert_if_absent(session, Stream, {
             "id": ident, "device_id": device_id, "name": name, "epoch": 0, "committed_end": 0, "table_uri": table_uri,
             "table_format": table_format, "created_at": now, "updated_at": now,
-        })
+        }, key=["id"])
         row = session.scalars(
             select(Stream).where(Stream.id == ident).with_for_update().execution_options(populate_existing=True)
         ).one()

@@ -29,7 +29,7 @@ from typing import TypeVar
 import sqlalchemy.exc
 from sqlalchemy import Row, bindparam, delete, distinct, func, insert, select, update
 
-from storage_core.catalog.db import Catalog
+from storage_core.catalog.db import Catalog, insert_if_absent
 from storage_core.catalog.models import (
     ACTIVE_ITEM_STATES,
     DONE_ITEM_STATES,
@@ -193,12 +193,12 @@ class CompletedUpload:
 
 def get_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo:
     """The transaction, or CatalogError when there is none."""
-    with catalog.session() as session:
+    with catalog.reading() as session:
         return _view(session, _load(session, transaction_id))
 
 
 def find_transaction(catalog: Catalog, transaction_id: str) -> TransactionInfo | None:
-    with catalog.session() as session:
+    with catalog.reading() as session:
         txn = session.get(Transaction, transaction_id)
         return None if txn is None else _view(session, txn)
 
@@ -232,7 +232,7 @@ def item_destination(catalog: Catalog, item_id: int) -> str | None:
 
 
 def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int = 100) -> list[TransactionInfo]:
-    with catalog.session() as session:
+    with catalog.reading() as session:
         query = select(Transaction).order_by(Transaction.created_at.desc()).limit(limit)
         if status:
             query = query.where(Transaction.status == status)
@@ -241,7 +241,7 @@ def list_transactions(catalog: Catalog, *, status: str | None = None, limit: int
 
 def open_items(catalog: Catalog, transaction_id: str) -> list[ItemInfo]:
     """Items still to upload (pending or uploading), for resume; refuses closed transactions."""
-    with catalog.session() as session:
+    with catalog.reading() as session:
         txn = _load(session, transaction_id)
         if txn.status not in OPEN_TRANSACTION_STATES:
             raise TransactionStateError(f"transaction {txn.id} is {txn.status}; only open transactions can be resumed")
@@ -313,7 +313,7 @@ def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[
     """{key: size} of the objects the catalog records as stored under `keys` (one query per
     500 keys, not one per key)."""
     stored: dict[str, int] = {}
-    with catalog.session() as session:
+    with catalog.reading() as session:
         for chunk in _chunks(sorted(set(keys))):
             query = select(StoredObject.key, StoredObject.size).where(
                 StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
@@ -749,17 +749,6 @@ def record_items_stored(catalog: Catalog, verified: Iterable[VerifiedItem]) -> N
         _store_all(session, [(rows[v.item_id], v.crc32c, v.etag) for v in verified])
 
 
-def _insert_unless_there(session, row) -> bool:
-    """Insert `row`; False when a concurrent writer inserted the same key first (two
-    batches of one ingest store a new device's first files at once)."""
-    try:
-        with session.begin_nested():
-            session.add(row)
-        return True
-    except sqlalchemy.exc.IntegrityError:
-        return False
-
-
 def _store_all(session, verified: list[tuple[TransactionItem | Row, int, str]]) -> None:
     """Items stored, their devices, recordings and stored objects upserted (each looked up
     once for the group, not once per item). Set-based: one executemany for the items, one
@@ -767,6 +756,8 @@ def _store_all(session, verified: list[tuple[TransactionItem | Row, int, str]]) 
     objects or transaction_items rows (only their columns are read); the ORM objects the
     session holds of the rows written are expired, so they are read again when used."""
     now = _now()
+    for device_id in sorted({item.device_id for item, _, _ in verified}):
+        insert_if_absent(session, Device.__table__, {"id": device_id}, key=["id"])
     recording_ids: dict[tuple[str, str], int] = {}
     for item, _, _ in verified:
         where = (item.device_id, item.recording)
@@ -822,16 +813,14 @@ def _update_by_id(connection, table, rows: list[dict]) -> None:
 
 
 def _recording_id(session, device_id: str, name: str) -> int:
-    """The id of the recording `name` of the device, both created when new."""
-    if session.get(Device, device_id) is None:
-        _insert_unless_there(session, Device(id=device_id))
-    find = select(Recording.id).where(Recording.device_id == device_id, Recording.name == name)
-    recording_id = session.scalar(find)
+    """The id of the recording `name` of the device (recorded already), created when new (a
+    concurrent writer may create it first: two batches of one ingest storing a new
+    recording's first files at once)."""
+    recording_id = insert_if_absent(session, Recording.__table__, {"device_id": device_id, "name": name},
+                                    key=["device_id", "name"], returning=Recording.__table__.c.id)
     if recording_id is None:
-        recording = Recording(device_id=device_id, name=name)
-        if _insert_unless_there(session, recording):
-            return recording.id
-        recording_id = session.scalar(find)
+        recording_id = session.scalar(select(Recording.id).where(Recording.device_id == device_id,
+                                                                 Recording.name == name))
     return recording_id
 
 

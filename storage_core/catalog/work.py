@@ -183,7 +183,7 @@ def create_job(
 
 
 def get_job(catalog: Catalog, job_id: str) -> JobInfo | None:
-    with catalog.session() as session:
+    with catalog.reading() as session:
         job = session.get(WorkJob, job_id)
         return None if job is None else JobInfo.of(job, _item_count(session, job_id))
 
@@ -255,7 +255,7 @@ def check_claim(catalog: Catalog, item: ClaimedItem, *, now: datetime | None = N
     """LeaseLost unless `item`'s claim still holds the item with at least CLAIM_MARGIN of
     its lease (as last renewed) left: a worker asks before starting a long step (an upload
     batch), so it never starts one when another worker may take the item over meanwhile."""
-    with catalog.session() as session:
+    with catalog.reading() as session:
         at = _clock(session, now)
         row = session.execute(select(WorkItem.lease_until, WorkItem.updated_at).where(_fenced(item))).first()
     if row is None:
@@ -314,7 +314,7 @@ def fail(catalog: Catalog, item: ClaimedItem, reason: str, *, retry: bool = True
 def job_status(catalog: Catalog, job_id: str) -> JobStatus:
     """Counts of the job's items by status (a claimed item past its lease counts as
     claimed until someone claims it again). Marks the job finished when it is."""
-    with catalog.session() as session:
+    with catalog.reading() as session:
         job = _job(session, job_id)
         counts = dict(session.execute(
             select(WorkItem.status, func.count()).where(WorkItem.job_id == job_id).group_by(WorkItem.status)
@@ -339,7 +339,7 @@ def wait_time_until_next_lease(catalog: Catalog, job_id: str, *, now: datetime |
     """Seconds until some item of the job can be claimed: 0 when one can be now, the time
     until the earliest lease runs out when all left are claimed, None when nothing is left
     to claim or wait for (every item done or failed)."""
-    with catalog.session() as session:
+    with catalog.reading() as session:
         at = _clock(session, now)
         if session.scalar(select(WorkItem.number).where(
                 WorkItem.job_id == job_id, WorkItem.status == WorkStatus.PENDING.value).limit(1)) is not None:
@@ -352,7 +352,7 @@ def wait_time_until_next_lease(catalog: Catalog, job_id: str, *, now: datetime |
 
 
 def list_items(catalog: Catalog, job_id: str) -> list[WorkItemInfo]:
-    with catalog.session() as session:
+    with catalog.reading() as session:
         rows = session.scalars(select(WorkItem).where(WorkItem.job_id == job_id).order_by(WorkItem.number))
         return [WorkItemInfo.of(row) for row in rows]
 
