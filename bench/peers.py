@@ -51,7 +51,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.harness import MiB, Result, S3Target, format_table, make_random_file, median_run, run_command, settle
+from bench.harness import (
+    MiB,
+    Result,
+    S3Target,
+    format_table,
+    machine_busy_seconds,
+    make_random_file,
+    median_run,
+    process_cpu_seconds,
+    run_command,
+    settle,
+)
 from storage_core.errors import BenchmarkFailed
 
 PEERS = ("s5cmd", "rclone", "aws-cli")
@@ -65,7 +76,7 @@ RSS_LIMIT = 256 * MiB
 TARGET_VS_BEST_PEER = 1.0
 TARGET_VS_CURL = 0.9
 DEVICE = "bench"
-COLUMNS = ("files/s", "phase s", "cpu_seconds")
+COLUMNS = ("files/s", "phase s", "cpu_seconds", "weed cpu_s", "machine cpu_s")
 _CALLER_ONLY = ("AWS_", "RCLONE_", "FERRY_", "PREFECT_")
 
 
@@ -358,12 +369,12 @@ class PeerBench:
             prefix = f"{peer}-{run}-{uuid.uuid4().hex[:6]}"
             local = source if job.many else source / "0000.bin"
             argv = peer_argv(peer, binary, job, self.target, local=local, prefix=prefix)
-            result = run_command(peer, argv, nbytes=job.nbytes, env=self.env, whole_env=True)
+            result = self._run(peer, argv, nbytes=job.nbytes, env=self.env, whole_env=True)
             return self._check_upload(job, peer, prefix, result)
         out = self.scratch / f"out-{peer}-{run}"
         out.mkdir()
         argv = peer_argv(peer, binary, job, self.target, local=out, prefix=data_prefix)
-        result = run_command(peer, argv, nbytes=job.nbytes, env=self.env, whole_env=True)
+        result = self._run(peer, argv, nbytes=job.nbytes, env=self.env, whole_env=True)
         return self._check_download(job, peer, out, result)
 
     def _ferry(self, job: Job, source: Path, run: int) -> Result:
@@ -373,13 +384,13 @@ class PeerBench:
             prefix = f"ferry-{recording}"
             env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / UPLOAD_CATALOG, self.api_url)
             argv = ferry_argv(job, self.target, local=landing, prefix=prefix, recording=recording)
-            result = _with_phase(run_command("ferry", argv, nbytes=job.nbytes, env=env, whole_env=True, keep_stdout=True))
+            result = _with_phase(self._run("ferry", argv, nbytes=job.nbytes, env=env, whole_env=True, keep_stdout=True))
             shutil.rmtree(landing, ignore_errors=True)
             return self._check_upload(job, "ferry", prefix, result)
         out = self.scratch / f"out-ferry-{run}"
         env = ferry_env(self.target, self.scratch / "ferry-home", self.scratch / "download-catalog.db", self.api_url)
         argv = ferry_argv(job, self.target, local=out, prefix="", recording=job.recording)
-        result = _with_phase(run_command("ferry", argv, nbytes=job.nbytes, env=env, whole_env=True, keep_stdout=True))
+        result = _with_phase(self._run("ferry", argv, nbytes=job.nbytes, env=env, whole_env=True, keep_stdout=True))
         return self._check_download(job, "ferry", out, result)
 
     def _curl(self, job: Job, source: Path, data_prefix: str, run: int) -> Result:
@@ -387,14 +398,27 @@ class PeerBench:
         if job.direction == "upload":
             prefix = f"curl-{run}-{uuid.uuid4().hex[:6]}"
             url = client.generate_presigned_url("put_object", Params={"Bucket": self.target.bucket, "Key": f"{prefix}/0000.bin"}, ExpiresIn=3600)
-            result = run_command("curl", ["curl", "-s", "-f", "-T", str(source / "0000.bin"), url], nbytes=job.nbytes, env=self.env, whole_env=True)
+            result = self._run("curl", ["curl", "-s", "-f", "-T", str(source / "0000.bin"), url], nbytes=job.nbytes, env=self.env, whole_env=True)
             return self._check_upload(job, "curl", prefix, result)
         [key] = [o["Key"] for o in client.list_objects_v2(Bucket=self.target.bucket, Prefix=data_prefix + "/")["Contents"]]
         url = client.generate_presigned_url("get_object", Params={"Bucket": self.target.bucket, "Key": key}, ExpiresIn=3600)
         out = self.scratch / f"out-curl-{run}"
         out.mkdir()
-        result = run_command("curl", ["curl", "-s", "-f", "-o", str(out / "0000.bin"), url], nbytes=job.nbytes, env=self.env, whole_env=True)
+        result = self._run("curl", ["curl", "-s", "-f", "-o", str(out / "0000.bin"), url], nbytes=job.nbytes, env=self.env, whole_env=True)
         return self._check_download(job, "curl", out, result)
+
+    def _run(self, name: str, argv: list[str], **kwargs: Any) -> Result:
+        """run_command, with the CPU seconds the store spent meanwhile (`weed cpu_s`) and all
+        cores together (`machine cpu_s`: the side, the store, a Prefect server, the rest):
+        on one 2-core machine a job of small files is bound by the machine's CPU, so these
+        say where a side's time went."""
+        server = self.target.server_pid
+        weed, busy = (process_cpu_seconds(server) if server else None), machine_busy_seconds()
+        result = run_command(name, argv, **kwargs)
+        extra = {**result.extra, "machine cpu_s": round(machine_busy_seconds() - busy, 2)}
+        if weed is not None:
+            extra["weed cpu_s"] = round(process_cpu_seconds(server) - weed, 2)
+        return replace(result, extra=extra)
 
     def _check_upload(self, job: Job, name: str, prefix: str, result: Result) -> Result:
         found = prefix_contents(self.target, prefix)
