@@ -31,6 +31,7 @@ QUIET_ENV = {"PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
 DATABASE_URL_VARS = ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "PREFECT_API_DATABASE_CONNECTION_URL")
 # how a URL's scheme begins → the one scheme (async driver) Prefect's server opens that database with
 ASYNC_SCHEMES = {"postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
+PORT_ATTEMPTS = 3  # starts on a fresh free port when the one picked was taken meanwhile
 _ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b.*")
 
 
@@ -133,9 +134,27 @@ class PrefectServer(ServerAddresses):
     def start(self, timeout: float = 120.0) -> None:
         """Start the child and wait until its API answers. ConfigError, with no child left
         running, when its database URL names a sync driver, it exits (the log's last error
-        line), or it does not answer within `timeout`."""
-        if not self.port:
-            self.port = free_port(self.host)
+        line), or it does not answer within `timeout`. A port picked here (`port` 0) that
+        another process took before the server could bind it is replaced by a new one."""
+        chosen = not self.port  # a port picked here: another process may take it before the server binds it
+        for attempt in range(PORT_ATTEMPTS if chosen else 1):
+            if chosen:
+                self.port = free_port(self.host)
+            try:
+                return self._start(timeout)
+            except ConfigError:
+                if attempt + 1 == PORT_ATTEMPTS or not chosen or not self._port_was_taken():
+                    raise
+
+    def _port_was_taken(self) -> bool:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self._log_start)
+                return b"already in use" in log.read().lower()  # Prefect's own check, or the bind
+        except FileNotFoundError:  # it failed before starting
+            return False
+
+    def _start(self, timeout: float) -> None:
         env = self.child_env()
         problem = database_url_problem(env)
         if problem is not None:

@@ -106,3 +106,23 @@ def test_a_sync_driver_url_is_refused_before_a_server_starts(tmp_path: Path, mon
     log = 'Traceback …\nasyncpg.exceptions.InvalidCatalogNameError: database "x" does not exist\n\nERROR:    Application startup failed. Exiting.\nServer stopped!\n'
     assert last_error_line(log) == 'asyncpg.exceptions.InvalidCatalogNameError: database "x" does not exist'
     assert last_error_line("Server stopped!\n") == "Server stopped!"
+
+
+def test_a_picked_port_taken_before_the_server_binds_it_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The free port a server is given can be taken by another process before the server
+    binds it (parallel tests start many servers): it starts again on a new one."""
+    import socket
+
+    from deployments import server as server_module
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        picks = iter([taken.getsockname()[1]])
+        monkeypatch.setattr(server_module, "free_port", lambda host="127.0.0.1": next(picks, None) or free_port(host))
+        server = server_module.PrefectServer(tmp_path / "prefect-home", ui=False)
+        try:
+            server.start(timeout=120)
+            assert server.port != taken.getsockname()[1] and api_health(server.api_url) is None
+        finally:
+            server.stop()
