@@ -112,7 +112,9 @@ def test_device_upload_resumes_after_the_process_is_killed(gateway, tmp_path):
     big = write(folder / "run-1" / "big.bin", 20 * MiB + 7)  # 5 parts of 5 MiB
     args = ["device-upload", str(folder), "--gateway", gateway.url, "--part-size", str(5 * MiB), "--json"]
     env = {"FERRY_DEVICE_TOKEN": gateway.token, "FERRY_HOME": str(tmp_path / "home")}
-    child = ferry(*args, "--limit-rate", str(6 * MiB), cwd=tmp_path, env=env)
+    # one part at a time: parts in flight together share the rate and end together, leaving
+    # no moment with some of them stored and the upload not yet finished
+    child = ferry(*args, "--limit-rate", str(6 * MiB), "--parallel", "1", cwd=tmp_path, env=env)
     http = httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.token}"})
     try:
         deadline = time.monotonic() + 60
