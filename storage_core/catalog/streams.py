@@ -103,7 +103,7 @@ def locked_stream(catalog: Catalog, device_id: str, name: str, *, table_uri: str
     ident = stream_id(device_id, name)
     now = utcnow()
     with catalog.session() as session:
-        insert_if_absent(session, Stream, {
+        insert_if_absent(session, Stream.__table__, {
             "id": ident, "device_id": device_id, "name": name, "epoch": 0, "committed_end": 0, "table_uri": table_uri,
             "table_format": table_format, "created_at": now, "updated_at": now,
         }, key=["id"])
