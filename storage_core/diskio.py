@@ -24,10 +24,10 @@ with 0.3 s of system time either way.
 `open_unnamed` creates a file with no name yet (O_TMPFILE) that `name_unnamed` links to its
 name once it is complete and fsynced: a process killed in between leaves nothing behind,
 and ext4 allocates its inode without holding the folder's lock (O_CREAT holds it), so
-threads placing many small files in one folder wait less on each other. 1,000 files of 100 KiB by 16 threads, each fsynced,
-8 interleaved rounds here: median 0.61 s (0.88 s of system time) unnamed then linked,
-against 0.95 s (1.44 s) created as a named `.part`, linked to its name and unlinked, and
-0.85 s created at the final name without any fsync.
+threads placing many small files in one folder wait less on each other. 1,000 files of
+100 KiB by 16 threads, each fsynced, 8 interleaved rounds here: median 0.61 s (0.88 s of
+system time) unnamed then linked, against 0.95 s (1.44 s) created as a named `.part`,
+linked to its name and unlinked, and 0.85 s created at the final name without any fsync.
 
 `_pwrite`, `_allocate`, `_copy_file_range`, `_open_direct`, `_open_unnamed` and `_link` are
 the seams where tests inject ENOSPC, EACCES and file systems without O_DIRECT or O_TMPFILE.
