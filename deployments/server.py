@@ -136,6 +136,9 @@ class PrefectServer(ServerAddresses):
         running, when its database URL names a sync driver, it exits (the log's last error
         line), or it does not answer within `timeout`. A port picked here (`port` 0) that
         another process took before the server could bind it is replaced by a new one."""
+        problem = database_url_problem(self.child_env())
+        if problem is not None:
+            raise ConfigError(problem)
         chosen = not self.port  # a port picked here: another process may take it before the server binds it
         for attempt in range(PORT_ATTEMPTS if chosen else 1):
             if chosen:
@@ -147,18 +150,12 @@ class PrefectServer(ServerAddresses):
                     raise
 
     def _port_was_taken(self) -> bool:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self._log_start)
-                return b"already in use" in log.read().lower()  # Prefect's own check, or the bind
-        except FileNotFoundError:  # it failed before starting
-            return False
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return b"already in use" in log.read().lower()  # Prefect's own check, or the bind
 
     def _start(self, timeout: float) -> None:
         env = self.child_env()
-        problem = database_url_problem(env)
-        if problem is not None:
-            raise ConfigError(problem)
         self.home.mkdir(parents=True, exist_ok=True)
         args = [
             sys.executable, "-m", "prefect", "server", "start",

@@ -758,11 +758,10 @@ def _store_all(session, verified: list[tuple[TransactionItem | Row, int, str]]) 
     now = _now()
     for device_id in sorted({item.device_id for item, _, _ in verified}):
         insert_if_absent(session, Device.__table__, {"id": device_id}, key=["id"])
-    recording_ids: dict[tuple[str, str], int] = {}
-    for item, _, _ in verified:
-        where = (item.device_id, item.recording)
-        if where not in recording_ids:
-            recording_ids[where] = _recording_id(session, *where)
+    # in one order, devices and recordings alike: two writers creating the same new rows in
+    # opposite orders would each wait on the other's (PostgreSQL aborts one as a deadlock)
+    recording_ids = {where: _recording_id(session, *where)
+                     for where in sorted({(item.device_id, item.recording) for item, _, _ in verified})}
     flow_runs = dict(session.execute(select(Transaction.id, Transaction.flow_run_id).where(
         Transaction.id.in_({item.transaction_id for item, _, _ in verified}))).all())
     existing: dict[tuple[str, str], int] = {}
@@ -816,6 +815,7 @@ def _recording_id(session, device_id: str, name: str) -> int:
     """The id of the recording `name` of the device (recorded already), created when new (a
     concurrent writer may create it first: two batches of one ingest storing a new
     recording's first files at once)."""
+    # on PostgreSQL each call takes a value of the id sequence, used or not: gaps, no harm
     recording_id = insert_if_absent(session, Recording.__table__, {"device_id": device_id, "name": name},
                                     key=["device_id", "name"], returning=Recording.__table__.c.id)
     if recording_id is None:

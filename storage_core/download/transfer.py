@@ -310,12 +310,12 @@ def _download_whole(
             placed = _place_unnamed(write, data, overwrite=overwrite, sync_folder=sync_folder)
             if placed is None:
                 _write_part(write, data)
+            if on_progress is not None:  # a callback that raises leaves no `.part` behind either
+                on_progress(size)
         except BaseException:
             with suppress(OSError):  # a `.part` a killed run left goes too; the first error is the one raised
                 part.unlink(missing_ok=True)
             raise
-    if on_progress is not None:
-        on_progress(size)
     return placed or _put_in_place(write, overwrite=overwrite, sync_folder=sync_folder)
 
 

@@ -391,6 +391,19 @@ def test_where_unnamed_files_cannot_be_made_a_part_file_is_written_instead(bucke
     assert leftovers(out) == []
 
 
+def test_a_failing_progress_callback_leaves_no_part_file_where_unnamed_files_cannot_be_made(bucket, out, monkeypatch):
+    monkeypatch.setattr(diskio, "_open_unnamed", lambda folder: (_ for _ in ()).throw(
+        OSError(errno.EOPNOTSUPP, "not supported (injected)")))
+    sources, _ = _small_sources(bucket, 3)
+
+    def broken(nbytes: int) -> None:
+        raise RuntimeError("progress bar crashed")
+
+    with pytest.raises(RuntimeError, match="progress bar crashed"):
+        download(sources, out, on_progress=broken)
+    assert files(out) == []
+
+
 def test_overwrite_of_small_objects_replaces_and_leaves_no_part_file(bucket, out):
     sources, bodies = _small_sources(bucket, 4)
     folder = out / "dev1/rec1/video"
