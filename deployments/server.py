@@ -150,9 +150,13 @@ class PrefectServer(ServerAddresses):
                     raise
 
     def _port_was_taken(self) -> bool:
+        return "already in use" in self._this_starts_log().lower()  # Prefect's own check, or the bind
+
+    def _this_starts_log(self) -> str:
+        """What the server logged since this start began (the log is appended to)."""
         with open(self.log_path, "rb") as log:
             log.seek(self._log_start)
-            return b"already in use" in log.read().lower()  # Prefect's own check, or the bind
+            return log.read().decode(errors="replace")
 
     def _start(self, timeout: float) -> None:
         env = self.child_env()
@@ -179,9 +183,7 @@ class PrefectServer(ServerAddresses):
         reason = "not started"
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                with open(self.log_path, "rb") as log:
-                    log.seek(self._log_start)
-                    tail = log.read().decode(errors="replace")[-20_000:]
+                tail = self._this_starts_log()[-20_000:]
                 raise ConfigError(
                     f"prefect server exited with {self.process.returncode}: {last_error_line(tail)} (log: {self.log_path})"
                 )
