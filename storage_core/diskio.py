@@ -28,6 +28,10 @@ threads placing many small files in one folder wait less on each other. 1,000 fi
 100 KiB by 16 threads, each fsynced, 8 interleaved rounds here: median 0.61 s (0.88 s of
 system time) unnamed then linked, against 0.95 s (1.44 s) created as a named `.part`,
 linked to its name and unlinked, and 0.85 s created at the final name without any fsync.
+Opened O_DIRECT as well (`open_unnamed(direct=True)`, then `write_file` from page-aligned
+memory), the same 1,000 files took 0.12-0.14 s (0.10-0.13 s of system time) against
+0.23-0.31 s (0.28-0.36 s) through the page cache, 6 interleaved rounds into new folders:
+copying into the page cache was the largest single cost of a small download (perf).
 
 `_pwrite`, `_allocate`, `_copy_file_range`, `_open_direct`, `_open_unnamed` and `_link` are
 the seams where tests inject ENOSPC, EACCES and file systems without O_DIRECT or O_TMPFILE.
@@ -38,6 +42,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import mmap
 import os
 from collections.abc import Callable
@@ -237,6 +242,7 @@ def crc32c_of_fd(fd: int, start: int, end: int, *, buffer: memoryview) -> int:
 
 
 _O_TMPFILE = getattr(os, "O_TMPFILE", 0)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
 # An unnamed file gets its name by linking /proc/self/fd/N with AT_SYMLINK_FOLLOW (linking
 # the descriptor itself, AT_EMPTY_PATH, needs CAP_DAC_READ_SEARCH); without /proc, no O_TMPFILE.
 _CAN_NAME_UNNAMED = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
@@ -245,22 +251,47 @@ _NO_UNNAMED = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOSYS, errno
 _link = os.link
 
 
-def _open_unnamed(folder: Path) -> int:
-    return os.open(folder, os.O_WRONLY | _O_TMPFILE | os.O_CLOEXEC, 0o644)
+def _open_unnamed(folder: Path, flags: int = 0) -> int:
+    return os.open(folder, os.O_WRONLY | _O_TMPFILE | os.O_CLOEXEC | flags, 0o644)
 
 
-def open_unnamed(folder: Path) -> int | None:
+def open_unnamed(folder: Path, *, direct: bool = False) -> int | None:
     """A new, empty file in `folder` without a name, open for writing (give it one with
     `name_unnamed`; closed unnamed, it is gone). None where this platform or file system
-    cannot make one. Other OSErrors (a missing folder, EACCES, ENOSPC) are raised."""
+    cannot make one. Other OSErrors (a missing folder, EACCES, ENOSPC) are raised.
+
+    With `direct`, opened O_DIRECT where the file system allows it (else as usual), for
+    `write_file` to write its whole blocks around the page cache."""
     if not _CAN_NAME_UNNAMED:
         return None
-    try:
-        return _open_unnamed(folder)
-    except OSError as exc:
-        if exc.errno in _NO_UNNAMED:
-            return None
-        raise
+    for flags in ((_O_DIRECT, 0) if direct and _O_DIRECT else (0,)):
+        try:
+            return _open_unnamed(folder, flags)
+        except OSError as exc:
+            if exc.errno not in _NO_UNNAMED:
+                raise
+    return None
+
+
+def write_file(fd: int, data: memoryview) -> None:
+    """All of `data` at the start of the new file `fd`. When `fd` is open O_DIRECT and
+    `data` is page-aligned memory (`aligned_buffer`), its whole blocks go around the page
+    cache and only a last partial block through it (O_DIRECT turned off for that write);
+    when the file system refuses a direct write, all of it goes through the page cache."""
+    written = 0
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL) if _O_DIRECT else 0
+    if flags & _O_DIRECT:
+        whole = len(data) - len(data) % DIRECT_ALIGN
+        if whole and _whole_blocks(data[:whole], 0):
+            try:
+                write_all(fd, data[:whole], 0)
+                written = whole
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # accepted at open, refused at write
+                    raise
+        if written < len(data):
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+    write_all(fd, data[written:], written)
 
 
 def name_unnamed(fd: int, path: Path) -> bool:
@@ -317,4 +348,5 @@ __all__ = [
     "start_writeback",
     "write_all",
     "write_atomic",
+    "write_file",
 ]

@@ -40,6 +40,7 @@ from storage_core.diskio import (
     open_unnamed,
     preallocate,
     write_all,
+    write_file,
 )
 from storage_core.download.plan import PlannedWrite, PlanProblem, WritePlanError
 from storage_core.errors import (
@@ -332,17 +333,18 @@ def _write_part(write: PlannedWrite, data: memoryview) -> None:
 
 def _place_unnamed(write: PlannedWrite, data: memoryview, *, overwrite: bool, sync_folder: SyncFolder) -> Path | None:
     """The verified bytes of a small object written to a file without a name (diskio:
-    cheaper than a `.part`, and nothing to clean up after a kill), fsynced, then linked to
+    cheaper than a `.part`, and nothing to clean up after a kill; its whole blocks around
+    the page cache where the file system allows it), fsynced, then linked to
     its destination (with `overwrite`, linked to its `.part` name and renamed over it). None
     where the file system cannot: the caller writes a `.part` file instead."""
     dest, key = write.dest, write.source.key
     with _disk(dest, key):
-        fd = open_unnamed(dest.parent)
+        fd = open_unnamed(dest.parent, direct=True)
     if fd is None:
         return None
     try:
         with _disk(dest, key):
-            write_all(fd, data, 0)
+            write_file(fd, data)
             os.fsync(fd)
             if not overwrite:
                 try:
@@ -366,7 +368,7 @@ def _get_whole(write: PlannedWrite, size: int) -> memoryview:
     answers with more, one that shrank with less (IntegrityError either way)."""
     store, key = write.source.store, write.source.key
     if _reads_of(store)[1]:
-        view = memoryview(bytearray(size + 1))
+        view = _whole_buffer(size + 1)
         got = store.get_range_into(key, 0, view)
     else:  # a store (or test wrapper) that only returns bytes
         view = memoryview(store.get_range(key, 0, size + 1))
@@ -440,6 +442,21 @@ def _fetch_range(
 
 
 _buffers = threading.local()
+# A file thread keeps one page-aligned buffer of this size for the small objects it fetches
+# whole (written from it around the page cache, see _place_unnamed); a larger object gets
+# its own buffer. 16 file threads: 16 MiB, for the download's life.
+SMALL_BUFFER = 1 * MiB
+
+
+def _whole_buffer(size: int) -> memoryview:
+    """Page-aligned memory for one object fetched whole: the calling file thread's reused
+    buffer when `size` fits in SMALL_BUFFER, else a new one (unmapped once dropped)."""
+    if size > SMALL_BUFFER:
+        return aligned_buffer(size)
+    buffer = getattr(_buffers, "small", None)
+    if buffer is None:
+        buffer = _buffers.small = aligned_buffer(SMALL_BUFFER)
+    return buffer[:size]
 
 
 def _range_buffer(size: int) -> memoryview:

@@ -392,7 +392,7 @@ def test_where_unnamed_files_cannot_be_made_a_part_file_is_written_instead(bucke
 
 
 def test_a_failing_progress_callback_leaves_no_part_file_where_unnamed_files_cannot_be_made(bucket, out, monkeypatch):
-    monkeypatch.setattr(diskio, "_open_unnamed", lambda folder: (_ for _ in ()).throw(
+    monkeypatch.setattr(diskio, "_open_unnamed", lambda folder, flags=0: (_ for _ in ()).throw(
         OSError(errno.EOPNOTSUPP, "not supported (injected)")))
     sources, _ = _small_sources(bucket, 3)
 
@@ -498,6 +498,24 @@ def test_from_s3_whole_ranges_are_written_around_the_page_cache(bucket, out, mon
     assert path.read_bytes() == data
     # three whole MiB ranges from the workers' aligned buffers go direct; the 17-byte tail cannot
     assert sorted(writes) == [(0, True), (MiB, True), (2 * MiB, True), (3 * MiB, False)]
+
+
+def test_small_objects_are_written_around_the_page_cache_from_aligned_buffers(bucket, out, monkeypatch):
+    """A small object fetched whole lands in an aligned buffer and its whole blocks are
+    written O_DIRECT; the last partial block goes through the page cache."""
+    writes: list[tuple[int, int, bool]] = []
+
+    def recording(fd, view, offset):
+        writes.append((offset, len(view), bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        return os.pwrite(fd, view, offset)
+
+    monkeypatch.setattr(diskio, "_pwrite", recording)
+    bodies = {"a": os.urandom(3 * 4096 + 100), "b": os.urandom(2 * MiB)}  # b: bigger than a file thread's buffer
+    for key, body in bodies.items():
+        put(bucket, key, body)
+    download([source(bucket, key, body, rel=key) for key, body in bodies.items()], out, max_files=1)
+    _assert_whole(out, bodies)
+    assert sorted(writes) == [(0, 3 * 4096, True), (0, 2 * MiB, True), (3 * 4096, 100, False)]
 
 
 def test_no_space_left_while_writing_is_a_clear_error_with_no_partial_file(local_store, out, monkeypatch):

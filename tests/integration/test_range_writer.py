@@ -115,3 +115,66 @@ def test_no_space_on_a_direct_write_is_raised_not_hidden(tmp_path, monkeypatch):
     finally:
         writer.close()
         os.close(fd)
+
+
+# --- write_file: a new unnamed file written whole (a small download) ------------------------
+
+
+def _unnamed_then_named(folder, data, *, direct=True):
+    """`data` written by write_file to an unnamed file of `folder`, fsynced and linked as `f`."""
+    fd = diskio.open_unnamed(folder, direct=direct)
+    assert fd is not None
+    try:
+        diskio.write_file(fd, data)
+        os.fsync(fd)
+        assert diskio.name_unnamed(fd, folder / "f")
+    finally:
+        os.close(fd)
+    return (folder / "f").read_bytes()
+
+
+@pytest.mark.parametrize("size", [0, 100, DIRECT_ALIGN, 3 * DIRECT_ALIGN + 17, MiB])
+def test_write_file_sends_whole_blocks_direct_and_the_tail_through_the_page_cache(tmp_path, writes, size):
+    data = _filled(size + 1)[:size]  # aligned memory, as _whole_buffer gives
+    assert _unnamed_then_named(tmp_path, data) == bytes(data)
+    whole = size - size % DIRECT_ALIGN
+    expected = ([(0, whole, True)] if whole else []) + ([(whole, size - whole, False)] if size > whole else [])
+    assert writes == expected
+
+
+def test_write_file_from_unaligned_memory_or_without_direct_goes_through_the_page_cache(tmp_path, writes):
+    data = os.urandom(2 * DIRECT_ALIGN)
+    assert _unnamed_then_named(tmp_path, memoryview(data)) == data  # bytes: not page-aligned
+    (tmp_path / "f").unlink()
+    aligned = _filled(DIRECT_ALIGN)
+    assert _unnamed_then_named(tmp_path, aligned, direct=False) == bytes(aligned)
+    assert [direct for _, _, direct in writes] == [False, False]
+
+
+def test_write_file_falls_back_when_a_direct_write_is_refused(tmp_path, monkeypatch):
+    calls: list[bool] = []
+
+    def refuses_direct(fd, data, offset):
+        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        calls.append(direct)
+        if direct:
+            raise OSError(errno.EINVAL, "direct write refused (injected)")
+        return os.pwrite(fd, data, offset)
+
+    monkeypatch.setattr(diskio, "_pwrite", refuses_direct)
+    data = _filled(2 * DIRECT_ALIGN + 5)
+    assert _unnamed_then_named(tmp_path, data) == bytes(data)
+    assert calls == [True, False]
+
+
+def test_open_unnamed_without_o_direct_support_opens_a_plain_unnamed_file(tmp_path, monkeypatch):
+    real = diskio._open_unnamed
+
+    def no_direct(folder, flags=0):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "O_DIRECT not supported (injected)")
+        return real(folder, flags)
+
+    monkeypatch.setattr(diskio, "_open_unnamed", no_direct)
+    data = _filled(DIRECT_ALIGN)
+    assert _unnamed_then_named(tmp_path, data) == bytes(data)
