@@ -129,3 +129,58 @@ def test_a_caller_that_dies_takes_its_command_down(warm_home, tmp_path: Path) ->
         time.sleep(0.1)
     assert caller.stdin is not None
     caller.stdin.close()
+
+
+def test_a_childs_caller_sees_the_end_of_its_output_before_the_prefect_drain(tmp_path: Path) -> None:
+    """Once a child has sent the exit code, the caller's streams are given back: a caller
+    reading stdout through a pipe sees its end while the child still drains Prefect (here,
+    sleeps); what the child says afterwards goes to the warm process's log."""
+    read_end, write_end = os.pipe()
+    log_path = tmp_path / "warm.log"
+    pid = os.fork()
+    if pid == 0:  # the child, as _run_child leaves it: the caller's pipe on stdout
+        try:
+            log = os.open(log_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            os.dup2(write_end, 1)
+            os.close(read_end)
+            os.close(write_end)
+            os.write(1, b"the report\n")
+            warm._let_the_caller_go(log)
+            os.write(2, b"said after the caller left\n")
+            time.sleep(30)  # the drain
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    try:
+        started = time.monotonic()
+        with os.fdopen(read_end, "rb") as pipe:
+            assert pipe.read() == b"the report\n"  # returns at the pipe's end, not the child's
+        assert time.monotonic() - started < 20
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # still "draining"
+        deadline = time.monotonic() + 10
+        while b"said after" not in log_path.read_bytes():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
+def test_tls_contexts_for_one_ca_file_are_built_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ssl
+
+    import certifi
+
+    monkeypatch.setattr(ssl, "create_default_context", ssl.create_default_context)  # restored after the test
+    warm._share_verified_tls_contexts()
+    bundle = tmp_path / "ca.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes())
+    first = ssl.create_default_context(cafile=str(bundle))
+    assert ssl.create_default_context(cafile=str(bundle)) is first
+    assert ssl.create_default_context(cafile=certifi.where()) is not first
+    assert first.verify_mode == ssl.CERT_REQUIRED and first.check_hostname
+    os.utime(bundle, ns=(1, 1))  # a CA file replaced since is read again
+    assert ssl.create_default_context(cafile=str(bundle)) is not first
+    assert ssl.create_default_context() is not ssl.create_default_context()  # no CA file: a new one each time
+    with pytest.raises(FileNotFoundError):
+        ssl.create_default_context(cafile=str(tmp_path / "missing.pem"))
