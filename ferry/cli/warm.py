@@ -416,13 +416,16 @@ def _preload() -> None:
 def _share_verified_tls_contexts() -> None:
     """One TLS context per CA file for this process and its children, built here.
 
-    Each Prefect client a command's flow run opens (its API client, the log and event
-    workers' clients, the events client's version check: four in a one-file ingest) builds
-    `ssl.create_default_context(cafile=certifi.where())`, which parses the whole CA bundle:
-    20-28 ms of CPU each, measured in a child, even for an http:// API. Those calls (a CA
-    file and nothing else) now share one context per file, size and mtime; Prefect
-    configures no such context further (its unverified one is a call without a CA file,
-    left alone). A context is safe to share between connections and threads."""
+    Each Prefect client a command's flow run opens (its API client and the httpx client
+    inside it, the log and event workers' clients, the events client's version check: five
+    in a one-file ingest) builds `ssl.create_default_context(cafile=...)` (certifi's bundle,
+    or SSL_CERT_FILE for httpx), which parses the whole CA bundle: 20-28 ms of CPU each,
+    measured in a child, even for an http:// API. Those calls (a CA file and nothing else)
+    now share one context per file, size and mtime. Neither configures such a context
+    further (Prefect's unverified one is a call without a CA file, left alone), except
+    httpcore setting its ALPN list per TLS connection: the same for every Prefect client of
+    a process (one PREFECT_API_ENABLE_HTTP2). A context is safe to share between connections
+    and threads."""
     import ssl
 
     import certifi
@@ -446,7 +449,12 @@ def _share_verified_tls_contexts() -> None:
             return shared[key]
 
     ssl.create_default_context = create_default_context
-    create_default_context(cafile=certifi.where())  # the children inherit it built
+    # the children inherit these built: Prefect's (certifi's bundle) and httpx's (SSL_CERT_FILE, when set)
+    for cafile in {certifi.where(), os.environ.get("SSL_CERT_FILE") or certifi.where()}:
+        try:
+            create_default_context(cafile=cafile)
+        except (OSError, ssl.SSLError):
+            pass  # a bad SSL_CERT_FILE: each command raises it as it would have
 
 
 def _complete_prefect_models() -> None:
