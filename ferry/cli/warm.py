@@ -31,12 +31,9 @@ import signal
 import socket
 import stat
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +87,8 @@ def socket_path(home: Path) -> Path:
     path = home / SOCKET_NAME
     if len(os.fsencode(path)) < 90:  # room for the name it is bound under first (.PID.)
         return path
+    import tempfile  # here: every `ferry` command imports this module before it delegates
+
     folder = Path(tempfile.gettempdir()) / f"ferry-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     info = folder.lstat()
@@ -209,6 +208,7 @@ def ensure_started(home: Path) -> None:
     if _in_child or os.environ.get("FERRY_WARM", "1") == "0":
         return
     import fcntl
+    import subprocess
 
     code, settings = code_fingerprint(), prefect_settings(dict(os.environ))
     home.mkdir(parents=True, exist_ok=True)
@@ -231,7 +231,7 @@ def ensure_started(home: Path) -> None:
 def _write_state(home: Path, state: dict[str, Any]) -> None:
     path = home / STATE_NAME
     tmp = path.with_name(f".{STATE_NAME}.{os.getpid()}")
-    tmp.write_text(json.dumps({**state, "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+    tmp.write_text(json.dumps({**state, "started_at": _now()}))
     os.replace(tmp, path)
 
 
@@ -280,8 +280,14 @@ def _socket_or_none(home: Path) -> Path | None:
         return None
 
 
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 def _log(message: str) -> None:
-    sys.stderr.write(f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} {message}\n")
+    sys.stderr.write(f"{_now()} {message}\n")
     sys.stderr.flush()
 
 
