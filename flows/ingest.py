@@ -22,7 +22,7 @@ from tasks import upload as upload_tasks
 
 
 class IngestReport(BaseModel):
-    transaction_id: str
+    transaction_id: str | None  # None: nothing new, every file was stored already (nothing recorded)
     status: str
     destination: str
     files_stored: int
@@ -187,8 +187,26 @@ def ingest(
         flow_run_id=flow_run.id,
         transaction_id=transaction_id,
     )
+    if begun.transaction is None:
+        return _nothing_new(begun, time.monotonic() - started)
     pending = [(item.id, item.size) for item in begun.transaction.items if item.status == "pending"]
     return upload_and_complete(begun.transaction.id, pending, started, held_back=begun.held_back)
+
+
+def _nothing_new(begun: upload_tasks.BegunIngest, seconds: float) -> IngestReport:
+    """The report of a run that found every file stored already, identical: no transaction."""
+    report = IngestReport(
+        transaction_id=None, status="completed", destination=begun.destination, files_stored=0,
+        files_skipped=begun.already_stored, bytes_stored=0, parts_sent=0, parts_reused=0, seconds=round(seconds, 3),
+        held_back=begun.held_back,
+    )
+    create_markdown_artifact(
+        key="ingest-report",
+        markdown=(f"nothing new: all {report.files_skipped} file(s) are stored already, identical; "
+                  f"no transaction recorded" + "".join(f"\n\nheld back: {line}" for line in report.held_back)),
+        description="Ferry ingest",
+    )
+    return report
 
 
 @flow(name="resume-transaction", task_runner=ThreadPoolTaskRunner(max_workers=2))

@@ -30,8 +30,10 @@ class BatchReport(BaseModel):
 
 @dataclass(frozen=True)
 class BegunIngest:
-    transaction: TransactionInfo
+    transaction: TransactionInfo | None  # None: every file is stored already, identical (nothing recorded)
     held_back: list[str]  # one line per recording left out of it: "DEVICE/RECORDING: path: reason"
+    destination: str = ""
+    already_stored: int = 0  # with no transaction: the files found stored, identical
 
 
 def _scan_landing(source: str, dest: StorageUri, *, device_id: str | None, settings: FerrySettings) -> manifest.Scan:
@@ -63,12 +65,19 @@ def begin_ingest(
     """Check the destination exists, scan the landing folder or bucket prefix, checksum
     dedup candidates, and begin the transaction. Hidden files are left out and named in
     the log; recordings with a bad file are held back (named in the log and the result),
-    the others begun. Nothing is recorded when the destination or the source is refused."""
+    the others begun. Nothing is recorded when the destination or the source is refused,
+    nor when every file is stored already, identical (no transaction: a re-scan of an
+    unchanged folder writes nothing, where it recorded a skipped item per file)."""
     dest = parse_uri(destination)
     settings = load_settings()
     catalog = open_default_catalog(settings)
     scan = _scan_landing(source, dest, device_id=device_id, settings=settings)
     entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
+    held_back = [str(held) for held in scan.held_back]
+    if transactions.all_stored(catalog, entries, dest):  # a scheduled tick over an unchanged folder
+        get_run_logger().info("nothing new: all %d file(s) are stored already, identical; no transaction recorded",
+                              len(entries))
+        return BegunIngest(None, held_back, destination=str(dest), already_stored=len(entries))
     txn = records.begin_transaction(
         catalog,
         entries,
@@ -78,7 +87,7 @@ def begin_ingest(
         flow_run_id=flow_run_id,
         transaction_id=transaction_id,
     )
-    return BegunIngest(txn, [str(held) for held in scan.held_back])
+    return BegunIngest(txn, held_back, destination=str(dest))
 
 
 @task(name="plan-ingest-job")

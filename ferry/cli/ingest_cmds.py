@@ -60,12 +60,16 @@ def _watch_transaction(transaction_id: str, work: Callable[[], Any], *, show: bo
 
 def _print_ingest(report: Any) -> None:
     colour = "yellow" if report.held_back else "green"
-    out.print(
-        f"[{colour}]{report.outcome}[/]: transaction {report.transaction_id} → {report.destination}\n"
-        f"  stored {report.files_stored} file(s), {size_text(report.bytes_stored)}"
-        f" ({report.parts_sent} part(s) sent, {report.parts_reused} reused);"
-        f" skipped {report.files_skipped} already stored; {report.seconds:.1f}s, {report.mb_per_s:.1f} MB/s"
-    )
+    if report.transaction_id is None:
+        out.print(f"[{colour}]{report.outcome}[/]: nothing new → {report.destination}\n"
+                  f"  all {report.files_skipped} file(s) are stored already, identical; no transaction recorded")
+    else:
+        out.print(
+            f"[{colour}]{report.outcome}[/]: transaction {report.transaction_id} → {report.destination}\n"
+            f"  stored {report.files_stored} file(s), {size_text(report.bytes_stored)}"
+            f" ({report.parts_sent} part(s) sent, {report.parts_reused} reused);"
+            f" skipped {report.files_skipped} already stored; {report.seconds:.1f}s, {report.mb_per_s:.1f} MB/s"
+        )
     if report.summaries or report.summary_failures:
         out.print(f"  summarized {report.summaries} MCAP/Parquet file(s), {report.summary_failures} could not be")
     for line in report.summary_errors:

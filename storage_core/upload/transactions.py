@@ -101,6 +101,19 @@ def prepare_manifest(
     )
 
 
+def all_stored(catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri) -> bool:
+    """True when the catalog records every entry's identical bytes (size and CRC32C) as
+    stored at its destination: a transaction begun now would record nothing but skipped
+    items. Entries `prepare_manifest` left without a checksum (no object of their size
+    there) answer False before any query."""
+    if not entries or any(e.crc32c is None for e in entries):
+        return False
+    keys = [destination_key(destination, e) for e in entries]
+    stored = records.stored_versions(catalog, destination.store_uri, keys)
+    return all((v := stored.get(k)) is not None and (v.size, v.crc32c) == (e.size, e.crc32c)
+               for e, k in zip(entries, keys))
+
+
 class _SourceOpener:
     """Opens an entry's bytes for a dedup checksum: a local file, or an object pinned to the
     ETag it was scanned with (one store per bucket, built on first use)."""
@@ -394,5 +407,6 @@ def _abort_uploads(uploads: Iterable[records.InFlightUpload], settings: FerrySet
     return failed
 
 
-__all__ = ["BatchOutcome", "ItemOutcome", "abort_claimed_transaction", "abort_transactions", "prepare_manifest",
+__all__ = ["BatchOutcome", "ItemOutcome", "abort_claimed_transaction", "abort_transactions", "all_stored",
+           "prepare_manifest",
            "require_destination", "upload_item", "upload_items"]

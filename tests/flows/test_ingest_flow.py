@@ -74,3 +74,25 @@ def test_server_restart_mid_transfer_is_retried_to_completion(ferry_env, bucket,
     data = (source / "r1/rec/big.bin").read_bytes()
     assert crc32c(bucket.get_range("r1/rec/big.bin", 0, len(data))) == crc32c(data)
     assert bucket.list_multipart_uploads() == []
+
+
+def test_a_rescan_of_an_unchanged_folder_records_nothing(ferry_env, bucket, tmp_path):
+    """A scheduled tick over a folder whose files are all stored, identical, begins no
+    transaction (it recorded a skipped item per file, every tick); one changed file and it
+    is a transaction again, with the unchanged files skipped in it."""
+    files = {f"r1/rec/{n:02d}.bin": 1000 + n for n in range(6)}
+    source = write_landing(tmp_path / "in", files)
+    first = ingest(str(source), to=f"s3://{bucket.bucket}/fleet")
+    assert (first.files_stored, first.files_skipped) == (6, 0)
+
+    again = ingest(str(source), to=f"s3://{bucket.bucket}/fleet")
+    assert again.transaction_id is None and again.outcome == "completed"
+    assert (again.files_stored, again.files_skipped, again.bytes_stored, again.destination) == (
+        0, 6, 0, first.destination)
+    assert [t.id for t in list_transactions(catalog_of(ferry_env))] == [first.transaction_id]
+
+    (source / "r1/rec/03.bin").write_bytes(b"changed")
+    changed = ingest(str(source), to=f"s3://{bucket.bucket}/fleet")
+    assert changed.transaction_id is not None and (changed.files_stored, changed.files_skipped) == (1, 5)
+    assert len(list_transactions(catalog_of(ferry_env))) == 2
+    assert bucket.get_range("fleet/r1/rec/03.bin", 0, 7) == b"changed"
