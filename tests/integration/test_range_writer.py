@@ -83,8 +83,9 @@ def test_a_file_system_without_o_direct_gets_every_write_through_the_page_cache(
     assert not any(direct for _, _, direct in writes)
 
 
-def test_a_direct_write_refused_with_einval_falls_back_for_good(tmp_path, monkeypatch):
-    calls: list[bool] = []
+def _refusing_direct_writes(calls: list[bool]):
+    """A pwrite that refuses every direct write with EINVAL (accepted at open, refused at
+    write, as some FUSE and network file systems do), noting each call's directness."""
 
     def refuses_direct(fd, data, offset):
         direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
@@ -93,7 +94,12 @@ def test_a_direct_write_refused_with_einval_falls_back_for_good(tmp_path, monkey
             raise OSError(errno.EINVAL, "direct write refused (injected)")
         return os.pwrite(fd, data, offset)
 
-    monkeypatch.setattr(diskio, "_pwrite", refuses_direct)
+    return refuses_direct
+
+
+def test_a_direct_write_refused_with_einval_falls_back_for_good(tmp_path, monkeypatch):
+    calls: list[bool] = []
+    monkeypatch.setattr(diskio, "_pwrite", _refusing_direct_writes(calls))
     path = tmp_path / "f"
     expected = _write_three_ranges(path)
     assert path.read_bytes() == expected
@@ -153,15 +159,7 @@ def test_write_file_from_unaligned_memory_or_without_direct_goes_through_the_pag
 
 def test_write_file_falls_back_when_a_direct_write_is_refused(tmp_path, monkeypatch):
     calls: list[bool] = []
-
-    def refuses_direct(fd, data, offset):
-        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
-        calls.append(direct)
-        if direct:
-            raise OSError(errno.EINVAL, "direct write refused (injected)")
-        return os.pwrite(fd, data, offset)
-
-    monkeypatch.setattr(diskio, "_pwrite", refuses_direct)
+    monkeypatch.setattr(diskio, "_pwrite", _refusing_direct_writes(calls))
     data = _filled(2 * DIRECT_ALIGN + 5)
     assert _unnamed_then_named(tmp_path, data) == bytes(data)
     assert calls == [True, False]
