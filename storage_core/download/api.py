@@ -70,8 +70,9 @@ def download(
 
     Before any write, the whole plan is checked and every problem raised together as a
     WritePlanError (nothing written). During I/O, memory stays below about
-    `2 × max_workers × chunk_size` whatever the object sizes (the range workers' buffers,
-    and the bytes of the GETs in flight, which one TransferBudget bounds); each object is
+    `2 × max_workers × chunk_size + max_files MiB` whatever the object sizes (the range
+    workers' buffers, the bytes of the GETs in flight, which one TransferBudget bounds, and
+    each file thread's buffer for small objects, transfer.SMALL_BUFFER); each object is
     fetched in `chunk_size` ranges pinned to the ETag of its HEAD (one GET, no HEAD, for an
     object of one range whose size and CRC32C the catalog recorded), verified (size, CRC32C) and renamed
     into place only when complete. The first failure stops the call and is raised: files
