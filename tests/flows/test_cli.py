@@ -239,9 +239,7 @@ def test_the_progress_bar_shown_on_a_terminal_follows_the_transaction(tmp_path, 
 def test_a_rerun_over_an_unchanged_folder_says_nothing_new(ferry_env, bucket, tmp_path):
     source = write_landing(tmp_path / "in", {"robot/rec/a.bin": 1000, "robot/rec/b.bin": 2000})
     args = ["ingest", str(source), "--to", f"s3://{bucket.bucket}"]
-    assert run_ferry(args, ferry_env).returncode == 0
+    assert run_ferry(args, ferry_env).returncode == 0  # the flow test checks the --json report of a rerun
     again = run_ferry(args, ferry_env)
     assert again.returncode == 0, again.stderr
     assert "completed: nothing new" in again.stdout and "all 2 file(s) are stored already" in again.stdout
-    report = json.loads(run_ferry([*args, "--json"], ferry_env).stdout)
-    assert (report["transaction_id"], report["outcome"], report["files_skipped"]) == (None, "completed", 2)
