@@ -22,7 +22,7 @@ import itertools
 import json
 import uuid
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
@@ -612,7 +612,7 @@ def _start_upload(item: Row, txn_status: str, parts: tuple[RecordedPart, ...]) -
             f"transaction {item.transaction_id} is a device upload: only the device can send its bytes "
             f"(`ferry device-upload` resumes it); `ferry transactions abort {item.transaction_id}` gives it up"
         )
-    info = replace(ItemInfo.of(item, parts_stored=len(parts)), status=ItemStatus.UPLOADING.value)
+    info = ItemInfo.of(item, parts_stored=len(parts), status=ItemStatus.UPLOADING.value)
     return ItemUpload(info, parts if item.upload_id else ())
 
 

@@ -60,9 +60,10 @@ class ItemInfo:
     part_crc32c: tuple[int, ...] | None = None  # a device's multipart item: its declared part checksums
 
     @classmethod
-    def of(cls, item: TransactionItem | Row, *, parts_stored: int | None = None) -> ItemInfo:
+    def of(cls, item: TransactionItem | Row, *, parts_stored: int | None = None, status: str | None = None) -> ItemInfo:
         """From an ORM item, or from a row of the transaction_items table with the count of
-        its parts in `parts_stored` (a 10,000-item transaction read without ORM objects)."""
+        its parts in `parts_stored` (a 10,000-item transaction read without ORM objects);
+        `status`: the one it is being given (the row's own otherwise)."""
         return cls(
             id=item.id,
             source_kind=_SOURCE_KINDS[item.source_kind],
@@ -71,7 +72,7 @@ class ItemInfo:
             key=item.key,
             uri=f"{item.store_uri}/{item.key}",
             size=item.size,
-            status=item.status,
+            status=item.status if status is None else status,
             device_id=item.device_id,
             recording=item.recording,
             relative_path=item.relative_path,
