@@ -152,11 +152,9 @@ def test_a_childs_caller_sees_the_end_of_its_output_before_the_prefect_drain(tmp
             os._exit(0)
     os.close(write_end)
     try:
-        started = time.monotonic()
         with os.fdopen(read_end, "rb") as pipe:
             assert pipe.read() == b"the report\n"  # returns at the pipe's end, not the child's
-        assert time.monotonic() - started < 20
-        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # still "draining"
+        assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # the end came while the child still "drains"
         deadline = time.monotonic() + 10
         while b"said after" not in log_path.read_bytes():
             assert time.monotonic() < deadline
