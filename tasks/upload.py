@@ -72,12 +72,12 @@ def begin_ingest(
     settings = load_settings()
     catalog = open_default_catalog(settings)
     scan = _scan_landing(source, dest, device_id=device_id, settings=settings)
-    entries = transactions.prepare_manifest(catalog, scan.entries, dest, settings=settings)
+    entries = transactions.prepare_unless_stored(catalog, scan.entries, dest, settings=settings)
     held_back = [str(held) for held in scan.held_back]
-    if transactions.all_stored(catalog, entries, dest):  # a scheduled tick over an unchanged folder
+    if entries is None:  # a scheduled tick over an unchanged folder
         get_run_logger().info("nothing new: all %d file(s) are stored already, identical; no transaction recorded",
-                              len(entries))
-        return BegunIngest(None, held_back, destination=str(dest), already_stored=len(entries))
+                              len(scan.entries))
+        return BegunIngest(None, held_back, destination=str(dest), already_stored=len(scan.entries))
     txn = records.begin_transaction(
         catalog,
         entries,

@@ -309,18 +309,6 @@ def store_uris_in_flight(catalog: Catalog, *, since: datetime) -> set[str]:
         return set(session.scalars(query))
 
 
-def stored_sizes(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[str, int]:
-    """{key: size} of the objects the catalog records as stored under `keys` (one query per
-    500 keys, not one per key)."""
-    stored: dict[str, int] = {}
-    with catalog.reading() as session:
-        for chunk in _chunks(sorted(set(keys))):
-            query = select(StoredObject.key, StoredObject.size).where(
-                StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
-            stored.update((key, size) for key, size in session.execute(query))
-    return stored
-
-
 @dataclass(frozen=True)
 class StoredVersion:
     """The version of an object the catalog records as stored."""
@@ -331,9 +319,10 @@ class StoredVersion:
 
 
 def stored_versions(catalog: Catalog, store_uri: str, keys: Iterable[str]) -> dict[str, StoredVersion]:
-    """{key: version} of the objects the catalog records as stored under `keys`."""
+    """{key: version} of the objects the catalog records as stored under `keys` (one query
+    per 500 keys, not one per key)."""
     stored: dict[str, StoredVersion] = {}
-    with catalog.session() as session:
+    with catalog.reading() as session:
         for chunk in _chunks(sorted(set(keys))):
             query = select(StoredObject.key, StoredObject.size, StoredObject.crc32c, StoredObject.etag).where(
                 StoredObject.store_uri == store_uri, StoredObject.key.in_(chunk))
@@ -1077,7 +1066,6 @@ __all__ = [
     "start_items_upload",
     "store_uris_in_flight",
     "stored_etag",
-    "stored_sizes",
     "stored_versions",
     "transaction_owner",
     "transaction_store_uris",

@@ -86,7 +86,28 @@ def prepare_manifest(
     are read again unless the stat memo under `settings.home` vouches for their checksum
     (their whole stat unchanged since it was read, and settled then: storage_core.statmemo).
     """
-    sizes = records.stored_sizes(catalog, destination.store_uri, [destination_key(destination, e) for e in entries])
+    return _checksummed(catalog, entries, destination, settings)[0]
+
+
+def prepare_unless_stored(
+    catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri, *, settings: FerrySettings | None = None
+) -> list[ManifestEntry] | None:
+    """`prepare_manifest`, or None when the catalog records every entry's identical bytes
+    (size and CRC32C) as stored at its destination: a transaction begun now would record
+    nothing but skipped items. One catalog read serves both."""
+    entries, stored = _checksummed(catalog, entries, destination, settings)
+    if entries and all((v := stored.get(destination_key(destination, e))) is not None
+                       and (v.size, v.crc32c) == (e.size, e.crc32c) for e in entries):
+        return None
+    return entries
+
+
+def _checksummed(
+    catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri, settings: FerrySettings | None
+) -> tuple[list[ManifestEntry], dict[str, records.StoredVersion]]:
+    """The entries checksummed as `prepare_manifest` says, and the versions the catalog
+    records at their destinations."""
+    stored = records.stored_versions(catalog, destination.store_uri, [destination_key(destination, e) for e in entries])
     known = records.known_object_checksums(catalog, [str(e.path) for e in entries if e.is_object])
     entries = [
         replace(e, crc32c=known.get(ObjectVersion(str(e.path), e.size, e.source_etag)))
@@ -95,23 +116,10 @@ def prepare_manifest(
     ]
     return with_checksums(
         entries,
-        lambda e: sizes.get(destination_key(destination, e)) == e.size,
+        lambda e: (v := stored.get(destination_key(destination, e))) is not None and v.size == e.size,
         open_source=_SourceOpener(settings),
         memo=StatMemo.in_home((settings or load_settings()).home),
-    )
-
-
-def all_stored(catalog: Catalog, entries: list[ManifestEntry], destination: StorageUri) -> bool:
-    """True when the catalog records every entry's identical bytes (size and CRC32C) as
-    stored at its destination: a transaction begun now would record nothing but skipped
-    items. Entries `prepare_manifest` left without a checksum (no object of their size
-    there) answer False before any query."""
-    if not entries or any(e.crc32c is None for e in entries):
-        return False
-    keys = [destination_key(destination, e) for e in entries]
-    stored = records.stored_versions(catalog, destination.store_uri, keys)
-    return all((v := stored.get(k)) is not None and (v.size, v.crc32c) == (e.size, e.crc32c)
-               for e, k in zip(entries, keys))
+    ), stored
 
 
 class _SourceOpener:
@@ -407,6 +415,6 @@ def _abort_uploads(uploads: Iterable[records.InFlightUpload], settings: FerrySet
     return failed
 
 
-__all__ = ["BatchOutcome", "ItemOutcome", "abort_claimed_transaction", "abort_transactions", "all_stored",
-           "prepare_manifest",
+__all__ = ["BatchOutcome", "ItemOutcome", "abort_claimed_transaction", "abort_transactions", "prepare_manifest",
+           "prepare_unless_stored",
            "require_destination", "upload_item", "upload_items"]

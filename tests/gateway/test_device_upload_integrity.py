@@ -210,7 +210,7 @@ def _race_trials(gw_url: str, catalog, store, token: str, trials: int, *, abort_
             outcomes[status] += 1
             keys = [f"lake/{p}" for p in blobs]
             present = {k for k in keys if any(o.key == k for o in store.list(prefix=k))}
-            rows = records.stored_sizes(catalog, store.uri, keys)
+            rows = records.stored_versions(catalog, store.uri, keys)
             event = get_upload_event(catalog, txn_id)
             if status == "completed":
                 assert answers["complete"] == 200 and answers["abort"] == 409, answers
