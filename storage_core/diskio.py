@@ -140,13 +140,9 @@ class RangeWriter:
     def write(self, data: memoryview, offset: int) -> None:
         if self.direct and _whole_blocks(data, offset):
             assert self._direct_fd is not None
-            try:
-                written = _pwrite(self._direct_fd, data, offset)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                written = 0  # accepted at open, refused at write (some FUSE and network file systems)
-                self.direct = False
+            written = _direct_pwrite(self._direct_fd, data, offset)
+            if written is None:
+                written, self.direct = 0, False
             if written == len(data):
                 return
             data, offset = data[written:], offset + written
@@ -157,6 +153,18 @@ class RangeWriter:
         direct_fd, self._direct_fd, self.direct = self._direct_fd, None, False
         if direct_fd is not None:
             os.close(direct_fd)
+
+
+def _direct_pwrite(fd: int, data: memoryview, offset: int) -> int | None:
+    """One pwrite on an O_DIRECT descriptor: the bytes written, or None when the file system
+    refused the direct write (EINVAL: accepted at open, refused at write, as some FUSE and
+    network file systems do); the caller then writes through the page cache."""
+    try:
+        return _pwrite(fd, data, offset)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        return None
 
 
 def _whole_blocks(data: memoryview, offset: int) -> bool:
@@ -276,19 +284,15 @@ def open_unnamed(folder: Path, *, direct: bool = False) -> int | None:
 def write_file(fd: int, data: memoryview) -> None:
     """All of `data` at the start of the new file `fd`. When `fd` is open O_DIRECT and
     `data` is page-aligned memory (`aligned_buffer`), its whole blocks go around the page
-    cache and only a last partial block through it (O_DIRECT turned off for that write);
-    when the file system refuses a direct write, all of it goes through the page cache."""
+    cache and the rest through it (O_DIRECT turned off for that write: a last partial
+    block, or what a short direct write left); when the file system refuses a direct
+    write, all of it goes through the page cache."""
     written = 0
     flags = fcntl.fcntl(fd, fcntl.F_GETFL) if _O_DIRECT else 0
     if flags & _O_DIRECT:
         whole = len(data) - len(data) % DIRECT_ALIGN
         if whole and _whole_blocks(data[:whole], 0):
-            try:
-                write_all(fd, data[:whole], 0)
-                written = whole
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # accepted at open, refused at write
-                    raise
+            written = _direct_pwrite(fd, data[:whole], 0) or 0
         if written < len(data):
             fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
     write_all(fd, data[written:], written)
