@@ -116,18 +116,22 @@ def upload_and_complete(
         info, seconds, summaries=summarize_stored(info), held_back=held_back,
         parts_sent=sum(r.parts_sent for r in reports), parts_reused=sum(r.parts_reused for r in reports),
     )
+    _publish(report, (
+        f"| transaction | stored | skipped | bytes | MB/s | summaries | summary failures |\n"
+        f"|---|---|---|---|---|---|---|\n"
+        f"| {report.transaction_id} | {report.files_stored} | {report.files_skipped} | "
+        f"{report.bytes_stored} | {report.mb_per_s:.1f} | {report.summaries} | {report.summary_failures} |"
+    ))
+    return report
+
+
+def _publish(report: IngestReport, summary: str) -> None:
+    """The run's report as its Prefect artifact: `summary` (markdown), then each recording held back."""
     create_markdown_artifact(
         key="ingest-report",
-        markdown=(
-            f"| transaction | stored | skipped | bytes | MB/s | summaries | summary failures |\n"
-            f"|---|---|---|---|---|---|---|\n"
-            f"| {report.transaction_id} | {report.files_stored} | {report.files_skipped} | "
-            f"{report.bytes_stored} | {report.mb_per_s:.1f} | {report.summaries} | {report.summary_failures} |"
-            + "".join(f"\n\nheld back: {line}" for line in report.held_back)
-        ),
+        markdown=summary + "".join(f"\n\nheld back: {line}" for line in report.held_back),
         description="Ferry ingest",
     )
-    return report
 
 
 def _no_claim() -> None:
@@ -200,12 +204,8 @@ def _nothing_new(begun: upload_tasks.BegunIngest, seconds: float) -> IngestRepor
         files_skipped=begun.already_stored, bytes_stored=0, parts_sent=0, parts_reused=0, seconds=round(seconds, 3),
         held_back=begun.held_back,
     )
-    create_markdown_artifact(
-        key="ingest-report",
-        markdown=(f"nothing new: all {report.files_skipped} file(s) are stored already, identical; "
-                  f"no transaction recorded" + "".join(f"\n\nheld back: {line}" for line in report.held_back)),
-        description="Ferry ingest",
-    )
+    _publish(report, f"nothing new: all {report.files_skipped} file(s) are stored already, identical; "
+                     f"no transaction recorded")
     return report
 
 
