@@ -30,7 +30,8 @@ def append_cmd(
     batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per append.")] = 5_000,
     compression: Annotated[str, typer.Option("--compression", help="zstd, lz4 or none.")] = "zstd",
     state: Annotated[Optional[Path], typer.Option("--state", help="Position file (default ./.ferry-stream-STREAM.json).")] = None,
-    inflight: Annotated[int, typer.Option("--inflight", min=1, help="Appends in flight at most (the gateway commits those waiting as one group).")] = 32,
+    inflight: Annotated[int, typer.Option("--inflight", min=1, help="Appends in flight at most (the gateway commits those waiting as one group).")] = 64,
+    per_request: Annotated[int, typer.Option("--per-request", min=1, help="Appends sent in one request at most.")] = 16,
     as_json: JsonOpt = False,
 ) -> None:
     """Append files to a stream, exactly once; rerun after a failure to send only the rest."""
@@ -40,7 +41,8 @@ def append_cmd(
     if not token:
         raise ConfigError("no device token: pass --token or set FERRY_DEVICE_TOKEN")
     report = stream_append([str(f) for f in files], stream=stream, gateway=gateway_url, token=token,
-                           batch_rows=batch_rows, compression=compression, state_file=state, inflight=inflight)
+                           batch_rows=batch_rows, compression=compression, state_file=state, inflight=inflight,
+                           per_request=per_request)
     if as_json:
         emit_json(report)
         return

@@ -1,6 +1,8 @@
 """The gateway's telemetry stream routes (registered by ferry.gateway.app.create_app).
 
     POST /v1/streams/{device}/{name}/append   one append frame in, the stream's answer out   200
+    POST /v1/streams/{device}/{name}/appends  up to MAX_APPENDS frames back to back in, one    200
+                                              answer per frame out, in order
     GET  /v1/streams/{device}/{name}          committed end, epoch, table location           200
     GET  /v1/streams/{device}/{name}/rows     the committed rows, streamed: ?format=arrow      200
                                               (Arrow IPC, zstd) or framed (the same in CRC32C
@@ -14,10 +16,21 @@ else is looked at: a flipped bit or a cut frame is a 422 and nothing is written.
     200 {"result": "committed" | "duplicate", "committed_end": N, ...}
     409 {"reason": "out_of_range" | "diverged" | "stale_epoch", "committed_end": N, "epoch": E}
     422 {"reason": "schema"} a schema change other than added nullable columns
+
+`appends` takes a client's consecutive appends in one request (what BigQuery's AppendRows
+stream and a Kafka producer's batch do): one token check, one body, one thread, and its
+appends queued together, so they commit in as few group commits as the stream allows.
+Every frame is verified, and every header checked against the URL, before any is judged
+(else the whole request is refused and nothing written). Each append is then judged on its
+own, as if sent alone: `{"answers": [...]}` holds, in order, the single route's 200 body
+or its refusal as `{"status": 409 | 422, "reason", "detail", "committed_end", "epoch"}`.
+A failure that is not an append's own (the catalog, the store) fails the whole request:
+the appends of it that were committed are duplicates when it is sent again.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import asdict
 from typing import Any
 
@@ -29,15 +42,53 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from storage_core.catalog.db import Catalog
 from storage_core.catalog.streams import StreamInfo, get_stream, list_streams, stream_id
 from storage_core.config import FerrySettings
-from storage_core.device.frame import BLOCK, decode_frame, encode_blocks
-from storage_core.errors import ConfigError, ManifestRefused, SchemaRefused, StreamRefused, UnknownUpload, one_line
+from storage_core.device.frame import BLOCK, Frame, decode_frame, encode_blocks, iter_frames
+from storage_core.errors import (
+    ConfigError,
+    CorruptFrame,
+    ManifestRefused,
+    SchemaRefused,
+    StreamRefused,
+    UnknownUpload,
+    one_line,
+)
 from storage_core.keys import StorageUri
-from storage_core.streams.commit import append_frame
+from storage_core.streams.commit import AppendResult, append_frame, append_frames
 from storage_core.streams.read import ipc_chunks, read_batches
 from storage_core.streams.table import StreamTables, location_of
 
 
-APPEND_THREADS = 128  # appends of all streams in the gateway's threads at once (the others wait for one)
+APPEND_THREADS = 128  # append requests of all streams in the gateway's threads at once (the others wait for one)
+MAX_APPENDS = 64  # frames in one `appends` request
+
+
+def _refusal_status(exc: Exception) -> int:
+    return 422 if isinstance(exc, (SchemaRefused, CorruptFrame, ConfigError)) else 409
+
+
+def _refusal_answer(exc: Exception) -> dict[str, Any]:
+    """An append's refusal inside an `appends` answer: what the single route would answer."""
+    return {"status": _refusal_status(exc), "detail": one_line(exc), "reason": getattr(exc, "reason", None),
+            "committed_end": getattr(exc, "committed_end", None), "epoch": getattr(exc, "epoch", None)}
+
+
+def _frames_of(raw: bytes, name: str) -> list[Frame]:
+    """The request's frames, every one verified and naming stream `name`, or the refusal."""
+    frames = []
+    for frame in iter_frames(io.BytesIO(raw)):
+        if len(frames) == MAX_APPENDS:
+            raise ManifestRefused(f"more than {MAX_APPENDS} appends in one request", reason="too_large")
+        frames.append(frame)
+    if not frames:
+        raise CorruptFrame("no frame at offset 0: empty input", offset=0)
+    for frame in frames:
+        _names(frame, name)
+    return frames
+
+
+def _names(frame: Frame, name: str) -> None:
+    if frame.header.get("stream") != name:
+        raise ManifestRefused(f"the frame names stream {frame.header.get('stream')!r}, the URL {name!r}")
 
 
 def stream_answer(info: StreamInfo) -> dict[str, Any]:
@@ -67,7 +118,7 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
     tables = StreamTables()
     # An append's thread waits for its group's commit: a device's window of appends in flight
     # (32 by default) holds as many threads, so they get their own, not the other routes' 40.
-    appends = CapacityLimiter(APPEND_THREADS)
+    append_threads = CapacityLimiter(APPEND_THREADS)
 
     def own(device_id: str, owner: str) -> None:
         if owner != device_id:
@@ -75,7 +126,7 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
 
     @app.exception_handler(StreamRefused)
     async def _refused(_request: Request, exc: StreamRefused) -> JSONResponse:
-        status = 422 if isinstance(exc, SchemaRefused) else 409
+        status = _refusal_status(exc)
         return JSONResponse({"detail": one_line(exc), "reason": exc.reason, "committed_end": exc.committed_end,
                              "epoch": exc.epoch}, status_code=status)
 
@@ -86,11 +137,22 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
 
         def commit() -> dict[str, Any]:
             frame = decode_frame(raw)
-            if frame.header.get("stream") != name:
-                raise ManifestRefused(f"the frame names stream {frame.header.get('stream')!r}, the URL {name!r}")
+            _names(frame, name)
             return asdict(append_frame(catalog, tables, device_id, frame, destination=destination, settings=settings))
 
-        return await anyio.to_thread.run_sync(commit, limiter=appends)
+        return await anyio.to_thread.run_sync(commit, limiter=append_threads)
+
+    @app.post("/v1/streams/{owner}/{name}/appends")
+    async def appends(owner: str, name: str, request: Request, device_id: str = device) -> dict[str, Any]:
+        own(device_id, owner)
+        raw = await _read_body(request, max_body_bytes)
+
+        def commit() -> dict[str, Any]:
+            answers = append_frames(catalog, tables, device_id, _frames_of(raw, name), destination=destination,
+                                    settings=settings)
+            return {"answers": [asdict(a) if isinstance(a, AppendResult) else _refusal_answer(a) for a in answers]}
+
+        return await anyio.to_thread.run_sync(commit, limiter=append_threads)
 
     @app.get("/v1/streams/{owner}/{name}")
     def show(owner: str, name: str, device_id: str = device) -> dict[str, Any]:
@@ -124,4 +186,4 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
         return {"streams": [stream_answer(i) for i in list_streams(catalog, device_id=device_id)]}
 
 
-__all__ = ["register_stream_routes", "stream_answer"]
+__all__ = ["MAX_APPENDS", "register_stream_routes", "stream_answer"]

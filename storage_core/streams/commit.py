@@ -126,40 +126,68 @@ def _catch_up(stream: LockedStream, table: DeltaStreamTable, ident: str) -> None
 
 def append_frame(catalog: Catalog, tables: StreamTables, device_id: str, frame: Frame, *, destination: StorageUri,
                  settings: Any = None, in_order_wait: float = IN_ORDER_WAIT) -> AppendResult:
-    """Apply one verified append frame of `device_id` (see the module docstring). Refusals
-    raise a StreamRefused carrying the stream's committed end and epoch. An append beyond
-    the end this process has seen (committed or waiting to commit) is first held up to
+    """Apply one verified append frame of `device_id` (append_frames of one frame): its
+    result, or its refusal raised."""
+    (answer,) = append_frames(catalog, tables, device_id, [frame], destination=destination, settings=settings,
+                              in_order_wait=in_order_wait)
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames: list[Frame], *,
+                  destination: StorageUri, settings: Any = None,
+                  in_order_wait: float = IN_ORDER_WAIT) -> list[AppendResult | StreamRefused | CorruptFrame | ConfigError]:
+    """Apply verified append frames of `device_id`, in order (see the module docstring),
+    and answer each: its AppendResult, or its refusal (one of REFUSALS, returned, not
+    raised). Every header is checked before anything is queued (a malformed one raises).
+    All of them queue before the first commit is waited for, so a request's appends go
+    in as few group commits as the stream's other writers allow. An append beyond the end
+    this process has seen (committed or waiting to commit) is first held up to
     `in_order_wait` seconds for its predecessors (a client's appends in flight), then
-    judged like any other."""
-    header = AppendHeader.of(frame)
-    ident = stream_id(device_id, header.stream)
-    location = tables.location(destination, ident, settings=settings)
-    if in_order_wait > 0:
-        tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
-                            current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
-    try:  # decoded here, beside the commit running, not in the group's turn
-        rows: pa.Table | BaseException = _decode(frame.body, header)
-    except REFUSALS as exc:  # answered in the append's turn, as before (a fenced epoch comes first)
-        rows = exc
-    mine = PendingAppend(header, rows, hashlib.sha256(frame.body).hexdigest())
-    queue = tables.enqueue(ident, mine)
-    with queue.commit_lock:  # held by the group's committer until every answer is set
-        if not mine.done:
-            group = queue.take()
-            try:
-                try:
-                    end: int | None = _apply(catalog, tables, device_id, header.stream, group, ident, location)
-                except TableMoved:  # another writer committed between our look and our commit
-                    end = _apply(catalog, tables, device_id, header.stream, group, ident, location, fresh=True)
-            except BaseException as exc:  # the catalog took nothing of the group (a table commit it
-                # missed is caught up by the stream's next append): each append gets the error
-                for pending in group:
-                    pending.result, pending.error = None, exc
-                end = None
-            for pending in group:
-                pending.done = True
-            tables.ended(ident, end, exact=any(p.error is not None for p in group))
-    return mine.answer()
+    judged like any other. Any other failure of a commit is raised once every append of
+    the frames is answered or failed (the rows of a failed group were not committed)."""
+    headers = [AppendHeader.of(frame) for frame in frames]
+    queued = []
+    for frame, header in zip(frames, headers):
+        ident = stream_id(device_id, header.stream)
+        location = tables.location(destination, ident, settings=settings)
+        if in_order_wait > 0:
+            tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
+                                current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
+        try:  # decoded here, beside the commit running, not in the group's turn
+            rows: pa.Table | BaseException = _decode(frame.body, header)
+        except REFUSALS as exc:  # answered in the append's turn, as before (a fenced epoch comes first)
+            rows = exc
+        mine = PendingAppend(header, rows, hashlib.sha256(frame.body).hexdigest())
+        queued.append((mine, tables.enqueue(ident, mine), ident, location))
+    for mine, queue, ident, location in queued:
+        with queue.commit_lock:  # held by the group's committer until every answer is set
+            if not mine.done:
+                _commit_waiting(catalog, tables, device_id, mine.header.stream, queue.take(), ident, location)
+    failed = next((m.error for m, *_ in queued if m.error is not None and not isinstance(m.error, REFUSALS)), None)
+    if failed is not None:
+        raise failed
+    return [mine.error if mine.error is not None else mine.result for mine, *_ in queued]
+
+
+def _commit_waiting(catalog: Catalog, tables: StreamTables, device_id: str, name: str, group: list[PendingAppend],
+                    ident: str, location: TableLocation) -> None:
+    """Commit `group` (every append of the stream waiting in this process) as one group;
+    each gets its answer or error, and is done."""
+    try:
+        try:
+            end: int | None = _apply(catalog, tables, device_id, name, group, ident, location)
+        except TableMoved:  # another writer committed between our look and our commit
+            end = _apply(catalog, tables, device_id, name, group, ident, location, fresh=True)
+    except BaseException as exc:  # the catalog took nothing of the group (a table commit it
+        # missed is caught up by the stream's next append): each append gets the error
+        for pending in group:
+            pending.result, pending.error = None, exc
+        end = None
+    for pending in group:
+        pending.done = True
+    tables.ended(ident, end, exact=any(p.error is not None for p in group))
 
 
 def compact_stream(catalog: Catalog, ident: str, *, settings: Any = None) -> dict[str, Any]:
@@ -270,4 +298,4 @@ def _apply(catalog: Catalog, tables: StreamTables, device_id: str, name: str, gr
         return judge.end
 
 
-__all__ = ["AppendHeader", "AppendResult", "append_frame", "compact_stream"]
+__all__ = ["REFUSALS", "AppendHeader", "AppendResult", "append_frame", "append_frames", "compact_stream"]

@@ -250,11 +250,6 @@ class PendingAppend:
     error: BaseException | None = None  # or its refusal
     done: bool = False
 
-    def answer(self) -> Any:
-        if self.error is not None:
-            raise self.error
-        return self.result
-
 
 class AppendQueue:
     """A stream's appends waiting to commit. Whoever holds `commit_lock` takes all of them

@@ -102,6 +102,57 @@ def test_corrupt_frames_and_schema_changes(gateway) -> None:  # noqa: ANN001
     assert rows.column("speed").null_count == 50
 
 
+def test_one_request_of_appends_is_judged_append_by_append(gateway) -> None:  # noqa: ANN001
+    """`appends`: each append of the request judged by the offset rules and answered on its
+    own, in order; the ones taken commit in one group (one table version)."""
+    client = StreamClient(gateway.url, gateway.token)
+    rows = [telemetry(100, start=i * 100) for i in range(6)]
+    frames = [encode_append("diag", 1, i * 100, rows[i], "zstd") for i in range(6)]
+    try:
+        first = client.appends("cam-1", "diag", frames[:3])
+        assert [(a["result"], a["committed_end"]) for a in first] == [("committed", 100), ("committed", 200), ("committed", 300)]
+        assert len({a["table_version"] for a in first}) == 1  # one group commit
+        # a resent request (a lost acknowledgement) with one more behind it and a gap
+        duplicate, taken, beyond = client.appends("cam-1", "diag", [frames[2], frames[3], frames[5]])
+        assert (duplicate["result"], taken["result"], taken["committed_end"]) == ("duplicate", "committed", 400)
+        assert isinstance(beyond, AppendOutOfRange) and beyond.committed_end == 400
+        # a new epoch takes over; the old writer's append behind it (in offset order) is fenced
+        taken_over, fenced = client.appends("cam-1", "diag", [encode_append("diag", 2, 400, rows[4], "zstd"),
+                                                               encode_append("diag", 1, 500, rows[5], "zstd")])
+        assert (taken_over["result"], taken_over["epoch"]) == ("committed", 2)
+        assert isinstance(fenced, StaleEpoch) and (fenced.epoch, fenced.committed_end) == (2, 500)
+        assert client.show("cam-1", "diag")["committed_end"] == 500
+    finally:
+        client.close()
+    assert committed(gateway, "cam-1/diag").equals(pa.concat_tables(rows[:5]))
+
+
+def test_a_request_of_appends_with_one_bad_frame_writes_nothing(gateway) -> None:  # noqa: ANN001
+    client = StreamClient(gateway.url, gateway.token)
+    frames = [encode_append("gps", 1, i * 10, telemetry(10, start=i * 10), "zstd") for i in range(3)]
+    flipped = bytearray(frames[2])
+    flipped[len(flipped) // 2] ^= 0x01
+    other = decode_frame(frames[1])
+    try:
+        with pytest.raises(GatewayError, match="422.*corrupt frame at offset"):
+            client.appends("cam-1", "gps", [frames[0], frames[1], bytes(flipped)])
+        with pytest.raises(GatewayError, match="422.*truncated frame"):
+            client.appends("cam-1", "gps", [frames[0], frames[1][:-1]])
+        with pytest.raises(GatewayError, match="422.*names stream 'state'"):
+            client.appends("cam-1", "gps", [frames[0], encode_frame(other.kind, {**other.header, "stream": "state"}, other.body)])
+        with pytest.raises(GatewayError, match="413.*more than 64 appends"):
+            client.appends("cam-1", "gps", [frames[0]] * 65)
+        assert client.show("cam-1", "gps")["committed_end"] == 0
+        # a body that is not Arrow IPC is that append's own refusal; the one before it commits
+        bad_body = encode_frame(other.kind, {**other.header, "offset": 10}, b"not arrow")
+        ok, refused = client.appends("cam-1", "gps", [frames[0], bad_body])
+        assert ok["committed_end"] == 10
+        assert isinstance(refused, GatewayError) and refused.status == 422 and "not an Arrow IPC stream" in str(refused)
+    finally:
+        client.close()
+    assert committed(gateway, "cam-1/gps").equals(telemetry(10))
+
+
 def test_a_device_reaches_only_its_own_streams(gateway) -> None:  # noqa: ANN001
     mine, theirs = StreamClient(gateway.url, gateway.token), StreamClient(gateway.url, gateway.other_token)
     try:

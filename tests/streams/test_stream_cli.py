@@ -89,7 +89,7 @@ def test_lost_acknowledgements_are_acknowledged_as_duplicates(gateway, parquet_s
     import ferry.gateway.streams as routes
     from storage_core.catalog.streams import LockedStream
 
-    real_record, real_append = LockedStream.record, routes.append_frame
+    real_record, real_append = LockedStream.record, routes.append_frames
     faults = {"record": 1, "answer": 1}
 
     def record_then_fail(self, append, **kwargs):  # noqa: ANN001, ANN202
@@ -99,14 +99,14 @@ def test_lost_acknowledgements_are_acknowledged_as_duplicates(gateway, parquet_s
         return real_record(self, append, **kwargs)
 
     def commit_then_die(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        result = real_append(*args, **kwargs)
-        if result.first_offset == 6_000 and faults["answer"]:
+        results = real_append(*args, **kwargs)
+        if any(getattr(r, "first_offset", None) == 6_000 for r in results) and faults["answer"]:
             faults["answer"] -= 1
             raise ConnectionResetError("the gateway died before answering")
-        return result
+        return results
 
     monkeypatch.setattr(LockedStream, "record", record_then_fail)
-    monkeypatch.setattr(routes, "append_frame", commit_then_die)
+    monkeypatch.setattr(routes, "append_frames", commit_then_die)
     report = stream_append([parquet_source(10_000)], stream="state", gateway=gateway.url, token=gateway.token,
                            batch_rows=2_000, state_file=tmp_path / "s.json")
     assert faults == {"record": 0, "answer": 0}
@@ -171,7 +171,8 @@ def test_read_through_the_local_cache(gateway, cli_env, parquet_source, tmp_path
 @pytest.mark.slow
 def test_compaction_keeps_the_rows_and_the_offset_rules(gateway, cli_env, parquet_source, tmp_path) -> None:  # noqa: ANN001
     source, state = parquet_source(10_000), tmp_path / "s.json"
-    stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=1_000, state_file=state)
+    stream_append([source], stream="state", gateway=gateway.url, token=gateway.token, batch_rows=1_000, state_file=state,
+                  per_request=1)
     commits = get_stream(gateway.catalog, "cam-1/state").table_version + 1  # a file each (a group commit's appends share one)
     done = ferry("stream", "compact", "cam-1/state", "--json", env=cli_env)
     stdout, stderr = done.communicate(timeout=300)
