@@ -162,6 +162,8 @@ def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames
         mine = PendingAppend(header, rows, hashlib.sha256(frame.body).hexdigest())
         queued.append((mine, tables.enqueue(ident, mine), ident, location))
     for mine, queue, ident, location in queued:
+        if mine.done:  # committed in an earlier append's group: no need to wait for the next one
+            continue
         with queue.commit_lock:  # held by the group's committer until every answer is set
             if not mine.done:
                 _commit_waiting(catalog, tables, device_id, mine.header.stream, queue.take(), ident, location)
