@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from storage_core.catalog.db import Catalog, insert_if_absent
@@ -59,12 +59,21 @@ class LockedStream:
 
     def __init__(self, session: Session, row: Stream) -> None:
         self._session, self._row = session, row
+        self._recorded: list[dict] = []  # appends recorded, not yet written
+
+    def write(self) -> None:
+        """Write the appends recorded so far, in one statement (an ORM object each cost
+        ~0.5 ms of CPU in a group commit of 20 appends)."""
+        if self._recorded:
+            self._session.execute(insert(StreamAppend), self._recorded)
+            self._recorded = []
 
     @property
     def info(self) -> StreamInfo:
         return StreamInfo.of(self._row)
 
     def find_append(self, first_offset: int) -> CommittedAppend | None:
+        self.write()
         row = self._session.get(StreamAppend, (self._row.id, first_offset))
         return None if row is None else CommittedAppend(row.first_offset, row.rows, row.digest, row.epoch, row.table_version)
 
@@ -80,13 +89,14 @@ class LockedStream:
 
     def record(self, append: CommittedAppend, *, arrow_schema: str | None) -> None:
         """The append is committed in the table: the stream's end moves past it (never back).
-        Written with the session's next query or its commit, so a group's appends go to the
-        database together."""
+        Written by `write`, by `find_append` or when the block of `locked_stream` ends, so a
+        group's appends go to the database together."""
         row = self._row
         if append.first_offset != row.committed_end:
             raise CatalogError(f"stream {row.id}: append at {append.first_offset} recorded at end {row.committed_end}")
-        self._session.add(StreamAppend(stream_id=row.id, first_offset=append.first_offset, rows=append.rows,
-                                       digest=append.digest, epoch=append.epoch, table_version=append.table_version))
+        self._recorded.append({"stream_id": row.id, "first_offset": append.first_offset, "rows": append.rows,
+                               "digest": append.digest, "epoch": append.epoch, "table_version": append.table_version,
+                               "committed_at": utcnow()})
         row.committed_end = append.first_offset + append.rows
         row.table_version = append.table_version
         if arrow_schema is not None:
@@ -110,7 +120,9 @@ def locked_stream(catalog: Catalog, device_id: str, name: str, *, table_uri: str
         row = session.scalars(
             select(Stream).where(Stream.id == ident).with_for_update().execution_options(populate_existing=True)
         ).one()
-        yield LockedStream(session, row)
+        stream = LockedStream(session, row)
+        yield stream
+        stream.write()
 
 
 def get_stream(catalog: Catalog, ident: str) -> StreamInfo | None:

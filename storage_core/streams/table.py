@@ -191,7 +191,8 @@ class DeltaStreamTable:
         """Commit `data` with the app transaction (app_id, end) on top of the version last
         refreshed, never on a later one: TableMoved if someone else committed since (no
         retry that could put these rows after rows it has not seen). Returns the new table
-        version. The first append creates the table."""
+        version. Without a table read yet, the append creates it: when one exists already
+        (a commit the catalog missed, another gateway's), TableMoved too."""
         from deltalake import (
             CommitProperties,
             DeltaTable,
@@ -199,14 +200,18 @@ class DeltaStreamTable:
             Transaction,
             write_deltalake,
         )
-        from deltalake.exceptions import CommitFailedError
+        from deltalake.exceptions import CommitFailedError, DeltaError
 
         checkpoint = self._table is not None and (self._table.version() + 1) % CHECKPOINT_INTERVAL == 0
+        creating = self._table is None
 
         def write() -> int:
             try:
                 write_deltalake(
-                    self._table if self._table is not None else self.location.uri, data, mode="append",
+                    self.location.uri if creating else self._table, data,
+                    # a table we have not seen is created, never appended to: one that exists
+                    # (a commit the catalog missed) must be read and caught up first
+                    mode="error" if creating else "append",
                     schema_mode="merge" if schema_changed else None, storage_options=self.location.storage_options,
                     writer_properties=_writer_properties(data.schema),
                     commit_properties=CommitProperties(
@@ -220,7 +225,11 @@ class DeltaStreamTable:
             except CommitFailedError as exc:
                 self._table = None  # reread on the next refresh
                 raise TableMoved(f"stream table {self.location.uri}: committed to by another writer ({one_line(exc)})") from exc
-            if self._table is None:
+            except DeltaError as exc:
+                if creating and DeltaTable.is_deltatable(self.location.uri, storage_options=self.location.storage_options):
+                    raise TableMoved(f"stream table {self.location.uri}: created by another writer ({one_line(exc)})") from exc
+                raise
+            if creating:
                 self._table = DeltaTable(self.location.uri, storage_options=self.location.storage_options)
             return self._table.version()  # write_deltalake moved the table object to its commit
 

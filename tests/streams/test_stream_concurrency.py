@@ -200,3 +200,46 @@ def test_a_replica_holding_an_old_table_never_commits_over_a_newer_one(gateway, 
     assert get_stream(gateway.catalog, "cam-1/r").committed_end == 200
     assert append(a, 200).committed_end == 300
     assert committed(gateway, "cam-1/r").equals(telemetry(300))
+
+
+def test_a_table_created_without_the_catalog_knowing_is_caught_up_not_created_again(gateway, bucket, monkeypatch) -> None:  # noqa: ANN001
+    """Replica B creates the stream's table but its catalog commit fails: the catalog knows
+    no table. Replica A (its own StreamTables, no table read) creates it without looking
+    first; the creation finds a table there (TableMoved), A reads it, catches the catalog
+    up, and the resent first append is a duplicate: the first rows are in once."""
+    from storage_core.catalog.streams import LockedStream
+    from storage_core.errors import CatalogUnavailable
+
+    destination, settings = parse_uri(f"s3://{bucket.bucket}/lake"), load_settings()
+    a, b = StreamTables(), StreamTables()
+
+    def append(tables: StreamTables, offset: int):  # noqa: ANN202
+        frame = decode_frame(encode_append("n", 1, offset, telemetry(100, start=offset), "zstd"))
+        return append_frame(gateway.catalog, tables, "cam-1", frame, destination=destination, settings=settings)
+
+    real_record = LockedStream.record
+
+    def lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        raise CatalogUnavailable("catalog connection dropped after the table commit")
+
+    monkeypatch.setattr(LockedStream, "record", lost)
+    with pytest.raises(CatalogUnavailable):
+        append(b, 0)
+    monkeypatch.setattr(LockedStream, "record", real_record)
+    assert get_stream(gateway.catalog, "cam-1/n") is None  # a table the catalog does not know of
+    moved = []
+    real_table_append = DeltaStreamTable.append
+
+    def watched(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            return real_table_append(self, *args, **kwargs)
+        except TableMoved as exc:
+            moved.append(exc)
+            raise
+
+    monkeypatch.setattr(DeltaStreamTable, "append", watched)
+    again = append(a, 0)
+    assert len(moved) == 1 and "created by another writer" in str(moved[0])
+    assert (again.result, again.committed_end, again.table_version) == ("duplicate", 100, 0)
+    assert append(a, 100).committed_end == 200
+    assert committed(gateway, "cam-1/n").equals(telemetry(200))
