@@ -303,3 +303,25 @@ def test_a_token_over_plain_http_to_another_host_is_warned_about_once(caplog):
             GatewayClient("http://192.0.2.7:8470", "ferry_dt_x").close()
     [warning] = caplog.records
     assert "plain http" in warning.getMessage() and "192.0.2.7" in warning.getMessage()
+
+
+def test_a_plain_http_gateway_client_parses_no_ca_bundle_and_an_https_one_verifies():
+    """A client of an http:// gateway gets a TLS context that trusts nothing (never used);
+    one of an https:// gateway keeps httpx's verifying default."""
+    import ssl
+
+    from storage_core.device.http import GatewayHttp
+
+    plain = GatewayHttp("http://127.0.0.1:8470", "ferry_dt_x", timeout=5)
+    secure = GatewayHttp("https://gw.example", "ferry_dt_x", timeout=5)
+    try:
+        def context(gateway: GatewayHttp) -> ssl.SSLContext:
+            return gateway.http._transport._pool._ssl_context  # httpx 0.28's transport, one pool
+
+        assert context(plain).cert_store_stats()["x509_ca"] == 0
+        assert context(plain).verify_mode == ssl.CERT_REQUIRED and context(plain).check_hostname
+        assert context(secure).cert_store_stats()["x509_ca"] > 0
+        assert context(secure).verify_mode == ssl.CERT_REQUIRED
+    finally:
+        plain.close()
+        secure.close()
