@@ -21,9 +21,10 @@ else is looked at: a flipped bit or a cut frame is a 422 and nothing is written.
 stream and a Kafka producer's batch do): one token check, one body, one thread, and its
 appends queued together, so they commit in as few group commits as the stream allows.
 Every frame is verified, and every header checked against the URL, before any is judged
-(else the whole request is refused and nothing written). Each append is then judged on its
-own, as if sent alone: `{"answers": [...]}` holds, in order, the single route's 200 body
-or its refusal as `{"status": 409 | 422, "reason", "detail", "committed_end", "epoch"}`.
+(else the whole request is refused and nothing written). Each append is then judged by the
+offset rules on its own (in offset order, as any group commit judges its appends):
+`{"answers": [...]}` holds, in the request's order, the single route's 200 body or the
+refusal as `{"status": 409 | 422, "reason", "detail", "committed_end", "epoch"}`.
 A failure that is not an append's own (the catalog, the store) fails the whole request:
 the appends of it that were committed are duplicates when it is sent again.
 """
@@ -116,8 +117,9 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
     """Add the stream routes to `app`; `device` is the app's token check (`Depends(...)`,
     a default value: these annotations are strings, resolved in this module)."""
     tables = StreamTables()
-    # An append's thread waits for its group's commit: a device's window of appends in flight
-    # (32 by default) holds as many threads, so they get their own, not the other routes' 40.
+    # An append request's thread waits for its group commits: a device's requests in flight
+    # (64 appends, 16 a request, by default: 4) hold as many threads, so they get their own,
+    # not the other routes' 40.
     append_threads = CapacityLimiter(APPEND_THREADS)
 
     def own(device_id: str, owner: str) -> None:

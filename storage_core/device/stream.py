@@ -3,7 +3,8 @@ through the gateway, exactly once over a flaky link.
 
     files (Parquet, Arrow IPC, CSV), in order ─> batches of `batch_rows` rows (the same cut
     on every run) ─> one frame per batch: header (stream, epoch, first row offset, rows),
-    body an Arrow IPC stream (zstd by default) ─> POST, acknowledged one by one
+    body an Arrow IPC stream (zstd by default) ─> POST, a few consecutive frames per
+    request, each acknowledged on its own, in order
 
 A small state file remembers, per input file, the row offset it starts at, and the epoch of
 this writer. It is written before a file's first append; a rerun (after a kill, a lost
@@ -312,16 +313,16 @@ def stream_append(
     request_bytes: int = DEFAULT_REQUEST_BYTES,
 ) -> StreamAppendReport:
     """Append `files` in order to the device's stream `stream` (see the module docstring).
-    Up to `per_request` consecutive appends (and no more than `inflight`; and `request_bytes`
-    of frames, or one larger frame) go in one request. Up to `inflight` appends (and `inflight_bytes` of
-    frames and one request more) are in flight at once, acknowledged in order (the gateway
-    holds one that arrives before its predecessor for a moment; one it refused meanwhile is
-    sent again once its predecessor is acknowledged). Retryable failures (lost link, 5xx)
-    resend the same frame, up to `attempts` times each;
+    Up to `per_request` consecutive appends (no more than `inflight`, and `request_bytes` of
+    frames or one larger frame) go in one request. Up to `inflight` appends (and
+    `inflight_bytes` of frames and one request more) are in flight at once, acknowledged in
+    order (the gateway holds one that arrives before its predecessor for a moment; one it
+    refused meanwhile is sent again once its predecessor is acknowledged). Retryable
+    failures (lost link, 5xx) resend the same request, up to `attempts` times each;
     a refusal raises its StreamRefused (a fenced epoch, a refused schema) or GatewayError."""
     if min(batch_rows, inflight, inflight_bytes, per_request, request_bytes) < 1:
-        raise ConfigError(f"batch rows, appends and bytes in flight and per request must be at least 1 (got {batch_rows}, "
-                          f"{inflight}, {inflight_bytes}, {per_request}, {request_bytes})")
+        raise ConfigError(f"batch rows, appends and bytes in flight and per request must be at least 1 (got "
+                          f"{batch_rows}, {inflight}, {inflight_bytes}, {per_request}, {request_bytes})")
     if compression not in COMPRESSIONS:
         raise ConfigError(f"compression must be one of {', '.join(COMPRESSIONS)} (got {compression!r})")
     paths = [Path(f) for f in files]
