@@ -7,7 +7,7 @@ Sides (each in its own fresh process, bench.harness; SeaweedFS on loopback, SQLi
                     exactly-once, no checksums of its own;
 - `ferry append`    `storage_core.device.stream.stream_append` of the same file to a gateway
                     (run by this process, in a thread): one framed, CRC32C'd Arrow IPC (zstd)
-                    append per batch, 16 per request, up to 64 in flight; those waiting behind a running
+                    append per batch, 16 per request, up to 128 in flight; those waiting behind a running
                     commit go in the next one (one Delta commit with its app transaction plus
                     a catalog commit per group), each acknowledged in order;
 - `pyarrow read`    that Parquet object read back batch by batch (`pq.ParquetFile.iter_batches`);

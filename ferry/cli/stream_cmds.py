@@ -30,7 +30,7 @@ def append_cmd(
     batch_rows: Annotated[int, typer.Option("--batch-rows", min=1, help="Rows per append.")] = 5_000,
     compression: Annotated[str, typer.Option("--compression", help="zstd, lz4 or none.")] = "zstd",
     state: Annotated[Optional[Path], typer.Option("--state", help="Position file (default ./.ferry-stream-STREAM.json).")] = None,
-    inflight: Annotated[int, typer.Option("--inflight", min=1, help="Appends in flight at most (the gateway commits those waiting as one group).")] = 64,
+    inflight: Annotated[int, typer.Option("--inflight", min=1, help="Appends in flight at most (the gateway commits those waiting as one group).")] = 128,
     per_request: Annotated[int, typer.Option("--per-request", min=1, help="Appends sent in one request at most.")] = 16,
     as_json: JsonOpt = False,
 ) -> None:

@@ -118,7 +118,7 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
     a default value: these annotations are strings, resolved in this module)."""
     tables = StreamTables()
     # An append request's thread waits for its group commits: a device's requests in flight
-    # (64 appends, 16 a request, by default: 4) hold as many threads, so they get their own,
+    # (128 appends, 16 a request, by default: 8) hold as many threads, so they get their own,
     # not the other routes' 40.
     append_threads = CapacityLimiter(APPEND_THREADS)
 
