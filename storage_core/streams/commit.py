@@ -46,10 +46,12 @@ from storage_core.errors import (
     CatalogError,
     ConfigError,
     CorruptFrame,
+    ManifestRefused,
     StaleEpoch,
     StreamRefused,
     TableMoved,
 )
+from storage_core.formats.arrow_ipc import decoded_bytes
 from storage_core.keys import StorageUri
 from storage_core.streams.table import (
     FORMAT,
@@ -64,6 +66,9 @@ from storage_core.streams.table import (
 )
 
 IN_ORDER_WAIT = 2.0  # seconds an early append waits for its predecessors in this process
+# Bytes one request's appends may take once decoded: a compressed Arrow buffer declares its
+# decompressed length and Arrow allocates it, so a few MB of zstd could ask for gigabytes.
+MAX_DECODED_BYTES = 256 * 1024 * 1024
 REFUSALS = (StreamRefused, CorruptFrame, ConfigError)  # one append's own answer; the others' go on
 
 
@@ -97,6 +102,23 @@ class AppendResult:
     committed_end: int
     epoch: int
     table_version: int | None
+
+
+def _decoded_sizes(frames: list[Frame]) -> list[int | CorruptFrame]:
+    """Each append's body size once decoded, as its Arrow metadata declares it (nothing is
+    decompressed yet), or the refusal of a body that cannot be walked; ManifestRefused
+    (413) when together they are over MAX_DECODED_BYTES."""
+    sizes: list[int | CorruptFrame] = []
+    for frame in frames:
+        try:
+            sizes.append(decoded_bytes(frame.body))
+        except ValueError as exc:
+            sizes.append(CorruptFrame(f"the append's body is not an Arrow IPC stream: {exc}", offset=0))
+    total = sum(size for size in sizes if isinstance(size, int))
+    if total > MAX_DECODED_BYTES:
+        raise ManifestRefused(f"the request's appends decode to {total} bytes, over the gateway's bound of "
+                              f"{MAX_DECODED_BYTES} (send fewer rows per request)", reason="too_large")
+    return sizes
 
 
 def _decode(body: bytes, header: AppendHeader) -> pa.Table:
@@ -143,7 +165,8 @@ def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames
                   in_order_wait: float = IN_ORDER_WAIT) -> list[AppendResult | StreamRefused | CorruptFrame | ConfigError]:
     """Apply verified append frames of `device_id`, in order (see the module docstring),
     and answer each: its AppendResult, or its refusal (one of REFUSALS, returned, not
-    raised). Every header is checked before anything is queued (a malformed one raises).
+    raised). Every header is checked before anything is queued (a malformed one raises), and
+    so is what the bodies declare they decode to (ManifestRefused over MAX_DECODED_BYTES).
     All of them queue before the first commit is waited for, so a request's appends go
     in as few group commits as the stream's other writers allow. An append beyond the end
     this process has seen (committed or waiting to commit) is first held up to
@@ -151,14 +174,17 @@ def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames
     judged like any other. Any other failure of a commit is raised once every append of
     the frames is answered or failed (the rows of a failed group were not committed)."""
     headers = [AppendHeader.of(frame) for frame in frames]
+    sizes = _decoded_sizes(frames)
     queued = []
-    for frame, header in zip(frames, headers):
+    for frame, header, size in zip(frames, headers, sizes):
         ident = stream_id(device_id, header.stream)
         location = tables.location(destination, ident, settings=settings)
         if in_order_wait > 0:
             tables.wait_for_end(ident, header.offset, timeout=in_order_wait,
                                 current=lambda: (info.committed_end if (info := get_stream(catalog, ident)) else 0))
         try:  # decoded here, beside the commit running, not in the group's turn
+            if isinstance(size, BaseException):
+                raise size
             rows: pa.Table | BaseException = _decode(frame.body, header)
         except REFUSALS as exc:  # answered in the append's turn, as before (a fenced epoch comes first)
             rows = exc

@@ -153,6 +153,29 @@ def test_a_request_of_appends_with_one_bad_frame_writes_nothing(gateway) -> None
     assert committed(gateway, "cam-1/gps").equals(telemetry(10))
 
 
+def test_bodies_that_decode_to_more_than_the_bound_are_refused_before_decoding(gateway, monkeypatch) -> None:  # noqa: ANN001
+    """A compressed Arrow buffer declares its decoded length and Arrow allocates it: a few KB
+    of zstd zeros can ask for any amount. The gateway sums what a request's bodies declare
+    and refuses it (413) before decompressing anything; nothing is written."""
+    import storage_core.streams.commit as commit
+
+    monkeypatch.setattr(commit, "MAX_DECODED_BYTES", 4_000_000)
+    zeros = pa.table({"seq": pa.array([0] * 600_000, pa.int64())})  # 4.8 MB decoded, a few KB sent
+    client = StreamClient(gateway.url, gateway.token)
+    try:
+        bomb = encode_append("zeros", 1, 0, zeros, "zstd")
+        assert len(bomb) < 100_000
+        with pytest.raises(GatewayError, match="413.*decode to 4800000 bytes, over the gateway's bound of 4000000"):
+            client.append("cam-1", "zeros", bomb)
+        halves = [encode_append("zeros", 1, i * 300_000, zeros.slice(i * 300_000, 300_000), "zstd") for i in range(2)]
+        with pytest.raises(GatewayError, match="413.*decode to 4800000 bytes"):
+            client.appends("cam-1", "zeros", halves)  # each under the bound, together over it
+        assert client.show("cam-1", "zeros")["committed_end"] == 0
+        assert [a["committed_end"] for a in client.appends("cam-1", "zeros", halves[:1])] == [300_000]
+    finally:
+        client.close()
+
+
 def test_a_device_reaches_only_its_own_streams(gateway) -> None:  # noqa: ANN001
     mine, theirs = StreamClient(gateway.url, gateway.token), StreamClient(gateway.url, gateway.other_token)
     try:
