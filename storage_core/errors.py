@@ -40,6 +40,7 @@
     │   └── SchemaRefused            a schema change other than added nullable columns
     ├── TokenRefused                 a device token that is unknown, malformed or revoked
     ├── GatewayError                 the device gateway refused (4xx) or could not be reached
+    ├── GatewayBusy                  the gateway holds all the decoded appends it may at once (retryable)
     ├── ArchiveError                 a device's rolling archives cannot be written (disk full, read-only, in use)
     │   └── ArchiveFolderFull        the folder is over its retention budget of archives not yet uploaded
     ├── ProductError                 a derived product (storage_core/products)
@@ -277,6 +278,13 @@ class SchemaRefused(StreamRefused):
     reason = "schema"
 
 
+class GatewayBusy(FerryError):
+    """The gateway holds as many bytes of decoded appends as its bound allows, and none were
+    freed in time: nothing of the request was judged; send it again later."""
+
+    retryable = True
+
+
 class TokenRefused(FerryError):
     """The presented device token is unknown, malformed or revoked (never retryable)."""
 
@@ -373,6 +381,7 @@ __all__ = [
     "EventsNotConfigured",
     "FerryError",
     "FormatError",
+    "GatewayBusy",
     "GatewayError",
     "IngestFailed",
     "IntegrityError",

@@ -18,8 +18,9 @@ device's) transaction, 409 a state conflict (not all uploaded, already aborted, 
 busy, a concurrent writer first), 413 a manifest over the limits or a body over
 `max_body_bytes`, 422 a malformed manifest or bytes that do not match it, 429 (with
 `Retry-After`) too many refused tokens from one address. Storage trouble is 502/503, never
-a 500; a 503 (object store or catalog unavailable: locked, unreachable) carries
-`Retry-After`, and the device client retries it. A 5xx names what failed, never where it
+a 500; a 503 (object store or catalog unavailable: locked, unreachable; or the gateway
+holding all the decoded telemetry it may) carries `Retry-After`, and the device client
+retries it. A 5xx names what failed, never where it
 lives (the full error goes to the gateway's log).
 
 Single-file URLs go out a window at a time (`url_window`, FERRY_URL_WINDOW: 1,000): begin
@@ -64,6 +65,7 @@ from storage_core.errors import (
     CatalogError,
     ConfigError,
     FerryError,
+    GatewayBusy,
     IntegrityError,
     ManifestRefused,
     StorageUnavailable,
@@ -156,7 +158,7 @@ DeviceId = Annotated[str, Depends(_device)]
 def _public_detail(exc: FerryError, status: int) -> str:
     """What a device is told: a refusal's own sentence; for a 5xx only what failed, since
     the error names internal endpoints (catalog URL, object store address)."""
-    if status < 500:
+    if status < 500 or isinstance(exc, GatewayBusy):
         return one_line(exc)
     if isinstance(exc, CatalogError):
         return "the catalog is unavailable; retry later" if status == 503 else "the catalog failed; see the gateway's log"
@@ -176,7 +178,7 @@ def _status_of(exc: FerryError) -> int:
         return 409
     if isinstance(exc, (IntegrityError, ConfigError)):
         return 422
-    if isinstance(exc, StorageUnavailable):
+    if isinstance(exc, (StorageUnavailable, GatewayBusy)):
         return 503
     if isinstance(exc, CatalogError):
         return 503 if exc.retryable else 500

@@ -116,7 +116,7 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
                            settings: FerrySettings, max_body_bytes: int) -> None:
     """Add the stream routes to `app`; `device` is the app's token check (`Depends(...)`,
     a default value: these annotations are strings, resolved in this module)."""
-    tables = StreamTables()
+    tables = app.state.stream_tables = StreamTables()
     # An append request's thread waits for its group commits: a device's requests in flight
     # (128 appends, 16 a request, by default: 8) hold as many threads, so they get their own,
     # not the other routes' 40.

@@ -166,7 +166,9 @@ def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames
     """Apply verified append frames of `device_id`, in order (see the module docstring),
     and answer each: its AppendResult, or its refusal (one of REFUSALS, returned, not
     raised). Every header is checked before anything is queued (a malformed one raises), and
-    so is what the bodies declare they decode to (ManifestRefused over MAX_DECODED_BYTES).
+    so is what the bodies declare they decode to (ManifestRefused over MAX_DECODED_BYTES);
+    that many bytes are held in the gateway's budget (`tables.decoded`, waiting for room:
+    GatewayBusy after its wait) until every append is answered.
     All of them queue before the first commit is waited for, so a request's appends go
     in as few group commits as the stream's other writers allow. An append beyond the end
     this process has seen (committed or waiting to commit) is first held up to
@@ -175,6 +177,15 @@ def append_frames(catalog: Catalog, tables: StreamTables, device_id: str, frames
     the frames is answered or failed (the rows of a failed group were not committed)."""
     headers = [AppendHeader.of(frame) for frame in frames]
     sizes = _decoded_sizes(frames)
+    with tables.decoded.holding(sum(size for size in sizes if isinstance(size, int))):
+        return _append_held(catalog, tables, device_id, frames, headers, sizes, destination=destination,
+                            settings=settings, in_order_wait=in_order_wait)
+
+
+def _append_held(catalog: Catalog, tables: StreamTables, device_id: str, frames: list[Frame],
+                 headers: list[AppendHeader], sizes: list[int | CorruptFrame], *, destination: StorageUri,
+                 settings: Any, in_order_wait: float) -> list[AppendResult | StreamRefused | CorruptFrame | ConfigError]:
+    """append_frames once the request's decoded bytes are held in the budget."""
     queued = []
     for frame, header, size in zip(frames, headers, sizes):
         ident = stream_id(device_id, header.stream)

@@ -22,20 +22,22 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 
 from storage_core.catalog.streams import CommittedAppend
 from storage_core.config import FerrySettings, load_settings
-from storage_core.errors import SchemaRefused, StorageUnavailable, TableMoved, one_line
+from storage_core.errors import GatewayBusy, ManifestRefused, SchemaRefused, StorageUnavailable, TableMoved, one_line
 from storage_core.keys import StorageUri
 
 FORMAT = "delta"
 META_PREFIX = "ferry."
 CHECKPOINT_INTERVAL = 100  # delta-rs's default `delta.checkpointInterval`: a checkpoint every 100 commits
+DECODED_BUDGET = 1024 * 1024 * 1024  # bytes of decoded appends a gateway holds at once, all streams together
 
 
 @dataclass(frozen=True)
@@ -299,12 +301,53 @@ class AppendQueue:
         return sorted(group, key=lambda p: p.header.offset)
 
 
+class DecodedBudget:
+    """Bytes of decoded appends a gateway holds at once, across its streams: a request holds
+    its appends' declared decoded size (storage_core.formats.arrow_ipc) from before they are
+    decoded until they are answered. One that does not fit waits for others to finish, at
+    most `wait` seconds (then GatewayBusy, retryable); one larger than the whole budget is
+    refused outright."""
+
+    def __init__(self, limit: int, *, wait: float = 10.0) -> None:
+        self.limit, self.wait = limit, wait
+        self._held = 0
+        self._freed = threading.Condition()
+
+    @contextmanager
+    def holding(self, size: int) -> Iterator[None]:
+        if size > self.limit:
+            raise ManifestRefused(f"the request's appends decode to {size} bytes, over the gateway's bound of "
+                                  f"{self.limit} (send fewer rows per request)", reason="too_large")
+        deadline = time.monotonic() + self.wait
+        with self._freed:
+            while self._held + size > self.limit:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise GatewayBusy(f"the gateway holds {self._held} bytes of decoded appends (at most {self.limit}); "
+                                      f"retry later")
+                self._freed.wait(left)
+            self._held += size
+        try:
+            yield
+        finally:
+            with self._freed:
+                self._held -= size
+                self._freed.notify_all()
+
+    @property
+    def held(self) -> int:
+        with self._freed:
+            return self._held
+
+
 class StreamTables:
     """The gateway's open tables, one per stream id (reused: a reopen reads the whole log),
-    and the store's options, resolved once per `options_ttl` seconds (a botocore session
-    costs ~60 ms; credentials may rotate, so they are not kept for ever)."""
+    the store's options, resolved once per `options_ttl` seconds (a botocore session costs
+    ~60 ms; credentials may rotate, so they are not kept for ever), and the budget of
+    decoded appends held at once (`decoded`)."""
 
-    def __init__(self, *, options_ttl: float = 300.0) -> None:
+    def __init__(self, *, options_ttl: float = 300.0, decoded_budget: int = DECODED_BUDGET) -> None:
+        self.decoded = DecodedBudget(decoded_budget)
         self._tables: dict[str, DeltaStreamTable] = {}
         self._options: tuple[float, dict[str, str]] | None = None
         self._ttl = options_ttl
@@ -374,6 +417,7 @@ class StreamTables:
 __all__ = [
     "FORMAT",
     "AppendQueue",
+    "DecodedBudget",
     "DeltaStreamTable",
     "PendingAppend",
     "StreamTables",

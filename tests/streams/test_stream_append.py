@@ -172,6 +172,16 @@ def test_bodies_that_decode_to_more_than_the_bound_are_refused_before_decoding(g
             client.appends("cam-1", "zeros", halves)  # each under the bound, together over it
         assert client.show("cam-1", "zeros")["committed_end"] == 0
         assert [a["committed_end"] for a in client.appends("cam-1", "zeros", halves[:1])] == [300_000]
+        # the gateway's budget for all requests at once, full: the request waits, then is
+        # told to come back (503, retryable), and nothing of it is judged
+        budget = gateway.app.state.stream_tables.decoded
+        monkeypatch.setattr(budget, "wait", 0.1)
+        with budget.holding(budget.limit):
+            with pytest.raises(GatewayError, match="503.*holds .* bytes of decoded appends") as busy:
+                client.appends("cam-1", "zeros", halves[1:])
+            assert busy.value.retryable
+        assert client.show("cam-1", "zeros")["committed_end"] == 300_000
+        assert [a["committed_end"] for a in client.appends("cam-1", "zeros", halves[1:])] == [600_000]
     finally:
         client.close()
 
