@@ -157,89 +157,77 @@ def test_appends_waiting_for_a_commit_go_in_one_group(gateway, bucket, monkeypat
     assert (again.result, again.committed_end, again.table_version) == ("duplicate", 400, first + 1)
 
 
+class Replicas:
+    """Two gateway replicas of one catalog and store (their own StreamTables), appending
+    100-row batches to stream `name` of cam-1; faults are injected with `monkeypatch`."""
+
+    def __init__(self, gateway, bucket, monkeypatch, name: str) -> None:  # noqa: ANN001
+        self.gateway, self.monkeypatch, self.name = gateway, monkeypatch, name
+        self.destination, self.settings = parse_uri(f"s3://{bucket.bucket}/lake"), load_settings()
+        self.a, self.b = StreamTables(), StreamTables()
+        self.moved: list[TableMoved] = []
+
+    def append(self, tables: StreamTables, offset: int):  # noqa: ANN201
+        frame = decode_frame(encode_append(self.name, 1, offset, telemetry(100, start=offset), "zstd"))
+        return append_frame(self.gateway.catalog, tables, "cam-1", frame, destination=self.destination,
+                            settings=self.settings)
+
+    def table_commit_without_the_catalog(self, tables: StreamTables, offset: int) -> None:
+        """The append's table commit lands; the catalog's commit after it fails."""
+        from storage_core.catalog.streams import LockedStream
+        from storage_core.errors import CatalogUnavailable
+
+        def lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            raise CatalogUnavailable("catalog connection dropped after the table commit")
+
+        with self.monkeypatch.context() as patch:
+            patch.setattr(LockedStream, "record", lost)
+            with pytest.raises(CatalogUnavailable):
+                self.append(tables, offset)
+
+    def watch_table_moves(self) -> None:
+        """Record each TableMoved a table commit raises (in `moved`)."""
+        real_table_append = DeltaStreamTable.append
+
+        def watched(table, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            try:
+                return real_table_append(table, *args, **kwargs)
+            except TableMoved as exc:
+                self.moved.append(exc)
+                raise
+
+        self.monkeypatch.setattr(DeltaStreamTable, "append", watched)
+
+
 def test_a_replica_holding_an_old_table_never_commits_over_a_newer_one(gateway, bucket, monkeypatch) -> None:  # noqa: ANN001
-    """Two gateway replicas (their own StreamTables). Replica B's table commit lands but its
-    catalog commit fails, so the catalog still names the version replica A holds: A skips
-    the re-read, its commit finds the table moved (no retry on top of unseen rows), reads
-    it, catches the catalog up and answers the resent append as a duplicate."""
-    from storage_core.catalog.streams import LockedStream
-    from storage_core.errors import CatalogUnavailable
-
-    destination, settings = parse_uri(f"s3://{bucket.bucket}/lake"), load_settings()
-    a, b = StreamTables(), StreamTables()
-
-    def append(tables: StreamTables, offset: int):  # noqa: ANN202
-        frame = decode_frame(encode_append("r", 1, offset, telemetry(100, start=offset), "zstd"))
-        return append_frame(gateway.catalog, tables, "cam-1", frame, destination=destination, settings=settings)
-
-    assert append(a, 0).result == "committed"
-    real_record = LockedStream.record
-
-    def lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        raise CatalogUnavailable("catalog connection dropped after the table commit")
-
-    monkeypatch.setattr(LockedStream, "record", lost)
-    with pytest.raises(CatalogUnavailable):
-        append(b, 100)
-    monkeypatch.setattr(LockedStream, "record", real_record)
+    """Replica B's table commit lands but its catalog commit fails, so the catalog still
+    names the version replica A holds: A skips the re-read, its commit finds the table
+    moved (no retry on top of unseen rows), reads it, catches the catalog up and answers
+    the resent append as a duplicate."""
+    replicas = Replicas(gateway, bucket, monkeypatch, "r")
+    assert replicas.append(replicas.a, 0).result == "committed"
+    replicas.table_commit_without_the_catalog(replicas.b, 100)
     assert get_stream(gateway.catalog, "cam-1/r").committed_end == 100  # the table is one commit ahead
-    moved = []
-    real_table_append = DeltaStreamTable.append
-
-    def watched(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        try:
-            return real_table_append(self, *args, **kwargs)
-        except TableMoved as exc:
-            moved.append(exc)
-            raise
-
-    monkeypatch.setattr(DeltaStreamTable, "append", watched)
-    again = append(a, 100)
-    assert len(moved) == 1
+    replicas.watch_table_moves()
+    again = replicas.append(replicas.a, 100)
+    assert len(replicas.moved) == 1
     assert (again.result, again.committed_end) == ("duplicate", 200)
     assert get_stream(gateway.catalog, "cam-1/r").committed_end == 200
-    assert append(a, 200).committed_end == 300
+    assert replicas.append(replicas.a, 200).committed_end == 300
     assert committed(gateway, "cam-1/r").equals(telemetry(300))
 
 
 def test_a_table_created_without_the_catalog_knowing_is_caught_up_not_created_again(gateway, bucket, monkeypatch) -> None:  # noqa: ANN001
     """Replica B creates the stream's table but its catalog commit fails: the catalog knows
-    no table. Replica A (its own StreamTables, no table read) creates it without looking
-    first; the creation finds a table there (TableMoved), A reads it, catches the catalog
-    up, and the resent first append is a duplicate: the first rows are in once."""
-    from storage_core.catalog.streams import LockedStream
-    from storage_core.errors import CatalogUnavailable
-
-    destination, settings = parse_uri(f"s3://{bucket.bucket}/lake"), load_settings()
-    a, b = StreamTables(), StreamTables()
-
-    def append(tables: StreamTables, offset: int):  # noqa: ANN202
-        frame = decode_frame(encode_append("n", 1, offset, telemetry(100, start=offset), "zstd"))
-        return append_frame(gateway.catalog, tables, "cam-1", frame, destination=destination, settings=settings)
-
-    real_record = LockedStream.record
-
-    def lost(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        raise CatalogUnavailable("catalog connection dropped after the table commit")
-
-    monkeypatch.setattr(LockedStream, "record", lost)
-    with pytest.raises(CatalogUnavailable):
-        append(b, 0)
-    monkeypatch.setattr(LockedStream, "record", real_record)
+    no table. Replica A (no table read) creates it without looking first; the creation
+    finds a table there (TableMoved), A reads it, catches the catalog up, and the resent
+    first append is a duplicate: the first rows are in once."""
+    replicas = Replicas(gateway, bucket, monkeypatch, "n")
+    replicas.table_commit_without_the_catalog(replicas.b, 0)
     assert get_stream(gateway.catalog, "cam-1/n") is None  # a table the catalog does not know of
-    moved = []
-    real_table_append = DeltaStreamTable.append
-
-    def watched(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-        try:
-            return real_table_append(self, *args, **kwargs)
-        except TableMoved as exc:
-            moved.append(exc)
-            raise
-
-    monkeypatch.setattr(DeltaStreamTable, "append", watched)
-    again = append(a, 0)
-    assert len(moved) == 1 and "created by another writer" in str(moved[0])
+    replicas.watch_table_moves()
+    again = replicas.append(replicas.a, 0)
+    assert len(replicas.moved) == 1 and "created by another writer" in str(replicas.moved[0])
     assert (again.result, again.committed_end, again.table_version) == ("duplicate", 100, 0)
-    assert append(a, 100).committed_end == 200
+    assert replicas.append(replicas.a, 100).committed_end == 200
     assert committed(gateway, "cam-1/n").equals(telemetry(200))
