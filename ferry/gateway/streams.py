@@ -16,6 +16,8 @@ else is looked at: a flipped bit or a cut frame is a 422 and nothing is written.
     200 {"result": "committed" | "duplicate", "committed_end": N, ...}
     409 {"reason": "out_of_range" | "diverged" | "stale_epoch", "committed_end": N, "epoch": E}
     422 {"reason": "schema"} a schema change other than added nullable columns
+    413 the appends of the request would take more than MAX_DECODED_BYTES decoded
+    503 the gateway holds all the decoded appends it may (its budget): retry later
 
 `appends` takes a client's consecutive appends in one request (what BigQuery's AppendRows
 stream and a Kafka producer's batch do): one token check, one body, one thread, and its

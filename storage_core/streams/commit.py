@@ -18,6 +18,9 @@ last) and one catalog transaction, each append still judged and answered on its 
 table's cost per commit (a log listing, a Parquet file, a log entry) is paid once per
 group instead of once per append. An append's body is decoded before it queues, beside the
 commit running; a body that does not decode is refused in the append's turn, as before.
+Before anything is decoded, what the bodies declare they decode to is summed: a request
+over MAX_DECODED_BYTES is refused, and the rest is held in the gateway's budget of decoded
+appends (StreamTables.decoded) until its appends are answered.
 
 Before judging, the table's version is compared with the catalog's: a table ahead of the
 catalog (the gateway died between the two commits) takes the catalog forward from the

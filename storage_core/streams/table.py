@@ -139,7 +139,6 @@ def _writer_properties(schema: pa.Schema) -> Any:
                             column_properties={name: ColumnProperties(dictionary_enabled=True) for name in text} or None)
 
 
-
 class DeltaStreamTable:
     """One stream's Delta table. Not thread-safe on its own: its stream's catalog lock
     serializes the writers. `refresh()` once per append (one listing of the log past the
