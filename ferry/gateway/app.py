@@ -20,8 +20,8 @@ busy, a concurrent writer first), 413 a manifest over the limits or a body over
 `Retry-After`) too many refused tokens from one address. Storage trouble is 502/503, never
 a 500; a 503 (object store or catalog unavailable: locked, unreachable; or the gateway
 holding all the decoded telemetry it may) carries `Retry-After`, and the device client
-retries it. A 5xx names what failed, never where it
-lives (the full error goes to the gateway's log).
+retries it. A 5xx names what failed, never where it lives (the full error goes to the
+gateway's log).
 
 Single-file URLs go out a window at a time (`url_window`, FERRY_URL_WINDOW: 1,000): begin
 gives URLs for every part and for the first window of single files, and the device asks
