@@ -130,9 +130,8 @@ def register_stream_routes(app: FastAPI, device: Any, catalog: Catalog, *, desti
 
     @app.exception_handler(StreamRefused)
     async def _refused(_request: Request, exc: StreamRefused) -> JSONResponse:
-        status = _refusal_status(exc)
-        return JSONResponse({"detail": one_line(exc), "reason": exc.reason, "committed_end": exc.committed_end,
-                             "epoch": exc.epoch}, status_code=status)
+        answer = _refusal_answer(exc)
+        return JSONResponse(answer, status_code=answer.pop("status"))
 
     @app.post("/v1/streams/{owner}/{name}/append")
     async def append(owner: str, name: str, request: Request, device_id: str = device) -> dict[str, Any]:

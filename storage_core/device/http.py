@@ -112,13 +112,15 @@ class GatewayHttp:
         (of the body's, when `detail` is not a string); 5xx are retryable."""
         answer = _json_object(response)
         detail = answer.get("detail") if answer is not None else None
-        if not isinstance(detail, str):
-            detail = response.text[:200]
+        return self.error_for(response.status_code, answer, detail if isinstance(detail, str) else response.text[:200])
+
+    def error_for(self, status: int, answer: dict[str, Any] | None, detail: str) -> FerryError:
+        """The error for a refusal with `status`, its JSON `answer` (if any) and its `detail`
+        (the first line is kept): the client's own, else GatewayError (5xx retryable)."""
         detail = (detail.strip().splitlines() or ["(no detail)"])[0]
         own = self.refusal(answer, detail) if self.refusal is not None and answer is not None else None
         if own is not None:
             return own
-        status = response.status_code
         return GatewayError(f"gateway refused ({status}): {detail}", status=status, retryable=status >= 500)
 
 

@@ -137,8 +137,7 @@ class StreamClient:
         detail, status = answer.get("detail"), answer.get("status")
         if not isinstance(detail, str) or not isinstance(status, int):
             raise self.gateway.unexpected(path, "an answer with neither a result nor a refusal")
-        detail = (detail.strip().splitlines() or ["(no detail)"])[0]
-        return _stream_refusal(answer, detail) or GatewayError(f"gateway refused ({status}): {detail}", status=status)
+        return self.gateway.error_for(status, answer, detail)
 
 
 # --- input files, cut the same way on every run ---------------------------------------------
