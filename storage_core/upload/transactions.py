@@ -96,7 +96,8 @@ def prepare_unless_stored(
     (size and CRC32C) as stored at its destination: a transaction begun now would record
     nothing but skipped items. One catalog read serves both."""
     entries, stored = _checksummed(catalog, entries, destination, settings)
-    if entries and all((v := stored.get(destination_key(destination, e))) is not None
+    # the rule begin_transaction skips an item by: a known checksum, and the same size and CRC32C stored
+    if entries and all(e.crc32c is not None and (v := stored.get(destination_key(destination, e))) is not None
                        and (v.size, v.crc32c) == (e.size, e.crc32c) for e in entries):
         return None
     return entries
